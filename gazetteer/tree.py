@@ -1,0 +1,145 @@
+"""Places table -> entity tree (root, country, region, subregion, city).
+
+Ids are dense integers: the root is 0, then countries, regions, subregions and cities, each
+level sorted by key, so a rebuild from the same sources gives the same ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .countries import country_info
+from .geo import from_xyz, to_xyz
+from .keys import DEPTH, LEVELS, ROOT_KEY, make_keys
+
+ENTITY_COLUMNS = [
+    "id", "key", "level", "depth", "name", "parent_id", "placeholder",
+    "country_code", "iso3", "country_name", "lat", "lon", "n_places",
+    "min_lat", "min_lon", "max_lat", "max_lon", "has_polygon",
+]
+
+
+def build_entities(places: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Build the entity table from a places table.
+
+    Returns ``(entities, place_city)`` where ``place_city[i]`` is the city entity id of place
+    ``i``. Places sharing a full key (name, admin2, admin1, cc) are one city entity.
+    """
+    keys = make_keys(places["cc"], places["admin1"], places["admin2"], places["name"])
+    own_part = {"country": places["cc"], "region": places["admin1"],
+                "subregion": places["admin2"], "city": places["name"]}
+    xyz = to_xyz(places["lat"].to_numpy(), places["lon"].to_numpy())
+
+    frames = [_root_frame(xyz, places)]
+    next_id = 1
+    place_ids: dict[str, np.ndarray] = {}
+    for level in LEVELS:
+        codes, uniques = pd.factorize(keys[level], sort=True)
+        ids = codes + next_id
+        place_ids[level] = ids
+        first = _first_index(codes, len(uniques))
+        n = np.bincount(codes, minlength=len(uniques))
+        frame = pd.DataFrame({
+            "id": np.arange(len(uniques)) + next_id,
+            "key": np.asarray(uniques, dtype=object),
+            "level": level,
+            "depth": DEPTH[level],
+            "name": own_part[level].to_numpy(dtype=object)[first],
+            "country_code": places["cc"].to_numpy(dtype=object)[first],
+            "n_places": n,
+        })
+        frame["placeholder"] = frame["name"] == ""
+        if level == "country":
+            frame["parent_id"] = 0
+        else:
+            parent_level = LEVELS[LEVELS.index(level) - 1]
+            frame["parent_id"] = place_ids[parent_level][first]
+        frame = frame.join(_centroids(codes, len(uniques), xyz, places))
+        frames.append(frame)
+        next_id += len(uniques)
+
+    ent = pd.concat(frames, ignore_index=True)
+    info = country_info(ent["country_code"].where(ent["depth"] > 0, ""))
+    ent["iso3"] = info["iso3"].to_numpy()
+    ent["country_name"] = info["name"].to_numpy()
+    is_country = ent["level"] == "country"
+    ent.loc[is_country, "name"] = ent.loc[is_country, "country_name"].fillna(
+        ent.loc[is_country, "key"])
+    ent["has_polygon"] = False
+    ent = _tidy_types(ent)
+    return ent[ENTITY_COLUMNS], place_ids["city"].astype(np.int64)
+
+
+def _root_frame(xyz: np.ndarray, places: pd.DataFrame) -> pd.DataFrame:
+    codes = np.zeros(len(places), dtype=np.int64)
+    frame = pd.DataFrame({"id": [0], "key": [ROOT_KEY], "level": ["root"], "depth": [0],
+                          "name": ["World"], "country_code": [None], "n_places": [len(places)],
+                          "placeholder": [False], "parent_id": [-1]})
+    return frame.join(_centroids(codes, 1, xyz, places))
+
+
+def _first_index(codes: np.ndarray, n: int) -> np.ndarray:
+    first = np.full(n, len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    return first
+
+
+def _centroids(codes: np.ndarray, n: int, xyz: np.ndarray, places: pd.DataFrame) -> pd.DataFrame:
+    """Normalised mean of member unit vectors (right across the antimeridian), the place itself
+    for single-place entities, and a bounding box that may cross the antimeridian
+    (``min_lon > max_lon`` then)."""
+    sums = np.zeros((n, 3))
+    np.add.at(sums, codes, xyz)
+    lat, lon = from_xyz(sums)
+    count = np.bincount(codes, minlength=n)
+    plat, plon = places["lat"].to_numpy(), places["lon"].to_numpy()
+    single = count == 1
+    first = _first_index(codes, n)
+    lat[single], lon[single] = plat[first[single]], plon[first[single]]
+
+    g = pd.DataFrame({"c": codes, "lat": plat, "lon": plon,
+                      "lon360": np.where(plon < 0, plon + 360.0, plon)}).groupby("c")
+    agg = g.agg(min_lat=("lat", "min"), max_lat=("lat", "max"), min_lon=("lon", "min"),
+                max_lon=("lon", "max"), min_360=("lon360", "min"), max_360=("lon360", "max"))
+    # Use the 0..360 frame where it gives the narrower box: that box crosses the antimeridian.
+    wrap = (agg["max_360"] - agg["min_360"]) < (agg["max_lon"] - agg["min_lon"])
+    min_lon = np.where(wrap, _to180(agg["min_360"]), agg["min_lon"])
+    max_lon = np.where(wrap, _to180(agg["max_360"]), agg["max_lon"])
+    return pd.DataFrame({"lat": lat, "lon": lon, "min_lat": agg["min_lat"].to_numpy(),
+                         "min_lon": min_lon, "max_lat": agg["max_lat"].to_numpy(),
+                         "max_lon": max_lon})
+
+
+def _to180(lon360):
+    lon360 = np.asarray(lon360)
+    return np.where(lon360 > 180.0, lon360 - 360.0, lon360)
+
+
+def _tidy_types(ent: pd.DataFrame) -> pd.DataFrame:
+    for col in ("id", "depth", "parent_id", "n_places"):
+        ent[col] = ent[col].astype(np.int64)
+    for col in ("key", "level", "name", "country_code", "iso3", "country_name"):
+        ent[col] = ent[col].astype("string")
+    ent["placeholder"] = ent["placeholder"].astype(bool)
+    return ent
+
+
+def ancestors_table(entities: pd.DataFrame) -> np.ndarray:
+    """``[n_entities, 4]`` array: the country, region, subregion and city id above (or equal
+    to) each entity, -1 where the entity is above that level."""
+    parent = entities["parent_id"].to_numpy()
+    depth = entities["depth"].to_numpy()
+    out = np.full((len(entities), len(LEVELS)), -1, dtype=np.int64)
+    cur = np.arange(len(entities))
+    for d in range(len(LEVELS), 0, -1):
+        at = depth >= d
+        # walk each entity up to depth d
+        node = cur.copy()
+        steps = depth - d
+        for _ in range(int(steps.max(initial=0))):
+            move = steps > 0
+            node[move] = parent[node[move]]
+            steps = steps - move
+        out[at, d - 1] = node[at]
+    return out

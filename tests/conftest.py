@@ -1,0 +1,49 @@
+"""Shared fixtures: small hand-made places tables and one world build per test session."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import gazetteer
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's cache: every test sees a session-private one."""
+    monkeypatch.setenv("HIERGEO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """The bundled world gazetteer, built once for the session (about 5 s)."""
+    return gazetteer.build(out=tmp_path_factory.mktemp("world") / "gz")
+
+
+SMALL_PLACES = [
+    # lat, lon, name, admin1, admin2, cc
+    (-44.26667, 171.13333, "Pleasant Point", "Canterbury", "Timaru District", "NZ"),
+    (-44.39672, 171.25364, "Timaru", "Canterbury", "Timaru District", "NZ"),
+    (-43.53333, 172.63333, "Christchurch", "Canterbury", "Christchurch City", "NZ"),
+    (-22.55941, 17.08323, "Windhoek", "Khomas", "", "NA"),  # Namibia, no admin2
+    (-22.95750, 14.50530, "Walvis Bay", "Erongo", "", "NA"),
+    (49.99, 7.6, "Kirn", "Rheinland-Pfalz", "", "DE"),  # placeholder subregion
+    (47.3769, 8.5417, "Zürich", "Zurich", "Bezirk Zürich", "CH"),  # unicode
+    (-16.80, 179.95, "East", "Northern", "", "FJ"),  # both sides of the antimeridian
+    (-16.70, -179.95, "West", "Northern", "", "FJ"),
+    (47.3769, 8.5417, "Zürich", "Zurich", "Bezirk Zürich", "CH"),  # same key twice: one entity
+    (35.0, 139.0, "Nowhere", "", "", "JP"),  # no admin1 at all
+]
+
+
+@pytest.fixture
+def small_places_csv(tmp_path):
+    df = pd.DataFrame(SMALL_PLACES, columns=["lat", "lon", "name", "admin1", "admin2", "cc"])
+    path = tmp_path / "places.csv"
+    df.to_csv(path, index=False, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small(small_places_csv):
+    return gazetteer.build(small_places_csv, boundaries=False)
