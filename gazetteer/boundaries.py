@@ -18,9 +18,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from scipy.spatial import cKDTree
 
 from .errors import InputError
-from .geo import KM_PER_DEG
+from .geo import EARTH_RADIUS_KM, to_xyz
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 #: How far (km) a place or a point may lie outside every polygon and still be given the nearest
 #: one. Natural Earth misses coastal places by a median 0.7 km; simplification adds ~1 km.
 COAST_KM = 25.0
+#: Longest boundary edge (degrees) kept when measuring distance to a polygon by its vertices.
+EDGE_STEP_DEG = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,17 @@ class PolygonIndex:
         self.geoms = np.asarray(geoms, dtype=object)
         shapely.prepare(self.geoms)
         self.tree = shapely.STRtree(self.geoms)
+        self._edges = None
 
     def __len__(self) -> int:
         return len(self.geoms)
 
-    def locate(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    def locate(self, lon: np.ndarray, lat: np.ndarray, pts=None) -> np.ndarray:
         """Index of a polygon containing each point (the lowest index if several), else -1."""
         out = np.full(len(lon), -1, dtype=np.int64)
         if len(lon) == 0 or len(self.geoms) == 0:
             return out
-        pt, poly = self.tree.query(shapely.points(lon, lat))
+        pt, poly = self.tree.query(shapely.points(lon, lat) if pts is None else pts)
         if len(pt) == 0:
             return out
         order = np.lexsort((pt, poly))
@@ -110,18 +114,31 @@ class PolygonIndex:
         return out
 
     def nearest(self, lon: np.ndarray, lat: np.ndarray, max_km: float) -> np.ndarray:
-        """Index of the nearest polygon within ``max_km`` (planar degrees, so a bound that
-        only tightens away from the equator), else -1."""
+        """Index of the polygon whose boundary is nearest, if within ``max_km`` (great circle),
+        else -1.
+
+        Distances go to boundary vertices after segmentizing edges to at most
+        ``EDGE_STEP_DEG``, so they overstate the true distance by at most ~3 km; in exchange a
+        k-d tree answers in microseconds where exact polygon distances take milliseconds.
+        """
         out = np.full(len(lon), -1, dtype=np.int64)
         if len(lon) == 0 or len(self.geoms) == 0 or max_km <= 0:
             return out
-        pt, poly = self.tree.query_nearest(shapely.points(lon, lat),
-                                           max_distance=max_km / KM_PER_DEG, all_matches=False)
-        out[pt] = poly
+        if self._edges is None:
+            dense = shapely.segmentize(self.geoms, EDGE_STEP_DEG)
+            xy, owner = shapely.get_coordinates(dense, return_index=True)
+            self._edges = (cKDTree(to_xyz(xy[:, 1], xy[:, 0])), owner)
+        tree, owner = self._edges
+        chord = 2 * np.sin(max_km / EARTH_RADIUS_KM / 2)
+        d, j = tree.query(to_xyz(lat, lon), k=1, distance_upper_bound=chord)
+        found = np.isfinite(d)
+        out[found] = owner[j[found]]
         return out
 
-    def locate_or_nearest(self, lon, lat, max_km: float = COAST_KM) -> np.ndarray:
-        idx = self.locate(lon, lat)
+    def locate_or_nearest(self, lon, lat, max_km: float = COAST_KM, pts=None) -> np.ndarray:
+        """:meth:`locate`, then :meth:`nearest` for the points outside every polygon;
+        ``pts`` are the points as shapely geometries, if the caller has them already."""
+        idx = self.locate(lon, lat, pts)
         miss = np.flatnonzero(idx < 0)
         if len(miss):
             idx[miss] = self.nearest(lon[miss], lat[miss], max_km)
