@@ -1,5 +1,7 @@
 """Labelling: modes, agreement with reverse_geocoder, bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,3 +144,16 @@ def test_places_csv_bad_latitude(tmp_path):
                   "admin2": "", "cc": "FR"}).to_csv(p, index=False)
     with pytest.raises(gazetteer.InputError, match=r"bad.csv: row 1 field 'lat'"):
         gazetteer.build(p, boundaries=False)
+
+
+SHARED_OSV5M = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "osv5m"
+
+
+@pytest.mark.skipif(not (SHARED_OSV5M / "labels.csv").exists(),
+                    reason="../shared/images/osv5m not present")
+def test_osv5m_mode_reproduces_real_osv5m_labels(world):
+    df = pd.read_csv(SHARED_OSV5M / "labels.csv", dtype=str, keep_default_na=False)
+    lab = world.label(df["latitude"].astype(float), df["longitude"].astype(float), mode="osv5m")
+    truth = make_keys(df["country"], df["region"], df["sub-region"], df["city"])
+    for lvl in gazetteer.LEVELS:
+        assert lab[lvl].astype(str).tolist() == truth[lvl].tolist(), lvl
