@@ -29,7 +29,7 @@ import shapely
 from .errors import ArtefactError
 from .sources import file_sha256
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILES = ("entities.parquet", "places.parquet", "polygons.parquet")
 
 

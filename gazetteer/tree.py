@@ -15,7 +15,7 @@ from .keys import DEPTH, LEVELS, ROOT_KEY, make_keys
 
 ENTITY_COLUMNS = [
     "id", "key", "level", "depth", "name", "parent_id", "placeholder",
-    "country_code", "iso3", "country_name", "lat", "lon", "n_places",
+    "country_code", "iso3", "country_name", "continent", "lat", "lon", "n_places",
     "min_lat", "min_lon", "max_lat", "max_lon", "has_polygon",
 ]
 
@@ -63,6 +63,7 @@ def build_entities(places: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     info = country_info(ent["country_code"].where(ent["depth"] > 0, ""))
     ent["iso3"] = info["iso3"].to_numpy()
     ent["country_name"] = info["name"].to_numpy()
+    ent["continent"] = info["continent"].to_numpy()
     is_country = ent["level"] == "country"
     ent.loc[is_country, "name"] = ent.loc[is_country, "country_name"].fillna(
         ent.loc[is_country, "key"])
@@ -119,7 +120,7 @@ def _to180(lon360):
 def _tidy_types(ent: pd.DataFrame) -> pd.DataFrame:
     for col in ("id", "depth", "parent_id", "n_places"):
         ent[col] = ent[col].astype(np.int64)
-    for col in ("key", "level", "name", "country_code", "iso3", "country_name"):
+    for col in ("key", "level", "name", "country_code", "iso3", "country_name", "continent"):
         ent[col] = ent[col].astype("string")
     ent["placeholder"] = ent["placeholder"].astype(bool)
     return ent
