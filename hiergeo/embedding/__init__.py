@@ -1,0 +1,12 @@
+"""The gazetteer's tree in the Poincaré ball.
+
+>>> from hiergeo.embedding import embed_tree, evaluate_embedding
+>>> emb = embed_tree(gz, dim=16, c=1.0, method="construct")   # or method="optimize"
+>>> emb.points            # float64 [n_entities, dim], row i = entity id i
+>>> evaluate_embedding(emb, gz)
+"""
+
+from .api import Embedding, embed_tree, load_embedding
+from .evaluate import evaluate_embedding
+
+__all__ = ["Embedding", "embed_tree", "evaluate_embedding", "load_embedding"]
