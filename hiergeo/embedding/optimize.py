@@ -34,9 +34,10 @@ def optimize(parent: np.ndarray, *, dim: int = 16, c: float = 1.0, epochs: int =
     init = (torch.rand(n, dim, generator=g, dtype=torch.float64) * 2 - 1) * init_scale
     weights = geoopt.ManifoldParameter(init, manifold=ball)
     opt = geoopt.optim.RiemannianAdam([weights], lr=lr, stabilize=10)
-    kids = torch.from_numpy(np.flatnonzero(parent >= 0))
-    edges = torch.cat([torch.stack([kids, torch.from_numpy(parent)[kids]], 1),
-                       torch.stack([torch.from_numpy(parent)[kids], kids], 1)])
+    kids = torch.tensor(np.flatnonzero(parent >= 0))
+    par = torch.tensor(parent)
+    edges = torch.cat([torch.stack([kids, par[kids]], 1),
+                       torch.stack([par[kids], kids], 1)])
     losses = []
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc=f"poincare-embed d={dim}", disable=not progress)
