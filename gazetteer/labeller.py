@@ -162,7 +162,8 @@ class Labeller:
         country = cids[np.maximum(hit, 0)]
         far = np.flatnonzero(hit < 0)  # at sea, beyond coast_km: the nearest place's country
         if len(far):
-            country[far] = self.place_path[self.nearest_place(lat[far], lon[far], "nearest"), 0]
+            near = self.nearest_place(lat[far], lon[far], "nearest-city")
+            country[far] = self.place_path[near, 0]
 
         rindex, rids = self._polygon_index("region")
         rhit = rindex.locate_or_nearest(lon, lat, coast_km, pts=pts)

@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 PLAN = """\
 A training run will:
   1. load the world entity tree (gazetteer.load(): {counts})
-  2. embed it in the Poincaré ball (hiergeo.embedding, issue #3)
+  2. embed it in the Poincaré ball (hiergeo.embedding: {embedding})
   3. read a feature store or images through a timm backbone (issue #7)
   4. train the geo-weighted hyperbolic contrastive loss (issue #4)
   5. predict by hierarchical beam descent and write results/<run_id>/ (issue #5)
-Steps 2-5 are not implemented yet: this command stops after step 1."""
+Steps 3-5 are not implemented yet: this command stops after step 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,10 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 def run(cfg: dict | None = None) -> dict:
     import gazetteer
 
+    from .embedding import embed_tree
+
     gz = gazetteer.load()
     counts = gz.counts()
-    print(PLAN.format(counts=", ".join(f"{k} {v:,}" for k, v in counts.items())))
-    return {"counts": counts, "trained": False}
+    emb = embed_tree(gz, dim=16, c=1.0)
+    summary = (f"dim {emb.dim}, c {emb.c:g}, edge length {emb.info['edge_length']:.2f}, "
+               f"furthest point {emb.info['max_dist0']:.2f} from the origin, "
+               f"{emb.seconds:.1f} s")
+    print(PLAN.format(counts=", ".join(f"{k} {v:,}" for k, v in counts.items()),
+                      embedding=summary))
+    return {"counts": counts, "embedding": emb, "trained": False}
 
 
 def main(argv=None) -> int:

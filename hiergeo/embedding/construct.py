@@ -64,7 +64,7 @@ def _local_offsets(child_xyz: np.ndarray, parent_xyz: np.ndarray) -> np.ndarray:
 
 
 def initial_directions(group: np.ndarray, child_xyz: np.ndarray, parent_xyz: np.ndarray,
-                       root_group: bool, dim: int, geo_cap: float, spread: float,
+                       root_group: np.ndarray, dim: int, geo_cap: float, spread: float,
                        rng: np.random.Generator) -> np.ndarray:
     """Directions (unit, ``[n, dim]``) in each parent's own frame, axis = coordinate 0.
 
@@ -141,21 +141,23 @@ def separate(u: np.ndarray, group: np.ndarray, min_angle: float, cos_cone: float
 
     All groups at once: a k-d tree over the directions, with the group index as an extra,
     far-apart coordinate, only ever pairs siblings. After each round only the groups that
-    still had a close pair are searched again. Stops when no pair is left, or when the count
-    has not improved for ``patience`` rounds (the dimension is too small for the tree).
+    still had a close pair are searched again. Stops when no pair is left, or when fewer than
+    5% of the close pairs were resolved over the last ``patience`` rounds (the dimension is too
+    small for the tree to be separated fully).
     """
     chord = 2 * math.sin(min_angle / 2)
     tag = group.astype(np.float64)[:, None] * 10.0
     active = np.arange(len(u))
-    it, left, best, since = 0, 0, np.inf, 0
+    it, left, history = 0, 0, []
     for it in range(1, max_iter + 1):  # noqa: B007 - reported below
         sub = cKDTree(np.hstack([u[active], tag[active]]))
         pairs = sub.query_pairs(chord, output_type="ndarray")
         left = len(pairs)
+        history.append(left)
         if left == 0:
             break
-        best, since = (left, 0) if left < best else (best, since + 1)
-        if since >= patience:
+        # stalled: fewer than 5% of the close pairs resolved over the last `patience` rounds
+        if len(history) > patience and left > 0.95 * history[-1 - patience]:
             break
         i, j = active[pairs[:, 0]], active[pairs[:, 1]]
         d = u[i] - u[j]

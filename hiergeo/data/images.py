@@ -1,0 +1,117 @@
+"""Opening real-world photos without surprises.
+
+:func:`load_image` returns an RGB image or a reason it could not: missing file, not an image,
+truncated or corrupt data, HEIC without ``pillow-heif``. It applies the EXIF orientation
+(tolerating malformed EXIF), and converts CMYK, greyscale, palette and alpha images to RGB
+(transparency composited on white). It never raises for a bad file: callers count and report.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+HEIC_SUFFIXES = {".heic", ".heif", ".avif"}
+_heif_state: dict[str, bool] = {}
+
+
+def heif_available() -> bool:
+    """Register pillow-heif's opener once, if it is installed."""
+    if "ok" not in _heif_state:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif_state["ok"] = True
+        except ImportError:
+            _heif_state["ok"] = False
+    return _heif_state["ok"]
+
+
+@dataclass
+class LoadResult:
+    image: Image.Image | None
+    reason: str | None = None  # why image is None
+    note: str | None = None  # something fixed on the way (e.g. malformed EXIF ignored)
+
+    @property
+    def ok(self) -> bool:
+        return self.image is not None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path) -> LoadResult:
+    """Open ``path`` as an upright RGB image, or say why not."""
+    path = Path(path)
+    if not path.exists():
+        return LoadResult(None, "missing file")
+    if not path.is_file():
+        return LoadResult(None, "not a file")
+    if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
+        return LoadResult(None, "HEIC/HEIF image: install pillow-heif to decode it")
+    note = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not grey
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    try:
+                        upright = ImageOps.exif_transpose(img)
+                    except Exception as exc:  # malformed EXIF: keep the pixels as stored
+                        upright = img.copy()
+                        note = f"EXIF unreadable, orientation not applied ({exc})"
+                    rgb = _to_rgb(upright if upright is not None else img)
+                    rgb.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    except UnidentifiedImageError:
+        if path.suffix.lower() in HEIC_SUFFIXES:
+            return LoadResult(None, "HEIC/HEIF image that pillow-heif could not decode")
+        return LoadResult(None, "not an image Pillow can read")
+    except Image.DecompressionBombWarning as exc:
+        return LoadResult(None, f"too large, refused as a decompression bomb ({exc})")
+    except (OSError, SyntaxError, ValueError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            return LoadResult(None, "truncated image data")
+        return LoadResult(None, f"corrupt image data ({text})")
+    if rgb.width < 1 or rgb.height < 1:
+        return LoadResult(None, "empty image")
+    if _grey_filled(rgb):
+        return LoadResult(None, "truncated image data (JPEG stream cut short; missing rows "
+                                "rendered grey)")
+    return LoadResult(rgb, None, note)
+
+
+def _grey_filled(img: Image.Image, rows: int = 16) -> bool:
+    """libjpeg renders missing scan data as (128, 128, 128) and only warns when the file still
+    ends with an end-of-image marker, so Pillow reports no error. A bottom band of exactly
+    that grey in every pixel is that signature (a real photo essentially never has it)."""
+    if img.height <= rows:
+        return False
+    band = img.crop((0, img.height - rows, img.width, img.height))
+    lo, hi = zip(*band.getextrema(), strict=True)
+    return min(lo) == 128 and max(hi) == 128

@@ -1,0 +1,118 @@
+"""Dataset tables: one row an image, ``id, path, latitude, longitude`` (+ OSV-5M label columns).
+
+Three layouts:
+
+- OSV-5M: a CSV with ``id, latitude, longitude, country, region, sub-region, city`` (optional
+  ``unique_*``) and an image folder holding ``{id}.jpg``.
+- A generic table (CSV or Parquet) with ``path, latitude, longitude`` (and optionally ``id``);
+  relative paths are taken from the table's folder.
+- A folder of photos whose EXIF holds GPS.
+
+Coordinates that are missing or invalid stay NaN here; the feature extractor skips those rows
+and lists them with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gazetteer import InputError
+
+from .exif import read_gps
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic",
+                  ".heif"}
+LABEL_COLUMNS = ["country", "region", "sub-region", "city", "unique_country", "unique_region",
+                 "unique_sub-region", "unique_city"]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    # strings stay strings: Namibia's country code is "NA"
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+
+
+def _coords(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    for col in ("latitude", "longitude"):
+        if col not in df.columns:
+            raise InputError(f"{path}: no column {col!r}; columns are {list(df.columns)}")
+        df[col] = pd.to_numeric(df[col].replace("", np.nan), errors="coerce").astype(float)
+    bad = ~np.isfinite(df["latitude"]) | ~np.isfinite(df["longitude"])
+    bad |= (df["latitude"].abs() > 90) | (df["longitude"].abs() > 180)
+    df.loc[bad, ["latitude", "longitude"]] = np.nan
+    return df
+
+
+def _finish(df: pd.DataFrame) -> pd.DataFrame:
+    dup = df["id"].duplicated(keep=False)
+    if dup.any():
+        raise InputError(f"ids must be unique; repeated: {df.loc[dup, 'id'].unique()[:5].tolist()}")
+    keep = ["id", "path", "latitude", "longitude"] + [c for c in LABEL_COLUMNS if c in df.columns]
+    return df[keep].reset_index(drop=True)
+
+
+def read_osv5m(csv: str | Path, image_dir: str | Path | None = None) -> pd.DataFrame:
+    """OSV-5M layout; ``image_dir`` defaults to the CSV's folder."""
+    csv = Path(csv)
+    df = _read(csv)
+    if "id" not in df.columns:
+        raise InputError(f"{csv}: no column 'id' (OSV-5M layout needs id, latitude, longitude)")
+    df["id"] = df["id"].astype(str)
+    folder = Path(image_dir) if image_dir is not None else csv.parent
+    df["path"] = [str(folder / f"{i}.jpg") for i in df["id"]]
+    return _finish(_coords(df, csv))
+
+
+def read_table(table: str | Path) -> pd.DataFrame:
+    """Generic table with ``path, latitude, longitude`` (``id`` defaults to the path)."""
+    table = Path(table)
+    df = _read(table)
+    if "path" not in df.columns:
+        raise InputError(f"{table}: no column 'path'; columns are {list(df.columns)}")
+    df["path"] = [str(p if Path(p).is_absolute() else table.parent / p) for p in df["path"]]
+    if "id" not in df.columns:
+        df["id"] = df["path"]
+    df["id"] = df["id"].astype(str)
+    return _finish(_coords(df, table))
+
+
+def read_exif_folder(folder: str | Path) -> pd.DataFrame:
+    """Every image file under ``folder`` (sorted), with coordinates from its EXIF GPS."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    rows = []
+    for p in files:
+        gps = read_gps(p)
+        rows.append({"id": str(p.relative_to(folder)), "path": str(p),
+                     "latitude": gps[0] if gps else np.nan,
+                     "longitude": gps[1] if gps else np.nan})
+    df = pd.DataFrame(rows, columns=["id", "path", "latitude", "longitude"])
+    return _finish(df)
+
+
+def read_records(data: str | Path, image_dir: str | Path | None = None,
+                 layout: str = "auto") -> pd.DataFrame:
+    """Pick the layout: a folder is read for EXIF; a table with ``path`` is generic; a table
+    with ``id`` and no ``path`` is OSV-5M's."""
+    data = Path(data)
+    if layout == "auto":
+        if data.is_dir():
+            layout = "exif"
+        else:
+            cols = _read(data).columns
+            layout = "table" if "path" in cols else "osv5m"
+    if layout == "exif":
+        return read_exif_folder(data)
+    if layout == "table":
+        return read_table(data)
+    if layout == "osv5m":
+        return read_osv5m(data, image_dir)
+    raise ValueError(f"layout must be auto, osv5m, table or exif, not {layout!r}")
