@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     dev = _device(args.device)
     bb = create_backbone(args.backbone, random_weights=args.random_weights)
-    bb.model.to(dev).eval()
+    bb.model.to(dev, memory_format=torch.channels_last).eval()
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "device": str(dev), "gpu": torch.cuda.get_device_name(dev)
                           if dev.type == "cuda" else None},
@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
         report["decode_images_per_s"] = round(args.n / (time.perf_counter() - t), 1)
 
         x = torch.randn(args.batch_size, *bb.data_config["input_size"], device=dev)
+        x = x.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                     else torch.autocast("cpu", enabled=False))
         with torch.inference_mode(), autocast:

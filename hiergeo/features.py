@@ -102,7 +102,8 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     tmp.replace(meta_path)
 
-    backbone.model.to(dev).eval()
+    # channels_last: 1.75x faster for the embedded convnet on this CPU; harmless for ViTs
+    backbone.model.to(dev, memory_format=torch.channels_last).eval()
     transform = backbone.transform()
     out_dtype = getattr(torch, dtype)
     label_cols = [c for c in records.columns if c not in ("path",)]
@@ -125,7 +126,8 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
             for x, idx, bad in loader:
                 skipped.extend(bad)
                 if x is not None:
-                    f = backbone.features(x.to(dev, non_blocking=True))
+                    x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+                    f = backbone.features(x)
                     feats.append(f.float().cpu().to(out_dtype))
                     kept.append(idx)
                 bar.update(len(idx) + len(bad))

@@ -81,6 +81,24 @@ def test_load_image_handles_every_kind(images):
     assert "HEIC" in ok["heic"].reason
 
 
+def test_heic_without_the_plugin_is_skipped_with_the_reason(images, monkeypatch):
+    from hiergeo.data import images as images_mod
+
+    monkeypatch.setattr(images_mod, "_heif_state", {"ok": False})
+    res = load_image(images["heic"])
+    assert not res.ok and "install pillow-heif" in res.reason
+
+
+@pytest.mark.skipif(not (SHARED / "bad_inputs" / "IMG_5195.HEIC").exists(),
+                    reason="../shared/images not present")
+def test_real_heic_photo_decodes_with_the_plugin():
+    pytest.importorskip("pillow_heif")
+    res = load_image(SHARED / "bad_inputs" / "IMG_5195.HEIC")
+    assert res.ok and res.image.mode == "RGB" and min(res.image.size) > 1000
+    lat, lon = read_gps(SHARED / "bad_inputs" / "IMG_5195.HEIC")
+    assert 38 < lat < 40 and -95 < lon < -93  # northern and western hemispheres
+
+
 def test_exif_gps_with_hemisphere_references(images):
     lat, lon = read_gps(images["exif_gps_rotated"])
     assert lat == pytest.approx(-(33 + 51 / 60 + 36 / 3600))
