@@ -17,7 +17,7 @@ PLAN = """\
 A training run will:
   1. load the world entity tree (gazetteer.load(): {counts})
   2. embed it in the Poincaré ball (hiergeo.embedding: {embedding})
-  3. read a feature store or images through a timm backbone (issue #7)
+  3. read a feature store written by `python -m hiergeo.features` (reading it: issue #4)
   4. train the geo-weighted hyperbolic contrastive loss (issue #4)
   5. predict by hierarchical beam descent and write results/<run_id>/ (issue #5)
 Steps 3-5 are not implemented yet: this command stops after step 2."""
