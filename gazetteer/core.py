@@ -128,7 +128,6 @@ class Gazetteer:
         else:
             ids = np.full((len(lat), len(LEVELS)), -1, dtype=np.int64)
             ids[valid] = self._labeller.label_ids(lat[valid], lon[valid], mode, coast_km)
-        if not valid.all():
             log.warning("label: masked %d of %d points with invalid coordinates",
                         int((~valid).sum()), len(valid))
         out = {}
