@@ -41,16 +41,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "hiergeo"
 
 
-def write(out: Path, entities: pd.DataFrame, places: pd.DataFrame, place_city: np.ndarray,
+def write(out: Path, entities: pd.DataFrame, places: pd.DataFrame,
           polygons: dict[int, object], meta: dict) -> None:
+    """Write an artefact; ``places`` holds ``lat, lon, city_id``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         entities.to_parquet(tmp / "entities.parquet", index=False, compression="zstd")
-        pd.DataFrame({"lat": places["lat"].to_numpy(), "lon": places["lon"].to_numpy(),
-                      "city_id": place_city}).to_parquet(tmp / "places.parquet", index=False,
-                                                         compression="zstd")
+        places[["lat", "lon", "city_id"]].to_parquet(tmp / "places.parquet", index=False,
+                                                     compression="zstd")
         ids = np.array(sorted(polygons), dtype=np.int64)
         wkb = shapely.to_wkb([polygons[i] for i in ids]) if len(ids) else []
         pq.write_table(pa.table({"entity_id": ids, "wkb": pa.array(list(wkb), pa.binary())}),

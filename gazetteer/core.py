@@ -269,8 +269,7 @@ def build(places: str | Path | None = None, *, dataset: str | Path | None = None
     gz.meta["coverage"] = coverage
     gz.meta["build_seconds"] = round(time.perf_counter() - t0, 2)
     if out is not None:
-        artefact.write(Path(out), entities, search_points, search_points["city_id"].to_numpy(),
-                       polygons, gz.meta)
+        artefact.write(Path(out), entities, search_points, polygons, gz.meta)
         log.info("wrote gazetteer to %s", out)
     return gz
 

@@ -6,8 +6,6 @@ import numpy as np
 
 #: Mean Earth radius in km, the value OSV-5M's metrics use.
 EARTH_RADIUS_KM = 6371.0
-#: Kilometres per degree of latitude on that sphere.
-KM_PER_DEG = np.pi * EARTH_RADIUS_KM / 180.0
 
 
 def wrap_lon(lon: np.ndarray) -> np.ndarray:

@@ -80,7 +80,6 @@ class Labeller:
         self.place_lon = places["lon"].to_numpy(np.float64)
         # ids of the four levels for each place: [n_places, 4]
         self.place_path = ancestors[place_city].astype(np.int32)
-        self.ancestors = ancestors
         self.polygons = polygons
         self._flat = None
         self._sphere = None

@@ -22,10 +22,6 @@ def ball_eps(dtype: torch.dtype) -> float:
     return _BALL_EPS.get(dtype, 1e-5)
 
 
-def min_norm(dtype: torch.dtype) -> float:  # noqa: ARG001 - same for all dtypes, kept per dtype
-    return MIN_NORM
-
-
 def max_dist0(dtype: torch.dtype, c: float = 1.0) -> float:
     """Largest distance from the origin a point can have and survive projection."""
     eps = ball_eps(dtype)
