@@ -1,0 +1,101 @@
+"""The geo-weighted contrastive loss against a plain-loop reference."""
+
+import math
+
+import pytest
+import torch
+
+from hiergeo.geometry import expmap0, project
+from hiergeo.losses import GeoWeightedContrastive, PoincareDistance
+
+
+def _haversine(a, b):
+    la1, lo1, la2, lo2 = map(math.radians, (a[0], a[1], b[0], b[1]))
+    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin(
+        (lo2 - lo1) / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(h))
+
+
+def _poincare(x, y, c):
+    x2, y2 = sum(v * v for v in x), sum(v * v for v in y)
+    d2 = sum((a - b) ** 2 for a, b in zip(x, y, strict=True))
+    return math.acosh(1 + 2 * c * d2 / ((1 - c * x2) * (1 - c * y2))) / math.sqrt(c)
+
+
+def _reference(z, pts, cll, ll, valid, c, tau, sigma):
+    total = 0.0
+    for b in range(len(z)):
+        s = [-_poincare(z[b], pts[b][k], c) / tau for k in range(len(pts[b]))]
+        denom = math.exp(s[0])
+        for k in range(1, len(s)):
+            if valid[b][k]:
+                denom += math.exp(-_haversine(ll[b], cll[b][k]) / sigma) * math.exp(s[k])
+        total += -math.log(math.exp(s[0]) / denom)
+    return total / len(z)
+
+
+def _case(seed, dtype, B=5, K=7, D=4, c=1.0):
+    g = torch.Generator().manual_seed(seed)
+    z = project(expmap0(torch.randn(B, D, generator=g, dtype=torch.float64) * 0.8, c), c)
+    pts = project(expmap0(torch.randn(B, K, D, generator=g, dtype=torch.float64) * 1.5, c), c)
+    ll = torch.stack([torch.rand(B, generator=g, dtype=torch.float64) * 120 - 60,
+                      torch.rand(B, generator=g, dtype=torch.float64) * 340 - 170], -1)
+    cll = ll[:, None, :] + torch.randn(B, K, 2, generator=g, dtype=torch.float64) * 10
+    valid = torch.rand(B, K, generator=g) > 0.2
+    valid[:, 0] = True
+    return z.to(dtype), pts, cll, ll, valid
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("c,tau,sigma", [(1.0, 0.5, 500.0), (0.5, 1.0, 2000.0)])
+def test_matches_plain_loop(dtype, seed, c, tau, sigma):
+    z, pts, cll, ll, valid = _case(seed, dtype, c=c)
+    loss = GeoWeightedContrastive(PoincareDistance(c), tau=tau, sigma_km=sigma)
+    got = loss(z, pts, cll, ll, valid)["loss"]
+    assert got.dtype == dtype
+    ref = _reference(z.double().tolist(), pts.tolist(), cll.tolist(), ll.tolist(),
+                     valid.tolist(), c, tau, sigma)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    assert abs(got.item() - ref) < tol * max(1.0, abs(ref))
+
+
+def test_infinite_sigma_is_infonce():
+    z, pts, cll, ll, _ = _case(3, torch.float64)
+    out = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=float("inf"))(
+        z, pts, cll, ll)
+    ce = torch.nn.functional.cross_entropy(out["logits"], torch.zeros(len(z), dtype=torch.long))
+    assert torch.allclose(out["loss"], ce)
+
+
+def test_nearby_negatives_weigh_more():
+    """Moving a confusable negative from far away to next door raises the loss."""
+    z, pts, cll, ll, _ = _case(4, torch.float64, B=1, K=2)
+    pts[0, 1] = pts[0, 0] * 0.99  # a negative as close to z as the positive
+    loss = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0)
+    cll[0, 1] = ll[0] + torch.tensor([0.0, 90.0], dtype=torch.float64)  # far
+    far = loss(z, pts, cll, ll)["loss"]
+    cll[0, 1] = ll[0] + torch.tensor([0.05, 0.0], dtype=torch.float64)  # 5 km away
+    near = loss(z, pts, cll, ll)["loss"]
+    assert near > far + 0.3
+
+
+def test_gradients_finite_and_reach_both_sides():
+    z, pts, cll, ll, valid = _case(5, torch.float32)
+    z = z.clone().requires_grad_(True)
+    pts = pts.clone().requires_grad_(True)
+    out = GeoWeightedContrastive(PoincareDistance(), tau=0.1)(z, pts, cll, ll, valid)
+    out["loss"].backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    assert torch.isfinite(pts.grad).all() and pts.grad.abs().sum() > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        GeoWeightedContrastive(PoincareDistance(), tau=0.0)
+    with pytest.raises(ValueError):
+        PoincareDistance(c=-1.0)
+    z, pts, cll, ll, valid = _case(6, torch.float64)
+    valid[0, 0] = False
+    with pytest.raises(ValueError, match="positive"):
+        GeoWeightedContrastive(PoincareDistance())(z, pts, cll, ll, valid)
