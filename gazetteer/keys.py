@@ -34,14 +34,14 @@ OSV5M_KEY_COLUMNS: dict[str, str] = {
 }
 
 #: Spellings of a missing part: OSV-5M's CSVs write NaN (read back as "nan"), its metric code "".
-_MISSING_PARTS = {"", "nan", "NaN", "None", "<NA>"}
+MISSING_SPELLINGS = frozenset({"", "nan", "NaN", "None", "<NA>"})
 
 
 def clean_part(values: pd.Series) -> pd.Series:
     """A key part as plain strings, with every spelling of "missing" turned into ``""``."""
     s = values.astype("object").where(values.notna(), "")
     s = s.astype(str).str.strip()
-    return s.where(~s.isin(_MISSING_PARTS), "")
+    return s.where(~s.isin(MISSING_SPELLINGS), "")
 
 
 def make_keys(cc: pd.Series, admin1: pd.Series, admin2: pd.Series, name: pd.Series) -> dict:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import InputError
 from .keys import OSV5M_PART_COLUMNS, clean_part
+from .validate import check_coordinates
 
 PLACE_COLUMNS = ["lat", "lon", "name", "admin1", "admin2", "cc"]
 
@@ -116,8 +117,6 @@ def _first_unparsable(values: pd.Series) -> int:
 
 
 def _check_places(df: pd.DataFrame, path, lat_col="lat", lon_col="lon") -> None:
-    from .validate import check_coordinates
-
     check_coordinates(df["lat"].to_numpy(), df["lon"].to_numpy(), source=str(path),
                       lat_name=lat_col, lon_name=lon_col)
     no_cc = np.flatnonzero(df["cc"].to_numpy() == "")

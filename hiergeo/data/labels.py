@@ -14,19 +14,24 @@ import logging
 import numpy as np
 import pandas as pd
 
-from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS, clean_part, make_keys
+from gazetteer.keys import (
+    LEVELS,
+    MISSING_SPELLINGS,
+    OSV5M_KEY_COLUMNS,
+    OSV5M_PART_COLUMNS,
+    clean_part,
+    make_keys,
+)
 
 log = logging.getLogger(__name__)
-
-_MISSING_KEYS = {"", "nan", "NaN", "None", "<NA>"}
 
 
 def _clean_key(values: pd.Series) -> pd.Series:
     """A whole key: missing spellings -> <NA>; parts spelled "nan" -> empty parts."""
     s = values.astype("object").where(values.notna(), "").astype(str).str.strip()
-    missing = s.isin(_MISSING_KEYS)
+    missing = s.isin(MISSING_SPELLINGS)
     parts = s.str.split("_")
-    fixed = parts.map(lambda ps: "_".join("" if p in ("nan", "NaN", "None") else p for p in ps))
+    fixed = parts.map(lambda ps: "_".join("" if p in MISSING_SPELLINGS else p for p in ps))
     return fixed.where(~missing, None)
 
 

@@ -25,19 +25,17 @@ import logging
 import math
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
+
+from ..geometry import mobius_add
 
 log = logging.getLogger(__name__)
 
 
-# -- Möbius algebra in NumPy (c = 1; the caller scales by 1/sqrt(c)) ---------------------------
-def _mobius_add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x2 = (x * x).sum(-1, keepdims=True)
-    y2 = (y * y).sum(-1, keepdims=True)
-    xy = (x * y).sum(-1, keepdims=True)
-    num = (1 + 2 * xy + y2) * x + (1 - x2) * y
-    den = 1 + 2 * xy + x2 * y2
-    return num / np.maximum(den, 1e-300)
+def _mobius_add64(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`hiergeo.geometry.mobius_add` (c = 1) on float64 NumPy arrays."""
+    return mobius_add(torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y))).numpy()
 
 
 def sibling_angle(r: float) -> float:
@@ -243,9 +241,9 @@ def construct(parent: np.ndarray, depth: np.ndarray, lat: np.ndarray, lon: np.nd
         else:
             # in the frame where the parent sits at the origin, where is the grandparent?
             gp = points[parent[par]]
-            to_gp = _unit(_mobius_add(-x, gp))
+            to_gp = _unit(_mobius_add64(-x, gp))
             local = tr * _householder_to(direction[rows], -to_gp)
-        points[rows] = _mobius_add(x, local)
+        points[rows] = _mobius_add64(x, local)
     info = {"edge_length": r, "min_sibling_angle_deg": math.degrees(min_angle),
             "cone_deg": cone_deg, "separation": sep}
     if dim > 2 and sep["pairs_left"]:

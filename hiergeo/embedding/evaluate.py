@@ -73,23 +73,18 @@ def mean_average_precision(points: torch.Tensor, parent: np.ndarray, depth: np.n
     return {"map": float(ap.mean()), "map_by_level": by_level, "map_nodes": len(sample)}
 
 
-def distortion(points: torch.Tensor, parent: np.ndarray, depth: np.ndarray, c: float,
+def distortion(points: torch.Tensor, ancestors: np.ndarray, depth: np.ndarray, c: float,
                n_pairs: int = 100_000, seed: int = 0) -> dict:
+    """``ancestors``: ``[n, 4]`` country..city id above or equal to each node, -1 above it
+    (``Gazetteer.ancestors``); the root is every pair's common ancestor."""
     rng = np.random.default_rng(seed + 1)
-    n = len(parent)
+    n = len(depth)
     u = rng.integers(0, n, n_pairs)
     v = rng.integers(0, n, n_pairs)
     keep = u != v
     u, v = u[keep], v[keep]
-    # ancestors at every depth (self at its own depth)
-    max_d = int(depth.max())
-    anc = np.full((n, max_d + 1), -1, dtype=np.int64)
-    cur = np.arange(n)
-    for _ in range(max_d + 1):
-        anc[cur >= 0, depth[cur[cur >= 0]]] = cur[cur >= 0]
-        cur = np.where(cur >= 0, parent[np.maximum(cur, 0)], -1)
-    same = (anc[u] == anc[v]) & (anc[u] >= 0)
-    lca_depth = same.sum(axis=1) - 1
+    same = (ancestors[u] == ancestors[v]) & (ancestors[u] >= 0)
+    lca_depth = same.sum(axis=1)  # shared levels below the root
     d_t = depth[u] + depth[v] - 2 * lca_depth
     d_h = dist(points[u], points[v], c).numpy()
     q = d_h / d_t
@@ -148,7 +143,7 @@ def evaluate_embedding(emb, gz, *, n_map_nodes: int = 2000, n_pairs: int = 100_0
         out["error"] = "non-finite coordinates; other figures skipped"
         return out
     out.update(mean_average_precision(pts, parent, depth, emb.c, n_map_nodes, seed))
-    out.update(distortion(pts, parent, depth, emb.c, n_pairs, seed))
+    out.update(distortion(pts, gz.ancestors, depth, emb.c, n_pairs, seed))
     out.update(sibling_geography(pts, parent, depth, e["lat"].to_numpy(), e["lon"].to_numpy(),
                                  emb.c, seed=seed))
     out["norms"] = norms(pts, depth, emb.c)
