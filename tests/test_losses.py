@@ -99,3 +99,38 @@ def test_bad_arguments():
     valid[0, 0] = False
     with pytest.raises(ValueError, match="positive"):
         GeoWeightedContrastive(PoincareDistance())(z, pts, cll, ll, valid)
+
+
+@pytest.mark.parametrize("name", ["poincare", "euclidean", "sphere", "lorentz"])
+def test_full_table_equals_per_row_candidates(name):
+    """``full`` (one table for the batch) equals the per-row loss with every entity as a
+    candidate and the positive moved to column 0."""
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space(name)
+    g = torch.Generator().manual_seed(5)
+    B, N, D = 6, 9, 4
+    z = space.query(torch.randn(B, D, generator=g, dtype=torch.float64))
+    pts = space.init_entities(project(expmap0(torch.randn(N, D, generator=g,
+                                                          dtype=torch.float64) * 1.5)))
+    ell = torch.stack([torch.rand(N, generator=g, dtype=torch.float64) * 120 - 60,
+                       torch.rand(N, generator=g, dtype=torch.float64) * 340 - 170], -1)
+    ll = ell[torch.randint(N, (B,), generator=g)] + 0.5
+    target = torch.randint(N, (B,), generator=g)
+    loss = GeoWeightedContrastive(space, tau=0.7, sigma_km=800.0)
+    full = loss.full(z, pts, ell, ll, target)["loss"]
+    order = torch.stack([torch.cat([t[None], torch.tensor([j for j in range(N) if j != t])])
+                         for t in target])
+    rows = loss(z, pts[order], ell[order], ll)["loss"]
+    assert torch.allclose(full, rows, rtol=1e-6)
+
+
+def test_parent_hinge_is_zero_until_a_child_strays():
+    from hiergeo.losses import parent_hinge
+
+    sp = PoincareDistance()
+    child = project(expmap0(torch.tensor([[0.5, 0.2], [1.0, -1.0]], dtype=torch.float64)))
+    parent = project(expmap0(torch.tensor([[0.4, 0.1], [0.2, 0.0]], dtype=torch.float64)))
+    margin = sp.pair(child, parent)
+    assert float(parent_hinge(sp, child, parent, margin)) == 0.0
+    assert float(parent_hinge(sp, child, parent, margin - 0.25)) == pytest.approx(0.25)

@@ -1,5 +1,5 @@
-"""Losses: the geo-weighted hyperbolic contrastive loss and the distances it takes."""
+"""Losses: the geo-weighted hyperbolic contrastive loss and its parent term."""
 
-from .contrastive import GeoWeightedContrastive, PoincareDistance
+from .contrastive import GeoWeightedContrastive, PoincareDistance, haversine_km_torch, parent_hinge
 
-__all__ = ["GeoWeightedContrastive", "PoincareDistance"]
+__all__ = ["GeoWeightedContrastive", "PoincareDistance", "haversine_km_torch", "parent_hinge"]

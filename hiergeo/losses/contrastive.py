@@ -21,20 +21,10 @@ import torch
 
 from gazetteer.geo import EARTH_RADIUS_KM
 
-from ..geometry import dist
+from ..geometry.spaces import Poincare
 
-
-class PoincareDistance:
-    """Geodesic distance in the Poincaré ball of curvature -c, computed in float64."""
-
-    def __init__(self, c: float = 1.0):
-        if not c > 0:
-            raise ValueError(f"curvature c must be positive, got {c}")
-        self.c = float(c)
-
-    def __call__(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """``z`` ``[B, D]`` against candidates ``e`` ``[B, K, D]`` -> ``[B, K]``."""
-        return dist(z.to(torch.float64).unsqueeze(1), e.to(torch.float64), self.c)
+#: The distance object of the default geometry (any :mod:`hiergeo.geometry.spaces` space works).
+PoincareDistance = Poincare
 
 
 def haversine_km_torch(lat1, lon1, lat2, lon2) -> torch.Tensor:
@@ -44,6 +34,21 @@ def haversine_km_torch(lat1, lon1, lat2, lon2) -> torch.Tensor:
     dlon = torch.deg2rad(lon2.double() - lon1.double())
     a = torch.sin(dlat / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlon / 2) ** 2
     return 2 * EARTH_RADIUS_KM * torch.asin(a.clamp(0, 1).sqrt())
+
+
+def _xyz(latlon: torch.Tensor) -> torch.Tensor:
+    lat, lon = torch.deg2rad(latlon[..., 0].double()), torch.deg2rad(latlon[..., 1].double())
+    return torch.stack([torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon),
+                        torch.sin(lat)], dim=-1)
+
+
+def haversine_matrix_km(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Great-circle km between every row of ``a [B, 2]`` and of ``b [N, 2]`` (degrees), via
+    one matrix product of unit vectors: ``chord² = 2 - 2 p.q``. In float64 the chord of 1 km
+    keeps ~8 significant digits, plenty for loss weights; use :func:`haversine_km_torch`
+    where the last digit matters."""
+    chord2 = (2.0 - 2.0 * _xyz(a) @ _xyz(b).T).clamp_min(0.0)
+    return 2 * EARTH_RADIUS_KM * torch.asin((chord2.sqrt() / 2).clamp(max=1.0))
 
 
 class GeoWeightedContrastive:
@@ -74,6 +79,8 @@ class GeoWeightedContrastive:
             valid: ``[B, K]`` bool, False for columns to leave out (column 0 must be True).
         Returns:
             ``{"loss": scalar, "logits": [B, K]}``.
+
+        See :meth:`full` for candidates shared by the whole batch.
         """
         logits = (-self.distance(z, cand_points) / self.tau).to(z.dtype)
         km = haversine_km_torch(latlon[:, None, 0], latlon[:, None, 1], cand_latlon[..., 0],
@@ -87,3 +94,28 @@ class GeoWeightedContrastive:
             scores = scores.masked_fill(~valid, float("-inf"))
         loss = -logits[:, 0] + torch.logsumexp(scores, dim=1)
         return {"loss": loss.mean(), "logits": logits}
+
+    def full(self, z: torch.Tensor, points: torch.Tensor, points_latlon: torch.Tensor,
+             latlon: torch.Tensor, target: torch.Tensor) -> dict:
+        """The same loss with one candidate table for the whole batch (all entities of a
+        level): ``points [N, D]``, ``points_latlon [N, 2]``, ``target [B]`` the row of each
+        sample's positive. Needs ``distance.matrix``. Returns ``{"loss", "logits" [B, N]}``.
+        """
+        logits = (-self.distance.matrix(z, points) / self.tau).to(z.dtype)
+        km = haversine_matrix_km(latlon, points_latlon)
+        log_w = (-km / self.sigma_km).to(logits.dtype)
+        rows = torch.arange(len(z), device=z.device)
+        log_w[rows, target] = 0.0
+        loss = -logits[rows, target] + torch.logsumexp(logits + log_w, dim=1)
+        return {"loss": loss.mean(), "logits": logits}
+
+
+def parent_hinge(space, child: torch.Tensor, parent: torch.Tensor,
+                 margin: torch.Tensor) -> torch.Tensor:
+    """Mean of ``relu(d(child, parent) - margin)``: keeps each entity within ``margin`` (its
+    distance to its parent in the initial tree embedding) of its parent while training moves
+    both. Zero for a tree that has not moved."""
+    if len(child) == 0:
+        return child.new_zeros((), dtype=torch.float64)
+    d = space.pair(child.to(torch.float64), parent.to(torch.float64))
+    return torch.relu(d - margin.to(torch.float64)).mean()

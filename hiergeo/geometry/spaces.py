@@ -1,0 +1,206 @@
+"""The four spaces a model can live in, as small objects over the plain functions.
+
+``poincare`` (the default), ``lorentz`` (the same hyperbolic space in the hyperboloid model),
+``euclidean`` and ``sphere``: the ablation of the published method is one config switch.
+Each space knows how to
+
+- turn the tree embedding (Poincaré points, float64) into its initial entity table
+  (:meth:`Space.init_entities`), and which geoopt manifold keeps that table on the space,
+- turn a head's output (a tangent vector at the origin) into a query point (:meth:`query`),
+- measure distances, always in float64: per row against its own candidates (``__call__``,
+  ``z [B, D]`` with ``e [B, K, D]``) or against one shared table (:meth:`matrix`).
+
+Distances are what the loss and the prediction turn into logits by negation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .constants import MIN_NORM, max_dist0
+from .poincare import dist, dist_matrix, expmap0, logmap0, make_ball, project
+
+SPACES = ("poincare", "lorentz", "euclidean", "sphere")
+
+
+def _norm(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
+    return (x * x).sum(-1, keepdim=keepdim).clamp_min(MIN_NORM**2).sqrt()
+
+
+class Space:
+    """Base class; see the module docstring. ``c`` is the (positive) curvature where used."""
+
+    name = "base"
+
+    def __init__(self, c: float = 1.0, max_radius: float | None = None):
+        if not c > 0:
+            raise ValueError(f"curvature c must be positive, got {c}")
+        self.c = float(c)
+        # how far from the origin a query may go, in the space's own distance
+        self.max_radius = float(max_radius if max_radius is not None
+                                else 0.98 * max_dist0(torch.float64, self.c))
+
+    def point_dim(self, dim: int) -> int:
+        """Coordinates per point for a ``dim``-dimensional space."""
+        return dim
+
+    def manifold(self):
+        raise NotImplementedError
+
+    def init_entities(self, ball_points: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def query(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distance between broadcast rows of ``x`` and ``y`` (float64)."""
+        raise NotImplementedError
+
+    def __call__(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``z [B, D]`` against ``e [B, K, D]`` -> ``[B, K]`` float64."""
+        return self.pair(z.to(torch.float64).unsqueeze(1), e.to(torch.float64))
+
+    def matrix(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``z [B, D]`` against one table ``e [N, D]`` -> ``[B, N]`` float64."""
+        return self.pair(z.to(torch.float64).unsqueeze(1), e.to(torch.float64).unsqueeze(0))
+
+    def _clip(self, v: torch.Tensor, limit: float) -> torch.Tensor:
+        v = v.to(torch.float64)
+        n = _norm(v)
+        return torch.where(n > limit, v / n * limit, v)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(c={self.c:g}, max_radius={self.max_radius:.2f})"
+
+
+class Poincare(Space):
+    """Poincaré ball of curvature -c. Queries are ``expmap0`` of the tangent vector, whose
+    norm is clipped so the point lies at most ``max_radius`` from the origin (the
+    distance from the origin of ``expmap0(v)`` is ``2 |v|`` whatever c)."""
+
+    name = "poincare"
+
+    def manifold(self):
+        return make_ball(self.c)
+
+    def init_entities(self, ball_points):
+        return project(ball_points.to(torch.float64), self.c)
+
+    def query(self, v):
+        return project(expmap0(self._clip(v, self.max_radius / 2), self.c), self.c)
+
+    def pair(self, x, y):
+        return dist(x, y, self.c)
+
+    def matrix(self, z, e):
+        return dist_matrix(z.to(torch.float64), e.to(torch.float64), self.c)
+
+
+class Lorentz(Space):
+    """The hyperboloid ``-x0² + |x|² = -1/c``, ``x0 > 0`` (geoopt's ``Lorentz(k=1/c)``).
+    Same space as the ball, other coordinates: a check that results do not hinge on the
+    Poincaré model's numerics near the edge."""
+
+    name = "lorentz"
+
+    def point_dim(self, dim):
+        return dim + 1
+
+    def manifold(self):
+        import geoopt
+
+        return geoopt.Lorentz(k=torch.tensor(1.0 / self.c, dtype=torch.float64))
+
+    def init_entities(self, ball_points):
+        p = ball_points.to(torch.float64)
+        p2 = (p * p).sum(-1, keepdim=True)
+        den = (1 - self.c * p2).clamp_min(MIN_NORM)
+        x0 = (1 + self.c * p2) / den / math.sqrt(self.c)
+        return torch.cat([x0, 2 * p / den], dim=-1)
+
+    def query(self, v):
+        sc = math.sqrt(self.c)
+        v = self._clip(v, self.max_radius)  # here distance from the origin is |v|
+        n = _norm(v)
+        return torch.cat([torch.cosh(sc * n) / sc, torch.sinh(sc * n) * v / (sc * n)], dim=-1)
+
+    def pair(self, x, y):
+        inner = -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
+        arg = (-self.c * inner).clamp_min(1.0 + 1e-15)
+        # arcosh(a) = log(a + sqrt(a² - 1)); (a-1)(a+1) keeps digits near a = 1
+        return torch.log(arg + ((arg - 1) * (arg + 1)).clamp_min(MIN_NORM**2).sqrt()) / math.sqrt(
+            self.c)
+
+
+class Euclidean(Space):
+    """Flat space. Entities start at ``2 logmap0`` of their ball points, so each keeps its
+    distance from the origin and its direction; only the metric changes."""
+
+    name = "euclidean"
+
+    def manifold(self):
+        import geoopt
+
+        return geoopt.Euclidean()
+
+    def init_entities(self, ball_points):
+        return 2 * logmap0(ball_points.to(torch.float64), self.c)
+
+    def query(self, v):
+        return self._clip(v, self.max_radius)
+
+    def pair(self, x, y):
+        return ((x - y) ** 2).sum(-1).clamp_min(MIN_NORM**2).sqrt()
+
+    def matrix(self, z, e):
+        z, e = z.to(torch.float64), e.to(torch.float64)
+        d2 = (z * z).sum(-1, keepdim=True) + (e * e).sum(-1) - 2 * z @ e.T
+        return d2.clamp_min(MIN_NORM**2).sqrt()
+
+
+class Sphere(Space):
+    """The sphere of radius ``radius`` (distance = radius x angle). Entities start at the
+    directions of their ball points; the radius sets the distance scale the temperatures see
+    (the default 7.5 puts antipodes 23.6 apart, about the ball's spread between cities)."""
+
+    name = "sphere"
+
+    def __init__(self, c: float = 1.0, max_radius: float | None = None, radius: float = 7.5):
+        super().__init__(c, max_radius)
+        if not radius > 0:
+            raise ValueError(f"sphere radius must be positive, got {radius}")
+        self.radius = float(radius)
+
+    def manifold(self):
+        import geoopt
+
+        return geoopt.Sphere()
+
+    def init_entities(self, ball_points):
+        p = ball_points.to(torch.float64)
+        return p / _norm(p)
+
+    def query(self, v):
+        v = v.to(torch.float64)
+        return v / _norm(v)
+
+    def pair(self, x, y):
+        chord = ((x - y) ** 2).sum(-1).clamp_min(MIN_NORM**2).sqrt()
+        return 2 * self.radius * torch.asin((chord / 2).clamp(max=1.0))
+
+
+def make_space(name: str, c: float = 1.0, max_radius: float | None = None,
+               sphere_radius: float = 7.5) -> Space:
+    """A space by name (one of :data:`SPACES`)."""
+    if name == "poincare":
+        return Poincare(c, max_radius)
+    if name == "lorentz":
+        return Lorentz(c, max_radius)
+    if name == "euclidean":
+        return Euclidean(c, max_radius)
+    if name == "sphere":
+        return Sphere(c, max_radius, radius=sphere_radius)
+    raise ValueError(f"geometry must be one of {SPACES}, not {name!r}")
