@@ -1,0 +1,80 @@
+"""Entity accuracy from predicted paths, and the per-country table analysts read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from gazetteer.keys import LEVELS
+
+from .osv5m import LEVEL_NAMES, geoscore
+
+
+def entity_accuracy(paths: np.ndarray, truth_ids: np.ndarray, ks=(1, 5)) -> dict:
+    """Top-k accuracy per level from the predicted paths themselves.
+
+    Args:
+        paths: ``[n, K, 4]`` entity ids of the top-K paths (best first), -1 for padding.
+        truth_ids: ``[n, 4]`` true entity ids, -1 where the truth is missing (not counted).
+    Returns:
+        ``{"top1_country": ..., "top5_city": ..., "n_country": ...}``.
+    """
+    paths, truth_ids = np.asarray(paths), np.asarray(truth_ids)
+    out = {}
+    for j, lvl in enumerate(LEVELS):
+        present = truth_ids[:, j] >= 0
+        out[f"n_{lvl}"] = int(present.sum())
+        for k in ks:
+            hit = (paths[:, :k, j] == truth_ids[:, j, None]).any(axis=1)
+            out[f"top{k}_{lvl}"] = float(hit[present].mean()) if present.any() else float("nan")
+    return out
+
+
+def per_country(truth_country: np.ndarray, pred_country: np.ndarray, km: np.ndarray,
+                hits: pd.DataFrame, names: dict | None = None) -> pd.DataFrame:
+    """One row per true country, sorted by n (largest first).
+
+    Columns: ``country`` (code; ``""`` for rows without a true country), ``name``, ``n``,
+    ``mean_km``, ``median_km``, ``geoscore``; per level ``n_<level>`` (rows with a true key),
+    ``hits_<level>`` and ``acc_<level>`` (OSV-5M hits); ``top_confusion`` (most frequent
+    predicted country among the wrong ones, ``""`` if none) and ``top_confusion_n``.
+    The ``n``, ``n_<level>`` and ``hits_<level>`` columns sum to the global counts.
+    """
+    tc = pd.Series(truth_country, dtype="object").fillna("").astype(str).to_numpy()
+    pc = pd.Series(pred_country, dtype="object").fillna("").astype(str).to_numpy()
+    km = np.asarray(km, np.float64)
+    df = pd.DataFrame({"country": tc, "pred": pc, "km": km, "score": geoscore(km)})
+    for lvl in LEVELS:
+        col = hits[LEVEL_NAMES[lvl]].reset_index(drop=True)
+        df[f"n_{lvl}"] = col.notna().to_numpy().astype(np.int64)
+        df[f"hits_{lvl}"] = col.fillna(False).to_numpy().astype(np.int64)
+    g = df.groupby("country", sort=False)
+    out = pd.DataFrame({"n": g.size(), "mean_km": g["km"].mean(), "median_km": g["km"].median(),
+                        "geoscore": g["score"].mean()})
+    for lvl in LEVELS:
+        out[f"n_{lvl}"] = g[f"n_{lvl}"].sum()
+        out[f"hits_{lvl}"] = g[f"hits_{lvl}"].sum()
+        out[f"acc_{lvl}"] = out[f"hits_{lvl}"] / out[f"n_{lvl}"].where(out[f"n_{lvl}"] > 0)
+    wrong = df[df["pred"] != df["country"]]
+    conf = wrong.groupby(["country", "pred"]).size().reset_index(name="k")
+    conf = conf.sort_values(["country", "k", "pred"], ascending=[True, False, True])
+    top = conf.drop_duplicates("country").set_index("country")
+    out["top_confusion"] = top["pred"].reindex(out.index).fillna("")
+    out["top_confusion_n"] = top["k"].reindex(out.index).fillna(0).astype(np.int64)
+    out = out.reset_index()
+    out.insert(1, "name", out["country"].map(names or {}).fillna(""))
+    return out.sort_values(["n", "country"], ascending=[False, True]).reset_index(drop=True)
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A plain Markdown table (no extra dependency)."""
+    def fmt(v):
+        if isinstance(v, float | np.floating):
+            return "" if np.isnan(v) else format(float(v), floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "| " + " | ".join("---" for _ in df.columns) + " |"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
