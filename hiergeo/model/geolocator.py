@@ -1,0 +1,145 @@
+"""Encoder -> MLP head -> tangent vector (norm clipped) -> query point in the space; and the
+entity table, a geoopt ``ManifoldParameter`` in float64 initialised from the tree embedding.
+
+Encoders come from a small registry by name: ``"features"`` (identity: cached feature
+vectors, the published setup) or ``"timm"`` (a :func:`~hiergeo.model.create_backbone`
+backbone, frozen or fine-tuned, for end-to-end runs on images).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..geometry.spaces import Space
+
+ENCODERS: dict = {}
+
+
+def register_encoder(name: str):
+    def deco(fn):
+        ENCODERS[name] = fn
+        return fn
+    return deco
+
+
+class FeatureEncoder(nn.Module):
+    """Identity on cached features (``[B, in_dim]`` float)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"features have dimension {x.shape[-1]}, the model expects "
+                             f"{self.dim}")
+        return x.float()
+
+
+class TimmEncoder(nn.Module):
+    """A timm backbone's pooled features; ``freeze=True`` keeps it fixed (and in eval mode)."""
+
+    def __init__(self, backbone, freeze: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.model = backbone.model
+        self.freeze = bool(freeze)
+        self.dim = backbone.dim
+        if self.freeze:
+            self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.freeze:
+            with torch.no_grad():
+                return self.backbone.features(x).float()
+        return self.backbone.features(x).float()
+
+
+@register_encoder("features")
+def _features_encoder(in_dim: int, **_) -> nn.Module:
+    return FeatureEncoder(in_dim)
+
+
+@register_encoder("timm")
+def _timm_encoder(in_dim: int = 0, *, backbone: str, weights=None, allow_download=False,
+                  random_weights=False, freeze=True, **_) -> nn.Module:
+    from .backbones import create_backbone
+
+    bb = create_backbone(backbone, weights=weights, allow_download=allow_download,
+                         random_weights=random_weights)
+    return TimmEncoder(bb, freeze=freeze)
+
+
+def create_encoder(name: str, **kwargs) -> nn.Module:
+    if name not in ENCODERS:
+        raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, not {name!r}")
+    return ENCODERS[name](**kwargs)
+
+
+class Head(nn.Module):
+    """LayerNorm -> (Linear -> GELU -> Dropout) x (layers - 1) -> Linear to the tangent space.
+
+    The last layer starts small, so first queries sit near the origin (equally far from every
+    entity of a level) rather than at an arbitrary point near the edge."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 512, layers: int = 2,
+                 dropout: float = 0.0):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"head layers must be >= 1, got {layers}")
+        mods: list[nn.Module] = [nn.LayerNorm(in_dim)]
+        d = in_dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)]
+            d = hidden
+        last = nn.Linear(d, out_dim)
+        nn.init.normal_(last.weight, std=0.1 / d**0.5)
+        nn.init.zeros_(last.bias)
+        mods.append(last)
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class GeoModel(nn.Module):
+    """``forward(x)`` -> float64 query points ``[B, point_dim]``; ``entities`` the table.
+
+    Args:
+        encoder: module mapping inputs to ``[B, encoder.dim]`` features.
+        space: a :class:`~hiergeo.geometry.spaces.Space`.
+        entity_init: float64 ``[N, point_dim]`` points on the space (row i = entity id i).
+        dim: dimension of the space (the head outputs ``dim`` tangent coordinates).
+        train_entities: let the optimiser move entity points.
+    """
+
+    def __init__(self, encoder: nn.Module, space: Space, entity_init: torch.Tensor, dim: int,
+                 hidden: int = 512, layers: int = 2, dropout: float = 0.0,
+                 train_entities: bool = True):
+        import geoopt
+
+        super().__init__()
+        self.encoder = encoder
+        self.space = space
+        self.head = Head(encoder.dim, dim, hidden, layers, dropout)
+        self.entities = geoopt.ManifoldParameter(entity_init.to(torch.float64).clone(),
+                                                 manifold=space.manifold(),
+                                                 requires_grad=train_entities)
+        # each entity's allowed distance to its parent (the parent term; set by the trainer)
+        self.register_buffer("parent_margin",
+                             torch.zeros(len(entity_init), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.space.query(self.head(self.encoder(x)))
+
+    @torch.no_grad()
+    def project_entities_(self) -> None:
+        """Pull entity points back onto the space (after loading or optimiser steps)."""
+        self.entities.data.copy_(self.entities.manifold.projx(self.entities.data))

@@ -1,0 +1,82 @@
+"""The entity tree as tensors, for training (candidate sampling, per-level tables) and for
+prediction (children of a beam). Built from a gazetteer, optionally restricted to an
+``active`` subset of entities (e.g. those seen in training): inactive entities are never
+candidates and never predicted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gazetteer.keys import LEVELS
+
+
+@dataclass
+class Hierarchy:
+    """Arrays by entity id (row i = entity id i of the gazetteer).
+
+    Attributes:
+        parent: ``[N]`` parent id, -1 for the root.
+        depth: ``[N]`` 0 for the root, 1 country ... 4 city.
+        latlon: ``[N, 2]`` float64 centroids in degrees.
+        ancestors: ``[N, 4]`` id of the entity's ancestor (or itself) at each level, -1 below
+            its own depth.
+        active: ``[N]`` bool.
+        level_ids: per level, the active ids of that level (sorted).
+        pos_in_level: ``[N]`` position of each entity in its level's ``level_ids`` (-1 if
+            inactive).
+        child_start, child_count, child_list: active children of each id, as
+            ``child_list[child_start[i] : child_start[i] + child_count[i]]``.
+    """
+
+    parent: torch.Tensor
+    depth: torch.Tensor
+    latlon: torch.Tensor
+    ancestors: torch.Tensor
+    active: torch.Tensor
+    level_ids: list[torch.Tensor]
+    pos_in_level: torch.Tensor
+    child_start: torch.Tensor
+    child_count: torch.Tensor
+    child_list: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return len(self.parent)
+
+    @classmethod
+    def from_gazetteer(cls, gz, active: np.ndarray | None = None) -> Hierarchy:
+        e = gz.entities
+        parent = e["parent_id"].to_numpy(np.int64).copy()
+        depth = e["depth"].to_numpy(np.int64).copy()
+        n = len(parent)
+        act = np.ones(n, bool) if active is None else np.asarray(active, bool).copy()
+        if len(act) != n:
+            raise ValueError(f"active mask has {len(act)} rows for {n} entities")
+        act[depth == 0] = True
+        # an active entity keeps its ancestors active, or descent could never reach it
+        for _ in range(len(LEVELS)):
+            up = parent[act & (parent >= 0)]
+            act[up] = True
+        level_ids, pos = [], np.full(n, -1, np.int64)
+        for d in range(1, len(LEVELS) + 1):
+            ids = np.flatnonzero((depth == d) & act)
+            pos[ids] = np.arange(len(ids))
+            level_ids.append(torch.from_numpy(ids))
+        kids = np.flatnonzero(act & (parent >= 0))
+        kids = kids[np.argsort(parent[kids], kind="stable")]
+        count = np.bincount(parent[kids], minlength=n).astype(np.int64)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        return cls(parent=torch.from_numpy(parent), depth=torch.from_numpy(depth),
+                   latlon=torch.from_numpy(e[["lat", "lon"]].to_numpy(np.float64).copy()),
+                   ancestors=torch.from_numpy(gz.ancestors.astype(np.int64)),
+                   active=torch.from_numpy(act), level_ids=level_ids,
+                   pos_in_level=torch.from_numpy(pos), child_start=torch.from_numpy(start),
+                   child_count=torch.from_numpy(count), child_list=torch.from_numpy(kids))
+
+    def to(self, device) -> Hierarchy:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else [t.to(device) for t in v])
+                 for k, v in self.__dict__.items()}
+        return Hierarchy(**moved)
