@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -85,3 +86,40 @@ class FeatureStore:
             parts.append(load_file(str(shard_paths(self.path, int(k))["features"]))["features"])
         x = torch.cat(parts) if parts else torch.zeros(0, self.dim)
         return x if dtype is None else x.to(dtype)
+
+
+def write_store(out: str | Path, features: torch.Tensor, table: pd.DataFrame, *,
+                backbone: str = "custom", shard_size: int | None = None, **meta) -> Path:
+    """Write a whole feature store from features in memory (for your own features).
+
+    Args:
+        features: ``[n, dim]`` float tensor (stored in its dtype; float16 halves the size).
+        table: ``n`` rows with ``id, latitude, longitude`` and, optionally, OSV-5M's label
+            columns (``unique_country`` ... or ``country, region, sub-region, city``).
+        backbone: what made the features, for the record.
+        meta: more keys for ``store.json``.
+    """
+    out = Path(out)
+    for col in ("id", "latitude", "longitude"):
+        if col not in table.columns:
+            raise ValueError(f"the table needs an {col!r} column (has {list(table.columns)})")
+    if len(features) != len(table):
+        raise ValueError(f"{len(features)} feature rows for {len(table)} table rows")
+    n = len(table)
+    size = shard_size or max(n, 1)
+    parts = []
+    empty = pd.DataFrame({"id": [], "path": [], "reason": []}, dtype=str)
+    for k, s in enumerate(range(0, max(n, 1), size)):
+        chunk = table.iloc[s:s + size].reset_index(drop=True)
+        write_shard(out, k, features[s:s + size], chunk, empty)
+        parts.append(chunk.assign(shard=k, row=np.arange(len(chunk))))
+    index = pd.concat(parts, ignore_index=True)
+    index.to_parquet(out / "index.parquet.tmp", index=False)
+    (out / "index.parquet.tmp").replace(out / "index.parquet")
+    info = {"format": FORMAT, "backbone": backbone, "weights": meta.pop("weights", "unknown"),
+            "dim": int(features.shape[1]), "dtype": str(features.dtype).replace("torch.", ""),
+            "shard_size": size, "rows": n, **meta}
+    tmp = out / "store.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    tmp.replace(out / "store.json")  # last: the store counts as written only now
+    return out

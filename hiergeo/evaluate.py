@@ -1,0 +1,186 @@
+"""``python -m hiergeo.evaluate --run results/<run_id> [--data STORE]``: predictions, OSV-5M
+metrics, entity top-k accuracy, the per-country table and its pictures.
+
+Writes into the run folder (or ``--out``):
+
+    predictions.parquet   one row per sample: truth, predicted point and path, probabilities
+    metrics.json          ("eval" block when run from the command line) every figure below
+    per_country.csv/.md   the per-country breakdown, largest countries first
+    error_map.png         median error per true country
+    error_curve.png       share of samples within each distance
+
+Without ``--data`` the run's own validation split is rebuilt from its config (same seed,
+same split) and evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
+
+from . import metrics
+from .predict import predict
+
+log = logging.getLogger(__name__)
+
+
+def _truth_table(split, gz) -> pd.DataFrame:
+    """Coordinates plus OSV-5M key columns: the data's own, else the keys of its label ids."""
+    t = split.table
+    cols = ["latitude", "longitude"]
+    if all(c in t.columns for c in OSV5M_KEY_COLUMNS.values()):
+        return t[cols + list(OSV5M_KEY_COLUMNS.values())].reset_index(drop=True)
+    if all(c in t.columns for c in OSV5M_PART_COLUMNS.values()):
+        return t[cols + list(OSV5M_PART_COLUMNS.values())].reset_index(drop=True)
+    keys = gz.entities["key"].to_numpy(object)
+    out = t[cols].reset_index(drop=True).copy()
+    ids = split.ids.numpy()
+    for j, lvl in enumerate(LEVELS):
+        out[OSV5M_KEY_COLUMNS[lvl]] = np.where(ids[:, j] >= 0, keys[ids[:, j].clip(0)], None)
+    return out
+
+
+def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
+                   method: str = "descent", beams=None) -> dict:
+    """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = cfg.eval
+    kw = {"topk": max(5, ev.topk), "coords": ev.coords, "threshold": ev.threshold}
+    if method == "descent":
+        kw["beams"] = list(beams or ev.beams)
+    t0 = time.perf_counter()
+    pred = predict(model, split.inputs(np.arange(len(split))), hier, cfg.loss.tau,
+                   method=method, **kw)
+    predict_s = time.perf_counter() - t0
+    truth = _truth_table(split, gz)
+    geocoder = "reverse_geocoder" if ev.geocoder == "reverse_geocoder" else gz
+    pk = metrics.predicted_keys(pred.lat, pred.lon, geocoder)
+    hits = metrics.hits_from_keys(pk, truth)
+    summary = metrics.osv5m_summary(pred.lat, pred.lon, truth, hits=hits)
+    truth_ids = split.ids.numpy()
+    ent = metrics.entity_accuracy(pred.paths, truth_ids)
+    km = metrics.haversine_km(pred.lat, pred.lon, truth["latitude"], truth["longitude"])
+    names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
+    tkeys = metrics.truth_keys(truth)
+    table = metrics.per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
+                                km, hits, names)
+    table.to_csv(out_dir / "per_country.csv", index=False)
+    (out_dir / "per_country.md").write_text(metrics.markdown_table(table), encoding="utf-8")
+    keys = gz.entities["key"].to_numpy(object)
+    rows = {"id": split.table["id"].astype(str).to_numpy() if "id" in split.table else
+            np.arange(len(split)).astype(str),
+            "latitude": truth["latitude"].to_numpy(float),
+            "longitude": truth["longitude"].to_numpy(float),
+            "pred_latitude": pred.lat, "pred_longitude": pred.lon, "km": km,
+            "confident_level": pred.confident_level, "comparisons": pred.comparisons}
+    for j, lvl in enumerate(LEVELS):
+        top = pred.paths[:, 0, j]
+        rows[f"true_{lvl}"] = np.where(truth_ids[:, j] >= 0, keys[truth_ids[:, j].clip(0)], None)
+        rows[f"pred_{lvl}"] = np.where(top >= 0, keys[top.clip(0)], None)
+        rows[f"prob_{lvl}"] = pred.level_prob[:, 0, j]
+        rows[f"hit_{lvl}"] = hits[metrics.osv5m.LEVEL_NAMES[lvl]].to_numpy()
+    pd.DataFrame(rows).to_parquet(out_dir / "predictions.parquet", index=False)
+    if ev.maps:
+        from .reports import error_curve, error_map
+
+        error_map(table, gz, out_dir / "error_map.png")
+        error_curve(km, out_dir / "error_curve.png")
+    result = {**summary, **ent, "method": method, "beams": kw.get("beams"),
+              "coords": ev.coords, "predict_seconds": predict_s,
+              "queries_per_s": len(split) / max(predict_s, 1e-9),
+              "mean_comparisons": float(pred.comparisons.mean()),
+              "confident_level_share": {
+                  lvl: float((pred.confident_level >= j).mean()) for j, lvl in enumerate(LEVELS)}}
+    return result
+
+
+def load_run(run: str | Path, device: str = "auto"):
+    """``(cfg, model, hier, gz)`` of a finished or checkpointed run folder."""
+    import yaml
+
+    import gazetteer
+
+    from .train import checkpoint
+    from .train.config import from_dict
+    from .train.loop import build_model
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run}: no config.yaml; is this a run folder written by "
+                                "python -m hiergeo.train?")
+    ckpt = checkpoint.load(run / checkpoint.NAME)
+    cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+    gz = gazetteer.load()
+    if ckpt["meta"]["n_entities"] != len(gz.entities):
+        raise ValueError(f"{run}: the model has {ckpt['meta']['n_entities']} entities, this "
+                         f"gazetteer {len(gz.entities)}: evaluate with the gazetteer it was "
+                         "trained on")
+    dev = torch.device(device if device != "auto" else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, hier = build_model(cfg, gz, ckpt["meta"]["in_dim"], dev, init=False,
+                              active=ckpt["active"].numpy())
+    model.load_state_dict(ckpt["model"])
+    model.project_entities_()
+    model.eval()
+    return cfg, model, hier, gz
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hiergeo.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run folder (results/<run_id>)")
+    ap.add_argument("--data", help="feature store to evaluate (default: the run's val split)")
+    ap.add_argument("--method", default="descent", choices=["descent", "flat"])
+    ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5")
+    ap.add_argument("--coords", choices=["city", "weighted"])
+    ap.add_argument("--out", help="output folder (default: the run folder)")
+    ap.add_argument("--device", default="auto")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .train.data import _from_store, load_data
+
+    cfg, model, hier, gz = load_run(args.run, args.device)
+    if args.coords:
+        cfg.eval.coords = args.coords
+    beams = [int(b) for b in args.beams.split(",")] if args.beams else None
+    if args.data:
+        split, _, dim = _from_store(args.data, cfg, gz, "eval data")
+        if dim != model.encoder.dim:
+            raise SystemExit(f"{args.data}: features are {dim}-d, the model takes "
+                             f"{model.encoder.dim}-d")
+        absent = int(((split.ids >= 0) & ~hier.active[split.ids.clamp_min(0)].cpu()).sum())
+        if absent:
+            log.warning("%d labels name entities the model does not have (pruned); they "
+                        "count as misses in the entity accuracy", absent)
+    else:
+        split = load_data(cfg, gz).val
+    out = Path(args.out or args.run)
+    res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams)
+    path = out / "metrics.json"
+    allm = json.loads(path.read_text()) if path.exists() else {}
+    allm["eval"] = {**res, "data": args.data or "run's val split"}
+    tmp = path.with_name("metrics.json.tmp")
+    tmp.write_text(json.dumps(allm, indent=2, default=float) + "\n")
+    tmp.replace(path)
+    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2,
+                     default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

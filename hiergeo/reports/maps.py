@@ -1,0 +1,76 @@
+"""Maps and curves for analysts (matplotlib, headless; geopandas with the shipped polygons)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import THRESHOLDS_KM
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def error_map(table: pd.DataFrame, gz, path: str | Path, column: str = "median_km",
+              title: str | None = None) -> Path:
+    """World map of ``column`` per true country (``table`` from
+    :func:`hiergeo.metrics.per_country`), log colour scale; countries without test samples
+    are grey. Uses the gazetteer's Natural Earth country polygons."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    shapes = gz.polygons_frame("country")
+    merged = shapes.merge(table[["country", column, "n"]], how="left", left_on="key",
+                          right_on="country")
+    fig, ax = plt.subplots(figsize=(12, 6))
+    shapes.plot(ax=ax, color="#dddddd", edgecolor="white", linewidth=0.3)
+    have = merged[merged[column].notna()]
+    if len(have):
+        vals = have[column].clip(lower=0.1)
+        have = have.assign(**{column: vals})
+        have.plot(ax=ax, column=column, cmap="viridis_r", edgecolor="white", linewidth=0.3,
+                  legend=True, norm=LogNorm(vmin=max(vals.min(), 0.1), vmax=max(vals.max(), 1)),
+                  legend_kwds={"label": f"{column.replace('_', ' ')} (log scale)",
+                               "shrink": 0.6})
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-60, 85)
+    ax.set_axis_off()
+    ax.set_title(title or f"{column.replace('_', ' ')} per true country "
+                 f"({int(table['n'].sum())} samples; grey: none)")
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def error_curve(km, path: str | Path, label: str = "model") -> Path:
+    """Share of samples within each distance (log x), with OSV-5M's 1/25/200/750/2500 km."""
+    plt = _pyplot()
+    km = np.sort(np.asarray(km, np.float64))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = np.clip(km, 0.1, None)
+    ax.step(x, np.arange(1, len(km) + 1) / len(km), where="post", label=label)
+    for r in THRESHOLDS_KM:
+        share = float((km < r).mean()) if len(km) else 0.0
+        ax.axvline(r, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"{r} km\n{share:.1%}", (r, share), textcoords="offset points",
+                    xytext=(3, -24), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, 20038)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("great-circle error (km)")
+    ax.set_ylabel("share of samples within")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,471 @@
+"""The training run: config -> data -> model -> loop -> checkpoints + ``results/<run_id>/``.
+
+Determinism: every random draw comes from (seed, epoch) for the data order and (seed, step,
+rank) for candidates and dropout, so a run resumed from a checkpoint takes exactly the steps
+the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from gazetteer.keys import LEVELS
+
+from ..geometry.spaces import make_space
+from ..losses import GeoWeightedContrastive, parent_hinge
+from ..model.geolocator import GeoModel, create_encoder
+from ..model.hierarchy import Hierarchy
+from . import checkpoint
+from .candidates import sample_candidates
+from .config import Config, ConfigError, from_dict
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = (["step", "epoch", "lr", "samples_per_s", "loss"]
+               + [f"loss_{lvl}" for lvl in LEVELS] + ["loss_parent"]
+               + [f"val_top1_{lvl}" for lvl in LEVELS] + ["val_median_km"])
+
+
+# -- setup ---------------------------------------------------------------------------------
+class Dist:
+    """Process-group facts: single process unless launched by torchrun."""
+
+    def __init__(self, cfg: Config):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = cfg.hardware.device
+        if dev == "auto":
+            dev = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        elif dev == "cuda" and self.world > 1:
+            dev = f"cuda:{local}"
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"hardware.device={cfg.hardware.device} but CUDA is not available")
+        self.device = torch.device(dev)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.started = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+            self.started = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.started:
+            torch.distributed.destroy_process_group()
+
+
+def build_model(cfg: Config, gz, in_dim: int, device, *, init: bool = True,
+                active: np.ndarray | None = None) -> tuple[GeoModel, Hierarchy]:
+    """The model and the entity hierarchy for ``cfg``; ``init`` embeds the tree for the
+    entity table's starting points (skip it when a checkpoint will overwrite them)."""
+    m = cfg.model
+    space = make_space(m.geometry, m.c, m.max_radius, m.sphere_radius)
+    if init:
+        from ..embedding import embed_tree
+
+        emb = embed_tree(gz, dim=m.dim, c=m.c, method=m.embedding, seed=cfg.run.seed)
+        points = space.init_entities(emb.points)
+    else:
+        points = torch.zeros(len(gz.entities), space.point_dim(m.dim), dtype=torch.float64)
+    kw = {"in_dim": in_dim}
+    if m.encoder == "timm":
+        from ..model.backbones import EMBEDDED
+
+        kw.update(backbone=m.backbone or EMBEDDED, weights=m.weights,
+                  allow_download=m.allow_download, random_weights=m.random_weights,
+                  freeze=m.freeze_backbone)
+    encoder = create_encoder(m.encoder, **kw)
+    model = GeoModel(encoder, space, points, m.dim, m.hidden, m.layers, m.dropout,
+                     m.train_entities).to(device)
+    hier = Hierarchy.from_gazetteer(gz, active).to(device)
+    return model, hier
+
+
+def run_dir_for(cfg: Config) -> Path:
+    return Path(cfg.run.out) / (cfg.run.id or cfg.preset)
+
+
+def _prepare_dir(cfg: Config, d: Path, resume: bool, dist: Dist) -> None:
+    if resume:
+        return
+    busy = d.exists() and any((d / f).exists() for f in (checkpoint.NAME, "metrics.json",
+                                                          "log.csv"))
+    if busy and not cfg.run.overwrite:
+        raise FileExistsError(
+            f"{d} already holds a run. Continue it with --resume {d}, replace it with "
+            f"run.overwrite=true, or pick another folder with run.id=NAME")
+    if dist.main:
+        if busy:
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+
+
+# -- the loop ------------------------------------------------------------------------------
+def _lr_lambda(cfg: Config, total: int):
+    warm = max(0, cfg.optim.warmup_steps)
+    floor = cfg.optim.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+class _Log:
+    """``log.csv`` (appended, flushed per row) and TensorBoard, on the main process."""
+
+    def __init__(self, d: Path, start_step: int, tensorboard: bool, main: bool):
+        self.main = main
+        self.path = d / "log.csv"
+        self.tb = None
+        if not main:
+            return
+        rows = []
+        if self.path.exists():  # keep what the checkpoint covers, drop steps after it
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
+        with open(self.path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, LOG_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(d / "tensorboard"), purge_step=start_step + 1)
+            except ImportError:
+                log.warning("tensorboard is not installed: logging to log.csv only")
+
+    def write(self, row: dict) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, LOG_COLUMNS).writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) -> dict:
+    """Named loss terms for one batch (see :mod:`hiergeo.losses`)."""
+    sparse = cfg.optim.entity_optimizer == "sparse"
+
+    class _Rows:  # E[idx], with a sparse gradient for the sparse optimiser
+        def __getitem__(self, idx):
+            return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
+
+    E = _Rows()
+    space = model.space
+    terms = {}
+    total = z.new_zeros((), dtype=torch.float64)
+    for j, lvl in enumerate(LEVELS):
+        pos = ids[:, j]
+        keep = pos >= 0
+        keep &= hier.active[pos.clamp_min(0)]
+        if not bool(keep.any()) or cfg.loss.weights[j] == 0:
+            continue
+        zl, pl, ll = z[keep], pos[keep], latlon[keep]
+        fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j])
+        if full_levels[j]:
+            tbl = hier.level_ids[j]
+            out = fn.full(zl, E[tbl], hier.latlon[tbl], ll, hier.pos_in_level[pl])
+        else:
+            cand, valid = sample_candidates(hier, pl, j, cfg.loss.n_siblings,
+                                            cfg.loss.n_cousins, cfg.loss.n_random, gen)
+            out = fn(zl, E[cand], hier.latlon[cand], ll, valid)
+        terms[f"loss_{lvl}"] = out["loss"]
+        total = total + cfg.loss.weights[j] * out["loss"]
+    if cfg.loss.parent_weight > 0 and model.entities.requires_grad:
+        kids = torch.unique(ids[:, 1:][ids[:, 1:] >= 0])
+        par = hier.parent[kids]
+        term = parent_hinge(space, E[kids], E[par], model.parent_margin[kids])
+        terms["loss_parent"] = term
+        total = total + cfg.loss.parent_weight * term
+    terms["loss"] = total
+    return terms
+
+
+def _full_levels(cfg: Config, hier: Hierarchy, device, batch: int) -> list[bool]:
+    mode = cfg.loss.candidates
+    if mode == "full":
+        return [True] * len(LEVELS)
+    if mode == "sampled":
+        return [False] * len(LEVELS)
+    if device.type == "cuda":
+        return [True] * len(LEVELS)
+    return [batch * len(ids) <= cfg.loss.full_max for ids in hier.level_ids]
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, 7, epoch]).permutation(n)
+
+
+def validate(model, split, hier, cfg: Config, rows: np.ndarray) -> dict:
+    """Top-1 per level from the descent's path and median km, on ``rows`` of ``split``."""
+    from ..metrics import haversine_km
+    from ..predict import predict
+
+    x = split.inputs(rows)
+    pred = predict(model, x, hier, cfg.loss.tau, beams=cfg.eval.beams, topk=1,
+                   coords=cfg.eval.coords)
+    truth = split.ids[rows].numpy()
+    out = {}
+    for j, lvl in enumerate(LEVELS):
+        present = truth[:, j] >= 0
+        hit = pred.paths[:, 0, j] == truth[:, j]
+        out[f"val_top1_{lvl}"] = float(hit[present].mean()) if present.any() else float("nan")
+    ll = split.latlon[rows].numpy()
+    out["val_median_km"] = float(np.median(haversine_km(pred.lat, pred.lon, ll[:, 0],
+                                                        ll[:, 1])))
+    return out
+
+
+def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
+    """Train (or continue) a run; returns its final metrics (also in ``metrics.json``)."""
+    from tqdm.auto import tqdm
+
+    import gazetteer
+
+    from .data import load_data
+
+    if resume is not None:
+        d = Path(resume)
+        if not (d / "config.yaml").exists():
+            raise FileNotFoundError(f"{d}: no config.yaml, so not a run folder to resume")
+        hardware = cfg.hardware if cfg is not None else None
+        cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")))
+        if hardware is not None:
+            cfg.hardware = hardware  # hardware may change between sessions, nothing else
+        ckpt = checkpoint.load(d / checkpoint.NAME)
+    else:
+        cfg = cfg or Config()
+        d = run_dir_for(cfg)
+        ckpt = None
+    dist = Dist(cfg)
+    try:
+        return _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data)
+    finally:
+        dist.close()
+
+
+def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
+    _prepare_dir(cfg, d, ckpt is not None, dist)
+    if cfg.hardware.threads:
+        torch.set_num_threads(cfg.hardware.threads)
+    torch.manual_seed(cfg.run.seed)
+    dev = dist.device
+    t_start = time.perf_counter()
+    gz = gazetteer.load()
+    data = load_data(cfg, gz)
+    if dist.main:
+        log.info("data: %s; train %d, val %d", data.report["source"], len(data.train),
+                 len(data.val))
+    active = None
+    if cfg.data.prune_entities:
+        seen = data.train.ids[data.train.ids >= 0].unique().numpy()
+        active = np.zeros(len(gz.entities), bool)
+        active[seen] = True
+    if ckpt is not None:
+        if ckpt["meta"]["in_dim"] != data.in_dim:
+            raise ValueError(f"the checkpoint was trained on {ckpt['meta']['in_dim']}-d "
+                             f"inputs, the data has {data.in_dim}")
+        if ckpt["meta"]["n_entities"] != len(gz.entities):
+            raise ValueError("the checkpoint's entity table does not match this gazetteer "
+                             f"({ckpt['meta']['n_entities']} vs {len(gz.entities)} entities)")
+        active = ckpt["active"].numpy()
+    model, hier = build_model(cfg, gz, data.in_dim, dev, init=ckpt is None, active=active)
+    with torch.no_grad():  # (a checkpoint, when resuming, overwrites this with its own)
+        E0 = model.entities.detach()
+        kids = torch.nonzero(hier.parent >= 0).flatten()
+        model.parent_margin[kids] = model.space.pair(E0[kids], E0[hier.parent[kids]])
+
+    head_params = [p for n, p in model.named_parameters() if p.requires_grad
+                   and n != "entities"]
+    opt = torch.optim.AdamW(head_params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    import geoopt
+
+    ent_opt = None
+    if model.entities.requires_grad and cfg.optim.entity_optimizer == "sparse":
+        ent_opt = geoopt.optim.SparseRiemannianAdam([model.entities], lr=cfg.optim.entity_lr)
+    elif model.entities.requires_grad:
+        ent_opt = geoopt.optim.RiemannianAdam([model.entities], lr=cfg.optim.entity_lr,
+                                              stabilize=cfg.optim.stabilize)
+    B = cfg.optim.batch_size
+    n = len(data.train)
+    spe = max(1, math.ceil(n / B))
+    total = max(1, math.ceil(cfg.optim.epochs * spe))
+    if cfg.optim.max_steps is not None:
+        total = min(total, cfg.optim.max_steps)
+    lam = _lr_lambda(cfg, total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+    ent_sched = torch.optim.lr_scheduler.LambdaLR(ent_opt, lam) if ent_opt else None
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        model.project_entities_()
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        if ent_opt is not None:
+            ent_opt.load_state_dict(ckpt["ent_opt"])
+            ent_sched.load_state_dict(ckpt["ent_sched"])
+        step = int(ckpt["step"])
+        if dist.main:
+            log.info("resuming %s at step %d of %d", d, step, total)
+    if dist.main:
+        tmp = d / "config.yaml.tmp"
+        tmp.write_text(cfg.to_yaml(), encoding="utf-8")
+        tmp.replace(d / "config.yaml")
+        (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
+
+    train_model = model
+    if dist.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    full_levels = _full_levels(cfg, hier, dev, math.ceil(B / dist.world))
+    if dist.main:
+        log.info("candidates per level: %s", ", ".join(
+            f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
+                                                                   strict=True)))
+    bf16 = cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto"
+                                                and dev.type == "cuda")
+    val_rows = np.sort(np.random.default_rng([cfg.run.seed, 11]).permutation(len(data.val))[
+        :cfg.run.val_max])
+    logger = _Log(d, step, cfg.run.tensorboard, dist.main)
+
+    def save_ckpt(at_step: int):
+        if not dist.main:
+            return
+        state = {"step": at_step, "model": model.state_dict(), "opt": opt.state_dict(),
+                 "sched": sched.state_dict(), "active": hier.active.cpu(),
+                 "config": cfg.to_yaml(),
+                 "meta": {"in_dim": data.in_dim, "n_entities": len(gz.entities),
+                          "gazetteer": json.dumps(gz.meta.get("sources", {}), default=str),
+                          "total_steps": total, "world_size": dist.world,
+                          "saved": _dt.datetime.now().isoformat(timespec="seconds")}}
+        if ent_opt is not None:
+            state["ent_opt"], state["ent_sched"] = ent_opt.state_dict(), ent_sched.state_dict()
+        checkpoint.save(d / checkpoint.NAME, state)
+
+    bar = tqdm(total=total, initial=step, desc=f"train {d.name}", unit="step",
+               disable=not dist.main)
+    window_t, window_n = time.perf_counter(), 0
+    model.train()
+    try:
+        while step < total:
+            epoch, pos = divmod(step, spe)
+            order = _epoch_order(cfg.run.seed, epoch, n)
+            idx = order[pos * B:(pos + 1) * B][dist.rank::dist.world]
+            torch.manual_seed(cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
+            gen = torch.Generator(device=dev).manual_seed(
+                cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
+            x = data.train.inputs(idx).to(dev, non_blocking=True)
+            ids = data.train.ids[idx].to(dev)
+            ll = data.train.latlon[idx].to(dev)
+            ac = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if bf16
+                  else contextlib.nullcontext())
+            with ac:
+                z = train_model(x)
+            terms = _level_losses(cfg, model, z.to(torch.float64), ids, ll, hier, gen,
+                                  full_levels)
+            if not torch.isfinite(terms["loss"]):
+                save_ckpt(step)
+                raise FloatingPointError(f"loss is {terms['loss'].item()} at step {step}; "
+                                         f"the last good state is in {d / checkpoint.NAME}")
+            opt.zero_grad(set_to_none=True)
+            if ent_opt is not None:
+                ent_opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(head_params, cfg.optim.grad_clip)
+                if ent_opt is not None and not model.entities.grad.is_sparse:
+                    torch.nn.utils.clip_grad_norm_([model.entities], cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            if ent_opt is not None:
+                ent_opt.step()
+                ent_sched.step()
+                if (step + 1) % max(1, cfg.optim.stabilize) == 0:
+                    model.project_entities_()
+            step += 1
+            window_n += len(idx) * dist.world
+            bar.update(1)
+            row = None
+            if step % cfg.run.log_every == 0 or step == total:
+                now = time.perf_counter()
+                row = {"step": step, "epoch": round(step / spe, 4),
+                       "lr": sched.get_last_lr()[0],
+                       "samples_per_s": window_n / max(now - window_t, 1e-9),
+                       **{k: float(v.detach()) for k, v in terms.items()}}
+                window_t, window_n = now, 0
+                bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
+            if cfg.run.val_every and step % cfg.run.val_every == 0 and step < total:
+                if dist.main:
+                    row = {**(row or {"step": step, "epoch": round(step / spe, 4)}),
+                           **validate(model, data.val, hier, cfg, val_rows)}
+                    log.info("step %d: %s", step, ", ".join(
+                        f"{k} {v:.3g}" for k, v in row.items() if k.startswith("val_")))
+                dist.barrier()
+            if row is not None:
+                logger.write(row)
+            if step % cfg.run.checkpoint_every == 0 or step == total:
+                save_ckpt(step)
+    except KeyboardInterrupt:
+        save_ckpt(step)
+        log.warning("interrupted at step %d; continue with --resume %s", step, d)
+        raise
+    finally:
+        bar.close()
+        logger.close()
+    result = {"steps": total, "train_seconds": time.perf_counter() - t_start,
+              "world_size": dist.world}
+    if dist.world > 1:
+        result["ddp_params_in_sync"] = _params_in_sync(model)
+    if dist.main:
+        from ..evaluate import evaluate_split
+
+        result.update(evaluate_split(model, hier, data.val, cfg, gz, d))
+        result["seconds"] = time.perf_counter() - t_start
+        tmp = d / "metrics.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        tmp.replace(d / "metrics.json")
+    dist.barrier()
+    return result
+
+
+def _params_in_sync(model) -> bool:
+    """Every rank holds the same parameters (DDP's whole point): compare checksums."""
+    s = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    got = [torch.zeros_like(s) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(got, s)
+    return all(torch.equal(got[0], g) for g in got[1:])

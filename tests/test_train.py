@@ -1,0 +1,262 @@
+"""The trainer: config, a smoke run end to end, resume after SIGKILL, DDP, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from hiergeo.data.store import FeatureStore, write_store
+from hiergeo.train import ConfigError, load_config, run
+from hiergeo.train.data import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = ROOT.parent / "shared" / "images"
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory):
+    """The session-private cache of conftest, for session-scoped fixtures too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HIERGEO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_env):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config("smoke", [f"run.out={out}", "run.id=base", "run.tensorboard=true"])
+    res = run(cfg)
+    return out / "base", res
+
+
+# -- config ----------------------------------------------------------------------------
+def test_config_presets_and_overrides(tmp_path):
+    cfg = load_config(None)
+    assert cfg.preset == "demo" and cfg.optim.entity_optimizer == "sparse"
+    cfg = load_config("smoke", ["optim.lr=1e-3", "loss.tau=[0.2,0.3,0.4,0.5]",
+                                "model.geometry=sphere", "data.train=null"])
+    assert cfg.optim.lr == 1e-3 and cfg.loss.tau == [0.2, 0.3, 0.4, 0.5]
+    assert cfg.model.geometry == "sphere" and cfg.data.train is None
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: smoke\noptim:\n  batch_size: 8\n")
+    cfg = load_config(f)
+    assert cfg.optim.batch_size == 8 and cfg.model.hidden == 64 and cfg.preset == "mine"
+    # the resolved config round-trips
+    from hiergeo.train.config import from_dict
+
+    assert from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+    ("optim.batch_size=1.5", "optim.batch_size: expected an integer"),
+    ("model.geometry=hyperbolic", "model.geometry must be one of"),
+    ("loss.tau=[1,2]", "loss.tau needs 4 values"),
+    ("run.overwrite=maybe", "expected true/false"),
+    ("optim", "not key.sub=value"),
+])
+def test_config_errors_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("smoke", [override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="presets: demo, osv5m, smoke"):
+        load_config("nope")
+
+
+# -- a whole run -------------------------------------------------------------------------
+def test_smoke_run_writes_everything(smoke_run):
+    d, res = smoke_run
+    for f in ["config.yaml", "metrics.json", "log.csv", "per_country.csv", "per_country.md",
+              "checkpoint.pt", "predictions.parquet", "data_report.json"]:
+        assert (d / f).exists(), f
+    assert list((d / "tensorboard").glob("events.*"))
+    m = json.loads((d / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(res, default=float))
+    # far above chance (1 in 246 countries), even after 50 steps
+    assert m["acc_country"] > 0.2 and m["top5_country"] > 0.4
+    assert m["n"] > 100 and 0 < m["median_km"] < 20_000
+    log = pd.read_csv(d / "log.csv")
+    assert log["step"].is_monotonic_increasing and log["step"].iloc[-1] == m["steps"]
+    assert log["val_top1_country"].notna().any() and log["samples_per_s"].notna().any()
+    ck = torch.load(d / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == m["steps"] and ck["model"]["entities"].dtype == torch.float64
+    pc = pd.read_csv(d / "per_country.csv", keep_default_na=False)
+    assert pc["n"].sum() == m["n"]
+    assert abs(pc["hits_city"].sum() / pc["n_city"].sum() - m["acc_city"]) < 1e-12
+
+
+def test_existing_run_is_not_overwritten(smoke_run, cache_env):
+    d, _ = smoke_run
+    cfg = load_config("smoke", [f"run.out={d.parent}", "run.id=base"])
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(cfg)
+
+
+def test_resume_after_sigkill_reaches_the_same_result(smoke_run, tmp_path):
+    """Kill a run with SIGKILL after its first checkpoint, resume it, compare."""
+    base, _ = smoke_run
+    env = {**os.environ, "HIERGEO_CACHE": str(Path(os.environ["HIERGEO_CACHE"]))}
+    cmd = [sys.executable, "-m", "hiergeo.train", "--config", "smoke",
+           f"run.out={tmp_path}", "run.id=killed", "run.tensorboard=true"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics.json").exists()  # it really died mid-run
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step_at_kill < 50
+    res = run(resume=tmp_path / "killed")
+    want = json.loads((base / "metrics.json").read_text())
+    for k in ["acc_country", "acc_region", "acc_subregion", "acc_city", "mean_km",
+              "median_km", "geoscore", "top5_city"]:
+        assert res[k] == want[k], k
+    a = torch.load(base / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(ckpt, weights_only=True)["model"]
+    # the same to float rounding: BLAS kernels may sum in another order in another process
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    log = pd.read_csv(tmp_path / "killed" / "log.csv")
+    assert log["step"].is_unique  # no steps logged twice across the kill
+
+
+def test_ddp_two_cpu_processes(tmp_path, cache_env, smoke_run):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "hiergeo.train", "--config", "smoke",
+           f"run.out={tmp_path}", "run.id=ddp", "optim.max_steps=12", "run.val_every=0"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["ddp_params_in_sync"] is True and m["steps"] == 12
+
+
+# -- bad input ---------------------------------------------------------------------------
+def _store(path, n=40, dim=16, seed=0, **cols):
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({"id": [f"s{i}" for i in range(n)],
+                          "latitude": rng.uniform(40, 50, n), "longitude": rng.uniform(0, 10, n),
+                          **cols})
+    return write_store(path, torch.from_numpy(rng.standard_normal((n, dim)).astype("f4")),
+                       table)
+
+
+def _cfg(tmp_path, *extra):
+    return load_config("smoke", [f"run.out={tmp_path}", "run.id=bad", "optim.max_steps=2",
+                                 *extra])
+
+
+def test_feature_dim_mismatch(tmp_path, cache_env):
+    s = _store(tmp_path / "s")
+    with pytest.raises(DataError, match="dimension 16, but the config says data.feature_dim=32"):
+        run(_cfg(tmp_path, f"data.train={s}", "data.feature_dim=32"))
+
+
+def test_nan_features_are_named(tmp_path, cache_env):
+    s = _store(tmp_path / "s")
+    store = FeatureStore(s)
+    x = store.features(torch.float32)
+    x[7, 3] = float("nan")
+    s2 = write_store(tmp_path / "s2", x, store.index.drop(columns=["shard", "row"]))
+    with pytest.raises(DataError, match=r"1 feature vectors contain NaN.*ids \['s7'\]"):
+        run(_cfg(tmp_path, f"data.train={s2}"))
+
+
+def test_labels_outside_the_entity_set(tmp_path, cache_env):
+    n = 40
+    s = _store(tmp_path / "s", n=n, unique_country=["FR"] * n, unique_region=["Atlantis_FR"] * n,
+               **{"unique_sub-region": ["nan"] * n, "unique_city": ["nan"] * n})
+    with pytest.raises(DataError, match="labels outside the entity set: {'region': 40}"):
+        run(_cfg(tmp_path, f"data.train={s}"))
+
+
+def test_empty_split(tmp_path, cache_env):
+    s = _store(tmp_path / "s", n=1)
+    with pytest.raises(DataError, match="too few to split"):
+        run(_cfg(tmp_path, f"data.train={s}"))
+    empty = write_store(tmp_path / "e", torch.zeros(0, 16),
+                        pd.DataFrame({"id": [], "latitude": [], "longitude": []}))
+    with pytest.raises(DataError, match="no rows"):
+        run(_cfg(tmp_path, f"data.train={_store(tmp_path / 's3')}", f"data.val={empty}"))
+
+
+# -- every geometry trains ----------------------------------------------------------------
+@pytest.mark.parametrize("geometry", ["poincare", "lorentz", "euclidean", "sphere"])
+@pytest.mark.parametrize("entity_optimizer", ["dense", "sparse"])
+def test_backward_smoke_every_geometry(small, geometry, entity_optimizer):
+    """Two optimisation steps: every parameter gets a finite gradient, nothing is NaN."""
+    import geoopt
+
+    from hiergeo.train.loop import _level_losses, build_model
+
+    cfg = load_config("smoke", [f"model.geometry={geometry}",
+                                f"optim.entity_optimizer={entity_optimizer}"])
+    model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    ids = torch.as_tensor(small.ancestors[hier.level_ids[3].numpy()])
+    ll = hier.latlon[hier.level_ids[3]]
+    x = torch.randn(len(ids), 12)
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if n != "entities"])
+    cls = (geoopt.optim.SparseRiemannianAdam if entity_optimizer == "sparse"
+           else geoopt.optim.RiemannianAdam)
+    ent = cls([model.entities], lr=1e-2)
+    before = model.entities.detach().clone()
+    for step in range(2):
+        gen = torch.Generator().manual_seed(step)
+        terms = _level_losses(cfg, model, model(x), ids, ll, hier, gen, [True, True, False,
+                                                                          False])
+        opt.zero_grad()
+        ent.zero_grad()
+        terms["loss"].backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None, name
+            g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            assert torch.isfinite(g).all(), name
+        opt.step()
+        ent.step()
+    assert all(torch.isfinite(v).all() for v in terms.values())
+    assert not torch.equal(before, model.entities.detach())
+
+
+# -- evaluation from the command line ------------------------------------------------------
+def test_evaluate_cli_flat_and_descent(smoke_run, tmp_path, cache_env):
+    from hiergeo.evaluate import main
+
+    d, res = smoke_run
+    assert main(["--run", str(d), "--out", str(tmp_path / "flat"), "--method", "flat"]) == 0
+    flat = json.loads((tmp_path / "flat" / "metrics.json").read_text())["eval"]
+    assert main(["--run", str(d), "--out", str(tmp_path / "desc"), "--beams",
+                 "500,500,500,500"]) == 0
+    wide = json.loads((tmp_path / "desc" / "metrics.json").read_text())["eval"]
+    # beams wide enough to score everything give flat search's answer
+    assert wide["top1_city"] == flat["top1_city"] and wide["median_km"] == flat["median_km"]
+    assert flat["n"] == res["n"]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.yaml").write_text((d / "config.yaml").read_text())
+        main(["--run", str(tmp_path / "empty")])
+
+
+# -- images end to end ---------------------------------------------------------------------
+@pytest.mark.skipif(not (SHARED_IMAGES / "osv5m" / "labels.csv").exists(), reason="needs ../shared")
+def test_train_on_images_through_timm(tmp_path, cache_env):
+    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=img", "model.encoder=timm",
+                                f"data.images={SHARED_IMAGES / 'osv5m' / 'labels.csv'}",
+                                "optim.max_steps=2", "optim.batch_size=4", "run.val_every=0",
+                                "data.val_fraction=0.3", "hardware.workers=1"])
+    res = run(cfg)
+    assert res["steps"] == 2 and res["n"] >= 1
+    rep = json.loads((tmp_path / "img" / "data_report.json").read_text())
+    assert rep["source"].startswith("images:")
