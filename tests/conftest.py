@@ -47,3 +47,22 @@ def small_places_csv(tmp_path):
 @pytest.fixture
 def small(small_places_csv):
     return gazetteer.build(small_places_csv, boundaries=False)
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory):
+    """The session-private cache above, for session-scoped fixtures too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HIERGEO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_env):
+    """One `smoke` training run for the session: (run folder, metrics)."""
+    from hiergeo.train import load_config, run
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config("smoke", [f"run.out={out}", "run.id=base", "run.tensorboard=true"])
+    res = run(cfg)
+    return out / "base", res

@@ -22,22 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared" / "images"
 
 
-@pytest.fixture(scope="session")
-def cache_env(tmp_path_factory):
-    """The session-private cache of conftest, for session-scoped fixtures too."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HIERGEO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        yield
-
-
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, cache_env):
-    out = tmp_path_factory.mktemp("runs")
-    cfg = load_config("smoke", [f"run.out={out}", "run.id=base", "run.tensorboard=true"])
-    res = run(cfg)
-    return out / "base", res
-
-
 # -- config ----------------------------------------------------------------------------
 def test_config_presets_and_overrides(tmp_path):
     cfg = load_config(None)
