@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hiergeo.train
+	$(PY) -m hiergeo.train run.overwrite=true
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

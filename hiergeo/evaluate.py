@@ -70,6 +70,12 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
     summary = metrics.osv5m_summary(pred.lat, pred.lon, truth, hits=hits)
     truth_ids = split.ids.numpy()
     ent = metrics.entity_accuracy(pred.paths, truth_ids)
+    active = hier.active.cpu().numpy()
+    absent = {lvl: int(((truth_ids[:, j] >= 0) & ~active[truth_ids[:, j].clip(0)]).sum())
+              for j, lvl in enumerate(LEVELS)}
+    if any(absent.values()):
+        log.warning("labels naming entities the model does not have (pruned), per level: %s; "
+                    "they count as misses in top1_*/top5_*", absent)
     km = metrics.haversine_km(pred.lat, pred.lon, truth["latitude"], truth["longitude"])
     names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
     tkeys = metrics.truth_keys(truth)
@@ -96,7 +102,8 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
 
         error_map(table, gz, out_dir / "error_map.png")
         error_curve(km, out_dir / "error_curve.png")
-    result = {**summary, **ent, "method": method, "beams": kw.get("beams"),
+    result = {**summary, **ent, "labels_absent_from_model": absent, "method": method,
+              "beams": kw.get("beams"),
               "coords": ev.coords, "predict_seconds": predict_s,
               "queries_per_s": len(split) / max(predict_s, 1e-9),
               "mean_comparisons": float(pred.comparisons.mean()),
@@ -163,10 +170,6 @@ def main(argv=None) -> int:
         if dim != model.encoder.dim:
             raise SystemExit(f"{args.data}: features are {dim}-d, the model takes "
                              f"{model.encoder.dim}-d")
-        absent = int(((split.ids >= 0) & ~hier.active[split.ids.clamp_min(0)].cpu()).sum())
-        if absent:
-            log.warning("%d labels name entities the model does not have (pruned); they "
-                        "count as misses in the entity accuracy", absent)
     else:
         split = load_data(cfg, gz).val
     out = Path(args.out or args.run)

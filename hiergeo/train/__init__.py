@@ -44,4 +44,7 @@ def main(argv=None) -> int:
         keys = ["acc_country", "acc_region", "acc_subregion", "acc_city", "median_km",
                 "geoscore", "train_seconds"]
         print("final: " + ", ".join(f"{k} {res[k]:.4g}" for k in keys if k in res))
+        if "run_dir" in res:
+            print(f"results in {res['run_dir']}/: metrics.json, per_country.md, error_map.png, "
+                  "log.csv (results/README.md explains each)")
     return 0

@@ -448,7 +448,7 @@ def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
         bar.close()
         logger.close()
     result = {"steps": total, "train_seconds": time.perf_counter() - t_start,
-              "world_size": dist.world}
+              "world_size": dist.world, "run_dir": str(d)}
     if dist.world > 1:
         result["ddp_params_in_sync"] = _params_in_sync(model)
     if dist.main:
