@@ -61,7 +61,7 @@ def error_curve(km, path: str | Path, label: str = "model") -> Path:
     for r in THRESHOLDS_KM:
         share = float((km < r).mean()) if len(km) else 0.0
         ax.axvline(r, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"{r} km\n{share:.1%}", (r, share), textcoords="offset points",
+        ax.annotate(f"{r} km\n{share:.1%}", (r, max(share, 0.1)), textcoords="offset points",
                     xytext=(3, -24), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(0.1, 20038)

@@ -69,6 +69,14 @@ class ModelConfig:
     max_radius: float | None = None  # furthest a query may go from the origin (None: 0.98 x
     #                                  what float64 allows, 11.96 / sqrt(c))
     embedding: str = "construct"  # tree embedding that initialises the entity table
+    # construct: how far from the origin the tree's cities start (None: 11.5, the embedding's
+    # own default, 94% of what float64 allows at c = 1). Smaller trains far better: near the
+    # edge, sibling cities are 3e-4 rad apart and a query must hit that angle (README)
+    radius_budget: float | None = 2.5
+    # construct: push siblings apart to this multiple of the angle that keeps them further
+    # from each other than from their parent (None: 1.25, the embedding's default). At radius
+    # 2.5 no 16-D layout meets 1.25 and trying costs 90 s; 0.75 takes 17 s (README)
+    sibling_margin: float | None = 0.75
     hidden: int = 512
     layers: int = 2
     dropout: float = 0.0
@@ -84,7 +92,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # per level: country, region, subregion, city
-    tau: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5, 0.5])
+    tau: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
     sigma_km: list[float] = field(default_factory=lambda: [2000.0, 500.0, 150.0, 50.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     parent_weight: float = 0.1

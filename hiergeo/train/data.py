@@ -147,8 +147,10 @@ def _from_images(cfg, gz):
     ok, skipped = [], []
     for i, p in enumerate(tqdm(records["path"], desc="checking images", unit="img")):
         res = load_image(p)
-        (ok if res.image is not None else skipped).append(i if res.image is not None
-                                                          else (p, res.reason))
+        if res.image is not None:
+            ok.append(i)
+        else:
+            skipped.append((p, res.reason))
     for p, why in skipped[:5]:
         log.warning("skipping %s: %s", p, why)
     table = records.iloc[ok].reset_index(drop=True)

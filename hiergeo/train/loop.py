@@ -85,7 +85,12 @@ def build_model(cfg: Config, gz, in_dim: int, device, *, init: bool = True,
     if init:
         from ..embedding import embed_tree
 
-        emb = embed_tree(gz, dim=m.dim, c=m.c, method=m.embedding, seed=cfg.run.seed)
+        opts = {}
+        if m.radius_budget is not None:
+            opts["radius_budget"] = m.radius_budget
+        if m.sibling_margin is not None and m.embedding == "construct":
+            opts["margin"] = m.sibling_margin
+        emb = embed_tree(gz, dim=m.dim, c=m.c, method=m.embedding, seed=cfg.run.seed, **opts)
         points = space.init_entities(emb.points)
     else:
         points = torch.zeros(len(gz.entities), space.point_dim(m.dim), dtype=torch.float64)
@@ -349,6 +354,9 @@ def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
 
     train_model = model
+    if dist.world > 1 and dev.type == "cuda" and cfg.optim.entity_optimizer == "sparse":
+        raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP on GPUs (NCCL "
+                          "has no sparse all-reduce); use optim.entity_optimizer=dense")
     if dist.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
