@@ -62,7 +62,8 @@ def per_country(truth_country: np.ndarray, pred_country: np.ndarray, km: np.ndar
     out["top_confusion"] = top["pred"].reindex(out.index).fillna("")
     out["top_confusion_n"] = top["k"].reindex(out.index).fillna(0).astype(np.int64)
     out = out.reset_index()
-    out.insert(1, "name", out["country"].map(names or {}).fillna(""))
+    names = names or {}
+    out.insert(1, "name", [names.get(c, "") for c in out["country"]])
     return out.sort_values(["n", "country"], ascending=[False, True]).reset_index(drop=True)
 
 
