@@ -244,3 +244,24 @@ def test_train_on_images_through_timm(tmp_path, cache_env):
     assert res["steps"] == 2 and res["n"] >= 1
     rep = json.loads((tmp_path / "img" / "data_report.json").read_text())
     assert rep["source"].startswith("images:")
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env):
+    """SIGINT mid-run writes a checkpoint at the last whole step, however long ago the last
+    periodic one was; the run then resumes to the end."""
+    cmd = [sys.executable, "-m", "hiergeo.train", "--config", "smoke", f"run.out={tmp_path}",
+           "run.id=int", "run.checkpoint_every=1000", "run.val_every=0"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = tmp_path / "int" / "log.csv"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:  # header + 2 log rows
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait() != 0
+    ck = torch.load(tmp_path / "int" / "checkpoint.pt", weights_only=True)
+    assert 10 <= ck["step"] < 50
+    res = run(resume=tmp_path / "int")
+    assert res["steps"] == 50

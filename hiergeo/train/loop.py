@@ -388,6 +388,7 @@ def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
     bar = tqdm(total=total, initial=step, desc=f"train {d.name}", unit="step",
                disable=not dist.main)
     window_t, window_n = time.perf_counter(), 0
+    updating = False
     model.train()
     try:
         while step < total:
@@ -418,6 +419,7 @@ def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
                 torch.nn.utils.clip_grad_norm_(head_params, cfg.optim.grad_clip)
                 if ent_opt is not None and not model.entities.grad.is_sparse:
                     torch.nn.utils.clip_grad_norm_([model.entities], cfg.optim.grad_clip)
+            updating = True  # an interrupt from here to `step += 1` leaves a half step
             opt.step()
             sched.step()
             if ent_opt is not None:
@@ -426,6 +428,7 @@ def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
                 if (step + 1) % max(1, cfg.optim.stabilize) == 0:
                     model.project_entities_()
             step += 1
+            updating = False
             window_n += len(idx) * dist.world
             bar.update(1)
             row = None
@@ -449,7 +452,8 @@ def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
             if step % cfg.run.checkpoint_every == 0 or step == total:
                 save_ckpt(step)
     except KeyboardInterrupt:
-        save_ckpt(step)
+        if not updating:  # mid-update the parameters match no step: keep the last checkpoint
+            save_ckpt(step)
         log.warning("interrupted at step %d; continue with --resume %s", step, d)
         raise
     finally:
