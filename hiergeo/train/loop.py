@@ -258,12 +258,6 @@ def validate(model, split, hier, cfg: Config, rows: np.ndarray) -> dict:
 
 def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
     """Train (or continue) a run; returns its final metrics (also in ``metrics.json``)."""
-    from tqdm.auto import tqdm
-
-    import gazetteer
-
-    from .data import load_data
-
     if resume is not None:
         d = Path(resume)
         if not (d / "config.yaml").exists():
@@ -279,12 +273,18 @@ def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
         ckpt = None
     dist = Dist(cfg)
     try:
-        return _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data)
+        return _run(cfg, d, ckpt, dist)
     finally:
         dist.close()
 
 
-def _run(cfg, d, ckpt, dist, gazetteer, tqdm, load_data) -> dict:
+def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
+    from tqdm.auto import tqdm
+
+    import gazetteer
+
+    from .data import load_data
+
     _prepare_dir(cfg, d, ckpt is not None, dist)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
