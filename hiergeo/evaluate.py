@@ -159,14 +159,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .train.data import _from_store, load_data
+    from .train.data import load_data, read_store_split
 
     cfg, model, hier, gz = load_run(args.run, args.device)
     if args.coords:
         cfg.eval.coords = args.coords
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
     if args.data:
-        split, _, dim = _from_store(args.data, cfg, gz, "eval data")
+        split, _, dim = read_store_split(args.data, cfg, gz, "eval data")
         if dim != model.encoder.dim:
             raise SystemExit(f"{args.data}: features are {dim}-d, the model takes "
                              f"{model.encoder.dim}-d")

@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data.images import load_image
 from .data.records import read_records
-from .data.store import FORMAT, shard_done, shard_paths, write_shard
+from .data.store import FORMAT, finalize, shard_done, write_shard
 from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
@@ -143,27 +142,6 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
         write_shard(out, k, features, index, skip)
     bar.close()
     return finalize(out, n_shards)
-
-
-def finalize(out: Path, n_shards: int) -> dict:
-    """Join the shards' tables into ``index.parquet``, ``skipped.csv`` and ``report.json``."""
-    idx, skips = [], []
-    for k in range(n_shards):
-        p = shard_paths(out, k)
-        part = pd.read_parquet(p["index"])
-        part["shard"], part["row"] = k, np.arange(len(part))
-        idx.append(part)
-        skips.append(pd.read_parquet(p["skipped"]))
-    index = pd.concat(idx, ignore_index=True)
-    skipped = pd.concat(skips, ignore_index=True)
-    index.to_parquet(out / "index.parquet.tmp", index=False)
-    (out / "index.parquet.tmp").replace(out / "index.parquet")
-    skipped.to_csv(out / "skipped.csv", index=False, encoding="utf-8")
-    report = {"images_read": len(index), "skipped": len(skipped),
-              "skipped_by_reason": dict(Counter(skipped["reason"]).most_common()),
-              "shards": n_shards}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ whole or absent and no feature can end up under another image's id.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,27 @@ class FeatureStore:
         return x if dtype is None else x.to(dtype)
 
 
+def finalize(out: Path, n_shards: int) -> dict:
+    """Join the shards' tables into ``index.parquet``, ``skipped.csv`` and ``report.json``."""
+    idx, skips = [], []
+    for k in range(n_shards):
+        p = shard_paths(out, k)
+        part = pd.read_parquet(p["index"])
+        part["shard"], part["row"] = k, np.arange(len(part))
+        idx.append(part)
+        skips.append(pd.read_parquet(p["skipped"]))
+    index = pd.concat(idx, ignore_index=True)
+    skipped = pd.concat(skips, ignore_index=True)
+    index.to_parquet(out / "index.parquet.tmp", index=False)
+    (out / "index.parquet.tmp").replace(out / "index.parquet")
+    skipped.to_csv(out / "skipped.csv", index=False, encoding="utf-8")
+    report = {"images_read": len(index), "skipped": len(skipped),
+              "skipped_by_reason": dict(Counter(skipped["reason"]).most_common()),
+              "shards": n_shards}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def write_store(out: str | Path, features: torch.Tensor, table: pd.DataFrame, *,
                 backbone: str = "custom", shard_size: int | None = None, **meta) -> Path:
     """Write a whole feature store from features in memory (for your own features).
@@ -107,15 +129,12 @@ def write_store(out: str | Path, features: torch.Tensor, table: pd.DataFrame, *,
         raise ValueError(f"{len(features)} feature rows for {len(table)} table rows")
     n = len(table)
     size = shard_size or max(n, 1)
-    parts = []
     empty = pd.DataFrame({"id": [], "path": [], "reason": []}, dtype=str)
-    for k, s in enumerate(range(0, max(n, 1), size)):
-        chunk = table.iloc[s:s + size].reset_index(drop=True)
-        write_shard(out, k, features[s:s + size], chunk, empty)
-        parts.append(chunk.assign(shard=k, row=np.arange(len(chunk))))
-    index = pd.concat(parts, ignore_index=True)
-    index.to_parquet(out / "index.parquet.tmp", index=False)
-    (out / "index.parquet.tmp").replace(out / "index.parquet")
+    starts = range(0, max(n, 1), size)
+    for k, s in enumerate(starts):
+        write_shard(out, k, features[s:s + size], table.iloc[s:s + size].reset_index(drop=True),
+                    empty)
+    finalize(out, len(starts))
     info = {"format": FORMAT, "backbone": backbone, "weights": meta.pop("weights", "unknown"),
             "dim": int(features.shape[1]), "dtype": str(features.dtype).replace("torch.", ""),
             "shard_size": size, "rows": n, **meta}

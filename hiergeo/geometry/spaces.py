@@ -20,13 +20,9 @@ import math
 import torch
 
 from .constants import MIN_NORM, max_dist0
-from .poincare import dist, dist_matrix, expmap0, logmap0, make_ball, project
+from .poincare import _norm, dist, dist_matrix, expmap0, logmap0, make_ball, project
 
 SPACES = ("poincare", "lorentz", "euclidean", "sphere")
-
-
-def _norm(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
-    return (x * x).sum(-1, keepdim=keepdim).clamp_min(MIN_NORM**2).sqrt()
 
 
 class Space:

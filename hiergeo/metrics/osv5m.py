@@ -27,25 +27,26 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gazetteer.keys import LEVELS, MISSING_SPELLINGS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
+from gazetteer.geo import EARTH_RADIUS_KM
+from gazetteer.keys import (
+    LEVELS,
+    MISSING_SPELLINGS,
+    OSV5M_KEY_COLUMNS,
+    OSV5M_PART_COLUMNS,
+    clean_part,
+    make_keys,
+)
 
-EARTH_RADIUS_KM = 6371.0
 GEOSCORE_SCALE_KM = 1492.7
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 #: OSV-5M's name of each level (the columns of :func:`osv5m_hits`).
 LEVEL_NAMES = {lvl: OSV5M_PART_COLUMNS[lvl] for lvl in LEVELS}
 
 
-def _degrees(x) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        a = a.reshape(-1)
-    return a
-
-
 def check_predictions(lat, lon) -> tuple[np.ndarray, np.ndarray]:
     """Predicted coordinates as float64 arrays; NaN or infinite ones raise, naming rows."""
-    lat, lon = _degrees(lat), _degrees(lon)
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lon = np.asarray(lon, dtype=np.float64).reshape(-1)
     if lat.shape != lon.shape:
         raise ValueError(f"{len(lat)} latitudes but {len(lon)} longitudes")
     bad = ~(np.isfinite(lat) & np.isfinite(lon))
@@ -85,19 +86,12 @@ def truth_keys(truth: pd.DataFrame) -> pd.DataFrame:
             out[lvl] = s.to_numpy(object)
         return pd.DataFrame(out, index=truth.index)
     if all(c in truth.columns for c in OSV5M_PART_COLUMNS.values()):
-        parts = {}
-        for lvl, col in OSV5M_PART_COLUMNS.items():
-            s = truth[col].astype("object")
-            s = s.where(s.notna(), "").astype(str).str.strip()
-            parts[lvl] = s.where(~s.isin(MISSING_SPELLINGS), "")
-        keys = {"country": parts["country"]}
-        keys["region"] = parts["region"] + "_" + keys["country"]
-        keys["subregion"] = parts["subregion"] + "_" + keys["region"]
-        keys["city"] = parts["city"] + "_" + keys["subregion"]
+        parts = {lvl: clean_part(truth[col]) for lvl, col in OSV5M_PART_COLUMNS.items()}
+        keys = make_keys(parts["country"], parts["region"], parts["subregion"], parts["city"])
         out = {}
         for lvl in LEVELS:
             k = keys[lvl].to_numpy(object)
-            k[(parts[lvl] == "").to_numpy()] = None
+            k[(parts[lvl] == "").to_numpy()] = None  # a level is missing where its own part is
             out[lvl] = k
         return pd.DataFrame(out, index=truth.index)
     raise ValueError("truth needs OSV-5M's key columns "
@@ -122,14 +116,10 @@ def predicted_keys(lat, lon, geocoder=None) -> pd.DataFrame:
             return pd.DataFrame({lvl: np.zeros(0, object) for lvl in LEVELS})
         res = reverse_geocoder.search(list(zip(lat.tolist(), lon.tolist(), strict=True)),
                                       verbose=False)
-        cc = np.array([r.get("cc", "") for r in res], dtype=object)
-        a1 = np.array([r.get("admin1", "") for r in res], dtype=object)
-        a2 = np.array([r.get("admin2", "") for r in res], dtype=object)
-        nm = np.array([r.get("name", "") for r in res], dtype=object)
-        region = a1 + "_" + cc
-        sub = a2 + "_" + region
-        return pd.DataFrame({"country": cc, "region": region, "subregion": sub,
-                             "city": nm + "_" + sub})
+        part = {f: pd.Series([r.get(f, "") for r in res], dtype=object)
+                for f in ("cc", "admin1", "admin2", "name")}
+        keys = make_keys(part["cc"], part["admin1"], part["admin2"], part["name"])
+        return pd.DataFrame({lvl: keys[lvl].to_numpy(object) for lvl in LEVELS})
     if geocoder is None:
         import gazetteer
 

@@ -114,12 +114,12 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05    # cosine decays to lr x this
     grad_clip: float = 1.0
-    stabilize: int = 10           # RiemannianAdam(stabilize=); also how often the whole
-    #                               table is projected back onto the space
+    stabilize: int = 10           # RiemannianAdam(stabilize=): steps between projections of
+    #                               the whole table onto the space (done by hand for sparse)
     # entity table optimiser: "dense" = geoopt RiemannianAdam over the whole table every step;
     # "sparse" = geoopt SparseRiemannianAdam, which updates only the rows a batch touched
-    # (lazy moments, like torch's SparseAdam): the same on GPU in practice, and 3x+ faster
-    # on a CPU, where the dense step over 165k rows dominates a small batch
+    # (lazy moments, like torch's SparseAdam). On a CPU the dense step over 165k rows weighs
+    # on every batch: 1,913 vs 2,172 samples/s at batch 512 (results/benchmarks/train.json)
     entity_optimizer: str = "dense"
 
 

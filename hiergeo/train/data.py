@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gazetteer.errors import InputError
 from gazetteer.keys import LEVELS
+from gazetteer.validate import check_coordinates
 
 from ..data.labels import entity_ids
 from ..data.split import spatial_split
@@ -81,14 +83,12 @@ def _check_table(table: pd.DataFrame, where: str) -> None:
     for col in ("latitude", "longitude"):
         if col not in table.columns:
             raise DataError(f"{where}: no {col!r} column (columns: {list(table.columns)})")
-    lat = pd.to_numeric(table["latitude"], errors="coerce").to_numpy(float)
-    lon = pd.to_numeric(table["longitude"], errors="coerce").to_numpy(float)
-    bad = ~(np.isfinite(lat) & np.isfinite(lon)) | (np.abs(lat) > 90)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        ids = table["id"].iloc[rows[:3]].tolist() if "id" in table.columns else rows[:3].tolist()
-        raise DataError(f"{where}: {len(rows)} rows have missing or invalid coordinates "
-                        f"(e.g. rows {rows[:3].tolist()}, ids {ids})")
+    lat = pd.to_numeric(table["latitude"], errors="coerce")
+    lon = pd.to_numeric(table["longitude"], errors="coerce")
+    try:
+        check_coordinates(lat, lon, source=where)
+    except InputError as exc:
+        raise DataError(f"{exc}; drop or fix those rows") from None
 
 
 def _check_features(x: torch.Tensor, table: pd.DataFrame, where: str, expect: int | None):
@@ -119,7 +119,9 @@ def _labels(gz, table: pd.DataFrame, mode: str, where: str) -> tuple[torch.Tenso
     return torch.from_numpy(arr), report
 
 
-def _from_store(path, cfg, gz, where, max_samples=None):
+def read_store_split(path, cfg, gz, where, max_samples=None) -> tuple[Split, dict, int]:
+    """A feature store as a checked, labelled :class:`Split`, its label report and its
+    feature dimension; ``where`` names it in errors."""
     store = FeatureStore(path)
     table = store.index.reset_index(drop=True)
     x = store.features(torch.float32)
@@ -193,10 +195,10 @@ def load_data(cfg, gz) -> TrainData:
             report["source"] = f"embedded demo (synthetic features): {path}"
         else:
             report["source"] = f"feature store: {path}"
-        full, rep, in_dim = _from_store(path, cfg, gz, "train data", cfg.data.max_samples)
+        full, rep, in_dim = read_store_split(path, cfg, gz, "train data", cfg.data.max_samples)
     report["labels"] = rep
     if cfg.data.val is not None:
-        val, vrep, vdim = _from_store(cfg.data.val, cfg, gz, "val data")
+        val, vrep, vdim = read_store_split(cfg.data.val, cfg, gz, "val data")
         if vdim != in_dim:
             raise DataError(f"val data ({cfg.data.val}) has feature dimension {vdim}, train "
                             f"data {in_dim}")

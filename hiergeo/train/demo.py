@@ -23,13 +23,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from gazetteer.artefact import default_cache_dir
 from gazetteer.geo import EARTH_RADIUS_KM, from_xyz, to_xyz
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS
 
@@ -37,11 +37,6 @@ from ..data.store import write_store
 
 log = logging.getLogger(__name__)
 DEMO_VERSION = 1
-
-
-def _cache_root() -> Path:
-    env = os.environ.get("HIERGEO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "hiergeo"
 
 
 def _entity_vectors(ids: np.ndarray, dim: int, seed: int, level: int) -> np.ndarray:
@@ -102,7 +97,7 @@ def demo_store(gz, cfg, root: str | Path | None = None) -> Path:
     settings["version"] = DEMO_VERSION
     settings["gazetteer"] = gz.meta.get("fingerprint", gz.meta.get("sources", ""))
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    out = Path(root) if root else _cache_root() / f"demo-{digest.hexdigest()[:12]}"
+    out = Path(root) if root else default_cache_dir() / f"demo-{digest.hexdigest()[:12]}"
     if (out / "store.json").exists() and (out / "index.parquet").exists():
         return out
     log.info("writing the demo feature store to %s", out)

@@ -186,11 +186,9 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) ->
     """Named loss terms for one batch (see :mod:`hiergeo.losses`)."""
     sparse = cfg.optim.entity_optimizer == "sparse"
 
-    class _Rows:  # E[idx], with a sparse gradient for the sparse optimiser
-        def __getitem__(self, idx):
-            return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
+    def rows(idx):  # entity points, with a sparse gradient for the sparse optimiser
+        return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
 
-    E = _Rows()
     space = model.space
     terms = {}
     total = z.new_zeros((), dtype=torch.float64)
@@ -204,17 +202,17 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) ->
         fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j])
         if full_levels[j]:
             tbl = hier.level_ids[j]
-            out = fn.full(zl, E[tbl], hier.latlon[tbl], ll, hier.pos_in_level[pl])
+            out = fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl])
         else:
             cand, valid = sample_candidates(hier, pl, j, cfg.loss.n_siblings,
                                             cfg.loss.n_cousins, cfg.loss.n_random, gen)
-            out = fn(zl, E[cand], hier.latlon[cand], ll, valid)
+            out = fn(zl, rows(cand), hier.latlon[cand], ll, valid)
         terms[f"loss_{lvl}"] = out["loss"]
         total = total + cfg.loss.weights[j] * out["loss"]
     if cfg.loss.parent_weight > 0 and model.entities.requires_grad:
         kids = torch.unique(ids[:, 1:][ids[:, 1:] >= 0])
         par = hier.parent[kids]
-        term = parent_hinge(space, E[kids], E[par], model.parent_margin[kids])
+        term = parent_hinge(space, rows(kids), rows(par), model.parent_margin[kids])
         terms["loss_parent"] = term
         total = total + cfg.loss.parent_weight * term
     terms["loss"] = total
@@ -321,7 +319,8 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     import geoopt
 
     ent_opt = None
-    if model.entities.requires_grad and cfg.optim.entity_optimizer == "sparse":
+    sparse_ent = cfg.optim.entity_optimizer == "sparse"
+    if model.entities.requires_grad and sparse_ent:
         ent_opt = geoopt.optim.SparseRiemannianAdam([model.entities], lr=cfg.optim.entity_lr)
     elif model.entities.requires_grad:
         ent_opt = geoopt.optim.RiemannianAdam([model.entities], lr=cfg.optim.entity_lr,
@@ -389,11 +388,13 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                disable=not dist.main)
     window_t, window_n = time.perf_counter(), 0
     updating = False
+    order, order_epoch = None, -1
     model.train()
     try:
         while step < total:
             epoch, pos = divmod(step, spe)
-            order = _epoch_order(cfg.run.seed, epoch, n)
+            if order_epoch != epoch:
+                order, order_epoch = _epoch_order(cfg.run.seed, epoch, n), epoch
             idx = order[pos * B:(pos + 1) * B][dist.rank::dist.world]
             torch.manual_seed(cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
             gen = torch.Generator(device=dev).manual_seed(
@@ -425,8 +426,8 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             if ent_opt is not None:
                 ent_opt.step()
                 ent_sched.step()
-                if (step + 1) % max(1, cfg.optim.stabilize) == 0:
-                    model.project_entities_()
+                if sparse_ent and (step + 1) % max(1, cfg.optim.stabilize) == 0:
+                    model.project_entities_()  # what RiemannianAdam(stabilize=) does itself
             step += 1
             updating = False
             window_n += len(idx) * dist.world
