@@ -50,6 +50,21 @@ def _truth_table(split, gz) -> pd.DataFrame:
     return out
 
 
+def calibration_report(pred, truth_ids: np.ndarray) -> dict:
+    """Per level, how well the top path's probability of reaching that level (the product
+    of its levels' ``P(entity | parent)`` down to it) predicts that its entity is right:
+    ECE, reliability bins, accuracy among answers with probability >= 0.5."""
+    from .predict.calibration import reliability
+
+    conf = np.cumprod(pred.level_prob[:, 0, :], axis=1)
+    out = {}
+    for j, lvl in enumerate(LEVELS):
+        present = truth_ids[:, j] >= 0
+        correct = pred.paths[:, 0, j] == truth_ids[:, j]
+        out[lvl] = reliability(conf[present, j], correct[present])
+    return out
+
+
 def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
                    method: str = "descent", beams=None) -> dict:
     """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics."""
@@ -76,6 +91,7 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
     if any(absent.values()):
         log.warning("labels naming entities the model does not have (pruned), per level: %s; "
                     "they count as misses in top1_*/top5_*", absent)
+    calib = calibration_report(pred, truth_ids)
     km = metrics.haversine_km(pred.lat, pred.lon, truth["latitude"], truth["longitude"])
     names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
     tkeys = metrics.truth_keys(truth)
@@ -98,13 +114,14 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
         rows[f"hit_{lvl}"] = hits[metrics.osv5m.LEVEL_NAMES[lvl]].to_numpy()
     pd.DataFrame(rows).to_parquet(out_dir / "predictions.parquet", index=False)
     if ev.maps:
-        from .reports import error_curve, error_map
+        from .reports import error_curve, error_map, reliability_diagram
 
         error_map(table, gz, out_dir / "error_map.png")
         error_curve(km, out_dir / "error_curve.png")
+        reliability_diagram(calib, out_dir / "reliability.png")
     result = {**summary, **ent, "labels_absent_from_model": absent, "method": method,
               "beams": kw.get("beams"),
-              "coords": ev.coords, "predict_seconds": predict_s,
+              "coords": ev.coords, "predict_seconds": predict_s, "calibration": calib,
               "queries_per_s": len(split) / max(predict_s, 1e-9),
               "mean_comparisons": float(pred.comparisons.mean()),
               "confident_level_share": {

@@ -135,6 +135,9 @@ class GeoModel(nn.Module):
         # each entity's allowed distance to its parent (the parent term; set by the trainer)
         self.register_buffer("parent_margin",
                              torch.zeros(len(entity_init), dtype=torch.float64))
+        # per-level temperature scaling fitted on held-out data after training (1 = none):
+        # prediction divides level l's logits by tau_l * level_temperature[l]
+        self.register_buffer("level_temperature", torch.ones(4, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.space.query(self.head(self.encoder(x)))

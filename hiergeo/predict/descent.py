@@ -201,10 +201,15 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
 @torch.no_grad()
 def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
             batch_size: int = 1024, **kwargs) -> Prediction:
-    """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``."""
+    """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``.
+
+    ``taus`` are the training temperatures; the model's calibration
+    (``model.level_temperature``, fitted by :func:`hiergeo.predict.calibration.fit_temperatures`;
+    all 1 before) scales them, so the probabilities are the calibrated ones."""
     if method not in ("descent", "flat"):
         raise ValueError(f"method must be 'descent' or 'flat', not {method!r}")
     fn = descend if method == "descent" else flat_search
+    taus = [float(t) * float(c) for t, c in zip(taus, model.level_temperature, strict=True)]
     was = model.training
     model.eval()
     dev = model.entities.device

@@ -1,5 +1,5 @@
 """Pictures written to ``results/<run_id>/``: the error map and the cumulative error curve."""
 
-from .maps import error_curve, error_map
+from .maps import error_curve, error_map, reliability_diagram
 
-__all__ = ["error_curve", "error_map"]
+__all__ = ["error_curve", "error_map", "reliability_diagram"]

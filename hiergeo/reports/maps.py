@@ -74,3 +74,35 @@ def error_curve(km, path: str | Path, label: str = "model") -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def reliability_diagram(calibration: dict, path: str | Path, title: str | None = None) -> Path:
+    """One panel per level: accuracy against mean reported probability per bin (the
+    diagonal is perfect calibration), bar widths the bins, with the ECE in the title.
+    ``calibration`` is :func:`hiergeo.evaluate.calibration_report`'s output."""
+    plt = _pyplot()
+    levels = list(calibration)
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.2 * len(levels), 3.4), sharey=True)
+    for ax, lvl in zip(np.atleast_1d(axes), levels, strict=True):
+        rep = calibration[lvl]
+        bins = rep["bins"]
+        if bins:
+            lo = np.array([b["lo"] for b in bins])
+            width = np.array([b["hi"] - b["lo"] for b in bins])
+            ax.bar(lo, [b["accuracy"] for b in bins], width=width, align="edge",
+                   edgecolor="k", alpha=0.7, label="accuracy")
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o",
+                    color="C3", ms=3, label="mean probability")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{lvl}: ECE {rep['ece']:.3f} (n={rep['n']})", fontsize=9)
+        ax.set_xlabel("reported probability")
+    np.atleast_1d(axes)[0].set_ylabel("share right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -118,9 +118,11 @@ class OptimConfig:
     #                               the whole table onto the space (done by hand for sparse)
     # entity table optimiser: "dense" = geoopt RiemannianAdam over the whole table every step;
     # "sparse" = geoopt SparseRiemannianAdam, which updates only the rows a batch touched
-    # (lazy moments, like torch's SparseAdam). On a CPU the dense step over 165k rows weighs
-    # on every batch: 1,913 vs 2,172 samples/s at batch 512 (results/benchmarks/train.json)
-    entity_optimizer: str = "dense"
+    # (lazy moments, like torch's SparseAdam); "auto" = sparse on a CPU, dense on a GPU (NCCL
+    # has no sparse all-reduce). On a CPU the dense step over 165k rows dominates: it took
+    # about 70% of a step at dim 32 on the names benchmark (py-spy), 1,913 vs 2,172 samples/s on
+    # the demo at dim 16 (results/benchmarks/train.json)
+    entity_optimizer: str = "auto"
 
 
 @dataclass
@@ -144,6 +146,10 @@ class EvalConfig:
     threshold: float = 0.5
     geocoder: str = "gazetteer"   # gazetteer | reverse_geocoder (for OSV-5M's hits)
     maps: bool = True
+    # after training, fit one temperature per level on the validation split so that the
+    # reported probabilities are calibrated (hiergeo/predict/calibration.py)
+    calibrate: bool = True
+    calibration_max: int = 50_000  # validation samples used for it (a random subset)
 
 
 @dataclass
@@ -334,8 +340,9 @@ def validate(cfg: Config) -> None:
          f"model.encoder must be features or timm, not {cfg.model.encoder!r}")
     need(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     need(cfg.optim.epochs > 0, f"optim.epochs must be positive, got {cfg.optim.epochs}")
-    need(cfg.optim.entity_optimizer in ("dense", "sparse"),
-         f"optim.entity_optimizer must be dense or sparse, not {cfg.optim.entity_optimizer!r}")
+    need(cfg.optim.entity_optimizer in ("auto", "dense", "sparse"),
+         "optim.entity_optimizer must be auto, dense or sparse, not "
+         f"{cfg.optim.entity_optimizer!r}")
     need(0 < cfg.data.val_fraction < 1,
          f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     need(len(cfg.eval.beams) == n and all(b >= 1 for b in cfg.eval.beams),

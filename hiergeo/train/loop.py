@@ -182,9 +182,17 @@ class _Log:
             self.tb.close()
 
 
+def sparse_entities(cfg: Config, device) -> bool:
+    """Whether the entity table takes sparse gradients and geoopt's SparseRiemannianAdam:
+    ``optim.entity_optimizer`` sparse or dense, or auto = sparse on a CPU, dense on a GPU."""
+    if cfg.optim.entity_optimizer == "auto":
+        return torch.device(device).type == "cpu"
+    return cfg.optim.entity_optimizer == "sparse"
+
+
 def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) -> dict:
     """Named loss terms for one batch (see :mod:`hiergeo.losses`)."""
-    sparse = cfg.optim.entity_optimizer == "sparse"
+    sparse = sparse_entities(cfg, z.device)
 
     def rows(idx):  # entity points, with a sparse gradient for the sparse optimiser
         return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
@@ -319,7 +327,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     import geoopt
 
     ent_opt = None
-    sparse_ent = cfg.optim.entity_optimizer == "sparse"
+    sparse_ent = sparse_entities(cfg, dev)
     if model.entities.requires_grad and sparse_ent:
         ent_opt = geoopt.optim.SparseRiemannianAdam([model.entities], lr=cfg.optim.entity_lr)
     elif model.entities.requires_grad:
@@ -353,7 +361,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
 
     train_model = model
-    if dist.world > 1 and dev.type == "cuda" and cfg.optim.entity_optimizer == "sparse":
+    if dist.world > 1 and dev.type == "cuda" and sparse_ent:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP on GPUs (NCCL "
                           "has no sparse all-reduce); use optim.entity_optimizer=dense")
     if dist.world > 1:
@@ -467,6 +475,9 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     if dist.main:
         from ..evaluate import evaluate_split
 
+        if cfg.eval.calibrate:
+            result["temperatures"] = _calibrate(model, data.val, hier, cfg, d)
+            save_ckpt(total)  # the stored model carries its calibration
         result.update(evaluate_split(model, hier, data.val, cfg, gz, d))
         result["seconds"] = time.perf_counter() - t_start
         tmp = d / "metrics.json.tmp"
@@ -474,6 +485,25 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         tmp.replace(d / "metrics.json")
     dist.barrier()
     return result
+
+
+def _calibrate(model, split, hier, cfg: Config, d: Path) -> dict:
+    """Fit the per-level temperatures on (a random subset of) the validation split and
+    write them to ``calibration.json``."""
+    from ..predict.calibration import fit_temperatures
+
+    n = len(split)
+    rows = np.sort(np.random.default_rng([cfg.run.seed, 13]).permutation(n)[
+        :cfg.eval.calibration_max])
+    rep = fit_temperatures(model, split.inputs(rows), split.ids[rows].to(model.entities.device),
+                           hier, cfg.loss.tau)
+    log.info("calibration on %d validation samples: %s", len(rows), ", ".join(
+        f"{lvl} T={r['T']:.3g} (nll {r['nll_before']:.3f} -> {r['nll']:.3f})"
+        for lvl, r in rep.items()))
+    tmp = d / "calibration.json.tmp"
+    tmp.write_text(json.dumps({"samples": len(rows), "levels": rep}, indent=2) + "\n")
+    tmp.replace(d / "calibration.json")
+    return rep
 
 
 def _params_in_sync(model) -> bool:

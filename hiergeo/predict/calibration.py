@@ -1,0 +1,142 @@
+"""Per-level temperature scaling, fitted on held-out data, so probabilities mean what they say.
+
+Prediction reports, at each level, ``P(entity | its parent)`` = softmax of
+``-d(z, e) / (tau_l * T_l)`` over the parent's active children (countries: over all
+countries). The probability of a whole path factorises over its levels, so the negative
+log-likelihood of the true path is a sum of one term per level, each depending on that
+level's ``T_l`` alone: :func:`fit_temperatures` minimises each term over ``T_l`` (a 1-D convex
+problem in ``1 / T_l``), given the true parent. The fitted ``T`` is stored in the model
+(``GeoModel.level_temperature``) and applied by :func:`hiergeo.predict.predict`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from gazetteer.keys import LEVELS
+
+NLEV = len(LEVELS)
+
+
+@torch.no_grad()
+def sibling_logits(z: torch.Tensor, true_ids: torch.Tensor, entities: torch.Tensor, space,
+                   hier, level: int, tau: float, chunk: int = 1024):
+    """For queries ``z [n, D]`` whose true entity at ``level`` is ``true_ids [n]`` (-1 or an
+    inactive entity: skipped), the logits ``-d/tau`` against all active children of the true
+    parent, flattened: ``(logits [m], query [m], is_true [m])``."""
+    dev = entities.device
+    out_l, out_q, out_t = [], [], []
+    for s in range(0, len(z), chunk):
+        e = true_ids[s:s + chunk].to(dev)
+        keep = (e >= 0) & hier.active[e.clamp_min(0)]
+        q = torch.nonzero(keep).flatten()
+        e = e[q]
+        p = hier.parent[e]
+        cnt = hier.child_count[p]
+        rep = torch.repeat_interleave(torch.arange(len(q), device=dev), cnt)
+        off = torch.arange(len(rep), device=dev) - (torch.cumsum(cnt, 0) - cnt)[rep]
+        child = hier.child_list[hier.child_start[p][rep] + off]
+        zq = z[s:s + chunk].to(device=dev, dtype=torch.float64)[q][rep]
+        out_l.append(-space.pair(zq, entities[child]) / tau)
+        out_q.append(q[rep] + s)
+        out_t.append(child == e[rep])
+    return torch.cat(out_l), torch.cat(out_q), torch.cat(out_t)
+
+
+def _nll(beta: float, logits, seg, is_true, n_seg) -> float:
+    """Mean over segments of ``-beta l_true + logsumexp(beta l)``."""
+    x = beta * logits
+    mx = torch.full((n_seg,), -torch.inf, dtype=x.dtype, device=x.device).scatter_reduce(
+        0, seg, x, reduce="amax")
+    se = torch.zeros(n_seg, dtype=x.dtype, device=x.device).index_add(0, seg, (x - mx[seg]).exp())
+    lse = mx + se.log()
+    return float((lse - torch.zeros_like(lse).index_add(0, seg[is_true], x[is_true])).mean())
+
+
+def fit_temperature(logits, query, is_true, lo: float = 1e-2, hi: float = 1e2,
+                    iters: int = 60) -> tuple[float, float, float]:
+    """The ``T`` minimising the NLL of ``softmax(logits / T)`` per query (golden-section
+    search on ``log(1/T)``; the NLL is convex in ``1/T``). Returns ``(T, nll at T,
+    nll at 1)``."""
+    _, seg = torch.unique(query, return_inverse=True)
+    n_seg = int(seg.max()) + 1 if len(seg) else 0
+    if n_seg == 0:
+        return 1.0, float("nan"), float("nan")
+
+    def f(log_beta):
+        return _nll(math.exp(log_beta), logits, seg, is_true, n_seg)
+
+    a, b = math.log(1 / hi), math.log(1 / lo)
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    log_beta = (a + b) / 2
+    return 1 / math.exp(log_beta), f(log_beta), f(0.0)
+
+
+@torch.no_grad()
+def fit_temperatures(model, x: torch.Tensor, true_ids: torch.Tensor, hier, taus,
+                     batch_size: int = 1024) -> dict:
+    """Fit ``T_l`` for each level on held-out inputs ``x`` with true ids ``[n, 4]``; stores
+    them in ``model.level_temperature`` and returns ``{level: {"T", "nll", "nll_before",
+    "n"}}``."""
+    was = model.training
+    model.eval()
+    dev = model.entities.device
+    try:
+        z = torch.cat([model(x[s:s + batch_size].to(dev)) for s in range(0, len(x),
+                                                                          batch_size)])
+    finally:
+        model.train(was)
+    ent = model.entities.detach()
+    report = {}
+    temps = torch.ones(NLEV, dtype=torch.float64)
+    for j, lvl in enumerate(LEVELS):
+        lg, q, t = sibling_logits(z, true_ids[:, j], ent, model.space, hier, j, taus[j])
+        T, nll, nll1 = fit_temperature(lg, q, t)
+        temps[j] = T
+        report[lvl] = {"T": T, "nll": nll, "nll_before": nll1, "n": int(q.unique().numel())}
+    model.level_temperature.copy_(temps.to(model.level_temperature.device))
+    return report
+
+
+def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict:
+    """Expected calibration error and the reliability table for one level.
+
+    ``conf [n]`` reported probabilities, ``correct [n]`` bool (rows with NaN ``conf`` are
+    left out). Equal-width bins over [0, 1]; ECE = sum over bins of ``n_b / n *
+    |accuracy_b - mean confidence_b|``. Also the accuracy among answers with probability
+    >= 0.5 (a calibrated model gets at least half of them right)."""
+    conf, correct = np.asarray(conf, float), np.asarray(correct, bool)
+    ok = np.isfinite(conf)
+    conf, correct = conf[ok], correct[ok]
+    n = len(conf)
+    edges = np.linspace(0, 1, bins + 1)
+    b = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for i in range(bins):
+        m = b == i
+        if m.any():
+            acc, mc = float(correct[m].mean()), float(conf[m].mean())
+            ece += m.sum() / n * abs(acc - mc)
+            rows.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": int(m.sum()),
+                         "accuracy": acc, "confidence": mc})
+    sure = conf >= 0.5
+    return {"ece": float(ece) if n else float("nan"), "n": n,
+            "accuracy": float(correct.mean()) if n else float("nan"),
+            "mean_confidence": float(conf.mean()) if n else float("nan"),
+            "n_at_least_0.5": int(sure.sum()),
+            "accuracy_at_least_0.5": float(correct[sure].mean()) if sure.any() else float("nan"),
+            "bins": rows}
