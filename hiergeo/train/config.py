@@ -93,14 +93,22 @@ class ModelConfig:
 class LossConfig:
     # per level: country, region, subregion, city
     tau: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+    # negative weights (hiergeo.losses.contrastive): "paper" w = 1 + lam exp(-km / sigma_km)
+    # (far negatives weigh 1; lam = 0 is plain InfoNCE, sigma = .inf weighs all 1 + lam);
+    # "page" w = exp(-km / sigma_km) (far negatives weigh 0; sigma = .inf is plain InfoNCE;
+    # lam unused), HierLoc's project page, kept for comparison
+    weight_form: str = "paper"
+    lam: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     sigma_km: list[float] = field(default_factory=lambda: [2000.0, 500.0, 150.0, 50.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     parent_weight: float = 0.1
-    candidates: str = "auto"      # auto | full | sampled
+    # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
+    # the level, importance-weighted) estimate the same loss as full ones, with more variance
+    candidates: str = "auto"
     full_max: int = 4_194_304     # auto on CPU: full when batch x level size <= this
-    n_siblings: int = 32
-    n_cousins: int = 32
-    n_random: int = 64
+    n_siblings: int = 32          # 0: siblings are drawn with the cousins
+    n_cousins: int = 32           # 0: cousins are drawn with the rest of the level
+    n_random: int = 64            # the rest of the level (>= 1)
 
 
 @dataclass
@@ -315,13 +323,24 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    from ..losses import WEIGHT_FORMS
+
     n = len(LEVELS)
-    for name in ("tau", "sigma_km", "weights"):
+    for name in ("tau", "sigma_km", "lam", "weights"):
         v = getattr(cfg.loss, name)
         need(len(v) == n, f"loss.{name} needs {n} values (one per level), got {v}")
     need(all(t > 0 for t in cfg.loss.tau), f"loss.tau must be positive, got {cfg.loss.tau}")
-    need(all(s > 0 for s in cfg.loss.sigma_km), "loss.sigma_km must be positive (.inf for "
-         f"unweighted), got {cfg.loss.sigma_km}")
+    need(all(s > 0 for s in cfg.loss.sigma_km), "loss.sigma_km must be positive (.inf "
+         f"allowed), got {cfg.loss.sigma_km}")
+    need(all(0 <= v < float("inf") for v in cfg.loss.lam),
+         f"loss.lam must be finite and >= 0 (0: plain InfoNCE), got {cfg.loss.lam}")
+    need(cfg.loss.weight_form in WEIGHT_FORMS, f"loss.weight_form must be one of "
+         f"{', '.join(WEIGHT_FORMS)}, not {cfg.loss.weight_form!r}")
+    need(cfg.loss.n_siblings >= 0 and cfg.loss.n_cousins >= 0,
+         f"loss.n_siblings and loss.n_cousins must be >= 0, got {cfg.loss.n_siblings}, "
+         f"{cfg.loss.n_cousins}")
+    need(cfg.loss.n_random >= 1, "loss.n_random must be >= 1 (sampled candidates must cover "
+         f"the rest of the level), got {cfg.loss.n_random}")
     need(all(w >= 0 for w in cfg.loss.weights) and sum(cfg.loss.weights) > 0,
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),
