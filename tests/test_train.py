@@ -47,10 +47,28 @@ def test_config_presets_and_overrides(tmp_path):
     ("loss.tau=[1,2]", "loss.tau needs 4 values"),
     ("run.overwrite=maybe", "expected true/false"),
     ("optim", "not key.sub=value"),
+    ("optim.warmup=1.0", "optim.warmup is a share of the run's steps"),
+    ("optim.warmup=-0.1", "optim.warmup is a share of the run's steps"),
+    ("optim.warmup_steps=100", "'optim.warmup_steps' is gone; use optim.warmup"),
 ])
 def test_config_errors_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("smoke", [override])
+
+
+def test_warmup_follows_the_run_length():
+    """The warm-up is a share of the run: 5% of 100 steps or of 100,000 steps."""
+    from hiergeo.train.loop import _lr_lambda
+
+    cfg = load_config("smoke", ["optim.warmup=0.05", "optim.min_lr_ratio=0.0"])
+    for total in (100, 100_000):
+        f = _lr_lambda(cfg, total)
+        warm = total // 20
+        assert f(0) == pytest.approx(1 / warm) and f(warm - 1) == pytest.approx(1.0)
+        assert f(warm) == pytest.approx(1.0) and f(total - 1) < 1e-3
+        assert all(f(i) < f(i + 1) for i in range(warm - 1))
+    f = _lr_lambda(load_config("smoke", ["optim.warmup=0"]), 10)
+    assert f(0) == pytest.approx(1.0)
 
 
 def test_unknown_preset():

@@ -119,7 +119,7 @@ class OptimConfig:
     lr: float = 2e-3              # head (and encoder when fine-tuned), AdamW
     entity_lr: float = 1e-2       # entity table, Riemannian Adam
     weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    warmup: float = 0.05          # linear warm-up, as a share of the run's steps, in [0, 1)
     min_lr_ratio: float = 0.05    # cosine decays to lr x this
     grad_clip: float = 1.0
     stabilize: int = 10           # RiemannianAdam(stabilize=): steps between projections of
@@ -224,11 +224,20 @@ def _coerce(value, tp, where: str):
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
+#: Keys that were replaced, and what replaced them.
+RENAMED = {
+    "optim.warmup_steps": "optim.warmup (a share of the run's steps, e.g. 0.05: a warm-up in "
+                          "steps did not follow the run's length)",
+}
+
+
 def _merge(obj, values: dict, where: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
         path = f"{where}{key}"
+        if path in RENAMED:
+            raise ConfigError(f"config key {path!r} is gone; use {RENAMED[path]}")
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}; known keys here: "
                               f"{', '.join(sorted(names))}")
@@ -353,6 +362,8 @@ def validate(cfg: Config) -> None:
          f"model.encoder must be features or timm, not {cfg.model.encoder!r}")
     need(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     need(cfg.optim.epochs > 0, f"optim.epochs must be positive, got {cfg.optim.epochs}")
+    need(0 <= cfg.optim.warmup < 1,
+         f"optim.warmup is a share of the run's steps, in [0, 1), got {cfg.optim.warmup}")
     need(cfg.optim.entity_optimizer in ("dense", "sparse"),
          f"optim.entity_optimizer must be dense or sparse, not {cfg.optim.entity_optimizer!r}")
     need(0 < cfg.data.val_fraction < 1,

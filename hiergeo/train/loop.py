@@ -130,7 +130,10 @@ def _prepare_dir(cfg: Config, d: Path, resume: bool, dist: Dist) -> None:
 
 # -- the loop ------------------------------------------------------------------------------
 def _lr_lambda(cfg: Config, total: int):
-    warm = max(0, cfg.optim.warmup_steps)
+    """Linear warm-up over ``optim.warmup`` of the ``total`` steps, then cosine down to
+    ``optim.min_lr_ratio``. Depends only on the config and ``total``, so a resumed run
+    follows the same schedule."""
+    warm = int(round(cfg.optim.warmup * total))
     floor = cfg.optim.min_lr_ratio
 
     def f(step: int) -> float:
