@@ -51,8 +51,13 @@ class DataConfig:
     # images instead of features: a records table/folder read by hiergeo.data.read_records
     images: str | None = None
     image_dir: str | None = None
-    val_fraction: float = 0.1     # share of samples held out when ``val`` is None
-    split_min_km: float = 1.0     # no training sample within this distance of a val sample
+    # when ``val`` is None: hold out whole spatial cells of about ``split_cell_km`` until this
+    # share of the samples is reached (hiergeo.data.split.spatial_split), then drop the
+    # training samples within ``split_min_km`` of a held-out one across cell borders
+    # (0: drop none; the count is in data_report.json)
+    val_fraction: float = 0.1
+    split_cell_km: float = 5.0
+    split_min_km: float = 1.0
     label_mode: str = "osv5m"     # gazetteer.label mode when the data has no unique_* columns
     prune_entities: bool = False  # restrict the entity set to entities seen in training
     feature_dim: int | None = None  # expected feature dimension; None: take the store's
@@ -368,6 +373,10 @@ def validate(cfg: Config) -> None:
          f"optim.entity_optimizer must be dense or sparse, not {cfg.optim.entity_optimizer!r}")
     need(0 < cfg.data.val_fraction < 1,
          f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    need(0 < cfg.data.split_cell_km < float("inf"),
+         f"data.split_cell_km must be a positive number of km, got {cfg.data.split_cell_km}")
+    need(0 <= cfg.data.split_min_km < float("inf"),
+         f"data.split_min_km must be >= 0 km (0: drop none), got {cfg.data.split_min_km}")
     need(len(cfg.eval.beams) == n and all(b >= 1 for b in cfg.eval.beams),
          f"eval.beams needs {n} widths >= 1, got {cfg.eval.beams}")
     need(cfg.eval.coords in ("city", "weighted"),
