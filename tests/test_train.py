@@ -78,6 +78,12 @@ def test_warmup_follows_the_run_length():
     assert f(0) == pytest.approx(1.0)
 
 
+def test_osv5m_preset_validates_on_training_data():
+    """The test store is never the validation split: val is carved from the training store."""
+    cfg = load_config("osv5m")
+    assert cfg.data.val is None and "test" not in str(cfg.data.train)
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="presets: demo, osv5m, smoke"):
         load_config("nope")
