@@ -22,14 +22,22 @@ def _poincare(x, y, c):
     return math.acosh(1 + 2 * c * d2 / ((1 - c * x2) * (1 - c * y2))) / math.sqrt(c)
 
 
-def _reference(z, pts, cll, ll, valid, c, tau, sigma):
+def _weight(km, sigma, lam, form):
+    if form == "page":
+        return math.exp(-km / sigma)
+    return 1.0 + lam * math.exp(-km / sigma)
+
+
+def _reference(z, pts, cll, ll, valid, c, tau, sigma, lam=1.0, form="paper", share=None):
     total = 0.0
     for b in range(len(z)):
         s = [-_poincare(z[b], pts[b][k], c) / tau for k in range(len(pts[b]))]
         denom = math.exp(s[0])
         for k in range(1, len(s)):
             if valid[b][k]:
-                denom += math.exp(-_haversine(ll[b], cll[b][k]) / sigma) * math.exp(s[k])
+                n = 1.0 if share is None else share[b][k]
+                denom += n * _weight(_haversine(ll[b], cll[b][k]), sigma, lam, form) * math.exp(
+                    s[k])
         total += -math.log(math.exp(s[0]) / denom)
     return total / len(z)
 
@@ -49,35 +57,81 @@ def _case(seed, dtype, B=5, K=7, D=4, c=1.0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("c,tau,sigma", [(1.0, 0.5, 500.0), (0.5, 1.0, 2000.0)])
-def test_matches_plain_loop(dtype, seed, c, tau, sigma):
+@pytest.mark.parametrize("form,lam", [("paper", 1.0), ("paper", 3.5), ("paper", 0.0),
+                                      ("page", 1.0)])
+def test_matches_plain_loop(dtype, seed, c, tau, sigma, form, lam):
     z, pts, cll, ll, valid = _case(seed, dtype, c=c)
-    loss = GeoWeightedContrastive(PoincareDistance(c), tau=tau, sigma_km=sigma)
+    loss = GeoWeightedContrastive(PoincareDistance(c), tau=tau, sigma_km=sigma, lam=lam,
+                                  form=form)
     got = loss(z, pts, cll, ll, valid)["loss"]
     assert got.dtype == dtype
     ref = _reference(z.double().tolist(), pts.tolist(), cll.tolist(), ll.tolist(),
-                     valid.tolist(), c, tau, sigma)
+                     valid.tolist(), c, tau, sigma, lam, form)
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     assert abs(got.item() - ref) < tol * max(1.0, abs(ref))
 
 
-def test_infinite_sigma_is_infonce():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_importance_weights_match_plain_loop(dtype, seed):
+    """``log_share``: a column standing for n negatives counts n times in the denominator."""
+    z, pts, cll, ll, valid = _case(seed, dtype)
+    share = torch.rand(valid.shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64) * 50 + 1
+    loss = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=800.0, lam=2.0)
+    got = loss(z, pts, cll, ll, valid, log_share=share.log())["loss"]
+    ref = _reference(z.double().tolist(), pts.tolist(), cll.tolist(), ll.tolist(),
+                     valid.tolist(), 1.0, 0.5, 800.0, 2.0, "paper", share.tolist())
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    assert abs(got.item() - ref) < tol * max(1.0, abs(ref))
+
+
+def _infonce(logits, shift=0.0):
+    """Cross-entropy with the positive at column 0, negatives' logits raised by ``shift``."""
+    shifted = logits.clone()
+    shifted[:, 1:] += shift
+    return torch.nn.functional.cross_entropy(shifted, torch.zeros(len(logits), dtype=torch.long))
+
+
+def test_limits_that_are_infonce():
+    """page with sigma = inf and paper with lam = 0 are plain InfoNCE; paper with sigma = inf
+    weighs every negative 1 + lam."""
     z, pts, cll, ll, _ = _case(3, torch.float64)
-    out = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=float("inf"))(
+    inf = float("inf")
+    for kw in ({"form": "page", "sigma_km": inf}, {"form": "paper", "lam": 0.0},
+               {"form": "paper", "lam": 0.0, "sigma_km": inf}):
+        out = GeoWeightedContrastive(PoincareDistance(), tau=0.5, **kw)(z, pts, cll, ll)
+        assert torch.allclose(out["loss"], _infonce(out["logits"])), kw
+    out = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=inf, lam=2.0)(
         z, pts, cll, ll)
-    ce = torch.nn.functional.cross_entropy(out["logits"], torch.zeros(len(z), dtype=torch.long))
-    assert torch.allclose(out["loss"], ce)
+    assert torch.allclose(out["loss"], _infonce(out["logits"], math.log(3.0)))
 
 
-def test_nearby_negatives_weigh_more():
+@pytest.mark.parametrize("form", ["paper", "page"])
+def test_nearby_negatives_weigh_more(form):
     """Moving a confusable negative from far away to next door raises the loss."""
     z, pts, cll, ll, _ = _case(4, torch.float64, B=1, K=2)
     pts[0, 1] = pts[0, 0] * 0.99  # a negative as close to z as the positive
-    loss = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0)
+    loss = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0, lam=3.0,
+                                  form=form)
     cll[0, 1] = ll[0] + torch.tensor([0.0, 90.0], dtype=torch.float64)  # far
     far = loss(z, pts, cll, ll)["loss"]
     cll[0, 1] = ll[0] + torch.tensor([0.05, 0.0], dtype=torch.float64)  # 5 km away
     near = loss(z, pts, cll, ll)["loss"]
     assert near > far + 0.3
+
+
+def test_far_negatives_still_count_in_the_paper_form():
+    """The point of the paper's form: a confusable negative 10,000 km away still costs as much
+    as in plain InfoNCE (weight 1); in the page's form it costs nothing."""
+    z, pts, cll, ll, _ = _case(4, torch.float64, B=1, K=2)
+    pts[0, 1] = pts[0, 0] * 0.99
+    cll[0, 1] = ll[0] + torch.tensor([0.0, 90.0], dtype=torch.float64)
+    paper = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0)(z, pts, cll, ll)
+    page = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0, form="page")(
+        z, pts, cll, ll)
+    assert torch.allclose(paper["loss"], _infonce(paper["logits"]))
+    assert page["loss"] < 1e-6
 
 
 def test_gradients_finite_and_reach_both_sides():
@@ -93,6 +147,10 @@ def test_gradients_finite_and_reach_both_sides():
 def test_bad_arguments():
     with pytest.raises(ValueError):
         GeoWeightedContrastive(PoincareDistance(), tau=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        GeoWeightedContrastive(PoincareDistance(), lam=-1.0)
+    with pytest.raises(ValueError, match="form"):
+        GeoWeightedContrastive(PoincareDistance(), form="blog")
     with pytest.raises(ValueError):
         PoincareDistance(c=-1.0)
     z, pts, cll, ll, valid = _case(6, torch.float64)
@@ -101,8 +159,9 @@ def test_bad_arguments():
         GeoWeightedContrastive(PoincareDistance())(z, pts, cll, ll, valid)
 
 
+@pytest.mark.parametrize("form", ["paper", "page"])
 @pytest.mark.parametrize("name", ["poincare", "euclidean", "sphere", "lorentz"])
-def test_full_table_equals_per_row_candidates(name):
+def test_full_table_equals_per_row_candidates(name, form):
     """``full`` (one table for the batch) equals the per-row loss with every entity as a
     candidate and the positive moved to column 0."""
     from hiergeo.geometry.spaces import make_space
@@ -117,7 +176,7 @@ def test_full_table_equals_per_row_candidates(name):
                        torch.rand(N, generator=g, dtype=torch.float64) * 340 - 170], -1)
     ll = ell[torch.randint(N, (B,), generator=g)] + 0.5
     target = torch.randint(N, (B,), generator=g)
-    loss = GeoWeightedContrastive(space, tau=0.7, sigma_km=800.0)
+    loss = GeoWeightedContrastive(space, tau=0.7, sigma_km=800.0, lam=2.5, form=form)
     full = loss.full(z, pts, ell, ll, target)["loss"]
     order = torch.stack([torch.cat([t[None], torch.tensor([j for j in range(N) if j != t])])
                          for t in target])

@@ -47,10 +47,41 @@ def test_config_presets_and_overrides(tmp_path):
     ("loss.tau=[1,2]", "loss.tau needs 4 values"),
     ("run.overwrite=maybe", "expected true/false"),
     ("optim", "not key.sub=value"),
+    ("loss.lam=[1,1,1]", "loss.lam needs 4 values"),
+    ("loss.lam=[1,-1,1,1]", "loss.lam must be finite and >= 0"),
+    ("loss.weight_form=blog", "loss.weight_form must be one of paper, page"),
+    ("loss.n_random=0", "loss.n_random must be >= 1"),
+    ("loss.n_siblings=-1", "loss.n_siblings and loss.n_cousins must be >= 0"),
+    ("optim.warmup=1.0", "optim.warmup is a share of the run's steps"),
+    ("optim.warmup=-0.1", "optim.warmup is a share of the run's steps"),
+    ("optim.warmup_steps=100", "'optim.warmup_steps' is gone; use optim.warmup"),
+    ("data.split_cell_km=0", "data.split_cell_km must be a positive number"),
+    ("data.split_min_km=-1", "data.split_min_km must be >= 0"),
 ])
 def test_config_errors_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("smoke", [override])
+
+
+def test_warmup_follows_the_run_length():
+    """The warm-up is a share of the run: 5% of 100 steps or of 100,000 steps."""
+    from hiergeo.train.loop import _lr_lambda
+
+    cfg = load_config("smoke", ["optim.warmup=0.05", "optim.min_lr_ratio=0.0"])
+    for total in (100, 100_000):
+        f = _lr_lambda(cfg, total)
+        warm = total // 20
+        assert f(0) == pytest.approx(1 / warm) and f(warm - 1) == pytest.approx(1.0)
+        assert f(warm) == pytest.approx(1.0) and f(total - 1) < 1e-3
+        assert all(f(i) < f(i + 1) for i in range(warm - 1))
+    f = _lr_lambda(load_config("smoke", ["optim.warmup=0"]), 10)
+    assert f(0) == pytest.approx(1.0)
+
+
+def test_osv5m_preset_validates_on_training_data():
+    """The test store is never the validation split: val is carved from the training store."""
+    cfg = load_config("osv5m")
+    assert cfg.data.val is None and "test" not in str(cfg.data.train)
 
 
 def test_unknown_preset():
@@ -67,6 +98,9 @@ def test_smoke_run_writes_everything(smoke_run):
     assert list((d / "tensorboard").glob("events.*"))
     m = json.loads((d / "metrics.json").read_text())
     assert m == json.loads(json.dumps(res, default=float))
+    split = json.loads((d / "data_report.json").read_text())["split"]
+    assert split["method"] == "cells" and split["val"] == m["n"]
+    assert split["train"] + split["val"] + split["dropped_within_min_km"] == 1800  # 300 x 6
     # far above chance (1 in 246 countries), even after 50 steps
     assert m["acc_country"] > 0.2 and m["top5_country"] > 0.4
     assert m["n"] > 100 and 0 < m["median_km"] < 20_000
@@ -103,7 +137,7 @@ def test_resume_after_sigkill_reaches_the_same_result(smoke_run, tmp_path):
     assert proc.wait() == -signal.SIGKILL
     assert not (tmp_path / "killed" / "metrics.json").exists()  # it really died mid-run
     step_at_kill = torch.load(ckpt, weights_only=True)["step"]
-    assert 0 < step_at_kill < 50
+    assert 0 < step_at_kill < json.loads((base / "metrics.json").read_text())["steps"]
     res = run(resume=tmp_path / "killed")
     want = json.loads((base / "metrics.json").read_text())
     for k in ["acc_country", "acc_region", "acc_subregion", "acc_city", "mean_km",
@@ -246,9 +280,10 @@ def test_train_on_images_through_timm(tmp_path, cache_env):
     assert rep["source"].startswith("images:")
 
 
-def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env):
+def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env, smoke_run):
     """SIGINT mid-run writes a checkpoint at the last whole step, however long ago the last
     periodic one was; the run then resumes to the end."""
+    total = smoke_run[1]["steps"]
     cmd = [sys.executable, "-m", "hiergeo.train", "--config", "smoke", f"run.out={tmp_path}",
            "run.id=int", "run.checkpoint_every=1000", "run.val_every=0"]
     proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
@@ -262,6 +297,6 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env):
     proc.send_signal(signal.SIGINT)
     assert proc.wait() != 0
     ck = torch.load(tmp_path / "int" / "checkpoint.pt", weights_only=True)
-    assert 10 <= ck["step"] < 50
+    assert 10 <= ck["step"] < total
     res = run(resume=tmp_path / "int")
-    assert res["steps"] == 50
+    assert res["steps"] == total

@@ -1,14 +1,24 @@
 """Geo-weighted hyperbolic contrastive loss (HierLoc's objective, per level).
 
-For one level, with logits ``s_j = -d(z, e_j) / tau``, the positive entity at column 0 and
-``w_j = exp(-haversine(y, c_j) / sigma)`` for each negative (y the sample's location, c_j the
-entity's centroid)::
+For one level, with logits ``s_j = -d(z, e_j) / tau``, the positive entity at column 0 and a
+weight ``w_j`` for each negative that depends on ``km_j = haversine(y, c_j)`` (y the sample's
+location, c_j the entity's centroid)::
 
     L = -log( exp(s_0) / (exp(s_0) + sum_{j>0} w_j exp(s_j)) )
 
-so negatives near the true location weigh most, and far ones fade out. Computed stably as
-``-s_0 + logsumexp([s_0, s_j + log w_j])``. Columns flagged invalid (padding, or a sampled
-negative equal to the positive) are left out.
+Two forms of ``w_j`` (``form=``):
+
+- ``"paper"`` (the default; HierLoc's paper): ``w_j = 1 + lam * exp(-km_j / sigma)``. Far
+  negatives weigh 1, as in plain InfoNCE, so the loss still pushes far entities apart; near
+  ones weigh up to ``1 + lam``. ``lam = 0`` is plain InfoNCE; ``sigma = inf`` weighs every
+  negative ``1 + lam``.
+- ``"page"`` (HierLoc's project page): ``w_j = exp(-km_j / sigma)``. Negatives a few sigma
+  away weigh nothing, so nothing pushes far entities apart; ``sigma = inf`` is plain InfoNCE.
+
+Computed stably as ``-s_0 + logsumexp([s_0, s_j + log w_j + log n_j])``, where ``n_j`` is the
+number of negatives a sampled candidate stands for (1 when every negative is a candidate; see
+:mod:`hiergeo.train.candidates`, whose importance weights make the sum an unbiased estimate of
+the full one). Columns flagged invalid (padding) are left out.
 
 Following pytorch-metric-learning, the loss takes its distance as an object and turns distances
 into logits by negation. Entity points stay in float64 (see CONVENTIONS.md); logits are cast to
@@ -16,6 +26,8 @@ the dtype of the query ``z``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -51,24 +63,47 @@ def haversine_matrix_km(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 2 * EARTH_RADIUS_KM * torch.asin((chord2.sqrt() / 2).clamp(max=1.0))
 
 
+#: The forms of the negative weights (see the module docstring).
+WEIGHT_FORMS = ("paper", "page")
+
+
 class GeoWeightedContrastive:
     """One level's loss; see the module docstring.
 
     Args:
         distance: a callable ``(z [B, D], e [B, K, D]) -> [B, K]``.
         tau: temperature.
-        sigma_km: distance scale of the negative weights; ``float("inf")`` gives plain InfoNCE.
+        sigma_km: distance scale of the negative weights (``float("inf")`` allowed).
+        lam: how much a negative at distance 0 is up-weighted, ``form="paper"`` only;
+            ``0`` gives plain InfoNCE.
+        form: ``"paper"`` (``w = 1 + lam exp(-km/sigma)``) or ``"page"``
+            (``w = exp(-km/sigma)``).
     """
 
-    def __init__(self, distance, tau: float = 0.1, sigma_km: float = 1000.0):
+    def __init__(self, distance, tau: float = 0.1, sigma_km: float = 1000.0,
+                 lam: float = 1.0, form: str = "paper"):
         if not tau > 0 or not sigma_km > 0:
             raise ValueError(f"tau and sigma_km must be positive, got {tau}, {sigma_km}")
+        if not (lam >= 0 and math.isfinite(lam)):
+            raise ValueError(f"lam must be finite and >= 0, got {lam}")
+        if form not in WEIGHT_FORMS:
+            raise ValueError(f"form must be one of {', '.join(WEIGHT_FORMS)}, not {form!r}")
         self.distance = distance
         self.tau = float(tau)
         self.sigma_km = float(sigma_km)
+        self.lam = float(lam)
+        self.form = form
+
+    def log_weight(self, km: torch.Tensor) -> torch.Tensor:
+        """``log w`` for negatives at ``km`` (float64 in, float64 out)."""
+        if self.form == "page":
+            return -km / self.sigma_km
+        # log(1 + lam e^{-x}); e^{-x} <= 1, so log1p is exact enough and never overflows
+        return torch.log1p(self.lam * torch.exp(-km / self.sigma_km))
 
     def __call__(self, z: torch.Tensor, cand_points: torch.Tensor, cand_latlon: torch.Tensor,
-                 latlon: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
+                 latlon: torch.Tensor, valid: torch.Tensor | None = None,
+                 log_share: torch.Tensor | None = None) -> dict:
         """Mean loss over the batch.
 
         Args:
@@ -77,15 +112,21 @@ class GeoWeightedContrastive:
             cand_latlon: ``[B, K, 2]`` candidate centroids (degrees).
             latlon: ``[B, 2]`` sample locations (degrees).
             valid: ``[B, K]`` bool, False for columns to leave out (column 0 must be True).
+            log_share: ``[B, K]`` log of how many negatives each column stands for (importance
+                weights of sampled candidates); None: every column stands for itself. Column 0
+                is ignored.
         Returns:
-            ``{"loss": scalar, "logits": [B, K]}``.
+            ``{"loss": scalar, "per_sample": [B], "logits": [B, K]}``.
 
         See :meth:`full` for candidates shared by the whole batch.
         """
         logits = (-self.distance(z, cand_points) / self.tau).to(z.dtype)
         km = haversine_km_torch(latlon[:, None, 0], latlon[:, None, 1], cand_latlon[..., 0],
                                 cand_latlon[..., 1])
-        log_w = (-km / self.sigma_km).to(logits.dtype)
+        log_w = self.log_weight(km)
+        if log_share is not None:
+            log_w = log_w + log_share.to(log_w.dtype)
+        log_w = log_w.to(logits.dtype)
         log_w[:, 0] = 0.0  # the positive is not weighted
         scores = logits + log_w
         if valid is not None:
@@ -93,21 +134,22 @@ class GeoWeightedContrastive:
                 raise ValueError("column 0 (the positive) must be valid in every row")
             scores = scores.masked_fill(~valid, float("-inf"))
         loss = -logits[:, 0] + torch.logsumexp(scores, dim=1)
-        return {"loss": loss.mean(), "logits": logits}
+        return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
     def full(self, z: torch.Tensor, points: torch.Tensor, points_latlon: torch.Tensor,
              latlon: torch.Tensor, target: torch.Tensor) -> dict:
         """The same loss with one candidate table for the whole batch (all entities of a
         level): ``points [N, D]``, ``points_latlon [N, 2]``, ``target [B]`` the row of each
-        sample's positive. Needs ``distance.matrix``. Returns ``{"loss", "logits" [B, N]}``.
+        sample's positive. Needs ``distance.matrix``. Returns ``{"loss", "per_sample" [B],
+        "logits" [B, N]}``.
         """
         logits = (-self.distance.matrix(z, points) / self.tau).to(z.dtype)
         km = haversine_matrix_km(latlon, points_latlon)
-        log_w = (-km / self.sigma_km).to(logits.dtype)
+        log_w = self.log_weight(km).to(logits.dtype)
         rows = torch.arange(len(z), device=z.device)
         log_w[rows, target] = 0.0
         loss = -logits[rows, target] + torch.logsumexp(logits + log_w, dim=1)
-        return {"loss": loss.mean(), "logits": logits}
+        return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
 
 def parent_hinge(space, child: torch.Tensor, parent: torch.Tensor,

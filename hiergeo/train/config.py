@@ -51,8 +51,13 @@ class DataConfig:
     # images instead of features: a records table/folder read by hiergeo.data.read_records
     images: str | None = None
     image_dir: str | None = None
-    val_fraction: float = 0.1     # share of samples held out when ``val`` is None
-    split_min_km: float = 1.0     # no training sample within this distance of a val sample
+    # when ``val`` is None: hold out whole spatial cells of about ``split_cell_km`` until this
+    # share of the samples is reached (hiergeo.data.split.spatial_split), then drop the
+    # training samples within ``split_min_km`` of a held-out one across cell borders
+    # (0: drop none; the count is in data_report.json)
+    val_fraction: float = 0.1
+    split_cell_km: float = 5.0
+    split_min_km: float = 1.0
     label_mode: str = "osv5m"     # gazetteer.label mode when the data has no unique_* columns
     prune_entities: bool = False  # restrict the entity set to entities seen in training
     feature_dim: int | None = None  # expected feature dimension; None: take the store's
@@ -93,14 +98,22 @@ class ModelConfig:
 class LossConfig:
     # per level: country, region, subregion, city
     tau: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+    # negative weights (hiergeo.losses.contrastive): "paper" w = 1 + lam exp(-km / sigma_km)
+    # (far negatives weigh 1; lam = 0 is plain InfoNCE, sigma = .inf weighs all 1 + lam);
+    # "page" w = exp(-km / sigma_km) (far negatives weigh 0; sigma = .inf is plain InfoNCE;
+    # lam unused), HierLoc's project page, kept for comparison
+    weight_form: str = "paper"
+    lam: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     sigma_km: list[float] = field(default_factory=lambda: [2000.0, 500.0, 150.0, 50.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     parent_weight: float = 0.1
-    candidates: str = "auto"      # auto | full | sampled
+    # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
+    # the level, importance-weighted) estimate the same loss as full ones, with more variance
+    candidates: str = "auto"
     full_max: int = 4_194_304     # auto on CPU: full when batch x level size <= this
-    n_siblings: int = 32
-    n_cousins: int = 32
-    n_random: int = 64
+    n_siblings: int = 32          # 0: siblings are drawn with the cousins
+    n_cousins: int = 32           # 0: cousins are drawn with the rest of the level
+    n_random: int = 64            # the rest of the level (>= 1)
 
 
 @dataclass
@@ -111,7 +124,7 @@ class OptimConfig:
     lr: float = 2e-3              # head (and encoder when fine-tuned), AdamW
     entity_lr: float = 1e-2       # entity table, Riemannian Adam
     weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    warmup: float = 0.05          # linear warm-up, as a share of the run's steps, in [0, 1)
     min_lr_ratio: float = 0.05    # cosine decays to lr x this
     grad_clip: float = 1.0
     stabilize: int = 10           # RiemannianAdam(stabilize=): steps between projections of
@@ -222,11 +235,20 @@ def _coerce(value, tp, where: str):
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
+#: Keys that were replaced, and what replaced them.
+RENAMED = {
+    "optim.warmup_steps": "optim.warmup (a share of the run's steps, e.g. 0.05: a warm-up in "
+                          "steps did not follow the run's length)",
+}
+
+
 def _merge(obj, values: dict, where: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
         path = f"{where}{key}"
+        if path in RENAMED:
+            raise ConfigError(f"config key {path!r} is gone; use {RENAMED[path]}")
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}; known keys here: "
                               f"{', '.join(sorted(names))}")
@@ -321,13 +343,24 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    from ..losses import WEIGHT_FORMS
+
     n = len(LEVELS)
-    for name in ("tau", "sigma_km", "weights"):
+    for name in ("tau", "sigma_km", "lam", "weights"):
         v = getattr(cfg.loss, name)
         need(len(v) == n, f"loss.{name} needs {n} values (one per level), got {v}")
     need(all(t > 0 for t in cfg.loss.tau), f"loss.tau must be positive, got {cfg.loss.tau}")
-    need(all(s > 0 for s in cfg.loss.sigma_km), "loss.sigma_km must be positive (.inf for "
-         f"unweighted), got {cfg.loss.sigma_km}")
+    need(all(s > 0 for s in cfg.loss.sigma_km), "loss.sigma_km must be positive (.inf "
+         f"allowed), got {cfg.loss.sigma_km}")
+    need(all(0 <= v < float("inf") for v in cfg.loss.lam),
+         f"loss.lam must be finite and >= 0 (0: plain InfoNCE), got {cfg.loss.lam}")
+    need(cfg.loss.weight_form in WEIGHT_FORMS, f"loss.weight_form must be one of "
+         f"{', '.join(WEIGHT_FORMS)}, not {cfg.loss.weight_form!r}")
+    need(cfg.loss.n_siblings >= 0 and cfg.loss.n_cousins >= 0,
+         f"loss.n_siblings and loss.n_cousins must be >= 0, got {cfg.loss.n_siblings}, "
+         f"{cfg.loss.n_cousins}")
+    need(cfg.loss.n_random >= 1, "loss.n_random must be >= 1 (sampled candidates must cover "
+         f"the rest of the level), got {cfg.loss.n_random}")
     need(all(w >= 0 for w in cfg.loss.weights) and sum(cfg.loss.weights) > 0,
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),
@@ -340,11 +373,17 @@ def validate(cfg: Config) -> None:
          f"model.encoder must be features or timm, not {cfg.model.encoder!r}")
     need(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     need(cfg.optim.epochs > 0, f"optim.epochs must be positive, got {cfg.optim.epochs}")
+    need(0 <= cfg.optim.warmup < 1,
+         f"optim.warmup is a share of the run's steps, in [0, 1), got {cfg.optim.warmup}")
     need(cfg.optim.entity_optimizer in ("auto", "dense", "sparse"),
          "optim.entity_optimizer must be auto, dense or sparse, not "
          f"{cfg.optim.entity_optimizer!r}")
     need(0 < cfg.data.val_fraction < 1,
          f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    need(0 < cfg.data.split_cell_km < float("inf"),
+         f"data.split_cell_km must be a positive number of km, got {cfg.data.split_cell_km}")
+    need(0 <= cfg.data.split_min_km < float("inf"),
+         f"data.split_min_km must be >= 0 km (0: drop none), got {cfg.data.split_min_km}")
     need(len(cfg.eval.beams) == n and all(b >= 1 for b in cfg.eval.beams),
          f"eval.beams needs {n} widths >= 1, got {cfg.eval.beams}")
     need(cfg.eval.coords in ("city", "weighted"),

@@ -209,14 +209,26 @@ def load_data(cfg, gz) -> TrainData:
         lat, lon = full.latlon[:, 0].numpy(), full.latlon[:, 1].numpy()
         if len(full) < 2:
             raise DataError(f"{len(full)} sample(s): too few to split into train and val")
-        sp = spatial_split(lat, lon, cfg.data.val_fraction, cfg.data.split_min_km,
-                           seed=cfg.run.seed)
+        try:
+            sp = spatial_split(lat, lon, cfg.data.val_fraction, cfg.data.split_min_km,
+                               seed=cfg.run.seed, cell_km=cfg.data.split_cell_km)
+        except ValueError as exc:
+            raise DataError(f"cannot split the training data into train and val: {exc}; "
+                            "change data.split_cell_km or set data.val") from None
         train, val = _subset(full, sp["train"]), _subset(full, sp["test"])
-        report["split"] = {"train": len(sp["train"]), "val": len(sp["test"]),
+        report["split"] = {"method": "cells", "train": len(sp["train"]), "val": len(sp["test"]),
                            "dropped_within_min_km": len(sp["dropped"]),
-                           "min_km": cfg.data.split_min_km}
+                           "val_share": len(sp["test"]) / len(full),
+                           "cells": sp["cells"], "val_cells": sp["test_cells"],
+                           "cell_km": cfg.data.split_cell_km, "min_km": cfg.data.split_min_km}
+        log.info("split by %g km cells: %d of %d cells held out (%d samples, %.1f%%); "
+                 "%d training samples within %g km of a held-out one dropped",
+                 cfg.data.split_cell_km, sp["test_cells"], sp["cells"], len(sp["test"]),
+                 100 * len(sp["test"]) / len(full), len(sp["dropped"]),
+                 cfg.data.split_min_km)
     for name, s in (("train", train), ("val", val)):
         if len(s) == 0:
             raise DataError(f"the {name} split is empty ({report['split']}); give more data, "
-                            "or change data.val_fraction / data.split_min_km")
+                            "or change data.val_fraction / data.split_cell_km / "
+                            "data.split_min_km")
     return TrainData(train=train, val=val, in_dim=int(in_dim), report=report)

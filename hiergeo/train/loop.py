@@ -29,7 +29,7 @@ from ..losses import GeoWeightedContrastive, parent_hinge
 from ..model.geolocator import GeoModel, create_encoder
 from ..model.hierarchy import Hierarchy
 from . import checkpoint
-from .candidates import sample_candidates
+from .candidates import CandidateSampler
 from .config import Config, ConfigError, from_dict
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,10 @@ def _prepare_dir(cfg: Config, d: Path, resume: bool, dist: Dist) -> None:
 
 # -- the loop ------------------------------------------------------------------------------
 def _lr_lambda(cfg: Config, total: int):
-    warm = max(0, cfg.optim.warmup_steps)
+    """Linear warm-up over ``optim.warmup`` of the ``total`` steps, then cosine down to
+    ``optim.min_lr_ratio``. Depends only on the config and ``total``, so a resumed run
+    follows the same schedule."""
+    warm = int(round(cfg.optim.warmup * total))
     floor = cfg.optim.min_lr_ratio
 
     def f(step: int) -> float:
@@ -190,8 +193,10 @@ def sparse_entities(cfg: Config, device) -> bool:
     return cfg.optim.entity_optimizer == "sparse"
 
 
-def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) -> dict:
-    """Named loss terms for one batch (see :mod:`hiergeo.losses`)."""
+def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
+                  sampler: CandidateSampler | None = None) -> dict:
+    """Named loss terms for one batch (see :mod:`hiergeo.losses`). Levels not in
+    ``full_levels`` draw candidates with ``sampler`` (built here when None: slower)."""
     sparse = sparse_entities(cfg, z.device)
 
     def rows(idx):  # entity points, with a sparse gradient for the sparse optimiser
@@ -207,14 +212,17 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) ->
         if not bool(keep.any()) or cfg.loss.weights[j] == 0:
             continue
         zl, pl, ll = z[keep], pos[keep], latlon[keep]
-        fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j])
+        fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j],
+                                    cfg.loss.lam[j], cfg.loss.weight_form)
         if full_levels[j]:
             tbl = hier.level_ids[j]
             out = fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl])
         else:
-            cand, valid = sample_candidates(hier, pl, j, cfg.loss.n_siblings,
-                                            cfg.loss.n_cousins, cfg.loss.n_random, gen)
-            out = fn(zl, rows(cand), hier.latlon[cand], ll, valid)
+            if sampler is None:
+                sampler = CandidateSampler(hier)
+            cand, valid, log_share = sampler.sample(pl, j, cfg.loss.n_siblings,
+                                                    cfg.loss.n_cousins, cfg.loss.n_random, gen)
+            out = fn(zl, rows(cand), hier.latlon[cand], ll, valid, log_share)
         terms[f"loss_{lvl}"] = out["loss"]
         total = total + cfg.loss.weights[j] * out["loss"]
     if cfg.loss.parent_weight > 0 and model.entities.requires_grad:
@@ -228,6 +236,13 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels) ->
 
 
 def _full_levels(cfg: Config, hier: Hierarchy, device, batch: int) -> list[bool]:
+    """Per level, whether the loss scores every entity (True) or sampled candidates.
+
+    Both estimate the same objective (the sampled denominator is an unbiased estimate of the
+    full one, :mod:`hiergeo.train.candidates`), so this choice trades memory for variance and
+    never changes what is optimised: ``full`` and ``sampled`` are honoured on any device;
+    ``auto`` scores every entity on a GPU and, on a CPU, where ``batch x level size`` is at
+    most ``loss.full_max``."""
     mode = cfg.loss.candidates
     if mode == "full":
         return [True] * len(LEVELS)
@@ -368,6 +383,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     full_levels = _full_levels(cfg, hier, dev, math.ceil(B / dist.world))
+    sampler = None if all(full_levels) else CandidateSampler(hier)
     if dist.main:
         log.info("candidates per level: %s", ", ".join(
             f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
@@ -415,7 +431,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             with ac:
                 z = train_model(x)
             terms = _level_losses(cfg, model, z.to(torch.float64), ids, ll, hier, gen,
-                                  full_levels)
+                                  full_levels, sampler)
             if not torch.isfinite(terms["loss"]):
                 save_ckpt(step)
                 raise FloatingPointError(f"loss is {terms['loss'].item()} at step {step}; "
