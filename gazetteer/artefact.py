@@ -29,7 +29,7 @@ import shapely
 from .errors import ArtefactError
 from .sources import file_sha256
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a town called "None" keeps its name in its key
 FILES = ("entities.parquet", "places.parquet", "polygons.parquet")
 
 
