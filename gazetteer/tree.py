@@ -15,7 +15,8 @@ from .keys import DEPTH, LEVELS, ROOT_KEY, make_keys
 
 ENTITY_COLUMNS = [
     "id", "key", "level", "depth", "name", "parent_id", "placeholder",
-    "country_code", "iso3", "country_name", "continent", "lat", "lon", "n_places",
+    "country_code", "iso3", "country_name", "continent", "lat", "lon", "point_lat", "point_lon",
+    "n_places",
     "min_lat", "min_lon", "max_lat", "max_lon", "has_polygon",
 ]
 
@@ -24,7 +25,9 @@ def build_entities(places: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """Build the entity table from a places table.
 
     Returns ``(entities, place_city)`` where ``place_city[i]`` is the city entity id of place
-    ``i``. Places sharing a full key (name, admin2, admin1, cc) are one city entity.
+    ``i``. Places sharing a full key (name, admin2, admin1, cc) are one city entity. ``lat,
+    lon`` are centroids; ``point_lat, point_lon`` are prediction points chosen among the
+    places (see :func:`prediction_points`).
     """
     keys = make_keys(places["cc"], places["admin1"], places["admin2"], places["name"])
     own_part = {"country": places["cc"], "region": places["admin1"],
@@ -69,7 +72,38 @@ def build_entities(places: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         ent.loc[is_country, "key"])
     ent["has_polygon"] = False
     ent = _tidy_types(ent)
-    return ent[ENTITY_COLUMNS], place_ids["city"].astype(np.int64)
+    place_city = place_ids["city"].astype(np.int64)
+    ent[["point_lat", "point_lon"]] = prediction_points(
+        ent, ancestors_table(ent), places["lat"].to_numpy(), places["lon"].to_numpy(), place_city)
+    return ent[ENTITY_COLUMNS], place_city
+
+
+def prediction_points(entities: pd.DataFrame, ancestors: np.ndarray, lat: np.ndarray,
+                      lon: np.ndarray, point_city: np.ndarray) -> np.ndarray:
+    """``[n_entities, 2]`` prediction point of each entity: of the labelling points inside it
+    (``point_city[i]`` is the city of point ``i``), the one nearest its centroid.
+
+    A city that merges several GeoNames places (same key, often tens of km apart) has a
+    centroid that reverse-geocodes to one of its places' neighbours, not to itself; a point of
+    its own labels back to it (unless another place shares that point's exact coordinates).
+    The same rule at every level keeps a region's or country's point inside it too. Ties go
+    to the lowest row; an entity without points keeps its centroid.
+    """
+    out = entities[["lat", "lon"]].to_numpy(np.float64).copy()
+    if len(point_city) == 0:
+        return out
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    centroid = to_xyz(out[:, 0], out[:, 1])
+    pxyz = to_xyz(lat, lon)
+    rows = np.arange(len(point_city))
+    owners = [np.zeros(len(point_city), np.int64)]  # the root
+    owners += [ancestors[point_city, j] for j in range(len(LEVELS))]
+    for owner in owners:
+        cos = (pxyz * centroid[owner]).sum(1)
+        order = np.lexsort((rows, -cos, owner))  # by owner, nearest first, then lowest row
+        first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+        out[owner[first], 0], out[owner[first], 1] = lat[first], lon[first]
+    return out
 
 
 def _root_frame(xyz: np.ndarray, places: pd.DataFrame) -> pd.DataFrame:

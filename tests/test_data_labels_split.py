@@ -143,3 +143,33 @@ def test_split_needs_two_cells():
 def test_near_mask_across_the_antimeridian():
     assert near_mask([0.0], [179.9995], [0.0], [-179.9995], min_km=1.0).tolist() == [True]
     assert near_mask([0.0], [179.99], [0.0], [-179.99], min_km=1.0).tolist() == [False]
+
+
+def test_a_part_called_none_is_a_town_not_missing(tmp_path):
+    """"None" as a part is the town's name; as a whole key, and NaN/None values, it is missing."""
+    import gazetteer
+
+    places = tmp_path / "places.csv"
+    pd.DataFrame([(44.93645, 7.54015, "None", "Piedmont", "Provincia di Torino", "IT"),
+                  (45.07049, 7.68682, "Turin", "Piedmont", "Provincia di Torino", "IT")],
+                 columns=["lat", "lon", "name", "admin1", "admin2", "cc"]).to_csv(places,
+                                                                                  index=False)
+    gz = gazetteer.build(places, boundaries=False)
+    town = "None_Provincia di Torino_Piedmont_IT"
+    assert town in set(gz.entities["key"])
+    parts = pd.DataFrame({"latitude": [44.9, 44.9, 44.9], "longitude": [7.5, 7.5, 7.5],
+                          "country": ["IT"] * 3, "region": ["Piedmont"] * 3,
+                          "sub-region": ["Provincia di Torino"] * 3,
+                          "city": ["None", None, np.nan]})
+    ids, _ = entity_ids(gz, parts)
+    keys = gz.entities["key"].to_numpy()
+    assert keys[ids["city_id"][0]] == town
+    assert ids["city_id"].isna().tolist() == [False, True, True]
+    whole = pd.DataFrame({"latitude": [44.9, 44.9], "longitude": [7.5, 7.5],
+                          "unique_country": ["IT", "IT"],
+                          "unique_region": ["Piedmont_IT", "Piedmont_IT"],
+                          "unique_sub-region": ["Provincia di Torino_Piedmont_IT"] * 2,
+                          "unique_city": [town, "None"]})
+    ids, report = entity_ids(gz, whole)
+    assert keys[ids["city_id"][0]] == town
+    assert report["city"] == {"missing": 1, "unknown": 0}

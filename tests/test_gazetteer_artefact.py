@@ -62,6 +62,9 @@ def test_tree_from_a_labelled_dataset(tmp_path):
     assert e.loc["Ranerou__Matam_SN", "n_places"] == 2
     assert e.loc["Ranerou__Matam_SN", "lat"] == pytest.approx(15.2185, abs=1e-3)
     assert gz.label([29.9], [78.1])["city"][0] == "Haridwar_Haridwar_Uttarakhand_IN"
+    # labelling points are city centroids here, so a city's prediction point is its centroid
+    city = gz.entities[gz.entities["level"] == "city"]
+    assert (city[["point_lat", "point_lon"]].to_numpy() == city[["lat", "lon"]].to_numpy()).all()
 
 
 def test_cli_label_round_trip_and_errors(small_places_csv, tmp_path):

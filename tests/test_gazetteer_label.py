@@ -157,3 +157,19 @@ def test_osv5m_mode_reproduces_real_osv5m_labels(world):
     truth = make_keys(df["country"], df["region"], df["sub-region"], df["city"])
     for lvl in gazetteer.LEVELS:
         assert lab[lvl].astype(str).tolist() == truth[lvl].tolist(), lvl
+
+
+def test_a_town_called_none_keeps_its_name(world):
+    """GeoNames has a town called "None" (Piedmont, IT): it is a name, not a missing part."""
+    from gazetteer.sources import rg_places_path
+
+    raw = pd.read_csv(rg_places_path(), dtype=str, keep_default_na=False, encoding="utf-8")
+    town = raw[raw["name"] == "None"]
+    assert len(town) == 1
+    lat, lon = float(town["lat"].iloc[0]), float(town["lon"].iloc[0])
+    ours = world.label([lat], [lon], mode="osv5m")
+    theirs = _rg_keys([(lat, lon)])
+    for lvl in gazetteer.LEVELS:
+        assert ours[lvl].astype(str)[0] == theirs[lvl][0], lvl
+    assert ours["city"].astype(str)[0].startswith("None_")
+    assert world.entities.loc[int(ours["city_id"][0]), "name"] == "None"

@@ -34,8 +34,8 @@ def test_descent_recovers_world_leaves_at_beam_1(world):
                 beams=(1, 1, 1, 1))
     assert (p.paths[:, 0, 3] == leaves.numpy()).all()
     assert p.comparisons.max() < 5000  # a few hundred, not 165k
-    # the city's centroid is the predicted point
-    ll = hier.latlon[leaves].numpy()
+    # the city's prediction point (a place of its own, not its centroid) is the predicted point
+    ll = hier.point_latlon[leaves].numpy()
     assert np.allclose(p.lat, ll[:, 0]) and np.allclose(p.lon, ll[:, 1])
 
 
@@ -62,7 +62,7 @@ def test_weighted_coordinates_and_confident_level(small):
     sharp = descend(emb.points[leaf], emb.points, space, hier, [0.01] * 4, beams=(3,) * 4,
                     coords="weighted")
     assert sharp.confident_level[0] == 3  # a point on the entity: sure at every level
-    ll = hier.latlon[leaf].numpy()[0]
+    ll = hier.point_latlon[leaf].numpy()[0]
     assert abs(sharp.lat[0] - ll[0]) < 1e-6
     vague = descend(torch.zeros(1, 4, dtype=torch.float64), emb.points, space, hier,
                     [50.0] * 4, beams=(3,) * 4, coords="weighted")
@@ -84,6 +84,123 @@ def test_pruned_hierarchy_never_predicts_inactive(small):
     other = Hierarchy.from_gazetteer(small).level_ids[3]
     p = descend(emb.points[other], emb.points, make_space("poincare"), hier, TAUS)
     assert (p.paths[:, 0, 3] == keep).all()
+
+
+def _random_queries(n, dim=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return project(expmap0(torch.randn(n, dim, generator=g, dtype=torch.float64) * 2))
+
+
+def _same_path(pred, i, path):
+    """Row of ``path`` among query ``i``'s paths in ``pred`` (it must be there)."""
+    rows = np.flatnonzero((pred.paths[i] == path).all(1))
+    assert len(rows) == 1, (i, path)
+    return rows[0]
+
+
+def test_path_probabilities_do_not_depend_on_beam_width(small):
+    """P(entity | parent) and the joint score of a path are the same whichever beams found it,
+    and equal flat search's."""
+    emb = embed_tree(small, dim=4)
+    hier = Hierarchy.from_gazetteer(small)
+    space = make_space("poincare")
+    z = _random_queries(40)
+    taus = [0.7, 1.3, 0.5, 2.0]
+    n_paths = len(hier.level_ids[3])  # every path of the small tree ends in a city
+    wide = descend(z, emb.points, space, hier, taus, beams=(100,) * 4, topk=100)
+    flat = flat_search(z, emb.points, space, hier, taus, topk=100, chunk=7)
+    assert wide.paths.shape[1] == flat.paths.shape[1] == n_paths
+    assert (wide.paths == flat.paths).all()
+    assert np.abs(wide.score - flat.score).max() < 1e-12
+    assert np.abs(wide.level_prob - flat.level_prob).max() < 1e-12
+    # joint probabilities of all paths sum to one; a score is the log of its path's joint
+    assert np.allclose(np.exp(wide.score).sum(1), 1.0, atol=1e-12)
+    assert np.allclose(wide.score, np.log(wide.level_prob).sum(2), atol=1e-12)
+    assert np.allclose(wide.path_prob[..., -1], np.exp(wide.score), atol=1e-12)
+    compared = 0
+    for b in (1, 3):
+        d = descend(z, emb.points, space, hier, taus, beams=(b,) * 4, topk=3)
+        for i in range(len(z)):
+            for k in np.flatnonzero(np.isfinite(d.score[i])):
+                j = _same_path(wide, i, d.paths[i, k])
+                assert abs(d.score[i, k] - wide.score[i, j]) < 1e-12
+                assert np.abs(d.level_prob[i, k] - wide.level_prob[i, j]).max() < 1e-12
+                compared += 1
+    assert compared >= 40 * (1 + 3)
+
+
+def test_level_probability_is_conditional_on_the_parent(small):
+    """Against a plain loop: softmax over all countries, then over each parent's children."""
+    emb = embed_tree(small, dim=4)
+    hier = Hierarchy.from_gazetteer(small)
+    space = make_space("poincare")
+    z = _random_queries(5, seed=7)
+    taus = [0.7, 1.3, 0.5, 2.0]
+    p = descend(z, emb.points, space, hier, taus, beams=(2, 2, 2, 2), topk=2)
+    parent = hier.parent.numpy()
+    pts = emb.points
+    for i in range(len(z)):
+        for k in range(p.paths.shape[1]):
+            for lvl, e in enumerate(p.paths[i, k]):
+                sibs = (hier.level_ids[0].numpy() if lvl == 0 else
+                        np.flatnonzero(parent == parent[e]))
+                logit = [-float(dist(z[i], pts[s])) / taus[lvl] for s in sibs]
+                want = math.exp(logit[list(sibs).index(e)]) / sum(math.exp(v) for v in logit)
+                assert p.level_prob[i, k, lvl] == pytest.approx(want, abs=1e-12)
+
+
+def test_confident_level_uses_the_joint_prefix_probability(small):
+    emb = embed_tree(small, dim=4)
+    hier = Hierarchy.from_gazetteer(small)
+    z = _random_queries(200, seed=11)
+    p = descend(z, emb.points, make_space("poincare"), hier, [0.3] * 4, beams=(3,) * 4)
+    prefix = p.path_prob[:, 0, :]
+    assert np.allclose(prefix, np.exp(np.cumsum(np.log(p.level_prob[:, 0, :]), axis=1)))
+    want = (prefix >= 0.5).sum(1) - 1  # the prefix probability only falls with depth
+    assert (p.confident_level == want).all()
+    # and the test means something: somewhere every level's own probability clears 0.5 but
+    # the joint does not
+    per_level = np.cumprod(p.level_prob[:, 0, :] >= 0.5, axis=1).sum(1) - 1
+    assert (per_level > want).any()
+
+
+def _pruned(small, keys):
+    active = small.entities["key"].isin(keys).to_numpy()
+    return Hierarchy.from_gazetteer(small, active)
+
+
+@pytest.mark.parametrize("coords", ["city", "weighted"])
+def test_a_path_stops_where_its_entity_has_no_active_children(small, coords):
+    """Japan is active without any active region; Namibia's Khomas without a subregion. Their
+    paths stop there: deeper levels -1 with probability 0, coordinates from the deepest
+    entity, and never the root (entity 0)."""
+    emb = embed_tree(small, dim=8)
+    hier = _pruned(small, ["JP", "Khomas_NA", "Timaru_Timaru District_Canterbury_NZ"])
+    assert [len(x) for x in hier.level_ids] == [3, 2, 1, 1]
+    space = make_space("poincare")
+    jp, khomas = small.id_of("JP"), small.id_of("Khomas_NA")
+    z = emb.points[[jp, khomas]]
+    for beams in [(1, 1, 1, 1), (3, 3, 3, 3)]:
+        p = descend(z, emb.points, space, hier, [0.05] * 4, beams=beams, topk=3, coords=coords)
+        f = flat_search(z, emb.points, space, hier, [0.05] * 4, topk=3, coords=coords)
+        for pred in (p, f):
+            assert pred.paths[0, 0].tolist() == [jp, -1, -1, -1]
+            assert pred.paths[1, 0].tolist() == [small.id_of("NA"), khomas, -1, -1]
+            assert (pred.level_prob[0, 0, 1:] == 0).all() and pred.level_prob[0, 0, 0] > 0.99
+            assert (pred.level_prob[1, 0, 2:] == 0).all()
+            # the score is the joint probability of the prefix down to the stop
+            assert pred.score[0, 0] == pytest.approx(np.log(pred.level_prob[0, 0, 0]))
+            assert pred.score[1, 0] == pytest.approx(np.log(pred.level_prob[1, 0, :2]).sum())
+            assert not (pred.paths == 0).any()
+            assert pred.confident_level[0] == 0 and pred.confident_level[1] == 1
+        ll = hier.point_latlon[[jp, khomas]].numpy()
+        assert np.allclose(p.lat, ll[:, 0], atol=1e-3) and np.allclose(p.lon, ll[:, 1], atol=1e-3)
+    # a region of a stopped country is never invented: beams of one that all stop still
+    # give the stopped path, not entity 0
+    only_jp = _pruned(small, ["JP"])
+    p = descend(emb.points[[jp]], emb.points, space, only_jp, TAUS, beams=(1, 1, 1, 1))
+    assert p.paths[0].tolist() == [[jp, -1, -1, -1]]
+    assert p.score[0, 0] == 0.0 and p.level_prob[0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 # -- spaces -----------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Sources, in order of preference: OSV-5M's ``unique_*`` key columns; its part columns
 (``country, region, sub-region, city``) joined into keys; otherwise the gazetteer labels the
 coordinates. OSV-5M writes a missing part as NaN (read back as "nan") and its metric code as an
-empty string: both become the empty part, so they name the same placeholder entity. A key the
+empty string: both become the empty part, so they name the same placeholder entity. The
+string "None" as a part is the Piedmont town of that name, never a missing part. A key the
 gazetteer does not know is <NA> and counted, never guessed.
 """
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from gazetteer.keys import (
     LEVELS,
+    MISSING_PART_SPELLINGS,
     MISSING_SPELLINGS,
     OSV5M_KEY_COLUMNS,
     OSV5M_PART_COLUMNS,
@@ -27,11 +29,12 @@ log = logging.getLogger(__name__)
 
 
 def _clean_key(values: pd.Series) -> pd.Series:
-    """A whole key: missing spellings -> <NA>; parts spelled "nan" -> empty parts."""
+    """A whole key: missing spellings (``"None"`` included) -> <NA>; parts spelled "nan" ->
+    empty parts, while a part "None" stays: it is a town (``None_..._Piedmont_IT``)."""
     s = values.astype("object").where(values.notna(), "").astype(str).str.strip()
     missing = s.isin(MISSING_SPELLINGS)
     parts = s.str.split("_")
-    fixed = parts.map(lambda ps: "_".join("" if p in MISSING_SPELLINGS else p for p in ps))
+    fixed = parts.map(lambda ps: "_".join("" if p in MISSING_PART_SPELLINGS else p for p in ps))
     return fixed.where(~missing, None)
 
 

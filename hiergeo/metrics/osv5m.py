@@ -20,6 +20,8 @@ the library itself.
 Differences, on inputs where the official code has no sensible answer: we clip the haversine
 term ``a`` to [0, 1] (rounding can push it past 1 for near-antipodal points, where the official
 code returns NaN), and we also mask truth keys that are NaN/None/empty, not only ``"nan"``.
+A *part* spelled ``"None"`` (truth built from part columns) is not masked: it is a town in
+Piedmont, which ``reverse_geocoder`` names so.
 """
 
 from __future__ import annotations

@@ -20,7 +20,11 @@ class Hierarchy:
     Attributes:
         parent: ``[N]`` parent id, -1 for the root.
         depth: ``[N]`` 0 for the root, 1 country ... 4 city.
-        latlon: ``[N, 2]`` float64 centroids in degrees.
+        latlon: ``[N, 2]`` float64 centroids in degrees (the loss's distance weights).
+        point_latlon: ``[N, 2]`` float64 prediction points in degrees: a labelling point of
+            the entity's own (for a city, the member place nearest its centroid), so that a
+            predicted entity's coordinates reverse-geocode back to it; see
+            :func:`gazetteer.tree.prediction_points`.
         ancestors: ``[N, 4]`` id of the entity's ancestor (or itself) at each level, -1 below
             its own depth.
         active: ``[N]`` bool.
@@ -34,6 +38,7 @@ class Hierarchy:
     parent: torch.Tensor
     depth: torch.Tensor
     latlon: torch.Tensor
+    point_latlon: torch.Tensor
     ancestors: torch.Tensor
     active: torch.Tensor
     level_ids: list[torch.Tensor]
@@ -49,6 +54,9 @@ class Hierarchy:
     @classmethod
     def from_gazetteer(cls, gz, active: np.ndarray | None = None) -> Hierarchy:
         e = gz.entities
+        if not {"point_lat", "point_lon"} <= set(e.columns):
+            raise ValueError("the gazetteer's entity table has no prediction points "
+                             "(point_lat, point_lon): it predates format 4; rebuild it")
         parent = e["parent_id"].to_numpy(np.int64).copy()
         depth = e["depth"].to_numpy(np.int64).copy()
         n = len(parent)
@@ -71,6 +79,8 @@ class Hierarchy:
         start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
         return cls(parent=torch.from_numpy(parent), depth=torch.from_numpy(depth),
                    latlon=torch.from_numpy(e[["lat", "lon"]].to_numpy(np.float64).copy()),
+                   point_latlon=torch.from_numpy(
+                       e[["point_lat", "point_lon"]].to_numpy(np.float64).copy()),
                    ancestors=torch.from_numpy(gz.ancestors.astype(np.int64)),
                    active=torch.from_numpy(act), level_ids=level_ids,
                    pos_in_level=torch.from_numpy(pos), child_start=torch.from_numpy(start),

@@ -1,16 +1,28 @@
 """Prediction by hierarchical beam descent, and flat search for comparison.
 
-Level l's logits are ``-d(z, e) / tau_l``; its log-probabilities are the logits minus their
-logsumexp over the entities *scored* at that level. A path's score is the sum of its levels'
-log-probabilities, so with beams wide enough to score every entity, descent and flat search
-give the same answer.
+Level l's logits are ``-d(z, e) / tau_l``. An entity's probability is conditional on its
+parent: ``P(e | parent)`` is the softmax of the logits over the parent's active children (for
+countries, over all active countries). A path's score is the sum of its levels' conditional
+log-probabilities, ``log P(country) + log P(region | country) + ...``: the log of the path's
+joint probability. Neither depends on which other entities happened to be scored, so a path's
+probabilities and score are the same at every beam width, and beams wide enough to keep every
+path give flat search's answer.
+
+A path whose entity has no active children (a hierarchy restricted to the entities seen in
+training can have such entities above the city level) stops there: its deeper levels are -1
+with probability 0, its score is its prefix's, and it competes with the longer paths as it is.
 
 - :func:`descend`: score the countries, keep the best ``beams[0]``, score only their regions,
   keep ``beams[1]``, and so on to cities: a few hundred distances per query instead of 165k.
-- :func:`flat_search`: every active entity of every level is scored, and every city's path
-  score is summed from its ancestors' (the "full search" the published method compares with).
+- :func:`flat_search`: every active entity of every level is scored and normalised within its
+  sibling group; every path from a country to a leaf (a city, or an entity where a path stops)
+  gets its score summed from its entities' (the "full search" the published method compares
+  with).
 
-Both return a :class:`Prediction`; distances are float64 on the entity table's device.
+Predicted coordinates are prediction points (:attr:`Hierarchy.point_latlon
+<hiergeo.model.hierarchy.Hierarchy>`): a place of the path's deepest entity's own, which
+reverse-geocodes back to it, never a centroid that may lie in a neighbour. Both functions
+return a :class:`Prediction`; distances are float64 on the entity table's device.
 """
 
 from __future__ import annotations
@@ -31,13 +43,17 @@ class Prediction:
     """Top-k paths per query, best first.
 
     Attributes:
-        paths: ``[B, K, 4]`` entity ids (country ... city), -1 for padding.
-        score: ``[B, K]`` path log-scores (sum of the levels' log-probabilities).
-        level_prob: ``[B, K, 4]`` probability of each path's entity at each level
-            (normalised over the entities scored at that level).
+        paths: ``[B, K, 4]`` entity ids (country ... city); -1 below the level where a path
+            stops, and for padding.
+        score: ``[B, K]`` path log-scores: the sum of the levels' conditional
+            log-probabilities, i.e. the log of the path's joint probability (-inf: padding).
+        level_prob: ``[B, K, 4]`` probability of each path's entity given its parent,
+            ``P(e_l | e_{l-1})`` (for the country, over all active countries); 0 where the
+            path has no entity. It does not depend on the beam widths.
         lat, lon: ``[B]`` predicted coordinates, degrees.
-        confident_level: ``[B]`` deepest level (0 country ... 3 city) whose probability, and
-            every shallower one's, reaches the threshold; -1 if not even the country does.
+        confident_level: ``[B]`` deepest level (0 country ... 3 city) at which the best path's
+            prefix probability (see :attr:`path_prob`) reaches the threshold; -1 if not even
+            the country's does.
         comparisons: ``[B]`` entity distances computed per query.
     """
 
@@ -51,6 +67,13 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.lat)
+
+    @property
+    def path_prob(self) -> np.ndarray:
+        """``[B, K, 4]`` joint probability of each path's prefix down to each level,
+        ``exp(cumsum(log level_prob))``: P(country), P(country, region), ...; its last
+        non-zero entry is ``exp(score)``."""
+        return np.cumprod(self.level_prob, axis=2)
 
     @staticmethod
     def concat(parts: list[Prediction]) -> Prediction:
@@ -77,11 +100,39 @@ def _check(taus, beams=None):
         raise ValueError(f"need {NLEV} beam widths >= 1, got {beams}")
 
 
+def _check_hierarchy(hier):
+    if len(hier.level_ids[0]) == 0:
+        raise ValueError("the hierarchy has no active country: nothing to predict")
+
+
+# -- steps shared by descent and flat search ------------------------------------------------
+def log_softmax_groups(logit: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Log-softmax of ``logit [..., n]`` within the groups ``group [n]`` (values in
+    ``[0, n_groups)``) of its last dimension: each entry's log-probability among its
+    siblings. Same shape as ``logit``."""
+    idx = group.expand_as(logit)
+    shape = (*logit.shape[:-1], n_groups)
+    mx = torch.full(shape, -torch.inf, dtype=logit.dtype, device=logit.device).scatter_reduce(
+        -1, idx, logit, reduce="amax")
+    shifted = logit - mx.gather(-1, idx)
+    se = torch.zeros(shape, dtype=logit.dtype, device=logit.device).scatter_add(
+        -1, idx, shifted.exp())
+    return shifted - se.log().gather(-1, idx)
+
+
+def _deepest(paths: torch.Tensor) -> torch.Tensor:
+    """``[..., 4]`` paths -> ``[...]`` id of each path's deepest entity (-1 for padding);
+    a path is a prefix of ids followed by -1s."""
+    n = (paths >= 0).sum(-1)
+    last = paths.gather(-1, (n - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(n > 0, last, -1)
+
+
 def _finish(paths, score, prob, hier, topk, coords, threshold, comparisons) -> Prediction:
     """Coordinates and confident level from the top paths (tensors -> numpy)."""
     paths, score, prob = paths[:, :topk], score[:, :topk], prob[:, :topk]
-    city = paths[:, :, NLEV - 1]
-    ll = hier.latlon[city.clamp_min(0)].cpu().numpy()
+    # padding paths have no entity; their coordinates get weight 0 (or are never the best)
+    ll = hier.point_latlon[_deepest(paths).clamp_min(0)].cpu().numpy()
     if coords == "city":
         lat, lon = ll[:, 0, 0], ll[:, 0, 1]
     elif coords == "weighted":
@@ -90,12 +141,57 @@ def _finish(paths, score, prob, hier, topk, coords, threshold, comparisons) -> P
         lat, lon = from_xyz((w[..., None] * xyz).sum(1))
     else:
         raise ValueError(f"coords must be 'city' or 'weighted', not {coords!r}")
-    ok = (prob[:, 0, :] >= threshold).cpu().numpy()
+    ok = (torch.cumprod(prob[:, 0, :], dim=1) >= threshold).cpu().numpy()
     confident = np.cumprod(ok, axis=1).sum(axis=1) - 1
     return Prediction(paths=paths.cpu().numpy(), score=score.cpu().numpy(),
                       level_prob=prob.cpu().numpy(), lat=np.asarray(lat, np.float64),
                       lon=np.asarray(lon, np.float64), confident_level=confident,
                       comparisons=comparisons.cpu().numpy())
+
+
+# -- descent ------------------------------------------------------------------------------
+def _keep(beams, lvl: int, topk: int) -> int:
+    """Paths kept after level ``lvl``: its beam width, and at least ``topk`` at the last."""
+    return int(beams[lvl]) if lvl < NLEV - 1 else max(int(beams[lvl]), topk)
+
+
+def expand_beams(entity: torch.Tensor, alive: torch.Tensor, hier
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates one level down from flat beams ``entity [M]`` (-1: the path has stopped).
+
+    Each live beam gives its entity's active children, or, if it has none (or has already
+    stopped), one candidate ``-1`` that carries the path on unchanged. Returns ``(beam
+    [T], child [T])``: the beam each candidate extends, in beam order, and its entity id.
+    """
+    has = alive & (entity >= 0)
+    n_kids = torch.where(has, hier.child_count[entity.clamp_min(0)], 0)
+    stops = alive & (n_kids == 0)
+    cnt = n_kids + stops.long()
+    beam = torch.repeat_interleave(torch.arange(len(entity), device=entity.device), cnt)
+    offset = torch.arange(len(beam), device=entity.device) - (torch.cumsum(cnt, 0) - cnt)[beam]
+    child = torch.full_like(beam, -1)
+    kid = ~stops[beam]
+    child[kid] = hier.child_list[hier.child_start[entity[beam[kid]]] + offset[kid]]
+    return beam, child
+
+
+def topk_per_query(score: torch.Tensor, query: torch.Tensor, n_queries: int, k: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``k`` of candidates ``score [T]`` grouped by ``query [T]`` (non-decreasing).
+
+    Returns ``(pick [B, k'], alive [B, k'])``: indices into the candidates, best first, and
+    whether each slot holds a candidate (a query with fewer than ``k`` fills with dead slots
+    whose pick is meaningless); ``k' = min(k, most candidates of any query)``.
+    """
+    T = len(score)
+    cnt = torch.bincount(query, minlength=n_queries)
+    first = torch.cumsum(cnt, 0) - cnt
+    width = max(int(cnt.max()), 1) if T else 1
+    dense = torch.full((n_queries, width), -torch.inf, dtype=score.dtype, device=score.device)
+    dense[query, torch.arange(T, device=score.device) - first[query]] = score
+    top = dense.topk(min(k, width), dim=1)
+    pick = (first[:, None] + top.indices).clamp(0, max(T - 1, 0))
+    return pick, torch.isfinite(top.values)
 
 
 @torch.no_grad()
@@ -108,89 +204,103 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
         space: the :mod:`~hiergeo.geometry.spaces` space of ``z`` and ``entities``.
         hier: a :class:`~hiergeo.model.hierarchy.Hierarchy` on the same device.
         taus: temperature per level.
-        beams: beam width per level (countries kept, regions kept, ...).
+        beams: beam width per level (countries kept, regions kept, ...). Widths change which
+            paths are found, never a found path's probabilities or score.
         topk: paths returned (the last level keeps ``max(beams[-1], topk)``).
-        coords: ``"city"`` (centroid of the best path's city) or ``"weighted"``
-            (probability-weighted mean of the top-k cities on the sphere).
-        threshold: probability a level needs for ``confident_level``.
+        coords: ``"city"`` (the best path's prediction point: its city's, or its deepest
+            entity's where it stops) or ``"weighted"`` (the mean on the sphere of the top-k
+            paths' prediction points, weighted by their joint probabilities).
+        threshold: joint (prefix) probability a level needs for ``confident_level``.
     """
     _check(taus, beams)
+    _check_hierarchy(hier)
     dev = entities.device
     z = z.to(device=dev, dtype=torch.float64)
     B = len(z)
     ids0 = hier.level_ids[0]
     logp = torch.log_softmax(-space.matrix(z, entities[ids0]) / taus[0], dim=1)
-    w = min(int(beams[0]) if NLEV > 1 else max(int(beams[0]), topk), len(ids0))
-    top = logp.topk(w, dim=1)
-    beam_ids = ids0[top.indices]
-    beam_score = top.values
-    hist = torch.full((B, w, NLEV), -1, dtype=torch.long, device=dev)
-    prob = torch.zeros((B, w, NLEV), dtype=torch.float64, device=dev)
-    hist[:, :, 0], prob[:, :, 0] = beam_ids, top.values.exp()
+    top = logp.topk(min(_keep(beams, 0, topk), len(ids0)), dim=1)
+    W = top.indices.shape[1]
+    hist = torch.full((B, W, NLEV), -1, dtype=torch.long, device=dev)
+    prob = torch.zeros((B, W, NLEV), dtype=torch.float64, device=dev)
+    hist[:, :, 0], prob[:, :, 0] = ids0[top.indices], top.values.exp()
+    score = top.values
     comparisons = torch.full((B,), len(ids0), dtype=torch.long, device=dev)
     for lvl in range(1, NLEV):
-        W = beam_ids.shape[1]
-        bid = beam_ids.reshape(-1)
-        cnt = torch.where(bid >= 0, hier.child_count[bid.clamp_min(0)], 0)
-        total = int(cnt.sum())
-        pair = torch.repeat_interleave(torch.arange(B * W, device=dev), cnt)
-        first = torch.cumsum(cnt, 0) - cnt
-        off = torch.arange(total, device=dev) - first[pair]
-        cid = hier.child_list[hier.child_start[bid[pair]] + off]
-        q = torch.div(pair, W, rounding_mode="floor")
-        logit = -space.pair(z[q], entities[cid]) / taus[lvl]
-        mx = torch.full((B,), -torch.inf, dtype=torch.float64, device=dev).scatter_reduce(
-            0, q, logit, reduce="amax")
-        se = torch.zeros(B, dtype=torch.float64, device=dev).index_add(
-            0, q, torch.exp(logit - mx[q]))
-        lp = logit - (mx + se.log())[q]
-        score = beam_score.reshape(-1)[pair] + lp
-        qcnt = cnt.view(B, W).sum(1)
-        comparisons += qcnt
-        qfirst = torch.cumsum(qcnt, 0) - qcnt
-        posq = torch.arange(total, device=dev) - qfirst[q]
-        M = max(int(qcnt.max()), 1) if B else 1
-        dense = torch.full((B, M), -torch.inf, dtype=torch.float64, device=dev)
-        dense[q, posq] = score
-        keep = int(beams[lvl]) if lvl < NLEV - 1 else max(int(beams[lvl]), topk)
-        top = dense.topk(min(keep, M), dim=1)
-        alive = torch.isfinite(top.values)
-        flat = (qfirst[:, None] + top.indices).clamp_max(max(total - 1, 0))
-        src = pair[flat] if total else torch.zeros_like(flat)
+        W = hist.shape[1]
+        beam, child = expand_beams(hist[:, :, lvl - 1].reshape(-1),
+                                   torch.isfinite(score).reshape(-1), hier)
+        query = torch.div(beam, W, rounding_mode="floor")
+        real = child >= 0
+        # log P(child | parent); 0 for a stopped path's carry-over candidate
+        logp = torch.zeros(len(child), dtype=torch.float64, device=dev)
+        logit = -space.pair(z[query[real]], entities[child[real]]) / taus[lvl]
+        logp[real] = log_softmax_groups(logit, beam[real], B * W)  # siblings share a beam
+        comparisons += torch.bincount(query[real], minlength=B)
+        cand_score = score.reshape(-1)[beam] + logp
+        pick, alive = topk_per_query(cand_score, query, B, _keep(beams, lvl, topk))
+        src = beam[pick]
         hist = hist.reshape(B * W, NLEV)[src].clone()
         prob = prob.reshape(B * W, NLEV)[src].clone()
-        hist[:, :, lvl] = cid[flat] if total else -1
-        prob[:, :, lvl] = lp[flat].exp() if total else 0.0
-        hist[~alive] = -1
-        prob[~alive] = 0.0
-        beam_ids = torch.where(alive, hist[:, :, lvl], -1)
-        beam_score = torch.where(alive, top.values, -torch.inf)
-    return _finish(hist, beam_score, prob, hier, topk, coords, threshold, comparisons)
+        hist[:, :, lvl] = child[pick]
+        prob[:, :, lvl] = torch.where(child[pick] >= 0, logp[pick].exp(), 0.0)
+        hist[~alive], prob[~alive] = -1, 0.0
+        score = torch.where(alive, cand_score[pick], -torch.inf)
+    return _finish(hist, score, prob, hier, topk, coords, threshold, comparisons)
+
+
+# -- flat search --------------------------------------------------------------------------
+def _sibling_groups(hier) -> list[tuple[torch.Tensor, int]]:
+    """Per level, each active entity's sibling group (its parent's position in the level
+    above; all countries are one group) and the number of groups."""
+    out = [(torch.zeros_like(hier.level_ids[0]), 1)]
+    for lvl in range(1, NLEV):
+        parent = hier.parent[hier.level_ids[lvl]]
+        out.append((hier.pos_in_level[parent], len(hier.level_ids[lvl - 1])))
+    return out
+
+
+def _leaf_paths(hier) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every path from a country to an active leaf (an entity without active children):
+    ``(paths [L, 4] ids, pos [L, 4] positions in each level's ids)``, -1 below the leaf."""
+    ids = torch.cat(hier.level_ids)
+    leaves = ids[hier.child_count[ids] == 0].sort().values
+    paths = hier.ancestors[leaves]
+    pos = torch.where(paths >= 0, hier.pos_in_level[paths.clamp_min(0)], -1)
+    return paths, pos
 
 
 @torch.no_grad()
 def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk: int = 5,
                 coords: str = "city", threshold: float = 0.5,
                 chunk: int = 64) -> Prediction:
-    """Score every active entity of every level; a city's path score sums its ancestors'
-    log-probabilities. Queries are processed ``chunk`` at a time to bound memory."""
+    """Score every active entity of every level, normalise within sibling groups, and rank
+    every country-to-leaf path by the sum of its entities' conditional log-probabilities.
+    Arguments as :func:`descend`; queries are processed ``chunk`` at a time to bound
+    memory."""
     _check(taus)
+    _check_hierarchy(hier)
     dev = entities.device
     z = z.to(device=dev, dtype=torch.float64)
     tables = [entities[ids] for ids in hier.level_ids]
-    anc = hier.ancestors[hier.level_ids[-1]]  # [n_city, 4] ids
-    anc_pos = torch.stack([hier.pos_in_level[anc[:, j]] for j in range(NLEV)], 1)
+    groups = _sibling_groups(hier)
+    paths_all, pos = _leaf_paths(hier)
+    on = pos >= 0
     n_total = sum(len(ids) for ids in hier.level_ids)
     parts = []
     for s in range(0, len(z), chunk):
         zc = z[s:s + chunk]
-        logps = [torch.log_softmax(-space.matrix(zc, t) / tau, dim=1)
-                 for t, tau in zip(tables, taus, strict=True)]
-        city_score = sum(lp[:, anc_pos[:, j]] for j, lp in enumerate(logps))
-        top = city_score.topk(min(topk, city_score.shape[1]), dim=1)
-        paths = anc[top.indices]  # [b, k, 4]
-        prob = torch.stack([logps[j].gather(1, anc_pos[top.indices][:, :, j]).exp()
-                            for j in range(NLEV)], dim=-1)
+        logps = [log_softmax_groups(-space.matrix(zc, t) / tau, g, ng)
+                 for t, tau, (g, ng) in zip(tables, taus, groups, strict=True)]
+        path_score = torch.zeros((len(zc), len(pos)), dtype=torch.float64, device=dev)
+        for j, lp in enumerate(logps):
+            path_score += torch.where(on[:, j], lp[:, pos[:, j].clamp_min(0)], 0.0)
+        top = path_score.topk(min(topk, path_score.shape[1]), dim=1)
+        paths = paths_all[top.indices]  # [b, k, 4]
+        tpos = pos[top.indices]
+        prob = torch.stack([torch.where(tpos[..., j] >= 0,
+                                        lp.gather(1, tpos[..., j].clamp_min(0)).exp(), 0.0)
+                            for j, lp in enumerate(logps)], dim=-1)
         comps = torch.full((len(zc),), n_total, dtype=torch.long, device=dev)
         parts.append(_finish(paths, top.values, prob, hier, topk, coords, threshold, comps))
     if not parts:
