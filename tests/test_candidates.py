@@ -10,7 +10,12 @@ import torch
 from hiergeo.geometry import expmap0, project
 from hiergeo.losses import GeoWeightedContrastive, PoincareDistance
 from hiergeo.model.hierarchy import Hierarchy
-from hiergeo.train.candidates import CandidateSampler, distinct_uniform, sample_candidates
+from hiergeo.train.candidates import (
+    CandidateSampler,
+    distinct_uniform,
+    sample_candidates,
+    sibling_pairs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +181,20 @@ def test_level_losses_full_and_sampled_agree(small):
     samp = _level_losses(cfg, model, z.double(), ids, ll, hier, gen, [False] * 4)
     for k in full:
         assert torch.allclose(full[k], samp[k], rtol=1e-10), k
+
+
+def test_sibling_pairs_are_every_child_of_the_parent(world):
+    hier = Hierarchy.from_gazetteer(world)
+    g = torch.Generator().manual_seed(0)
+    for lvl in range(4):
+        ids = hier.level_ids[lvl]
+        pos = ids[torch.randint(len(ids), (64,), generator=g)]
+        q, ent, is_pos = sibling_pairs(hier, pos)
+        assert torch.equal(ent[is_pos], pos) and torch.equal(q[is_pos], torch.arange(64))
+        for i in range(64):
+            p = int(hier.parent[pos[i]])
+            kids = hier.child_list[hier.child_start[p]:hier.child_start[p]
+                                   + hier.child_count[p]]
+            got = ent[q == i]
+            assert len(got) == len(set(got.tolist())) and set(got.tolist()) == set(
+                kids.tolist())

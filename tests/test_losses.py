@@ -193,3 +193,31 @@ def test_parent_hinge_is_zero_until_a_child_strays():
     margin = sp.pair(child, parent)
     assert float(parent_hinge(sp, child, parent, margin)) == 0.0
     assert float(parent_hinge(sp, child, parent, margin - 0.25)) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grouped_pairs_match_plain_loop(dtype, seed):
+    """Uneven groups as flat pairs (loss.scope=siblings) equal the per-row plain loop."""
+    z, pts, cll, ll, valid = _case(seed, dtype)
+    sizes = valid.sum(1)
+    # flat pairs: each row's valid columns, the positive (column 0) placed last to check
+    # that its position does not matter
+    q, p, c2, pos = [], [], [], []
+    for b in range(len(z)):
+        cols = [k for k in range(1, pts.shape[1]) if valid[b, k]] + [0]
+        q += [b] * len(cols)
+        p += [pts[b, k] for k in cols]
+        c2 += [cll[b, k] for k in cols]
+        pos += [k == 0 for k in cols]
+    assert sum(sizes.tolist()) == len(q)
+    fn = GeoWeightedContrastive(PoincareDistance(1.0), tau=0.5, sigma_km=500.0, lam=2.0)
+    out = fn.grouped(z, torch.stack(p), torch.stack(c2), ll, torch.tensor(q),
+                     torch.tensor(pos))
+    ref = _reference(z.double().tolist(), pts.tolist(), cll.tolist(), ll.tolist(),
+                     valid.tolist(), 1.0, 0.5, 500.0, lam=2.0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert abs(float(out["loss"]) - ref) < tol * max(1.0, abs(ref))
+    with pytest.raises(ValueError, match="exactly one positive"):
+        fn.grouped(z, torch.stack(p), torch.stack(c2), ll, torch.tensor(q),
+                   torch.zeros(len(q), dtype=torch.bool))

@@ -93,13 +93,15 @@ def names_benchmark(out: str | Path | None = None, gz=None, recipe: dict | None 
 
     Labels are the gazetteer's ``osv5m``-mode keys of each place's coordinates, written as
     OSV-5M's ``unique_*`` columns, so every method is scored on the same truth."""
-    from gazetteer.artefact import default_cache_dir
+    from gazetteer.artefact import FORMAT_VERSION, default_cache_dir
     from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS
 
     from .store import write_store
 
     recipe = {**RECIPE, **(recipe or {})}
-    tag = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    # the labels are the gazetteer's: a new artefact format (new keys) means new stores
+    tag = hashlib.sha256(json.dumps({**recipe, "gazetteer_format": FORMAT_VERSION},
+                                    sort_keys=True).encode()).hexdigest()[:10]
     out = Path(out) if out is not None else default_cache_dir() / f"names-{tag}"
     paths = {s: out / s for s in ("train", "val", "test")}
     if not rebuild and all((p / "store.json").exists() for p in paths.values()):

@@ -137,19 +137,53 @@ class GeoWeightedContrastive:
         return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
     def full(self, z: torch.Tensor, points: torch.Tensor, points_latlon: torch.Tensor,
-             latlon: torch.Tensor, target: torch.Tensor) -> dict:
+             latlon: torch.Tensor, target: torch.Tensor,
+             valid: torch.Tensor | None = None) -> dict:
         """The same loss with one candidate table for the whole batch (all entities of a
         level): ``points [N, D]``, ``points_latlon [N, 2]``, ``target [B]`` the row of each
-        sample's positive. Needs ``distance.matrix``. Returns ``{"loss", "per_sample" [B],
-        "logits" [B, N]}``.
+        sample's positive, ``valid [B, N]`` (optional) False for columns that are not that
+        sample's candidates (the positive's must be True). Needs ``distance.matrix``.
+        Returns ``{"loss", "per_sample" [B], "logits" [B, N]}``.
         """
         logits = (-self.distance.matrix(z, points) / self.tau).to(z.dtype)
         km = haversine_matrix_km(latlon, points_latlon)
         log_w = self.log_weight(km).to(logits.dtype)
         rows = torch.arange(len(z), device=z.device)
         log_w[rows, target] = 0.0
-        loss = -logits[rows, target] + torch.logsumexp(logits + log_w, dim=1)
+        scores = logits + log_w
+        if valid is not None:
+            if not bool(valid[rows, target].all()):
+                raise ValueError("every sample's positive column must be valid")
+            scores = scores.masked_fill(~valid, float("-inf"))
+        loss = -logits[rows, target] + torch.logsumexp(scores, dim=1)
         return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
+
+
+    def grouped(self, z: torch.Tensor, cand_points: torch.Tensor, cand_latlon: torch.Tensor,
+                latlon: torch.Tensor, query: torch.Tensor, positive: torch.Tensor) -> dict:
+        """The same loss with candidates as flat pairs, for groups of uneven size: pair m
+        sets query ``z[query[m]]`` against ``cand_points[m]`` (``[M, D]``, centroid
+        ``cand_latlon[m]``); ``positive [M]`` marks each query's positive, exactly one per
+        query. Memory and time grow with M, not with ``B x`` the largest group. Returns
+        ``{"loss", "per_sample" [B]}``."""
+        B = len(z)
+        if int(positive.sum()) != B or not bool(
+                torch.bincount(query[positive], minlength=B).eq(1).all()):
+            raise ValueError("every query needs exactly one positive pair")
+        logits = (-self.distance.pair(z[query].to(torch.float64),
+                                      cand_points.to(torch.float64)) / self.tau).to(z.dtype)
+        km = haversine_km_torch(latlon[query, 0], latlon[query, 1], cand_latlon[:, 0],
+                                cand_latlon[:, 1])
+        log_w = torch.where(positive, 0.0, self.log_weight(km)).to(logits.dtype)
+        scores = logits + log_w
+        top = torch.full((B,), -torch.inf, dtype=scores.dtype, device=z.device).scatter_reduce(
+            0, query, scores.detach(), reduce="amax")
+        lse = top + torch.zeros(B, dtype=scores.dtype, device=z.device).index_add(
+            0, query, torch.exp(scores - top[query])).log()
+        pos_logit = torch.zeros(B, dtype=logits.dtype, device=z.device).index_add(
+            0, query[positive], logits[positive])
+        loss = lse - pos_logit
+        return {"loss": loss.mean(), "per_sample": loss}
 
 
 def parent_hinge(space, child: torch.Tensor, parent: torch.Tensor,

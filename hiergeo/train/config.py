@@ -106,6 +106,10 @@ class LossConfig:
     lam: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     sigma_km: list[float] = field(default_factory=lambda: [2000.0, 500.0, 150.0, 50.0])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    # the negatives of a level: "level" = every entity of the level (HierLoc's loss; full or
+    # sampled candidates below); "siblings" = the children of the positive's parent only, so
+    # the loss is -log P(entity | parent), what prediction reports and scores paths by
+    scope: str = "level"
     parent_weight: float = 0.1
     # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
     # the level, importance-weighted) estimate the same loss as full ones, with more variance
@@ -363,6 +367,8 @@ def validate(cfg: Config) -> None:
          f"the rest of the level), got {cfg.loss.n_random}")
     need(all(w >= 0 for w in cfg.loss.weights) and sum(cfg.loss.weights) > 0,
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
+    need(cfg.loss.scope in ("level", "siblings"),
+         f"loss.scope must be level or siblings, not {cfg.loss.scope!r}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),
          f"loss.candidates must be auto, full or sampled, not {cfg.loss.candidates!r}")
     need(cfg.model.geometry in SPACES,
