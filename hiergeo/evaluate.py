@@ -56,7 +56,7 @@ def calibration_report(pred, truth_ids: np.ndarray) -> dict:
     ECE, reliability bins, accuracy among answers with probability >= 0.5."""
     from .predict.calibration import reliability
 
-    conf = np.cumprod(pred.level_prob[:, 0, :], axis=1)
+    conf = pred.path_prob[:, 0, :]
     out = {}
     for j, lvl in enumerate(LEVELS):
         present = truth_ids[:, j] >= 0
