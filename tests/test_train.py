@@ -319,7 +319,7 @@ def test_recenter_puts_entities_at_their_samples_mean_query(small, geometry):
     split = Split(table=pd.DataFrame({"id": range(3)}), latlon=hier.latlon[cities[[0, 0, 1]]],
                   ids=ids, x=x)
     before = model.entities.detach().clone()
-    moved = recenter_entities(model, split, hier, batch_size=2)
+    moved = recenter_entities(model, split, hier, levels=(0, 1, 2, 3), batch_size=2)
     E = model.entities.detach()
     with torch.no_grad():
         v = model.head(model.encoder(x)).double()
@@ -331,3 +331,4 @@ def test_recenter_puts_entities_at_their_samples_mean_query(small, geometry):
     kid = cities[1]
     assert float(model.parent_margin[kid]) == pytest.approx(
         float(model.space.pair(E[kid], E[hier.parent[kid]])))
+    assert recenter_entities(model, split, hier) == 2  # by default, cities only

@@ -128,8 +128,8 @@ class OptimConfig:
     lr: float = 2e-3              # head (and encoder when fine-tuned), AdamW
     entity_lr: float = 1e-2       # entity table, Riemannian Adam
     weight_decay: float = 1e-4
-    # steps between re-centrings of the entity table on the data (each entity to the mean
-    # query of its training samples, hiergeo/train/recenter.py); 0: never
+    # steps between re-centrings of the cities on the data (each city to the mean query of
+    # its training samples, hiergeo/train/recenter.py); 0: never
     recenter: int = 0
     warmup: float = 0.05          # linear warm-up, as a share of the run's steps, in [0, 1)
     min_lr_ratio: float = 0.05    # cosine decays to lr x this
