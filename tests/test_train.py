@@ -303,32 +303,3 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env, smoke_run):
     res = run(resume=tmp_path / "int")
     assert res["steps"] == total
 
-
-@pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
-def test_recenter_puts_entities_at_their_samples_mean_query(small, geometry):
-    from hiergeo.train.data import Split
-    from hiergeo.train.loop import build_model
-    from hiergeo.train.recenter import recenter_entities
-
-    cfg = load_config("smoke", [f"model.geometry={geometry}"])
-    model, hier = build_model(cfg, small, 12, torch.device("cpu"))
-    cities = hier.level_ids[3][:3]
-    # city 0 twice, city 1 once, city 2 never
-    ids = torch.as_tensor(small.ancestors[cities[[0, 0, 1]].numpy()])
-    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
-    split = Split(table=pd.DataFrame({"id": range(3)}), latlon=hier.latlon[cities[[0, 0, 1]]],
-                  ids=ids, x=x)
-    before = model.entities.detach().clone()
-    moved = recenter_entities(model, split, hier, levels=(0, 1, 2, 3), batch_size=2)
-    E = model.entities.detach()
-    with torch.no_grad():
-        v = model.head(model.encoder(x)).double()
-    assert torch.allclose(E[cities[1]], model.space.query(v[2:3])[0], atol=1e-9)
-    assert torch.allclose(E[cities[0]], model.space.query(v[:2].mean(0, keepdim=True))[0],
-                          atol=1e-9)
-    assert torch.equal(E[cities[2]], before[cities[2]])  # no sample: unmoved
-    assert moved == len(torch.unique(ids[ids >= 0]))
-    kid = cities[1]
-    assert float(model.parent_margin[kid]) == pytest.approx(
-        float(model.space.pair(E[kid], E[hier.parent[kid]])))
-    assert recenter_entities(model, split, hier) == 2  # by default, cities only

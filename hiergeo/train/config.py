@@ -128,9 +128,6 @@ class OptimConfig:
     lr: float = 2e-3              # head (and encoder when fine-tuned), AdamW
     entity_lr: float = 1e-2       # entity table, Riemannian Adam
     weight_decay: float = 1e-4
-    # steps between re-centrings of the cities on the data (each city to the mean query of
-    # its training samples, hiergeo/train/recenter.py); 0: never
-    recenter: int = 0
     warmup: float = 0.05          # linear warm-up, as a share of the run's steps, in [0, 1)
     min_lr_ratio: float = 0.05    # cosine decays to lr x this
     grad_clip: float = 1.0
@@ -382,7 +379,6 @@ def validate(cfg: Config) -> None:
          f"model.encoder must be features or timm, not {cfg.model.encoder!r}")
     need(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     need(cfg.optim.epochs > 0, f"optim.epochs must be positive, got {cfg.optim.epochs}")
-    need(cfg.optim.recenter >= 0, f"optim.recenter must be >= 0, got {cfg.optim.recenter}")
     need(0 <= cfg.optim.warmup < 1,
          f"optim.warmup is a share of the run's steps, in [0, 1), got {cfg.optim.warmup}")
     need(cfg.optim.entity_optimizer in ("auto", "dense", "sparse"),

@@ -31,7 +31,6 @@ from ..model.hierarchy import Hierarchy
 from . import checkpoint
 from .candidates import CandidateSampler, sibling_pairs
 from .config import Config, ConfigError, from_dict
-from .recenter import recenter_entities
 
 log = logging.getLogger(__name__)
 
@@ -456,8 +455,6 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                 ent_sched.step()
                 if sparse_ent and (step + 1) % max(1, cfg.optim.stabilize) == 0:
                     model.project_entities_()  # what RiemannianAdam(stabilize=) does itself
-            if cfg.optim.recenter and (step + 1) % cfg.optim.recenter == 0 and step + 1 < total:
-                recenter_entities(model, data.train, hier)
             step += 1
             updating = False
             window_n += len(idx) * dist.world
