@@ -141,7 +141,14 @@ def main(argv=None) -> int:
     ap.add_argument("--override", action="append", default=[])
     ap.add_argument("--runs", default=str(ROOT / "results" / "names"))
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+    ap.add_argument("--threads", type=int, help="torch CPU threads (a hardware setting)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of other methods already in the output file (to run "
+                    "methods in separate processes)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        args.override = [*args.override, f"hardware.threads={args.threads}"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     methods = (["constant", "knn", "softmax", "hiergeo"] if args.methods == "all"
                else args.methods.split(","))
@@ -166,19 +173,38 @@ def main(argv=None) -> int:
         r, extra = hiergeo_rows(stores, args.split, args.geometries.split(","), args.override,
                                 args.runs, gz)
         rows = r + rows
+    out = Path(args.out)
+    experiment = [o for o in args.override if not o.startswith("hardware.")]
+    stem = "names" if args.split == "test" and not experiment else f"names_{args.split}"
+    if args.append and (out / f"{stem}.json").exists():
+        done = {r["method"] for r in rows}
+        old = json.loads((out / f"{stem}.json").read_text())
+        rows = [r for r in old["rows"] if r["method"] not in done] + rows
+        extra = {**old.get("calibration", {}), **extra}
     for r in rows:
         print(json.dumps(r), flush=True)
     table = pd.DataFrame(rows)
     res = {"split": args.split, "n_train": len(train), "n_val": len(val),
-           "n_target": len(target), "overrides": args.override, "rows": rows,
+           "n_target": len(target), "overrides": experiment, "rows": rows,
            "calibration": extra,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "torch": torch.__version__}}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "names" if args.split == "test" and not args.override else f"names_{args.split}"
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     md = metrics.markdown_table(table, ".4g")
+    if extra:
+        from hiergeo.reports import reliability_diagram
+
+        cal = pd.DataFrame([{"geometry": g, "level": lvl, "ece": r["ece"],
+                             "accuracy": r["accuracy"], "mean_probability": r["mean_confidence"],
+                             "n_at_least_0.5": r["n_at_least_0.5"],
+                             "accuracy_at_least_0.5": r["accuracy_at_least_0.5"]}
+                            for g, levels in extra.items() for lvl, r in levels.items()])
+        md += "\nCalibration (the best path's joint probability down to each level):\n\n"
+        md += metrics.markdown_table(cal, ".3g")
+        for g, levels in extra.items():
+            reliability_diagram(levels, out / f"{stem}_reliability_{g}.png",
+                                title=f"names benchmark, {args.split} split, hiergeo {g}")
     (out / f"{stem}.md").write_text(md)
     print(md)
     return 0
