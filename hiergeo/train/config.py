@@ -59,7 +59,10 @@ class DataConfig:
     split_cell_km: float = 5.0
     split_min_km: float = 1.0
     label_mode: str = "osv5m"     # gazetteer.label mode when the data has no unique_* columns
-    prune_entities: bool = False  # restrict the entity set to entities seen in training
+    # restrict the entity set to entities seen in training (and their ancestors). Names
+    # benchmark (val, dim 32): subregion 0.055 vs 0.045 without; country 0.529 vs 0.529,
+    # GeoScore 2,254 vs 2,275
+    prune_entities: bool = True
     feature_dim: int | None = None  # expected feature dimension; None: take the store's
     max_samples: int | None = None  # use only the first N rows (quick experiments)
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -109,7 +112,9 @@ class LossConfig:
     # the negatives of a level: "level" = every entity of the level (HierLoc's loss; full or
     # sampled candidates below); "siblings" = the children of the positive's parent only, so
     # the loss is -log P(entity | parent), what prediction reports and scores paths by
-    scope: str = "level"
+    # (names benchmark, val: siblings 0.529 / 0.097 / 0.055 country / region / subregion
+    # against 0.532 / 0.078 / 0.053 for level, with the path scored by joint probability)
+    scope: str = "siblings"
     parent_weight: float = 0.1
     # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
     # the level, importance-weighted) estimate the same loss as full ones, with more variance
@@ -123,7 +128,9 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     batch_size: int = 256
-    epochs: float = 12.0
+    # names benchmark (117k samples): validation top-1 country 0.516 / 0.538 after 1.1 / 2.2
+    # epochs (2,000 samples), 0.529 at the end of 3 (all 13k): the cosine schedule plateaus
+    epochs: float = 3.0
     max_steps: int | None = None  # stop earlier than ``epochs`` (None: no limit)
     lr: float = 2e-3              # head (and encoder when fine-tuned), AdamW
     entity_lr: float = 1e-2       # entity table, Riemannian Adam
