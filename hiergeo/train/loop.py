@@ -187,9 +187,11 @@ class _Log:
 
 def sparse_entities(cfg: Config, device) -> bool:
     """Whether the entity table takes sparse gradients and geoopt's SparseRiemannianAdam:
-    ``optim.entity_optimizer`` sparse or dense, or auto = sparse on a CPU, dense on a GPU."""
+    ``optim.entity_optimizer`` sparse or dense, or auto = sparse in a single CPU process,
+    else dense (DDP cannot reduce sparse gradients, over NCCL or gloo)."""
     if cfg.optim.entity_optimizer == "auto":
-        return torch.device(device).type == "cpu"
+        ddp = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        return torch.device(device).type == "cpu" and not ddp
     return cfg.optim.entity_optimizer == "sparse"
 
 
@@ -379,9 +381,9 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
 
     train_model = model
-    if dist.world > 1 and dev.type == "cuda" and sparse_ent:
-        raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP on GPUs (NCCL "
-                          "has no sparse all-reduce); use optim.entity_optimizer=dense")
+    if dist.world > 1 and sparse_ent:
+        raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
+                          "buckets cannot hold sparse tensors); use dense or auto")
     if dist.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
