@@ -131,3 +131,65 @@ def test_reliability_on_a_hand_case():
     # bins: 0.9 -> acc 0.75 (gap 0.15, weight 4/6); 0.2 -> acc 0.5 (gap 0.3, weight 2/6)
     assert r["ece"] == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.3)
     assert r["n"] == 6 and r["n_at_least_0.5"] == 4 and r["accuracy_at_least_0.5"] == 0.75
+
+
+def test_sibling_logits_match_a_plain_loop(small):
+    from hiergeo.geometry.spaces import make_space
+    from hiergeo.model.hierarchy import Hierarchy
+    from hiergeo.predict.calibration import sibling_logits
+
+    hier = Hierarchy.from_gazetteer(small)
+    space = make_space("poincare")
+    g = torch.Generator().manual_seed(1)
+    ent = space.init_entities(torch.randn(hier.n, 4, generator=g, dtype=torch.float64) * 0.3)
+    truth = hier.level_ids[2][[0, 1, 1, 2]]
+    truth = torch.cat([truth, torch.tensor([-1])])  # a missing label is skipped
+    z = space.query(torch.randn(5, 4, generator=g, dtype=torch.float64))
+    lg, q, t = sibling_logits(z, truth, ent, space, hier, tau=0.5, chunk=2)
+    for i in range(4):
+        p = int(hier.parent[truth[i]])
+        kids = hier.child_list[hier.child_start[p]:hier.child_start[p] + hier.child_count[p]]
+        want = sorted((-float(space.pair(z[i], ent[k])) / 0.5, bool(k == truth[i]))
+                      for k in kids)
+        got = sorted(zip(lg[q == i].tolist(), t[q == i].tolist(), strict=True))
+        assert np.allclose([w[0] for w in want], [x[0] for x in got], atol=1e-12)
+        assert [w[1] for w in want] == [x[1] for x in got]
+    assert not (q == 4).any()
+
+
+def test_calibration_is_stored_with_the_model_and_applied(smoke_run, cache_env):
+    """The run's fitted temperatures are in calibration.json and in the checkpoint, and
+    prediction divides each level's logits by tau * T."""
+    import json
+
+    from hiergeo.evaluate import load_run
+    from hiergeo.predict import descend, predict
+
+    run_dir, res = smoke_run
+    fit = json.loads((run_dir / "calibration.json").read_text())["levels"]
+    cfg, model, hier, _ = load_run(run_dir)
+    temps = model.level_temperature.tolist()
+    assert temps == pytest.approx([fit[lvl]["T"] for lvl in ("country", "region",
+                                                              "subregion", "city")])
+    assert any(abs(t - 1) > 1e-3 for t in temps)  # a fit, not the default
+    assert res["temperatures"]["country"]["nll"] <= res["temperatures"]["country"][
+        "nll_before"] + 1e-12
+    x = torch.randn(7, model.encoder.dim, generator=torch.Generator().manual_seed(0))
+    got = predict(model, x, hier, cfg.loss.tau, beams=[3, 3, 3, 3], topk=2)
+    with torch.no_grad():
+        want = descend(model(x), model.entities.detach(), model.space, hier,
+                       [t * c for t, c in zip(cfg.loss.tau, temps, strict=True)],
+                       beams=[3, 3, 3, 3], topk=2)
+    assert np.array_equal(got.paths, want.paths)
+    assert np.allclose(got.level_prob, want.level_prob)
+    assert "calibration" in res and 0 <= res["calibration"]["country"]["ece"] <= 1
+
+
+def test_tiled_topk_equals_one_matrix_product():
+    from hiergeo.baselines.common import chunked_topk_cosine
+
+    g = torch.Generator().manual_seed(0)
+    q, ref = torch.randn(37, 8, generator=g), torch.randn(1000, 8, generator=g)
+    v, i = chunked_topk_cosine(q, ref, 5, chunk=10, tile=97)
+    top = (q @ ref.T).topk(5, dim=1)
+    assert torch.allclose(v, top.values) and torch.equal(i, top.indices)

@@ -170,8 +170,8 @@ def test_level_losses_full_and_sampled_agree(small):
     from hiergeo.train import load_config
     from hiergeo.train.loop import _level_losses, build_model
 
-    cfg = load_config("smoke", ["loss.n_siblings=100", "loss.n_cousins=100",
-                                "loss.n_random=100"])
+    cfg = load_config("smoke", ["loss.scope=level", "loss.n_siblings=100",
+                                "loss.n_cousins=100", "loss.n_random=100"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
     ids = torch.as_tensor(small.ancestors[hier.level_ids[3].numpy()])
     ll = hier.latlon[hier.level_ids[3]]

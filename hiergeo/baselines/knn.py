@@ -23,14 +23,15 @@ class KNNRetrieval:
         self.k, self.temperature = int(k), float(temperature)
 
     def fit(self, train) -> KNNRetrieval:
-        self.x = train.x
+        self.x = torch.nn.functional.normalize(train.x.float(), dim=1)
         self.latlon = train.latlon.numpy()
         self.ids = train.ids.numpy()
         return self
 
     def neighbours(self, x: torch.Tensor, k: int | None = None):
         """``(similarity, training row) [n, k]``, most similar first."""
-        sim, idx = chunked_topk_cosine(x, self.x, k or self.k)
+        sim, idx = chunked_topk_cosine(torch.nn.functional.normalize(x.float(), dim=1),
+                                       self.x, k or self.k)
         return sim.numpy(), idx.numpy()
 
     def predict(self, x: torch.Tensor, neighbours=None):

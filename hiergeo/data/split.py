@@ -60,7 +60,7 @@ def cell_ids(lat, lon, cell_km: float) -> np.ndarray:
 
 
 def spatial_split(lat, lon, test_fraction: float = 0.1, min_km: float = 1.0, seed: int = 0,
-                  cell_km: float = 10.0) -> dict:
+                  cell_km: float = 5.0) -> dict:
     """Hold out whole cells of about ``cell_km`` (:func:`cell_ids`) until ``test_fraction``
     of the rows is held out, then drop the training rows within ``min_km`` of a held-out row.
 

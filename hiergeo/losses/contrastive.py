@@ -137,25 +137,18 @@ class GeoWeightedContrastive:
         return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
     def full(self, z: torch.Tensor, points: torch.Tensor, points_latlon: torch.Tensor,
-             latlon: torch.Tensor, target: torch.Tensor,
-             valid: torch.Tensor | None = None) -> dict:
+             latlon: torch.Tensor, target: torch.Tensor) -> dict:
         """The same loss with one candidate table for the whole batch (all entities of a
         level): ``points [N, D]``, ``points_latlon [N, 2]``, ``target [B]`` the row of each
-        sample's positive, ``valid [B, N]`` (optional) False for columns that are not that
-        sample's candidates (the positive's must be True). Needs ``distance.matrix``.
-        Returns ``{"loss", "per_sample" [B], "logits" [B, N]}``.
+        sample's positive. Needs ``distance.matrix``. Returns ``{"loss", "per_sample" [B],
+        "logits" [B, N]}``.
         """
         logits = (-self.distance.matrix(z, points) / self.tau).to(z.dtype)
         km = haversine_matrix_km(latlon, points_latlon)
         log_w = self.log_weight(km).to(logits.dtype)
         rows = torch.arange(len(z), device=z.device)
         log_w[rows, target] = 0.0
-        scores = logits + log_w
-        if valid is not None:
-            if not bool(valid[rows, target].all()):
-                raise ValueError("every sample's positive column must be valid")
-            scores = scores.masked_fill(~valid, float("-inf"))
-        loss = -logits[rows, target] + torch.logsumexp(scores, dim=1)
+        loss = -logits[rows, target] + torch.logsumexp(logits + log_w, dim=1)
         return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
 

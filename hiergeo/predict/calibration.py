@@ -23,26 +23,22 @@ NLEV = len(LEVELS)
 
 @torch.no_grad()
 def sibling_logits(z: torch.Tensor, true_ids: torch.Tensor, entities: torch.Tensor, space,
-                   hier, level: int, tau: float, chunk: int = 1024):
-    """For queries ``z [n, D]`` whose true entity at ``level`` is ``true_ids [n]`` (-1 or an
+                   hier, tau: float, chunk: int = 1024):
+    """For queries ``z [n, D]`` whose true entity at one level is ``true_ids [n]`` (-1 or an
     inactive entity: skipped), the logits ``-d/tau`` against all active children of the true
     parent, flattened: ``(logits [m], query [m], is_true [m])``."""
+    from ..train.candidates import sibling_pairs
+
     dev = entities.device
     out_l, out_q, out_t = [], [], []
     for s in range(0, len(z), chunk):
         e = true_ids[s:s + chunk].to(dev)
-        keep = (e >= 0) & hier.active[e.clamp_min(0)]
-        q = torch.nonzero(keep).flatten()
-        e = e[q]
-        p = hier.parent[e]
-        cnt = hier.child_count[p]
-        rep = torch.repeat_interleave(torch.arange(len(q), device=dev), cnt)
-        off = torch.arange(len(rep), device=dev) - (torch.cumsum(cnt, 0) - cnt)[rep]
-        child = hier.child_list[hier.child_start[p][rep] + off]
-        zq = z[s:s + chunk].to(device=dev, dtype=torch.float64)[q][rep]
+        keep = torch.nonzero((e >= 0) & hier.active[e.clamp_min(0)]).flatten()
+        q, child, is_true = sibling_pairs(hier, e[keep])
+        zq = z[s:s + chunk].to(device=dev, dtype=torch.float64)[keep][q]
         out_l.append(-space.pair(zq, entities[child]) / tau)
-        out_q.append(q[rep] + s)
-        out_t.append(child == e[rep])
+        out_q.append(keep[q] + s)
+        out_t.append(is_true)
     return torch.cat(out_l), torch.cat(out_q), torch.cat(out_t)
 
 
@@ -87,24 +83,15 @@ def fit_temperature(logits, query, is_true, lo: float = 1e-2, hi: float = 1e2,
 
 
 @torch.no_grad()
-def fit_temperatures(model, x: torch.Tensor, true_ids: torch.Tensor, hier, taus,
-                     batch_size: int = 1024) -> dict:
-    """Fit ``T_l`` for each level on held-out inputs ``x`` with true ids ``[n, 4]``; stores
-    them in ``model.level_temperature`` and returns ``{level: {"T", "nll", "nll_before",
-    "n"}}``."""
-    was = model.training
-    model.eval()
-    dev = model.entities.device
-    try:
-        z = torch.cat([model(x[s:s + batch_size].to(dev)) for s in range(0, len(x),
-                                                                          batch_size)])
-    finally:
-        model.train(was)
+def fit_temperatures(model, z: torch.Tensor, true_ids: torch.Tensor, hier, taus) -> dict:
+    """Fit ``T_l`` for each level on held-out query points ``z [n, D]`` (the model's, e.g.
+    from :func:`hiergeo.train.loop.query_points`) with true ids ``[n, 4]``; stores them in
+    ``model.level_temperature`` and returns ``{level: {"T", "nll", "nll_before", "n"}}``."""
     ent = model.entities.detach()
     report = {}
     temps = torch.ones(NLEV, dtype=torch.float64)
     for j, lvl in enumerate(LEVELS):
-        lg, q, t = sibling_logits(z, true_ids[:, j], ent, model.space, hier, j, taus[j])
+        lg, q, t = sibling_logits(z, true_ids[:, j], ent, model.space, hier, taus[j])
         T, nll, nll1 = fit_temperature(lg, q, t)
         temps[j] = T
         report[lvl] = {"T": T, "nll": nll, "nll_before": nll1, "n": int(q.unique().numel())}

@@ -348,6 +348,9 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
 
     ent_opt = None
     sparse_ent = sparse_entities(cfg, dev)
+    # "auto" is settled once, at the start, and written to config.yaml: a resumed run keeps
+    # its optimiser (whose state the checkpoint holds) on whatever hardware it resumes
+    cfg.optim.entity_optimizer = "sparse" if sparse_ent else "dense"
     if model.entities.requires_grad and sparse_ent:
         ent_opt = geoopt.optim.SparseRiemannianAdam([model.entities], lr=cfg.optim.entity_lr)
     elif model.entities.requires_grad:
@@ -388,11 +391,13 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     full_levels = _full_levels(cfg, hier, dev, math.ceil(B / dist.world))
-    sampler = None if all(full_levels) else CandidateSampler(hier)
-    if dist.main:
-        log.info("candidates per level: %s", ", ".join(
-            f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
-                                                                   strict=True)))
+    sampler = None
+    if cfg.loss.scope == "level":  # loss.scope=siblings takes every sibling, never samples
+        sampler = None if all(full_levels) else CandidateSampler(hier)
+        if dist.main:
+            log.info("candidates per level: %s", ", ".join(
+                f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
+                                                                       strict=True)))
     bf16 = cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto"
                                                 and dev.type == "cuda")
     val_rows = np.sort(np.random.default_rng([cfg.run.seed, 11]).permutation(len(data.val))[
@@ -508,6 +513,20 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     return result
 
 
+@torch.no_grad()
+def query_points(model, split, rows: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+    """The model's query points for ``rows`` of ``split``, inputs loaded a batch at a time
+    (images are decoded per batch, never all at once)."""
+    was = model.training
+    model.eval()
+    dev = model.entities.device
+    try:
+        return torch.cat([model(split.inputs(rows[s:s + batch_size]).to(dev))
+                          for s in range(0, len(rows), batch_size)])
+    finally:
+        model.train(was)
+
+
 def _calibrate(model, split, hier, cfg: Config, d: Path) -> dict:
     """Fit the per-level temperatures on (a random subset of) the validation split and
     write them to ``calibration.json``."""
@@ -516,8 +535,9 @@ def _calibrate(model, split, hier, cfg: Config, d: Path) -> dict:
     n = len(split)
     rows = np.sort(np.random.default_rng([cfg.run.seed, 13]).permutation(n)[
         :cfg.eval.calibration_max])
-    rep = fit_temperatures(model, split.inputs(rows), split.ids[rows].to(model.entities.device),
-                           hier, cfg.loss.tau)
+    z = query_points(model, split, rows)
+    rep = fit_temperatures(model, z, split.ids[rows].to(model.entities.device), hier,
+                           cfg.loss.tau)
     log.info("calibration on %d validation samples: %s", len(rows), ", ".join(
         f"{lvl} T={r['T']:.3g} (nll {r['nll_before']:.3f} -> {r['nll']:.3f})"
         for lvl, r in rep.items()))
