@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -258,6 +260,24 @@ def _full_levels(cfg: Config, hier: Hierarchy, device, batch: int) -> list[bool]
     return [batch * len(ids) <= cfg.loss.full_max for ids in hier.level_ids]
 
 
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """A SIGINT (Ctrl-C) during the block is raised as KeyboardInterrupt at its end, so the
+    optimiser steps inside it are applied whole or not at all (main thread only; elsewhere
+    signals cannot be caught and the block runs as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, 7, epoch]).permutation(n)
 
@@ -421,7 +441,6 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     bar = tqdm(total=total, initial=step, desc=f"train {d.name}", unit="step",
                disable=not dist.main)
     window_t, window_n = time.perf_counter(), 0
-    updating = False
     order, order_epoch = None, -1
     model.train()
     try:
@@ -454,16 +473,15 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                 torch.nn.utils.clip_grad_norm_(head_params, cfg.optim.grad_clip)
                 if ent_opt is not None and not model.entities.grad.is_sparse:
                     torch.nn.utils.clip_grad_norm_([model.entities], cfg.optim.grad_clip)
-            updating = True  # an interrupt from here to `step += 1` leaves a half step
-            opt.step()
-            sched.step()
-            if ent_opt is not None:
-                ent_opt.step()
-                ent_sched.step()
-                if sparse_ent and (step + 1) % max(1, cfg.optim.stabilize) == 0:
-                    model.project_entities_()  # what RiemannianAdam(stabilize=) does itself
-            step += 1
-            updating = False
+            with _deferred_interrupt():  # Ctrl-C never leaves a half-applied update
+                opt.step()
+                sched.step()
+                if ent_opt is not None:
+                    ent_opt.step()
+                    ent_sched.step()
+                    if sparse_ent and (step + 1) % max(1, cfg.optim.stabilize) == 0:
+                        model.project_entities_()  # what RiemannianAdam(stabilize=) does
+                step += 1
             window_n += len(idx) * dist.world
             bar.update(1)
             row = None
@@ -487,8 +505,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             if step % cfg.run.checkpoint_every == 0 or step == total:
                 save_ckpt(step)
     except KeyboardInterrupt:
-        if not updating:  # mid-update the parameters match no step: keep the last checkpoint
-            save_ckpt(step)
+        save_ckpt(step)  # the parameters are those of a whole step (see _deferred_interrupt)
         log.warning("interrupted at step %d; continue with --resume %s", step, d)
         raise
     finally:
