@@ -59,6 +59,16 @@ def cell_ids(lat, lon, cell_km: float) -> np.ndarray:
     return offset[band] + col
 
 
+def _checked(lat, lon, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinates as float arrays, after checking the split's arguments."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
+        raise ValueError("coordinates must be finite; drop rows without coordinates first")
+    return lat, lon
+
+
 def spatial_split(lat, lon, test_fraction: float = 0.1, min_km: float = 1.0, seed: int = 0,
                   cell_km: float = 5.0) -> dict:
     """Hold out whole cells of about ``cell_km`` (:func:`cell_ids`) until ``test_fraction``
@@ -73,11 +83,7 @@ def spatial_split(lat, lon, test_fraction: float = 0.1, min_km: float = 1.0, see
     nor tested; report their count) and ``"cells"``, ``"test_cells"``: how many cells hold
     rows, and how many of them are held out.
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
-    if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
-        raise ValueError("coordinates must be finite; drop rows without coordinates first")
+    lat, lon = _checked(lat, lon, test_fraction)
     n = len(lat)
     cells, inverse, counts = np.unique(cell_ids(lat, lon, cell_km), return_inverse=True,
                                        return_counts=True)
@@ -101,11 +107,7 @@ def point_split(lat, lon, test_fraction: float = 0.1, min_km: float = 1.0,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """The former rule, kept for comparison: random test rows, then drop every other row
     within ``min_km`` of a test row. Returns ``{"train", "test", "dropped"}`` row indices."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
-    if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
-        raise ValueError("coordinates must be finite; drop rows without coordinates first")
+    lat, lon = _checked(lat, lon, test_fraction)
     n = len(lat)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(n, dtype=bool)
