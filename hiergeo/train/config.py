@@ -2,9 +2,10 @@
 
 A run's config is the defaults, then a preset or YAML file, then command-line overrides, in
 that order; the resolved config is written to ``results/<run_id>/config.yaml`` and is all a
-``--resume`` needs. Presets live in ``hiergeo/train/presets/``: ``demo`` (the default: the
-embedded synthetic demo), ``osv5m`` (the real benchmark layout), ``smoke`` (seconds, for
-tests).
+``--resume`` needs. Presets live in ``hiergeo/train/presets/``: ``demo`` (used when no
+``--config`` is given: the embedded synthetic demo), ``default`` (the dataclass defaults alone,
+for your own store; what the names benchmark trains), ``osv5m`` (the real benchmark layout),
+``smoke`` (seconds, for tests).
 
 Hardware choices (device, precision, workers) are kept apart from experiment choices in
 ``hardware``; they may change on ``--resume`` without changing the results' meaning.
