@@ -247,13 +247,13 @@ def build(places: str | Path | None = None, *, dataset: str | Path | None = None
         search_points = pd.DataFrame({"lat": cities["lat"].to_numpy(),
                                       "lon": cities["lon"].to_numpy(),
                                       "city_id": cities["id"].to_numpy()})
-        entities[["point_lat", "point_lon"]] = prediction_points(
-            entities, anc, search_points["lat"].to_numpy(), search_points["lon"].to_numpy(),
-            search_points["city_id"].to_numpy())
     else:
         search_points = pd.DataFrame({"lat": src_places["lat"].to_numpy(),
                                       "lon": src_places["lon"].to_numpy(),
                                       "city_id": place_city})
+    entities[["point_lat", "point_lon"]] = prediction_points(
+        entities, anc, search_points["lat"].to_numpy(), search_points["lon"].to_numpy(),
+        search_points["city_id"].to_numpy())
     gz_meta = {
         "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "hiergeo_version": _package_version(),

@@ -26,8 +26,9 @@ def build_entities(places: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 
     Returns ``(entities, place_city)`` where ``place_city[i]`` is the city entity id of place
     ``i``. Places sharing a full key (name, admin2, admin1, cc) are one city entity. ``lat,
-    lon`` are centroids; ``point_lat, point_lon`` are prediction points chosen among the
-    places (see :func:`prediction_points`).
+    lon`` are centroids; ``point_lat, point_lon`` are the centroids too, until the caller
+    chooses prediction points among its labelling points (:func:`prediction_points`, as
+    :func:`gazetteer.build` does).
     """
     keys = make_keys(places["cc"], places["admin1"], places["admin2"], places["name"])
     own_part = {"country": places["cc"], "region": places["admin1"],
@@ -73,8 +74,9 @@ def build_entities(places: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     ent["has_polygon"] = False
     ent = _tidy_types(ent)
     place_city = place_ids["city"].astype(np.int64)
-    ent[["point_lat", "point_lon"]] = prediction_points(
-        ent, ancestors_table(ent), places["lat"].to_numpy(), places["lon"].to_numpy(), place_city)
+    # centroids until the caller picks prediction points among its labelling points
+    # (:func:`prediction_points`; gazetteer.core.build does, once)
+    ent["point_lat"], ent["point_lon"] = ent["lat"], ent["lon"]
     return ent[ENTITY_COLUMNS], place_city
 
 

@@ -14,7 +14,6 @@ from hiergeo.train.candidates import (
     CandidateSampler,
     distinct_uniform,
     sample_candidates,
-    sibling_pairs,
 )
 
 
@@ -189,7 +188,7 @@ def test_sibling_pairs_are_every_child_of_the_parent(world):
     for lvl in range(4):
         ids = hier.level_ids[lvl]
         pos = ids[torch.randint(len(ids), (64,), generator=g)]
-        q, ent, is_pos = sibling_pairs(hier, pos)
+        q, ent, is_pos = hier.sibling_pairs(pos)
         assert torch.equal(ent[is_pos], pos) and torch.equal(q[is_pos], torch.arange(64))
         for i in range(64):
             p = int(hier.parent[pos[i]])

@@ -23,10 +23,11 @@ def as_prediction(paths: np.ndarray, lat: np.ndarray, lon: np.ndarray,
                       confident_level=np.full(n, -1), comparisons=np.zeros(n, np.int64))
 
 
-def medoid_points(ids: np.ndarray, latlon: np.ndarray) -> dict[int, tuple[float, float]]:
+def medoid_points(ids: np.ndarray, latlon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each id, the location of its training sample nearest to the mean direction of
     all its samples: a point that lies where the class's data lies (a centroid of scattered
-    places may fall in the sea or in another region)."""
+    places may fall in the sea or in another region). Returns ``(ids [k] sorted,
+    latlon [k, 2])``."""
     ids = np.asarray(ids)
     keep = ids >= 0
     ids, latlon = ids[keep], np.asarray(latlon, np.float64)[keep]
@@ -37,8 +38,7 @@ def medoid_points(ids: np.ndarray, latlon: np.ndarray) -> dict[int, tuple[float,
     score = (xyz * mean[inv]).sum(1)  # cosine to the class mean, up to the mean's norm
     order = np.lexsort((-score, inv))  # by class, best first
     first = order[np.r_[0, np.flatnonzero(np.diff(inv[order])) + 1]]
-    return {int(u): (float(latlon[i, 0]), float(latlon[i, 1]))
-            for u, i in zip(uniq, first, strict=True)}
+    return uniq, latlon[first]
 
 
 def chunked_topk_cosine(q: torch.Tensor, ref: torch.Tensor, k: int, chunk: int = 2048,

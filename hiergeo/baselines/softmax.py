@@ -100,6 +100,6 @@ class FlatSoftmax:
                 p, k = torch.softmax(lg.double(), 1).max(1)
                 paths[s:s + batch, j] = self.classes[i][k.cpu().numpy()]
                 prob[s:s + batch, j] = p.cpu().numpy()
-        deepest = paths[:, self.levels[-1]]
-        ll = np.array([self.points[int(e)] for e in deepest])
+        ids, points = self.points
+        ll = points[np.searchsorted(ids, paths[:, self.levels[-1]])]
         return as_prediction(paths, ll[:, 0], ll[:, 1], prob)

@@ -86,6 +86,22 @@ class Hierarchy:
                    pos_in_level=torch.from_numpy(pos), child_start=torch.from_numpy(start),
                    child_count=torch.from_numpy(count), child_list=torch.from_numpy(kids))
 
+    def sibling_pairs(self, pos: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every active child of each ``pos`` entity's parent, the entity itself included, as
+        flat pairs ``(query [M], entity [M], is_positive [M])``: the candidates of
+        ``loss.scope=siblings`` (:meth:`hiergeo.losses.GeoWeightedContrastive.grouped`) and
+        of the calibration fit, whose softmax over them is ``P(entity | parent)``. M is the
+        summed sibling-group sizes, at most 2,137 per entity in the world tree (the cities
+        of one subregion)."""
+        parent = self.parent[pos]
+        count = self.child_count[parent]
+        query = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), count)
+        off = torch.arange(len(query), device=pos.device) - (torch.cumsum(count, 0) - count)[
+            query]
+        entity = self.child_list[self.child_start[parent][query] + off]
+        return query, entity, entity == pos[query]
+
     def to(self, device) -> Hierarchy:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else [t.to(device) for t in v])
                  for k, v in self.__dict__.items()}

@@ -18,6 +18,8 @@ import torch
 
 from gazetteer.keys import LEVELS
 
+from .descent import log_softmax_groups
+
 NLEV = len(LEVELS)
 
 
@@ -27,14 +29,12 @@ def sibling_logits(z: torch.Tensor, true_ids: torch.Tensor, entities: torch.Tens
     """For queries ``z [n, D]`` whose true entity at one level is ``true_ids [n]`` (-1 or an
     inactive entity: skipped), the logits ``-d/tau`` against all active children of the true
     parent, flattened: ``(logits [m], query [m], is_true [m])``."""
-    from ..train.candidates import sibling_pairs
-
     dev = entities.device
     out_l, out_q, out_t = [], [], []
     for s in range(0, len(z), chunk):
         e = true_ids[s:s + chunk].to(dev)
         keep = torch.nonzero((e >= 0) & hier.active[e.clamp_min(0)]).flatten()
-        q, child, is_true = sibling_pairs(hier, e[keep])
+        q, child, is_true = hier.sibling_pairs(e[keep])
         zq = z[s:s + chunk].to(device=dev, dtype=torch.float64)[keep][q]
         out_l.append(-space.pair(zq, entities[child]) / tau)
         out_q.append(keep[q] + s)
@@ -43,13 +43,8 @@ def sibling_logits(z: torch.Tensor, true_ids: torch.Tensor, entities: torch.Tens
 
 
 def _nll(beta: float, logits, seg, is_true, n_seg) -> float:
-    """Mean over segments of ``-beta l_true + logsumexp(beta l)``."""
-    x = beta * logits
-    mx = torch.full((n_seg,), -torch.inf, dtype=x.dtype, device=x.device).scatter_reduce(
-        0, seg, x, reduce="amax")
-    se = torch.zeros(n_seg, dtype=x.dtype, device=x.device).index_add(0, seg, (x - mx[seg]).exp())
-    lse = mx + se.log()
-    return float((lse - torch.zeros_like(lse).index_add(0, seg[is_true], x[is_true])).mean())
+    """Mean over segments of ``-log softmax(beta l)[true]`` (one true pair per segment)."""
+    return float(-log_softmax_groups(beta * logits, seg, n_seg)[is_true].mean())
 
 
 def fit_temperature(logits, query, is_true, lo: float = 1e-2, hi: float = 1e2,

@@ -183,20 +183,3 @@ def sample_candidates(hier, pos: torch.Tensor, level: int, n_siblings: int, n_co
     every level) rather than let each call build one."""
     sampler = sampler if sampler is not None else CandidateSampler(hier)
     return sampler.sample(pos, level, n_siblings, n_cousins, n_random, gen)
-
-
-
-
-def sibling_pairs(hier, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The candidates of ``loss.scope=siblings``: every active child of each positive's
-    parent, the positive included, as flat pairs ``(query [M], entity [M], is_positive [M])``
-    for :meth:`GeoWeightedContrastive.grouped`. The loss over them is
-    ``-log P(entity | parent)``, the quantity prediction reports and ranks paths by. M is the
-    batch's summed sibling-group sizes: about 235 per sample at the city level of the world
-    tree on average over cities, at most 2,137 (one subregion's cities)."""
-    parent = hier.parent[pos]
-    count = hier.child_count[parent]
-    query = torch.repeat_interleave(torch.arange(len(pos), device=pos.device), count)
-    off = torch.arange(len(query), device=pos.device) - (torch.cumsum(count, 0) - count)[query]
-    entity = hier.child_list[hier.child_start[parent][query] + off]
-    return query, entity, entity == pos[query]

@@ -145,7 +145,7 @@ class OptimConfig:
     # "sparse" = geoopt SparseRiemannianAdam, which updates only the rows a batch touched
     # (lazy moments, like torch's SparseAdam); "auto" = sparse in a single CPU process, else
     # dense (DDP cannot reduce sparse gradients). On a CPU the dense step over 165k rows
-    # dominates: about 70% of a step at dim 32 on the names benchmark (py-spy); 1,913 vs
+    # dominates: about 70% of a step at dim 32 on the names benchmark (py-spy, once); 1,913 vs
     # 2,172 samples/s on the demo at dim 16 (results/benchmarks/train.json)
     entity_optimizer: str = "auto"
 

@@ -31,7 +31,7 @@ from ..losses import GeoWeightedContrastive, parent_hinge
 from ..model.geolocator import GeoModel, create_encoder
 from ..model.hierarchy import Hierarchy
 from . import checkpoint
-from .candidates import CandidateSampler, sibling_pairs
+from .candidates import CandidateSampler
 from .config import Config, ConfigError, from_dict
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j],
                                     cfg.loss.lam[j], cfg.loss.weight_form)
         if cfg.loss.scope == "siblings":
-            q, cand, is_pos = sibling_pairs(hier, pl)
+            q, cand, is_pos = hier.sibling_pairs(pl)
             out = fn.grouped(zl, rows(cand), hier.latlon[cand], ll, q, is_pos)
         elif full_levels[j]:
             tbl = hier.level_ids[j]
