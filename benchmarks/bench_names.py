@@ -105,8 +105,12 @@ def softmax_rows(train, val, target, gz) -> list[dict]:
     return rows
 
 
-def hiergeo_rows(stores, target_name, geometries, overrides, out, gz) -> tuple[list, dict]:
-    from hiergeo.evaluate import evaluate_split, load_run
+def hiergeo_rows(stores, train, target_name, geometries, overrides, out, gz
+                 ) -> tuple[list, dict]:
+    """One trained run per geometry, scored with its defaults (descent, with the retrieval
+    memory at the weights it fitted); the first geometry also without the memory (the
+    model alone) and by flat search (the model alone, every path scored)."""
+    from hiergeo.evaluate import build_memory, evaluate_split, load_run
 
     rows, extra = [], {}
     for geom in geometries:
@@ -121,14 +125,20 @@ def hiergeo_rows(stores, target_name, geometries, overrides, out, gz) -> tuple[l
         secs = time.perf_counter() - t0
         cfg, model, hier, _ = load_run(Path(out) / rid)
         target, _, _ = read_store_split(stores[target_name], cfg, gz, target_name)
-        methods = ["descent", "flat"] if geom == geometries[0] else ["descent"]
-        for method in methods:
-            res = evaluate_split(model, hier, target, cfg, gz, Path(out) / rid / target_name,
-                                 method=method)
-            label = f"hiergeo {geom}" + (" (flat search)" if method == "flat" else "")
-            rows.append({"method": label, **{k: res[k] for k in COLUMNS},
-                         "seconds": secs if method == "descent" else res["predict_seconds"]})
-            if method == "descent" and "calibration" in res:
+        memory = (build_memory(cfg, train) if bool(model.memory_weight.gt(0).any())
+                  else None)
+        variants = [("descent", memory, "")]
+        if geom == geometries[0]:
+            if memory is not None:
+                variants.append(("descent", None, " (model alone)"))
+            variants.append(("flat", None, " (flat search, model alone)"))
+        for method, mem, suffix in variants:
+            res = evaluate_split(model, hier, target, cfg, gz,
+                                 Path(out) / rid / f"{target_name}{suffix.replace(' ', '_')}",
+                                 method=method, memory=mem)
+            rows.append({"method": f"hiergeo {geom}{suffix}", **{k: res[k] for k in COLUMNS},
+                         "seconds": secs if suffix == "" else res["predict_seconds"]})
+            if suffix == "" and "calibration" in res:
                 extra[geom] = res["calibration"]
     return rows, extra
 
@@ -171,8 +181,8 @@ def main(argv=None) -> int:
     if "softmax" in methods:
         rows += softmax_rows(train, val, target, gz)
     if "hiergeo" in methods:
-        r, extra = hiergeo_rows(stores, args.split, args.geometries.split(","), args.override,
-                                args.runs, gz)
+        r, extra = hiergeo_rows(stores, train, args.split, args.geometries.split(","),
+                                args.override, args.runs, gz)
         rows = r + rows
     out = Path(args.out)
     experiment = [o for o in args.override if not o.startswith("hardware.")]

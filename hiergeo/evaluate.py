@@ -65,9 +65,25 @@ def calibration_report(pred, truth_ids: np.ndarray) -> dict:
     return out
 
 
+def build_memory(cfg, train, device="cpu"):
+    """The retrieval memory (:mod:`hiergeo.predict.memory`) of a run's training split
+    ``train``, or None when ``eval.memory`` is off or the encoder is not ``features`` (the
+    memory holds encoder features; extracting them for a timm encoder is not done here)."""
+    if not (cfg.eval.memory and cfg.eval.calibrate):
+        return None
+    if cfg.model.encoder != "features":
+        log.info("eval.memory: only with model.encoder=features; predicting without one")
+        return None
+    from .predict.memory import Memory
+
+    return Memory(train.x, train.ids, cfg.eval.memory_k, cfg.eval.memory_temperature, device)
+
+
 def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
-                   method: str = "descent", beams=None) -> dict:
-    """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics."""
+                   method: str = "descent", beams=None, memory=None) -> dict:
+    """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics.
+    ``memory``: the run's retrieval memory (:func:`build_memory`; used by descent when the
+    model's fitted ``memory_weight`` is not 0)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = cfg.eval
@@ -76,7 +92,7 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
         kw["beams"] = list(beams or ev.beams)
     t0 = time.perf_counter()
     pred = predict(model, split.inputs(np.arange(len(split))), hier, cfg.loss.tau,
-                   method=method, **kw)
+                   method=method, memory=memory, **kw)
     predict_s = time.perf_counter() - t0
     truth = _truth_table(split, gz)
     geocoder = "reverse_geocoder" if ev.geocoder == "reverse_geocoder" else gz
@@ -154,7 +170,10 @@ def load_run(run: str | Path, device: str = "auto"):
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     model, hier = build_model(cfg, gz, ckpt["meta"]["in_dim"], dev, init=False,
                               active=ckpt["active"].numpy())
-    model.load_state_dict(ckpt["model"])
+    state = dict(ckpt["model"])
+    for name in ("memory_weight", "mixture_temperature"):  # runs from before the memory
+        state.setdefault(name, getattr(model, name))
+    model.load_state_dict(state)
     model.project_entities_()
     model.eval()
     return cfg, model, hier, gz
@@ -170,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--coords", choices=["city", "weighted"])
     ap.add_argument("--out", help="output folder (default: the run folder)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="descent with the model alone, without the run's retrieval memory "
+                    "(flat search never uses it)")
     return ap
 
 
@@ -182,18 +204,25 @@ def main(argv=None) -> int:
     if args.coords:
         cfg.eval.coords = args.coords
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
+    data = None
     if args.data:
         split, _, dim = read_store_split(args.data, cfg, gz, "eval data")
         if dim != model.encoder.dim:
             raise SystemExit(f"{args.data}: features are {dim}-d, the model takes "
                              f"{model.encoder.dim}-d")
     else:
-        split = load_data(cfg, gz).val
+        data = load_data(cfg, gz)
+        split = data.val
+    memory = None
+    if args.method == "descent" and not args.no_memory and bool(
+            model.memory_weight.gt(0).any()):
+        memory = build_memory(cfg, (data or load_data(cfg, gz)).train, model.entities.device)
     out = Path(args.out or args.run)
-    res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams)
+    res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams,
+                         memory=memory)
     path = out / "metrics.json"
     allm = json.loads(path.read_text()) if path.exists() else {}
-    allm["eval"] = {**res, "data": args.data or "run's val split"}
+    allm["eval"] = {**res, "data": args.data or "run's val split", "memory": memory is not None}
     tmp = path.with_name("metrics.json.tmp")
     tmp.write_text(json.dumps(allm, indent=2, default=float) + "\n")
     tmp.replace(path)

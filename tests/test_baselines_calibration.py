@@ -145,7 +145,7 @@ def test_sibling_logits_match_a_plain_loop(small):
     truth = hier.level_ids[2][[0, 1, 1, 2]]
     truth = torch.cat([truth, torch.tensor([-1])])  # a missing label is skipped
     z = space.query(torch.randn(5, 4, generator=g, dtype=torch.float64))
-    lg, q, t = sibling_logits(z, truth, ent, space, hier, tau=0.5, chunk=2)
+    lg, q, t, child = sibling_logits(z, truth, ent, space, hier, tau=0.5, chunk=2)
     for i in range(4):
         p = int(hier.parent[truth[i]])
         kids = hier.child_list[hier.child_start[p]:hier.child_start[p] + hier.child_count[p]]
@@ -154,6 +154,8 @@ def test_sibling_logits_match_a_plain_loop(small):
         got = sorted(zip(lg[q == i].tolist(), t[q == i].tolist(), strict=True))
         assert np.allclose([w[0] for w in want], [x[0] for x in got], atol=1e-12)
         assert [w[1] for w in want] == [x[1] for x in got]
+        assert sorted(child[q == i].tolist()) == sorted(kids.tolist())
+        assert child[(q == i) & t].tolist() == [int(truth[i])]
     assert not (q == 4).any()
 
 
@@ -186,7 +188,7 @@ def test_calibration_is_stored_with_the_model_and_applied(smoke_run, cache_env):
 
 
 def test_tiled_topk_equals_one_matrix_product():
-    from hiergeo.baselines.common import chunked_topk_cosine
+    from hiergeo.predict.memory import chunked_topk_cosine
 
     g = torch.Generator().manual_seed(0)
     q, ref = torch.randn(37, 8, generator=g), torch.randn(1000, 8, generator=g)

@@ -54,6 +54,37 @@ def test_wide_beams_equal_flat_search(small):
     assert np.allclose(d.score[:, 0], np.log(d.level_prob[:, 0]).sum(1))
 
 
+def test_per_level_queries_score_each_level_with_its_own_point(small):
+    """A [B, 4, D] query scores level l with its l-th point: four copies of one point give
+    that point's answer, and replacing only the city point changes only the city level."""
+    emb = embed_tree(small, dim=4)
+    hier = Hierarchy.from_gazetteer(small)
+    space = make_space("poincare")
+    g = torch.Generator().manual_seed(5)
+    z = project(expmap0(torch.randn(30, 4, generator=g, dtype=torch.float64) * 2))
+    taus = [0.7, 1.3, 0.5, 2.0]
+    wide = (100, 100, 100, 100)
+    one = descend(z, emb.points, space, hier, taus, beams=wide, topk=3)
+    four = descend(z[:, None].expand(-1, 4, -1), emb.points, space, hier, taus, beams=wide,
+                   topk=3)
+    assert (one.paths == four.paths).all() and np.allclose(one.score, four.score)
+    # the leaves' own points as city queries: every path above the city keeps its
+    # conditional probabilities, the city's are those of the new point
+    leaves = hier.level_ids[3][torch.arange(30) % len(hier.level_ids[3])]
+    mixed = z[:, None].repeat(1, 4, 1)
+    mixed[:, 3] = emb.points[leaves]
+    f_mixed = flat_search(mixed, emb.points, space, hier, taus, topk=3)
+    d_mixed = descend(mixed, emb.points, space, hier, taus, beams=wide, topk=3)
+    assert (f_mixed.paths == d_mixed.paths).all()
+    assert np.allclose(f_mixed.level_prob, d_mixed.level_prob)
+    f_one = flat_search(z, emb.points, space, hier, taus, topk=len(hier.level_ids[3]))
+    for i in range(5):  # the country probability of the best path is the shared point's
+        c = d_mixed.paths[i, 0, 0]
+        k = int(np.flatnonzero(f_one.paths[i, :, 0] == c)[0])
+        assert np.isclose(d_mixed.level_prob[i, 0, 0], f_one.level_prob[i, k, 0])
+    assert not np.allclose(d_mixed.level_prob[..., 3], one.level_prob[..., 3])
+
+
 def test_weighted_coordinates_and_confident_level(small):
     emb = embed_tree(small, dim=4)
     hier = Hierarchy.from_gazetteer(small)

@@ -213,18 +213,22 @@ def test_empty_split(tmp_path, cache_env):
 
 # -- every geometry trains ----------------------------------------------------------------
 @pytest.mark.parametrize("geometry", ["poincare", "lorentz", "euclidean", "sphere"])
-@pytest.mark.parametrize("entity_optimizer,scope", [("dense", "level"), ("sparse", "level"),
-                                                    ("dense", "siblings"),
-                                                    ("sparse", "siblings")])
-def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope):
+@pytest.mark.parametrize("entity_optimizer,scope,queries", [
+    ("dense", "level", "shared"), ("sparse", "level", "shared"),
+    ("dense", "siblings", "shared"), ("sparse", "siblings", "shared"),
+    ("dense", "level", "per_level"), ("sparse", "siblings", "per_level")])
+def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope, queries):
     """Two optimisation steps: every parameter gets a finite gradient, nothing is NaN."""
     import geoopt
 
     from hiergeo.train.loop import _level_losses, build_model
 
     cfg = load_config("smoke", [f"model.geometry={geometry}", f"loss.scope={scope}",
-                                f"optim.entity_optimizer={entity_optimizer}"])
+                                f"optim.entity_optimizer={entity_optimizer}",
+                                f"model.queries={queries}"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    shape = model(torch.randn(3, 12)).shape
+    assert shape[:-1] == ((3, 4) if queries == "per_level" else (3,))
     ids = torch.as_tensor(small.ancestors[hier.level_ids[3].numpy()])
     ll = hier.latlon[hier.level_ids[3]]
     x = torch.randn(len(ids), 12)
@@ -258,11 +262,15 @@ def test_evaluate_cli_flat_and_descent(smoke_run, tmp_path, cache_env):
     assert main(["--run", str(d), "--out", str(tmp_path / "flat"), "--method", "flat"]) == 0
     flat = json.loads((tmp_path / "flat" / "metrics.json").read_text())["eval"]
     assert main(["--run", str(d), "--out", str(tmp_path / "desc"), "--beams",
-                 "500,500,500,500"]) == 0
+                 "500,500,500,500", "--no-memory"]) == 0
     wide = json.loads((tmp_path / "desc" / "metrics.json").read_text())["eval"]
-    # beams wide enough to score everything give flat search's answer
+    # beams wide enough to score everything give flat search's answer (the model alone)
     assert wide["top1_city"] == flat["top1_city"] and wide["median_km"] == flat["median_km"]
-    assert flat["n"] == res["n"]
+    assert flat["n"] == res["n"] and not wide["memory"]
+    # by default descent uses the run's memory and reproduces the run's own evaluation
+    assert main(["--run", str(d), "--out", str(tmp_path / "mem")]) == 0
+    mem = json.loads((tmp_path / "mem" / "metrics.json").read_text())["eval"]
+    assert mem["memory"] and mem["geoscore"] == res["geoscore"]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.yaml").write_text((d / "config.yaml").read_text())

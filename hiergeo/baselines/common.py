@@ -39,28 +39,3 @@ def medoid_points(ids: np.ndarray, latlon: np.ndarray) -> tuple[np.ndarray, np.n
     order = np.lexsort((-score, inv))  # by class, best first
     first = order[np.r_[0, np.flatnonzero(np.diff(inv[order])) + 1]]
     return uniq, latlon[first]
-
-
-def chunked_topk_cosine(q: torch.Tensor, ref: torch.Tensor, k: int, chunk: int = 2048,
-                        tile: int = 262_144) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` dot products of each row of ``q [n, d]`` with ``ref [m, d]`` (pass unit rows
-    for cosine similarity: :class:`~.knn.KNNRetrieval` normalises them once): ``chunk``
-    queries against ``tile`` references at a time, merging a running top-k, so memory is
-    ``chunk x tile`` floats (2 GiB at the defaults) whatever ``m``. Returns
-    ``(values, indices) [n, k]``."""
-    k = min(k, len(ref))
-    vals, idx = [], []
-    for s in range(0, len(q), chunk):
-        qc = q[s:s + chunk].float()
-        best_v = torch.full((len(qc), k), -torch.inf)
-        best_i = torch.zeros((len(qc), k), dtype=torch.long)
-        for t in range(0, len(ref), tile):
-            sim = qc @ ref[t:t + tile].float().T
-            top = sim.topk(min(k, sim.shape[1]), dim=1)
-            v = torch.cat([best_v, top.values], 1)
-            i = torch.cat([best_i, top.indices + t], 1)
-            keep = v.topk(k, dim=1)
-            best_v, best_i = keep.values, i.gather(1, keep.indices)
-        vals.append(best_v)
-        idx.append(best_i)
-    return torch.cat(vals), torch.cat(idx)

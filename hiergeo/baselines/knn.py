@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import as_prediction, chunked_topk_cosine
+from ..predict.memory import chunked_topk_cosine
+from .common import as_prediction
 
 
 class KNNRetrieval:

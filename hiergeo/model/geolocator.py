@@ -109,8 +109,20 @@ class Head(nn.Module):
         return self.net(x)
 
 
+def level_query(z: torch.Tensor, level: int) -> torch.Tensor:
+    """Level ``level``'s query points from a model's output: ``z [B, D]`` (one point for
+    every level) or ``z [B, L, D]`` (one point per level, ``queries="per_level"``)."""
+    return z[:, level] if z.dim() == 3 else z
+
+
+QUERY_MODES = ("shared", "per_level")
+
+
 class GeoModel(nn.Module):
-    """``forward(x)`` -> float64 query points ``[B, point_dim]``; ``entities`` the table.
+    """``forward(x)`` -> float64 query points, ``[B, point_dim]`` (``queries="shared"``: one
+    point scored against every level) or ``[B, 4, point_dim]`` (``"per_level"``: one point per
+    level, from one head whose last layer has a block of ``dim`` outputs per level; take a
+    level's with :func:`level_query`); ``entities`` the table.
 
     Args:
         encoder: module mapping inputs to ``[B, encoder.dim]`` features.
@@ -118,17 +130,22 @@ class GeoModel(nn.Module):
         entity_init: float64 ``[N, point_dim]`` points on the space (row i = entity id i).
         dim: dimension of the space (the head outputs ``dim`` tangent coordinates).
         train_entities: let the optimiser move entity points.
+        queries: ``"shared"`` or ``"per_level"`` (see above).
     """
 
     def __init__(self, encoder: nn.Module, space: Space, entity_init: torch.Tensor, dim: int,
                  hidden: int = 512, layers: int = 2, dropout: float = 0.0,
-                 train_entities: bool = True):
+                 train_entities: bool = True, queries: str = "shared"):
         import geoopt
 
         super().__init__()
+        if queries not in QUERY_MODES:
+            raise ValueError(f"queries must be one of {', '.join(QUERY_MODES)}, not {queries!r}")
         self.encoder = encoder
         self.space = space
-        self.head = Head(encoder.dim, dim, hidden, layers, dropout)
+        self.queries = queries
+        self.n_queries = 4 if queries == "per_level" else 1
+        self.head = Head(encoder.dim, dim * self.n_queries, hidden, layers, dropout)
         self.entities = geoopt.ManifoldParameter(entity_init.to(torch.float64).clone(),
                                                  manifold=space.manifold(),
                                                  requires_grad=train_entities)
@@ -138,9 +155,21 @@ class GeoModel(nn.Module):
         # per-level temperature scaling fitted on held-out data after training (1 = none):
         # prediction divides level l's logits by tau_l * level_temperature[l]
         self.register_buffer("level_temperature", torch.ones(4, dtype=torch.float64))
+        # per-level weight of the retrieval memory in prediction and the temperature of the
+        # mixture (hiergeo.predict.memory), fitted on held-out data after training; weight 0
+        # = the model alone
+        self.register_buffer("memory_weight", torch.zeros(4, dtype=torch.float64))
+        self.register_buffer("mixture_temperature", torch.ones(4, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.space.query(self.head(self.encoder(x)))
+        return self.query_from_features(self.encoder(x))
+
+    def query_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """Query points from encoder features (``forward`` is this after the encoder)."""
+        v = self.head(f)
+        if self.n_queries == 1:
+            return self.space.query(v)
+        return self.space.query(v.reshape(len(v), self.n_queries, -1))
 
     @torch.no_grad()
     def project_entities_(self) -> None:

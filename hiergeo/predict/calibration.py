@@ -18,6 +18,7 @@ import torch
 
 from gazetteer.keys import LEVELS
 
+from ..model.geolocator import level_query
 from .descent import log_softmax_groups
 
 NLEV = len(LEVELS)
@@ -28,9 +29,9 @@ def sibling_logits(z: torch.Tensor, true_ids: torch.Tensor, entities: torch.Tens
                    hier, tau: float, chunk: int = 1024):
     """For queries ``z [n, D]`` whose true entity at one level is ``true_ids [n]`` (-1 or an
     inactive entity: skipped), the logits ``-d/tau`` against all active children of the true
-    parent, flattened: ``(logits [m], query [m], is_true [m])``."""
+    parent, flattened: ``(logits [m], query [m], is_true [m], child [m])``."""
     dev = entities.device
-    out_l, out_q, out_t = [], [], []
+    out_l, out_q, out_t, out_c = [], [], [], []
     for s in range(0, len(z), chunk):
         e = true_ids[s:s + chunk].to(dev)
         keep = torch.nonzero((e >= 0) & hier.active[e.clamp_min(0)]).flatten()
@@ -39,7 +40,8 @@ def sibling_logits(z: torch.Tensor, true_ids: torch.Tensor, entities: torch.Tens
         out_l.append(-space.pair(zq, entities[child]) / tau)
         out_q.append(keep[q] + s)
         out_t.append(is_true)
-    return torch.cat(out_l), torch.cat(out_q), torch.cat(out_t)
+        out_c.append(child)
+    return torch.cat(out_l), torch.cat(out_q), torch.cat(out_t), torch.cat(out_c)
 
 
 def _nll(beta: float, logits, seg, is_true, n_seg) -> float:
@@ -86,11 +88,66 @@ def fit_temperatures(model, z: torch.Tensor, true_ids: torch.Tensor, hier, taus)
     report = {}
     temps = torch.ones(NLEV, dtype=torch.float64)
     for j, lvl in enumerate(LEVELS):
-        lg, q, t = sibling_logits(z, true_ids[:, j], ent, model.space, hier, taus[j])
+        lg, q, t, _ = sibling_logits(level_query(z, j), true_ids[:, j], ent, model.space,
+                                     hier, taus[j])
         T, nll, nll1 = fit_temperature(lg, q, t)
         temps[j] = T
         report[lvl] = {"T": T, "nll": nll, "nll_before": nll1, "n": int(q.unique().numel())}
     model.level_temperature.copy_(temps.to(model.level_temperature.device))
+    return report
+
+
+@torch.no_grad()
+def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier, taus,
+                       grid=None, chunk: int = 1_000_000) -> dict:
+    """Fit each level's memory weight ``a_l`` and mixture temperature ``T'_l``
+    (:mod:`hiergeo.predict.memory`) on held-out query points ``z`` with their memory
+    neighbours ``nb`` (a :class:`~hiergeo.predict.memory.Neighbours` for the same rows) and
+    true ids ``[n, 4]``, after :func:`fit_temperatures`.
+
+    ``a_l`` is the value of ``grid`` (default 0, 0.05, ..., 0.95, 0.99) whose mixture ranks
+    the true entity first among its siblings most often (ties: the smallest); ``T'_l`` then
+    makes the mixture's probabilities calibrated, as :func:`fit_temperature` does for the
+    model's logits (a power of the mixture, renormalised over the siblings, which keeps its
+    ranking). Stores them in ``model.memory_weight`` and ``model.mixture_temperature``;
+    returns ``{level: {"a", "T", "accuracy", "accuracy_model", "nll", "n"}}``."""
+    from .memory import memory_conditional, mix_log_prob
+
+    grid = [*np.round(np.arange(0, 0.951, 0.05), 2).tolist(), 0.99] if grid is None else grid
+    ent = model.entities.detach()
+    dev = ent.device
+    nb = nb.to(dev)
+    report = {}
+    weights = torch.zeros(NLEV, dtype=torch.float64)
+    temps = torch.ones(NLEV, dtype=torch.float64)
+    for j, lvl in enumerate(LEVELS):
+        tau = float(taus[j]) * float(model.level_temperature[j])
+        lg, q, t, child = sibling_logits(level_query(z, j), true_ids[:, j], ent, model.space,
+                                         hier, tau)
+        _, seg = torch.unique(q, return_inverse=True)
+        n_seg = int(seg.max()) + 1 if len(seg) else 0
+        if n_seg == 0:
+            report[lvl] = {"a": 0.0, "T": 1.0, "n": 0}
+            continue
+        logp = log_softmax_groups(lg, seg, n_seg)
+        q = q.to(dev)
+        pmem = torch.cat([memory_conditional(nb, q[s:s + chunk], child[s:s + chunk], j, hier)
+                          for s in range(0, len(q), chunk)])
+
+        def accuracy(a):
+            m = mix_log_prob(logp, pmem, a)
+            best = torch.full((n_seg,), -torch.inf, dtype=m.dtype, device=m.device
+                              ).scatter_reduce(0, seg, m, reduce="amax")
+            return float((m[t] >= best[seg[t]]).double().mean())
+
+        accs = [accuracy(a) for a in grid]
+        a = float(grid[int(np.argmax(accs))])
+        T, nll, _ = fit_temperature(mix_log_prob(logp, pmem, a), q, t)
+        weights[j], temps[j] = a, T
+        report[lvl] = {"a": a, "T": T, "accuracy": max(accs), "accuracy_model": accuracy(0.0),
+                       "nll": nll, "n": n_seg}
+    model.memory_weight.copy_(weights.to(model.memory_weight.device))
+    model.mixture_temperature.copy_(temps.to(model.mixture_temperature.device))
     return report
 
 

@@ -35,6 +35,9 @@ import torch
 from gazetteer.geo import from_xyz, to_xyz
 from gazetteer.keys import LEVELS
 
+from ..model.geolocator import level_query
+from .memory import memory_conditional, mix_log_prob
+
 NLEV = len(LEVELS)
 
 
@@ -196,8 +199,10 @@ def topk_per_query(score: torch.Tensor, query: torch.Tensor, n_queries: int, k: 
 
 @torch.no_grad()
 def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5, 5, 5, 5),
-            topk: int = 5, coords: str = "city", threshold: float = 0.5) -> Prediction:
-    """Hierarchical beam descent for query points ``z [B, D]`` (see the module docstring).
+            topk: int = 5, coords: str = "city", threshold: float = 0.5,
+            memory=None, memory_weight=None, mixture_temperature=None) -> Prediction:
+    """Hierarchical beam descent for query points ``z [B, D]``, or ``[B, 4, D]`` with one
+    point per level (see the module docstring).
 
     Args:
         entities: ``[N, D]`` entity table (float64), row i = entity id i.
@@ -211,6 +216,11 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
             entity's where it stops) or ``"weighted"`` (the mean on the sphere of the top-k
             paths' prediction points, weighted by their joint probabilities).
         threshold: joint (prefix) probability a level needs for ``confident_level``.
+        memory, memory_weight, mixture_temperature: the retrieval memory's neighbours of
+            these queries (a :class:`~hiergeo.predict.memory.Neighbours`, row i for query i),
+            and per level the weight ``a_l`` and temperature ``T'_l`` of the mixture
+            (:mod:`hiergeo.predict.memory`; temperatures default to 1). None: the model
+            alone.
     """
     _check(taus, beams)
     _check_hierarchy(hier)
@@ -218,7 +228,16 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
     z = z.to(device=dev, dtype=torch.float64)
     B = len(z)
     ids0 = hier.level_ids[0]
-    logp = torch.log_softmax(-space.matrix(z, entities[ids0]) / taus[0], dim=1)
+    mw = [0.0] * NLEV if memory is None else [float(a) for a in memory_weight]
+    mt = [1.0] * NLEV if mixture_temperature is None else [float(t) for t in
+                                                            mixture_temperature]
+    if memory is not None:
+        memory = memory.to(dev)
+    logp = torch.log_softmax(-space.matrix(level_query(z, 0), entities[ids0]) / taus[0], dim=1)
+    if mw[0] > 0:
+        q0 = torch.arange(B, device=dev).repeat_interleave(len(ids0))
+        pm = memory_conditional(memory, q0, ids0.repeat(B), 0, hier).reshape(B, len(ids0))
+        logp = torch.log_softmax(mix_log_prob(logp, pm, mw[0]) / mt[0], dim=1)
     top = logp.topk(min(_keep(beams, 0, topk), len(ids0)), dim=1)
     W = top.indices.shape[1]
     hist = torch.full((B, W, NLEV), -1, dtype=torch.long, device=dev)
@@ -234,8 +253,12 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
         real = child >= 0
         # log P(child | parent); 0 for a stopped path's carry-over candidate
         logp = torch.zeros(len(child), dtype=torch.float64, device=dev)
-        logit = -space.pair(z[query[real]], entities[child[real]]) / taus[lvl]
+        logit = -space.pair(level_query(z, lvl)[query[real]], entities[child[real]]) / taus[lvl]
         logp[real] = log_softmax_groups(logit, beam[real], B * W)  # siblings share a beam
+        if mw[lvl] > 0:
+            pm = memory_conditional(memory, query[real], child[real], lvl, hier)
+            logp[real] = log_softmax_groups(mix_log_prob(logp[real], pm, mw[lvl]) / mt[lvl],
+                                            beam[real], B * W)
         comparisons += torch.bincount(query[real], minlength=B)
         cand_score = score.reshape(-1)[beam] + logp
         pick, alive = topk_per_query(cand_score, query, B, _keep(beams, lvl, topk))
@@ -290,8 +313,8 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
     parts = []
     for s in range(0, len(z), chunk):
         zc = z[s:s + chunk]
-        logps = [log_softmax_groups(-space.matrix(zc, t) / tau, g, ng)
-                 for t, tau, (g, ng) in zip(tables, taus, groups, strict=True)]
+        logps = [log_softmax_groups(-space.matrix(level_query(zc, j), t) / tau, g, ng)
+                 for j, (t, tau, (g, ng)) in enumerate(zip(tables, taus, groups, strict=True))]
         path_score = torch.zeros((len(zc), len(pos)), dtype=torch.float64, device=dev)
         for j, lp in enumerate(logps):
             path_score += torch.where(on[:, j], lp[:, pos[:, j].clamp_min(0)], 0.0)
@@ -310,12 +333,15 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
-            batch_size: int = 1024, **kwargs) -> Prediction:
+            batch_size: int = 1024, memory=None, **kwargs) -> Prediction:
     """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``.
 
     ``taus`` are the training temperatures; the model's calibration
     (``model.level_temperature``, fitted by :func:`hiergeo.predict.calibration.fit_temperatures`;
-    all 1 before) scales them, so the probabilities are the calibrated ones."""
+    all 1 before) scales them, so the probabilities are the calibrated ones. ``memory``: a
+    :class:`~hiergeo.predict.memory.Memory` of training features, mixed into descent with
+    the model's fitted ``memory_weight`` and ``mixture_temperature`` (weights all 0: the
+    memory is not searched); flat search scores the model alone."""
     if method not in ("descent", "flat"):
         raise ValueError(f"method must be 'descent' or 'flat', not {method!r}")
     fn = descend if method == "descent" else flat_search
@@ -323,10 +349,16 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     was = model.training
     model.eval()
     dev = model.entities.device
+    use_memory = memory is not None and method == "descent" and bool(
+        model.memory_weight.gt(0).any())
     parts = []
     try:
         for s in range(0, len(x), batch_size):
-            z = model(x[s:s + batch_size].to(dev))
+            f = model.encoder(x[s:s + batch_size].to(dev))
+            z = model.query_from_features(f)
+            if use_memory:
+                kwargs.update(memory=memory.search(f), memory_weight=model.memory_weight,
+                              mixture_temperature=model.mixture_temperature)
             parts.append(fn(z, model.entities.detach(), model.space, hier, taus, **kwargs))
     finally:
         model.train(was)

@@ -28,7 +28,7 @@ from gazetteer.keys import LEVELS
 
 from ..geometry.spaces import make_space
 from ..losses import GeoWeightedContrastive, parent_hinge
-from ..model.geolocator import GeoModel, create_encoder
+from ..model.geolocator import GeoModel, create_encoder, level_query
 from ..model.hierarchy import Hierarchy
 from . import checkpoint
 from .candidates import CandidateSampler
@@ -105,7 +105,7 @@ def build_model(cfg: Config, gz, in_dim: int, device, *, init: bool = True,
                   freeze=m.freeze_backbone)
     encoder = create_encoder(m.encoder, **kw)
     model = GeoModel(encoder, space, points, m.dim, m.hidden, m.layers, m.dropout,
-                     m.train_entities).to(device)
+                     m.train_entities, m.queries).to(device)
     hier = Hierarchy.from_gazetteer(gz, active).to(device)
     return model, hier
 
@@ -215,7 +215,7 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         keep &= hier.active[pos.clamp_min(0)]
         if not bool(keep.any()) or cfg.loss.weights[j] == 0:
             continue
-        zl, pl, ll = z[keep], pos[keep], latlon[keep]
+        zl, pl, ll = level_query(z, j)[keep], pos[keep], latlon[keep]
         fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j],
                                     cfg.loss.lam[j], cfg.loss.weight_form)
         if cfg.loss.scope == "siblings":
@@ -518,10 +518,13 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     if dist.main:
         from ..evaluate import evaluate_split
 
+        from ..evaluate import build_memory
+
+        memory = build_memory(cfg, data.train, model.entities.device)
         if cfg.eval.calibrate:
-            result["temperatures"] = _calibrate(model, data.val, hier, cfg, d)
+            result["temperatures"] = _calibrate(model, data.val, hier, cfg, d, memory)
             save_ckpt(total)  # the stored model carries its calibration
-        result.update(evaluate_split(model, hier, data.val, cfg, gz, d))
+        result.update(evaluate_split(model, hier, data.val, cfg, gz, d, memory=memory))
         result["seconds"] = time.perf_counter() - t_start
         tmp = d / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -544,10 +547,10 @@ def query_points(model, split, rows: np.ndarray, batch_size: int = 1024) -> torc
         model.train(was)
 
 
-def _calibrate(model, split, hier, cfg: Config, d: Path) -> dict:
-    """Fit the per-level temperatures on (a random subset of) the validation split and
-    write them to ``calibration.json``."""
-    from ..predict.calibration import fit_temperatures
+def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None) -> dict:
+    """Fit the per-level temperatures on (a random subset of) the validation split, then
+    the memory's weights if there is a memory, and write them to ``calibration.json``."""
+    from ..predict.calibration import fit_memory_weights, fit_temperatures
 
     n = len(split)
     rows = np.sort(np.random.default_rng([cfg.run.seed, 13]).permutation(n)[
@@ -558,8 +561,18 @@ def _calibrate(model, split, hier, cfg: Config, d: Path) -> dict:
     log.info("calibration on %d validation samples: %s", len(rows), ", ".join(
         f"{lvl} T={r['T']:.3g} (nll {r['nll_before']:.3f} -> {r['nll']:.3f})"
         for lvl, r in rep.items()))
+    out = {"samples": len(rows), "levels": rep}
+    if memory is not None:
+        nb = memory.search(torch.cat([model.encoder(split.inputs(rows[s:s + 1024]).to(
+            model.entities.device)) for s in range(0, len(rows), 1024)]))
+        out["memory"] = fit_memory_weights(model, z, nb, split.ids[rows].to(
+            model.entities.device), hier, cfg.loss.tau)
+        log.info("memory on the same samples: %s", ", ".join(
+            f"{lvl} a={r['a']:.3g} T'={r['T']:.3g} (accuracy given the parent "
+            f"{r['accuracy_model']:.3f} -> {r['accuracy']:.3f})"
+            for lvl, r in out["memory"].items() if r["n"]))
     tmp = d / "calibration.json.tmp"
-    tmp.write_text(json.dumps({"samples": len(rows), "levels": rep}, indent=2) + "\n")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
     tmp.replace(d / "calibration.json")
     return rep
 

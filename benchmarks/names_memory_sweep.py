@@ -1,0 +1,71 @@
+"""Memory settings and beam widths on the names benchmark's validation split, for one run.
+
+For each ``K,T`` (``K = 0``: no memory) the run's model is re-calibrated on validation (the
+temperatures, then the memory weights, as training does) and the validation split is scored
+at each beam width given. Prints one JSON line per setting; nothing is written to the run.
+
+    python benchmarks/names_memory_sweep.py --run results/names/names-poincare \\
+        --settings 0,1 20,0.1 20,0.05 50,0.05 --beams 1 5
+
+The runs of the README's table of defaults were rescored this way
+(``results/benchmarks/names_tuning.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+COLUMNS = ["acc_country", "acc_region", "acc_subregion", "acc_city", "median_km", "geoscore"]
+
+
+def main(argv=None) -> int:
+    from hiergeo.data.names import names_benchmark
+    from hiergeo.evaluate import build_memory, evaluate_split, load_run
+    from hiergeo.train.data import read_store_split
+    from hiergeo.train.loop import _calibrate
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a run trained on the names benchmark")
+    ap.add_argument("--settings", nargs="+", default=["0,1", "20,0.1", "20,0.05"],
+                    help="K,T pairs: memory_k and memory_temperature (K = 0: no memory)")
+    ap.add_argument("--beams", nargs="+", type=int, default=[1, 5],
+                    help="beam widths to score (the same at every level)")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    cfg, model, hier, gz = load_run(args.run, "cpu")
+    cfg.eval.maps = False
+    stores = names_benchmark(gz=gz)
+    train, _, _ = read_store_split(stores["train"], cfg, gz, "train")
+    val, _, _ = read_store_split(stores["val"], cfg, gz, "val")
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.settings:
+            k, t = spec.split(",")
+            cfg.eval.memory_k, cfg.eval.memory_temperature = int(k), float(t)
+            model.level_temperature.fill_(1.0)
+            model.memory_weight.zero_()
+            memory = build_memory(cfg, train) if int(k) > 0 else None
+            _calibrate(model, val, hier, cfg, Path(tmp), memory)
+            for b in args.beams:
+                res = evaluate_split(model, hier, val, cfg, gz, Path(tmp) / "eval",
+                                     memory=memory, beams=[b] * 4)
+                print(json.dumps({
+                    "run": args.run, "memory_k": int(k), "memory_temperature": float(t),
+                    "beams": b, "memory_weight": model.memory_weight.tolist(),
+                    **{c: res[c] for c in COLUMNS},
+                    "ece": {lvl: r["ece"] for lvl, r in res["calibration"].items()}}),
+                    flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
