@@ -125,16 +125,15 @@ def hiergeo_rows(stores, train, target_name, geometries, overrides, out, gz
         secs = time.perf_counter() - t0
         cfg, model, hier, _ = load_run(Path(out) / rid)
         target, _, _ = read_store_split(stores[target_name], cfg, gz, target_name)
-        memory = (build_memory(cfg, train) if bool(model.memory_weight.gt(0).any())
-                  else None)
-        variants = [("descent", memory, "")]
+        memory = build_memory(cfg, train) if model.uses_memory else None
+        variants = [("descent", memory, "", "")]
         if geom == geometries[0]:
             if memory is not None:
-                variants.append(("descent", None, " (model alone)"))
-            variants.append(("flat", None, " (flat search, model alone)"))
-        for method, mem, suffix in variants:
+                variants.append(("descent", None, " (model alone)", "_model_alone"))
+            variants.append(("flat", None, " (flat search, model alone)", "_flat"))
+        for method, mem, suffix, folder in variants:
             res = evaluate_split(model, hier, target, cfg, gz,
-                                 Path(out) / rid / f"{target_name}{suffix.replace(' ', '_')}",
+                                 Path(out) / rid / f"{target_name}{folder}",
                                  method=method, memory=mem)
             rows.append({"method": f"hiergeo {geom}{suffix}", **{k: res[k] for k in COLUMNS},
                          "seconds": secs if suffix == "" else res["predict_seconds"]})

@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .train.data import load_data, read_store_split
+    from .train.data import DataError, load_data, read_store_split
 
     cfg, model, hier, gz = load_run(args.run, args.device)
     if args.coords:
@@ -214,9 +214,13 @@ def main(argv=None) -> int:
         data = load_data(cfg, gz)
         split = data.val
     memory = None
-    if args.method == "descent" and not args.no_memory and bool(
-            model.memory_weight.gt(0).any()):
-        memory = build_memory(cfg, (data or load_data(cfg, gz)).train, model.entities.device)
+    if args.method == "descent" and not args.no_memory and model.uses_memory:
+        try:
+            memory = build_memory(cfg, (data or load_data(cfg, gz)).train,
+                                  model.entities.device)
+        except (FileNotFoundError, DataError) as e:
+            log.warning("the run's retrieval memory needs its training data (%s): predicting "
+                        "with the model alone", e)
     out = Path(args.out or args.run)
     res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams,
                          memory=memory)

@@ -102,8 +102,10 @@ def test_descent_with_memory(small):
                 zq = z[i].expand(len(sibs), -1)
                 pmod = torch.softmax(-space.pair(zq, emb.points[sibs]) / TAUS[lvl], 0)
                 pm = memory_conditional(nb, torch.full((len(sibs),), i), sibs, lvl, hier)
-                mix = torch.where(torch.isnan(pm), pmod, (1 - a[lvl]) * pmod + a[lvl] * pm)
-                want = mix ** (1 / mt[lvl]) / (mix ** (1 / mt[lvl])).sum()
+                # (a group where no neighbour lies under the parent keeps the model's)
+                mix = (1 - a[lvl]) * pmod + a[lvl] * pm
+                want = (pmod if bool(torch.isnan(pm).all())
+                        else mix ** (1 / mt[lvl]) / (mix ** (1 / mt[lvl])).sum())
                 assert np.isclose(narrow.level_prob[i, k, lvl], float(want[sibs == e][0]))
     # a memory whose neighbours all name one path, at weight near 1, predicts that path
     path = hier.ancestors[hier.level_ids[3][0]]
@@ -136,3 +138,58 @@ def test_a_run_fits_its_memory_and_evaluate_uses_it(smoke_run, cache_env):
     assert again["geoscore"] == res["geoscore"]
     alone = evaluate_split(model, hier, data.val, cfg, gz, run_dir / "alone")
     assert alone["geoscore"] != res["geoscore"]
+
+
+def test_neighbours_without_a_label_or_with_an_inactive_one_do_not_vote(small):
+    """A neighbour with no entity at the level (-1), or one naming an entity outside the
+    (pruned) hierarchy, is left out of numerator and denominator alike."""
+    hier_all = Hierarchy.from_gazetteer(small)
+    cities = hier_all.level_ids[3]
+    sub = hier_all.ancestors[cities][:, 2]
+    pair = next(cities[sub == s] for s in sub.unique() if (sub == s).sum() >= 2)
+    city = pair[:2]  # two cities of one subregion
+    keep = np.ones(hier_all.n, bool)
+    keep[int(city[1])] = False  # the second outside the hierarchy
+    hier = Hierarchy.from_gazetteer(small, keep)
+    a, b = hier_all.ancestors[city[0]], hier_all.ancestors[city[1]]
+    stop = a.clone()
+    stop[3] = -1  # a neighbour whose path stops above the city level
+    ids = torch.stack([a, b, stop])[None]  # one query, three neighbours
+    nb = Neighbours(ids, torch.tensor([[1.0, 5.0, 7.0]], dtype=torch.float64))
+    kids = torch.tensor([int(city[0])])
+    # only the first neighbour counts at the city level: P = 1, not 1 / 13
+    assert memory_conditional(nb, torch.tensor([0]), kids, 3, hier).tolist() == [1.0]
+    # at the subregion level all three are under the region and name the same subregion
+    sub = torch.tensor([int(a[2])])
+    assert memory_conditional(nb, torch.tensor([0]), sub, 2, hier).tolist() == [1.0]
+
+
+def test_fit_memory_weights_trusts_a_good_memory_and_ignores_noise(small):
+    """A memory that knows the answer gets a weight (the smallest that makes every answer
+    right) and lowers the likelihood loss; a memory that names random entities gets weight 0
+    and temperature 1."""
+    from hiergeo.predict.calibration import fit_memory_weights
+    from hiergeo.train import load_config
+    from hiergeo.train.loop import build_model
+
+    cfg = load_config("smoke")
+    model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    leaves = hier.level_ids[3][torch.randint(len(hier.level_ids[3]), (300,), generator=g)]
+    truth = hier.ancestors[leaves]
+    with torch.no_grad():
+        z = model(torch.randn(300, 12, generator=g))  # an untrained model: near uniform
+    good = Neighbours(truth[:, None].expand(-1, 5, -1).clone(),
+                      torch.ones(300, 5, dtype=torch.float64))
+    rep = fit_memory_weights(model, z, good, truth, hier, cfg.loss.tau)
+    for lvl, r in rep.items():
+        assert r["a"] > 0 and r["accuracy"] == 1 > r["accuracy_model"], lvl
+        assert r["nll"] < r["nll_model"], lvl
+    assert model.memory_weight.min() > 0
+    other = hier.level_ids[3][torch.randint(len(hier.level_ids[3]), (300, 5), generator=g)]
+    noise = Neighbours(hier.ancestors[other], torch.ones(300, 5, dtype=torch.float64))
+    # a model that is right: the true city's own point as every level's query
+    emb_z = model.entities.detach()[leaves][:, None].expand(-1, 4, -1)
+    rep = fit_memory_weights(model, emb_z, noise, truth, hier, [0.05] * 4)
+    assert rep["city"]["a"] == 0.0 and rep["city"]["T"] == 1.0
+    assert model.memory_weight[3] == 0 and model.mixture_temperature[3] == 1

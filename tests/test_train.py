@@ -311,3 +311,36 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env, smoke_run):
     res = run(resume=tmp_path / "int")
     assert res["steps"] == total
 
+
+
+def test_each_level_trains_its_own_query_point(small):
+    """With per-level queries, level j's loss reaches only block j of the head's last layer
+    (the outputs that make level j's point)."""
+    from gazetteer.keys import LEVELS
+    from hiergeo.train.loop import _level_losses, build_model
+
+    cfg = load_config("smoke", ["model.queries=per_level", "loss.parent_weight=0"])
+    model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    ids = torch.as_tensor(small.ancestors[hier.level_ids[3].numpy()])
+    ll = hier.latlon[hier.level_ids[3]]
+    x = torch.randn(len(ids), 12, generator=torch.Generator().manual_seed(0))
+    last = model.head.net[-1].weight  # [4 * dim, hidden]
+    dim = cfg.model.dim
+    for j, lvl in enumerate(LEVELS):
+        model.zero_grad()
+        terms = _level_losses(cfg, model, model(x), ids, ll, hier,
+                              torch.Generator().manual_seed(0), [True] * 4)
+        terms[f"loss_{lvl}"].backward()
+        rows = last.grad.abs().sum(1).reshape(4, dim).sum(1)
+        assert rows[j] > 0 and all(rows[i] == 0 for i in range(4) if i != j), (lvl, rows)
+
+
+def test_configs_from_before_per_level_queries_load_as_shared(tmp_path):
+    from hiergeo.train.config import from_dict
+
+    old = load_config("smoke").to_dict()
+    del old["model"]["queries"]
+    assert from_dict(old).model.queries == "shared"
+    assert load_config("smoke").model.queries == "per_level"
+    with pytest.raises(ConfigError, match="memory_k"):
+        load_config("smoke", ["eval.memory_k=0"])

@@ -161,6 +161,11 @@ class GeoModel(nn.Module):
         self.register_buffer("memory_weight", torch.zeros(4, dtype=torch.float64))
         self.register_buffer("mixture_temperature", torch.ones(4, dtype=torch.float64))
 
+    @property
+    def uses_memory(self) -> bool:
+        """Whether prediction mixes in a retrieval memory (a fitted weight above 0)."""
+        return bool(self.memory_weight.gt(0).any())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.query_from_features(self.encoder(x))
 

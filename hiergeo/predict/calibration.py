@@ -110,10 +110,15 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
     makes the mixture's probabilities calibrated, as :func:`fit_temperature` does for the
     model's logits (a power of the mixture, renormalised over the siblings, which keeps its
     ranking). Stores them in ``model.memory_weight`` and ``model.mixture_temperature``;
-    returns ``{level: {"a", "T", "accuracy", "accuracy_model", "nll", "n"}}``."""
+    returns ``{level: {"a", "T", "accuracy", "accuracy_model", "nll", "nll_model", "n"}}``
+    (accuracies and NLLs given the true parent, with the fitted mixture and the model alone).
+    """
+    from .descent import mix_level
     from .memory import memory_conditional, mix_log_prob
 
     grid = [*np.round(np.arange(0, 0.951, 0.05), 2).tolist(), 0.99] if grid is None else grid
+    if grid[0] != 0:
+        raise ValueError("the grid of memory weights must start at 0 (the model alone)")
     ent = model.entities.detach()
     dev = ent.device
     nb = nb.to(dev)
@@ -142,10 +147,14 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
 
         accs = [accuracy(a) for a in grid]
         a = float(grid[int(np.argmax(accs))])
-        T, nll, _ = fit_temperature(mix_log_prob(logp, pmem, a), q, t)
+        T = 1.0
+        mixed = ~torch.isnan(pmem)  # the groups the memory speaks for (whole groups)
+        if a > 0 and bool(mixed.any()):
+            T = fit_temperature(mix_log_prob(logp, pmem, a)[mixed], q[mixed], t[mixed])[0]
+        nll = float(-mix_level(logp, pmem, a, T, seg, n_seg)[t].mean())
         weights[j], temps[j] = a, T
-        report[lvl] = {"a": a, "T": T, "accuracy": max(accs), "accuracy_model": accuracy(0.0),
-                       "nll": nll, "n": n_seg}
+        report[lvl] = {"a": a, "T": T, "accuracy": max(accs), "accuracy_model": accs[0],
+                       "nll": nll, "nll_model": float(-logp[t].mean()), "n": n_seg}
     model.memory_weight.copy_(weights.to(model.memory_weight.device))
     model.mixture_temperature.copy_(temps.to(model.mixture_temperature.device))
     return report

@@ -123,6 +123,16 @@ def log_softmax_groups(logit: torch.Tensor, group: torch.Tensor, n_groups: int) 
     return shifted - se.log().gather(-1, idx)
 
 
+def mix_level(logp: torch.Tensor, p_mem: torch.Tensor, a: float, t: float,
+              group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """One level's log-probabilities with the retrieval memory (:mod:`.memory`): in each
+    sibling group (``group``, as in :func:`log_softmax_groups`) where the memory has
+    neighbours (``p_mem`` not NaN), ``log`` of ``M ** (1/t)`` renormalised over the group,
+    with ``M = (1 - a) exp(logp) + a p_mem``; elsewhere ``logp`` unchanged."""
+    mixed = log_softmax_groups(mix_log_prob(logp, p_mem, a) / t, group, n_groups)
+    return torch.where(torch.isnan(p_mem), logp, mixed)
+
+
 def _deepest(paths: torch.Tensor) -> torch.Tensor:
     """``[..., 4]`` paths -> ``[...]`` id of each path's deepest entity (-1 for padding);
     a path is a prefix of ids followed by -1s."""
@@ -237,7 +247,7 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
     if mw[0] > 0:
         q0 = torch.arange(B, device=dev).repeat_interleave(len(ids0))
         pm = memory_conditional(memory, q0, ids0.repeat(B), 0, hier).reshape(B, len(ids0))
-        logp = torch.log_softmax(mix_log_prob(logp, pm, mw[0]) / mt[0], dim=1)
+        logp = mix_level(logp, pm, mw[0], mt[0], torch.zeros_like(ids0), 1)
     top = logp.topk(min(_keep(beams, 0, topk), len(ids0)), dim=1)
     W = top.indices.shape[1]
     hist = torch.full((B, W, NLEV), -1, dtype=torch.long, device=dev)
@@ -257,8 +267,7 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
         logp[real] = log_softmax_groups(logit, beam[real], B * W)  # siblings share a beam
         if mw[lvl] > 0:
             pm = memory_conditional(memory, query[real], child[real], lvl, hier)
-            logp[real] = log_softmax_groups(mix_log_prob(logp[real], pm, mw[lvl]) / mt[lvl],
-                                            beam[real], B * W)
+            logp[real] = mix_level(logp[real], pm, mw[lvl], mt[lvl], beam[real], B * W)
         comparisons += torch.bincount(query[real], minlength=B)
         cand_score = score.reshape(-1)[beam] + logp
         pick, alive = topk_per_query(cand_score, query, B, _keep(beams, lvl, topk))
@@ -349,8 +358,7 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     was = model.training
     model.eval()
     dev = model.entities.device
-    use_memory = memory is not None and method == "descent" and bool(
-        model.memory_weight.gt(0).any())
+    use_memory = memory is not None and method == "descent" and model.uses_memory
     parts = []
     try:
         for s in range(0, len(x), batch_size):

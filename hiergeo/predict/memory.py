@@ -48,7 +48,8 @@ def chunked_topk_cosine(q: torch.Tensor, ref: torch.Tensor, k: int, chunk: int =
     normalise them once): ``chunk``
     queries against ``tile`` references at a time, merging a running top-k, so memory is
     ``chunk x tile`` floats (2 GiB at the defaults) whatever ``m``. Returns
-    ``(values, indices) [n, k]``."""
+    ``(values, indices) [n, k]``. References in another dtype (the memory's float16) are
+    converted a tile at a time: that copy adds ``tile x d`` floats (1 GiB at d = 1024)."""
     k = min(k, len(ref))
     vals, idx = [], []
     for s in range(0, len(q), chunk):
@@ -92,10 +93,11 @@ class Memory:
         k: neighbours per query.
         temperature: of the neighbour weights (cosine similarity units).
         device: where the features are kept and searched.
+        chunk: rows normalised at a time while building.
     """
 
     def __init__(self, features: torch.Tensor, ids: torch.Tensor, k: int = 20,
-                 temperature: float = 0.1, device="cpu"):
+                 temperature: float = 0.05, device="cpu", chunk: int = 65_536):
         if features.ndim != 2 or ids.shape != (len(features), NLEV):
             raise ValueError(f"need features [N, d] and ids [N, {NLEV}], got "
                              f"{tuple(features.shape)} and {tuple(ids.shape)}")
@@ -105,10 +107,13 @@ class Memory:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
         self.k, self.temperature = int(k), float(temperature)
         self.device = torch.device(device)
-        x = torch.nn.functional.normalize(features.float(), dim=1)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("the memory's features have NaN or infinite values")
-        self.features = x.to(self.device, torch.float16)
+        # unit rows in float16, written a block at a time: the only full-size copy is this one
+        self.features = torch.empty(features.shape, dtype=torch.float16, device=self.device)
+        for s in range(0, len(features), chunk):
+            x = torch.nn.functional.normalize(features[s:s + chunk].float(), dim=1)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("the memory's features have NaN or infinite values")
+            self.features[s:s + chunk] = x.to(self.device, torch.float16)
         self.ids = ids.to(self.device, torch.long)
 
     def __len__(self) -> int:
@@ -145,7 +150,9 @@ def memory_conditional(nb: Neighbours, query: torch.Tensor, child: torch.Tensor,
 def mix_log_prob(logp_model: torch.Tensor, p_mem: torch.Tensor, a: float) -> torch.Tensor:
     """``log((1 - a) exp(logp_model) + a p_mem)``, and ``logp_model`` where ``p_mem`` is NaN
     or ``a`` is 0."""
-    if a <= 0:
+    if not 0 <= a <= 1:
+        raise ValueError(f"the memory's weight must be in [0, 1], got {a}")
+    if a == 0:
         return logp_model
     mixed = torch.logaddexp(logp_model + math.log1p(-a) if a < 1 else
                             torch.full_like(logp_model, -torch.inf),

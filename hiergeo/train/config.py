@@ -86,14 +86,12 @@ class ModelConfig:
     # from each other than from their parent (None: 1.25, the embedding's default). At radius
     # 2.5 no 16-D layout meets 1.25 and trying costs 90 s; 0.75 takes 17 s (README)
     sibling_margin: float | None = 0.75
-    # the head: names benchmark (validation, beam 5, no memory): 1,024 wide and 3 layers
-    # deep gave country / region 0.560 / 0.104 against 0.527 / 0.096 for 512 x 2
+    # the head (these three: the README's table of defaults says why)
     hidden: int = 1024
     layers: int = 3
     dropout: float = 0.0
     # "shared": one query point scored against every level (HierLoc); "per_level": the head
-    # gives each level its own point in the same space. Names benchmark (validation, beam 5,
-    # no memory): region / subregion 0.116 / 0.067 against 0.104 / 0.059 for shared
+    # gives each level its own point in the same space
     queries: str = "per_level"
     train_entities: bool = True
     encoder: str = "features"     # features | timm
@@ -171,9 +169,9 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    # beam width per level. Names benchmark (validation, with the memory): 1 (each level's
-    # most probable child) gave country / region 0.613 / 0.158 against 0.577 / 0.144 at 5:
-    # the most probable whole path is often not through the most probable country
+    # beam width per level: 1 keeps each level's most probable child (names benchmark, see
+    # the README's table of defaults: better at every level than 5, which finds more
+    # probable whole paths through less probable countries)
     beams: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     topk: int = 5
     coords: str = "city"          # city | weighted
@@ -189,9 +187,7 @@ class EvalConfig:
     # with a per-level weight fitted on the validation split with the temperatures (0 where
     # it does not help). Needs eval.calibrate and encoder=features; keeps the training
     # features in memory at prediction (float16, N x d x 2 bytes)
-    # (names benchmark, validation: country / region / subregion 0.613 / 0.158 / 0.101 with
-    # it against 0.574 / 0.121 / 0.068 without, beam 1; k = 20, T = 0.05 beat T = 0.1 by
-    # GeoScore 2,606 against 2,600 and calibration error 0.020 against 0.041)
+    # (measured on the names benchmark: the README's table of defaults)
     memory: bool = True
     memory_k: int = 20
     memory_temperature: float = 0.05
@@ -399,6 +395,9 @@ def validate(cfg: Config) -> None:
          f"loss.scope must be level or siblings, not {cfg.loss.scope!r}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),
          f"loss.candidates must be auto, full or sampled, not {cfg.loss.candidates!r}")
+    need(cfg.eval.memory_k >= 1 and cfg.eval.memory_temperature > 0,
+         f"eval.memory_k must be >= 1 and eval.memory_temperature > 0, got "
+         f"{cfg.eval.memory_k}, {cfg.eval.memory_temperature}")
     need(cfg.model.queries in ("shared", "per_level"),
          f"model.queries must be shared or per_level, not {cfg.model.queries!r}")
     need(cfg.model.geometry in SPACES,
@@ -431,8 +430,12 @@ def validate(cfg: Config) -> None:
 
 
 def from_dict(values: dict) -> Config:
-    """A config from a resolved ``config.yaml`` (e.g. on ``--resume``)."""
+    """A config from a resolved ``config.yaml`` (e.g. on ``--resume``). A run written
+    before ``model.queries`` existed had one shared query point, whatever today's default."""
     cfg = Config()
+    values = dict(values)
+    if isinstance(values.get("model"), dict) and "queries" not in values["model"]:
+        values["model"] = {**values["model"], "queries": "shared"}
     _merge(cfg, _fix_numbers(values))
     validate(cfg)
     return cfg

@@ -516,15 +516,14 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     if dist.world > 1:
         result["ddp_params_in_sync"] = _params_in_sync(model)
     if dist.main:
-        from ..evaluate import evaluate_split
-
-        from ..evaluate import build_memory
+        from ..evaluate import build_memory, evaluate_split
 
         memory = build_memory(cfg, data.train, model.entities.device)
         if cfg.eval.calibrate:
             result["temperatures"] = _calibrate(model, data.val, hier, cfg, d, memory)
             save_ckpt(total)  # the stored model carries its calibration
         result.update(evaluate_split(model, hier, data.val, cfg, gz, d, memory=memory))
+        result["memory"] = memory is not None and model.uses_memory
         result["seconds"] = time.perf_counter() - t_start
         tmp = d / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
