@@ -109,7 +109,8 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
     the true entity first among its siblings most often (ties: the smallest); ``T'_l`` then
     makes the mixture's probabilities calibrated, as :func:`fit_temperature` does for the
     model's logits (a power of the mixture, renormalised over the siblings, which keeps its
-    ranking). Stores them in ``model.memory_weight`` and ``model.mixture_temperature``;
+    ranking; searched in [0.1, 10]). Stores them in ``model.memory_weight`` and
+    ``model.mixture_temperature``;
     returns ``{level: {"a", "T", "accuracy", "accuracy_model", "nll", "nll_model", "n"}}``
     (accuracies and NLLs given the true parent, with the fitted mixture and the model alone).
     """
@@ -150,7 +151,10 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
         T = 1.0
         mixed = ~torch.isnan(pmem)  # the groups the memory speaks for (whole groups)
         if a > 0 and bool(mixed.any()):
-            T = fit_temperature(mix_log_prob(logp, pmem, a)[mixed], q[mixed], t[mixed])[0]
+            # searched in [0.1, 10]: where the validation split is separable (the demo) the
+            # likelihood would sharpen without limit (T' -> 0) and promise certainty
+            T = fit_temperature(mix_log_prob(logp, pmem, a)[mixed], q[mixed], t[mixed],
+                                lo=0.1, hi=10.0)[0]
         nll = float(-mix_level(logp, pmem, a, T, seg, n_seg)[t].mean())
         weights[j], temps[j] = a, T
         report[lvl] = {"a": a, "T": T, "accuracy": max(accs), "accuracy_model": accs[0],
