@@ -4,7 +4,6 @@ one location that stands for each entity a baseline can name."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from gazetteer.geo import to_xyz
 

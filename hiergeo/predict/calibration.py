@@ -97,6 +97,13 @@ def fit_temperatures(model, z: torch.Tensor, true_ids: torch.Tensor, hier, taus)
     return report
 
 
+def _top1(score: torch.Tensor, seg: torch.Tensor, is_true: torch.Tensor, n_seg: int) -> float:
+    """Share of segments (queries) whose true pair has the segment's best score."""
+    best = torch.full((n_seg,), -torch.inf, dtype=score.dtype, device=score.device
+                      ).scatter_reduce(0, seg, score, reduce="amax")
+    return float((score[is_true] >= best[seg[is_true]]).double().mean())
+
+
 @torch.no_grad()
 def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier, taus,
                        grid=None, chunk: int = 1_000_000) -> dict:
@@ -140,13 +147,7 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
         pmem = torch.cat([memory_conditional(nb, q[s:s + chunk], child[s:s + chunk], j, hier)
                           for s in range(0, len(q), chunk)])
 
-        def accuracy(a):
-            m = mix_log_prob(logp, pmem, a)
-            best = torch.full((n_seg,), -torch.inf, dtype=m.dtype, device=m.device
-                              ).scatter_reduce(0, seg, m, reduce="amax")
-            return float((m[t] >= best[seg[t]]).double().mean())
-
-        accs = [accuracy(a) for a in grid]
+        accs = [_top1(mix_log_prob(logp, pmem, a), seg, t, n_seg) for a in grid]
         a = float(grid[int(np.argmax(accs))])
         T = 1.0
         mixed = ~torch.isnan(pmem)  # the groups the memory speaks for (whole groups)
