@@ -15,8 +15,8 @@ joint probability, the same at every beam width. Both ``a_l`` and ``T'_l`` are f
 level on the validation split after training
 (:func:`hiergeo.predict.calibration.fit_memory_weights`): ``a_l`` on a grid, for the
 accuracy of the true entity given its true parent (the likelihood would choose a smaller
-weight, about 0.2 against 0.5 at region and subregion on the names benchmark, and lose
-accuracy: a memory's probabilities are often exactly 0 or 1); then ``T'_l``, which keeps the
+weight, about 0.2 against 0.25-0.45 on the names benchmark, and lose accuracy: a memory's
+probabilities are often exactly 0 or 1); then ``T'_l`` in [0.1, 10], which keeps the
 mixture's ranking, by likelihood, so that the probabilities are calibrated. They are stored
 in the model (``GeoModel.memory_weight``, ``mixture_temperature``); weight 0 (the default,
 and the fit where the memory does not help) is the model alone.
