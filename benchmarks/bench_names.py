@@ -75,7 +75,8 @@ def knn_rows(train, val, target, gz) -> list[dict]:
     best = None
     for k in (5, 10, 20, 50, 100):
         for temp in (0.02, 0.05, 0.1, 0.2, 0.5):
-            s = score(KNNRetrieval(k, temp).fit(train).predict(val.x, nb_val), val, gz)
+            knn.k, knn.temperature = k, temp  # the fitted reference set, other settings
+            s = score(knn.predict(val.x, nb_val), val, gz)
             logging.info("knn vote k=%d T=%g on val: %s", k, temp, s)
             if best is None or s["geoscore"] > best[0]:
                 best = (s["geoscore"], k, temp)

@@ -47,17 +47,20 @@ def main(argv=None) -> int:
     stores = names_benchmark(gz=gz)
     train, _, _ = read_store_split(stores["train"], cfg, gz, "train")
     val, _, _ = read_store_split(stores["val"], cfg, gz, "val")
+    memory = build_memory(cfg, train)  # one normalised copy; k and T set per setting
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.settings:
             k, t = spec.split(",")
             cfg.eval.memory_k, cfg.eval.memory_temperature = int(k), float(t)
-            model.level_temperature.fill_(1.0)
+            if memory is not None and int(k) > 0:
+                memory.k, memory.temperature = int(k), float(t)
             model.memory_weight.zero_()
-            memory = build_memory(cfg, train) if int(k) > 0 else None
-            _calibrate(model, val, hier, cfg, Path(tmp), memory)
+            _, nb = _calibrate(model, val, hier, cfg, Path(tmp),
+                               memory if int(k) > 0 else None)
             for b in args.beams:
                 res = evaluate_split(model, hier, val, cfg, gz, Path(tmp) / "eval",
-                                     memory=memory, beams=[b] * 4)
+                                     memory=memory if int(k) > 0 else None, beams=[b] * 4,
+                                     neighbours=nb)
                 print(json.dumps({
                     "run": args.run, "memory_k": int(k), "memory_temperature": float(t),
                     "beams": b, "memory_weight": model.memory_weight.tolist(),

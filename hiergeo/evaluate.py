@@ -80,10 +80,12 @@ def build_memory(cfg, train, device="cpu"):
 
 
 def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
-                   method: str = "descent", beams=None, memory=None) -> dict:
+                   method: str = "descent", beams=None, memory=None,
+                   neighbours=None) -> dict:
     """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics.
     ``memory``: the run's retrieval memory (:func:`build_memory`; used by descent when the
-    model's fitted ``memory_weight`` is not 0)."""
+    model's fitted ``memory_weight`` is not 0); ``neighbours``: its answer for every row of
+    ``split`` if already searched (see :func:`hiergeo.predict.predict`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = cfg.eval
@@ -92,7 +94,7 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
         kw["beams"] = list(beams or ev.beams)
     t0 = time.perf_counter()
     pred = predict(model, split.inputs(np.arange(len(split))), hier, cfg.loss.tau,
-                   method=method, memory=memory, **kw)
+                   method=method, memory=memory, neighbours=neighbours, **kw)
     predict_s = time.perf_counter() - t0
     truth = _truth_table(split, gz)
     geocoder = "reverse_geocoder" if ev.geocoder == "reverse_geocoder" else gz
@@ -170,10 +172,7 @@ def load_run(run: str | Path, device: str = "auto"):
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     model, hier = build_model(cfg, gz, ckpt["meta"]["in_dim"], dev, init=False,
                               active=ckpt["active"].numpy())
-    state = dict(ckpt["model"])
-    for name in ("memory_weight", "mixture_temperature"):  # runs from before the memory
-        state.setdefault(name, getattr(model, name))
-    model.load_state_dict(state)
+    model.load_state_dict(ckpt["model"])
     model.project_entities_()
     model.eval()
     return cfg, model, hier, gz

@@ -15,6 +15,11 @@ from hiergeo.predict import descend, flat_search
 TAUS = [1.0] * 4
 
 
+def _random_queries(n, dim=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return project(expmap0(torch.randn(n, dim, generator=g, dtype=torch.float64) * 2))
+
+
 def test_descent_recovers_every_leaf_of_a_small_tree(small):
     emb = embed_tree(small, dim=8)
     hier = Hierarchy.from_gazetteer(small)
@@ -43,8 +48,7 @@ def test_wide_beams_equal_flat_search(small):
     emb = embed_tree(small, dim=4)
     hier = Hierarchy.from_gazetteer(small)
     space = make_space("poincare")
-    g = torch.Generator().manual_seed(3)
-    z = project(expmap0(torch.randn(40, 4, generator=g, dtype=torch.float64) * 2))
+    z = _random_queries(40)
     taus = [0.7, 1.3, 0.5, 2.0]
     d = descend(z, emb.points, space, hier, taus, beams=(100, 100, 100, 100), topk=3)
     f = flat_search(z, emb.points, space, hier, taus, topk=3, chunk=7)
@@ -60,8 +64,7 @@ def test_per_level_queries_score_each_level_with_its_own_point(small):
     emb = embed_tree(small, dim=4)
     hier = Hierarchy.from_gazetteer(small)
     space = make_space("poincare")
-    g = torch.Generator().manual_seed(5)
-    z = project(expmap0(torch.randn(30, 4, generator=g, dtype=torch.float64) * 2))
+    z = _random_queries(30, seed=5)
     taus = [0.7, 1.3, 0.5, 2.0]
     wide = (100, 100, 100, 100)
     one = descend(z, emb.points, space, hier, taus, beams=wide, topk=3)
@@ -115,11 +118,6 @@ def test_pruned_hierarchy_never_predicts_inactive(small):
     other = Hierarchy.from_gazetteer(small).level_ids[3]
     p = descend(emb.points[other], emb.points, make_space("poincare"), hier, TAUS)
     assert (p.paths[:, 0, 3] == keep).all()
-
-
-def _random_queries(n, dim=4, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    return project(expmap0(torch.randn(n, dim, generator=g, dtype=torch.float64) * 2))
 
 
 def _same_path(pred, i, path):

@@ -36,8 +36,8 @@ class FlatSoftmax:
     (``hidden=None``) or one hidden layer. Each level answers on its own (no tree); the
     location is the deepest level's answer's point (:func:`~.common.medoid_points`).
 
-    A city-level softmax over ~110k classes costs about 5 s a step at batch 1024 on a
-    2-core CPU, so the default stops at subregions.
+    A city-level softmax over ~110k classes cost about 5 s a step (timed once, no script) at
+    batch 1024 on a 2-core CPU, so the default stops at subregions.
     """
 
     def __init__(self, levels=(0, 1, 2), hidden: int | None = None, epochs: float = 10,

@@ -153,15 +153,18 @@ class GeoWeightedContrastive:
 
 
     def grouped(self, z: torch.Tensor, cand_points: torch.Tensor, cand_latlon: torch.Tensor,
-                latlon: torch.Tensor, query: torch.Tensor, positive: torch.Tensor) -> dict:
+                latlon: torch.Tensor, query: torch.Tensor, positive: torch.Tensor,
+                check: bool = True) -> dict:
         """The same loss with candidates as flat pairs, for groups of uneven size: pair m
         sets query ``z[query[m]]`` against ``cand_points[m]`` (``[M, D]``, centroid
         ``cand_latlon[m]``); ``positive [M]`` marks each query's positive, exactly one per
         query. Memory and time grow with M, not with ``B x`` the largest group. Returns
-        ``{"loss", "per_sample" [B]}``."""
+        ``{"loss", "per_sample" [B]}``. ``check=False`` skips checking the one positive per
+        query (two device syncs), for callers whose pairs guarantee it
+        (:meth:`~hiergeo.model.hierarchy.Hierarchy.sibling_pairs` does)."""
         B = len(z)
-        if int(positive.sum()) != B or not bool(
-                torch.bincount(query[positive], minlength=B).eq(1).all()):
+        if check and (int(positive.sum()) != B or not bool(
+                torch.bincount(query[positive], minlength=B).eq(1).all())):
             raise ValueError("every query needs exactly one positive pair")
         logits = (-self.distance.pair(z[query].to(torch.float64),
                                       cand_points.to(torch.float64)) / self.tau).to(z.dtype)

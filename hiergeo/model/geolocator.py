@@ -143,7 +143,6 @@ class GeoModel(nn.Module):
             raise ValueError(f"queries must be one of {', '.join(QUERY_MODES)}, not {queries!r}")
         self.encoder = encoder
         self.space = space
-        self.queries = queries
         self.n_queries = 4 if queries == "per_level" else 1
         self.head = Head(encoder.dim, dim * self.n_queries, hidden, layers, dropout)
         self.entities = geoopt.ManifoldParameter(entity_init.to(torch.float64).clone(),
@@ -160,6 +159,15 @@ class GeoModel(nn.Module):
         # = the model alone
         self.register_buffer("memory_weight", torch.zeros(4, dtype=torch.float64))
         self.register_buffer("mixture_temperature", torch.ones(4, dtype=torch.float64))
+
+    #: buffers fitted after training; a checkpoint written before one existed loads with its
+    #: neutral value (temperature 1, memory weight 0: the model alone)
+    OPTIONAL_BUFFERS = ("level_temperature", "memory_weight", "mixture_temperature")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.OPTIONAL_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def uses_memory(self) -> bool:

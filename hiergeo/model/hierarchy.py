@@ -54,9 +54,6 @@ class Hierarchy:
     @classmethod
     def from_gazetteer(cls, gz, active: np.ndarray | None = None) -> Hierarchy:
         e = gz.entities
-        if not {"point_lat", "point_lon"} <= set(e.columns):
-            raise ValueError("the gazetteer's entity table has no prediction points "
-                             "(point_lat, point_lon): it predates format 4; rebuild it")
         parent = e["parent_id"].to_numpy(np.int64).copy()
         depth = e["depth"].to_numpy(np.int64).copy()
         n = len(parent)

@@ -97,6 +97,11 @@ def fit_temperatures(model, z: torch.Tensor, true_ids: torch.Tensor, hier, taus)
     return report
 
 
+#: the memory weights :func:`fit_memory_weights` tries; 0 (the model alone) first, so that a
+#: memory that never helps keeps weight 0
+MEMORY_WEIGHTS = (0.0, *np.round(np.arange(0.05, 0.951, 0.05), 2).tolist(), 0.99)
+
+
 def _top1(score: torch.Tensor, seg: torch.Tensor, is_true: torch.Tensor, n_seg: int) -> float:
     """Share of segments (queries) whose true pair has the segment's best score."""
     best = torch.full((n_seg,), -torch.inf, dtype=score.dtype, device=score.device
@@ -106,13 +111,13 @@ def _top1(score: torch.Tensor, seg: torch.Tensor, is_true: torch.Tensor, n_seg: 
 
 @torch.no_grad()
 def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier, taus,
-                       grid=None, chunk: int = 1_000_000) -> dict:
+                       chunk: int = 1_000_000) -> dict:
     """Fit each level's memory weight ``a_l`` and mixture temperature ``T'_l``
     (:mod:`hiergeo.predict.memory`) on held-out query points ``z`` with their memory
     neighbours ``nb`` (a :class:`~hiergeo.predict.memory.Neighbours` for the same rows) and
     true ids ``[n, 4]``, after :func:`fit_temperatures`.
 
-    ``a_l`` is the value of ``grid`` (default 0, 0.05, ..., 0.95, 0.99) whose mixture ranks
+    ``a_l`` is the value of :data:`MEMORY_WEIGHTS` whose mixture ranks
     the true entity first among its siblings most often (ties: the smallest); ``T'_l`` then
     makes the mixture's probabilities calibrated, as :func:`fit_temperature` does for the
     model's logits (a power of the mixture, renormalised over the siblings, which keeps its
@@ -124,9 +129,6 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
     from .descent import mix_level
     from .memory import memory_conditional, mix_log_prob
 
-    grid = [*np.round(np.arange(0, 0.951, 0.05), 2).tolist(), 0.99] if grid is None else grid
-    if grid[0] != 0:
-        raise ValueError("the grid of memory weights must start at 0 (the model alone)")
     ent = model.entities.detach()
     dev = ent.device
     nb = nb.to(dev)
@@ -147,8 +149,8 @@ def fit_memory_weights(model, z: torch.Tensor, nb, true_ids: torch.Tensor, hier,
         pmem = torch.cat([memory_conditional(nb, q[s:s + chunk], child[s:s + chunk], j, hier)
                           for s in range(0, len(q), chunk)])
 
-        accs = [_top1(mix_log_prob(logp, pmem, a), seg, t, n_seg) for a in grid]
-        a = float(grid[int(np.argmax(accs))])
+        accs = [_top1(mix_log_prob(logp, pmem, a), seg, t, n_seg) for a in MEMORY_WEIGHTS]
+        a = float(MEMORY_WEIGHTS[int(np.argmax(accs))])
         T = 1.0
         mixed = ~torch.isnan(pmem)  # the groups the memory speaks for (whole groups)
         if a > 0 and bool(mixed.any()):

@@ -342,7 +342,7 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
-            batch_size: int = 1024, memory=None, **kwargs) -> Prediction:
+            batch_size: int = 1024, memory=None, neighbours=None, **kwargs) -> Prediction:
     """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``.
 
     ``taus`` are the training temperatures; the model's calibration
@@ -350,7 +350,9 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     all 1 before) scales them, so the probabilities are the calibrated ones. ``memory``: a
     :class:`~hiergeo.predict.memory.Memory` of training features, mixed into descent with
     the model's fitted ``memory_weight`` and ``mixture_temperature`` (weights all 0: the
-    memory is not searched); flat search scores the model alone."""
+    memory is not searched); flat search scores the model alone. ``neighbours``: the
+    memory's :class:`~hiergeo.predict.memory.Neighbours` for every row of ``x`` when already
+    searched (a search is the costly part at scale); None: searched a batch at a time."""
     if method not in ("descent", "flat"):
         raise ValueError(f"method must be 'descent' or 'flat', not {method!r}")
     fn = descend if method == "descent" else flat_search
@@ -359,13 +361,17 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     model.eval()
     dev = model.entities.device
     use_memory = memory is not None and method == "descent" and model.uses_memory
+    if neighbours is not None and len(neighbours.ids) != len(x):
+        raise ValueError(f"neighbours for {len(neighbours.ids)} rows, {len(x)} inputs")
     parts = []
     try:
         for s in range(0, len(x), batch_size):
             f = model.encoder(x[s:s + batch_size].to(dev))
             z = model.query_from_features(f)
             if use_memory:
-                kwargs.update(memory=memory.search(f), memory_weight=model.memory_weight,
+                nb = (memory.search(f) if neighbours is None
+                      else neighbours[s:s + batch_size])
+                kwargs.update(memory=nb, memory_weight=model.memory_weight,
                               mixture_temperature=model.mixture_temperature)
             parts.append(fn(z, model.entities.detach(), model.space, hier, taus, **kwargs))
     finally:

@@ -116,9 +116,6 @@ class Memory:
             self.features[s:s + chunk] = x.to(self.device, torch.float16)
         self.ids = ids.to(self.device, torch.long)
 
-    def __len__(self) -> int:
-        return len(self.features)
-
     @torch.no_grad()
     def search(self, f: torch.Tensor) -> Neighbours:
         """The ``k`` most similar samples to encoder features ``f [B, d]``."""

@@ -220,7 +220,7 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
                                     cfg.loss.lam[j], cfg.loss.weight_form)
         if cfg.loss.scope == "siblings":
             q, cand, is_pos = hier.sibling_pairs(pl)
-            out = fn.grouped(zl, rows(cand), hier.latlon[cand], ll, q, is_pos)
+            out = fn.grouped(zl, rows(cand), hier.latlon[cand], ll, q, is_pos, check=False)
         elif full_levels[j]:
             tbl = hier.level_ids[j]
             out = fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl])
@@ -519,10 +519,13 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         from ..evaluate import build_memory, evaluate_split
 
         memory = build_memory(cfg, data.train, model.entities.device)
+        neighbours = None
         if cfg.eval.calibrate:
-            result["temperatures"] = _calibrate(model, data.val, hier, cfg, d, memory)
+            result["temperatures"], neighbours = _calibrate(model, data.val, hier, cfg, d,
+                                                            memory)
             save_ckpt(total)  # the stored model carries its calibration
-        result.update(evaluate_split(model, hier, data.val, cfg, gz, d, memory=memory))
+        result.update(evaluate_split(model, hier, data.val, cfg, gz, d, memory=memory,
+                                     neighbours=neighbours))
         result["memory"] = memory is not None and model.uses_memory
         result["seconds"] = time.perf_counter() - t_start
         tmp = d / "metrics.json.tmp"
@@ -546,9 +549,12 @@ def query_points(model, split, rows: np.ndarray, batch_size: int = 1024) -> torc
         model.train(was)
 
 
-def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None) -> dict:
+def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None):
     """Fit the per-level temperatures on (a random subset of) the validation split, then
-    the memory's weights if there is a memory, and write them to ``calibration.json``."""
+    the memory's weights if there is a memory, and write them to ``calibration.json``.
+    Returns the temperatures' report and, when the subset is the whole split, the memory's
+    neighbours of every row (evaluation reuses them instead of searching again), else
+    None."""
     from ..predict.calibration import fit_memory_weights, fit_temperatures
 
     n = len(split)
@@ -561,6 +567,7 @@ def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None) -> dict:
         f"{lvl} T={r['T']:.3g} (nll {r['nll_before']:.3f} -> {r['nll']:.3f})"
         for lvl, r in rep.items()))
     out = {"samples": len(rows), "levels": rep}
+    nb = None
     if memory is not None:
         nb = memory.search(torch.cat([model.encoder(split.inputs(rows[s:s + 1024]).to(
             model.entities.device)) for s in range(0, len(rows), 1024)]))
@@ -573,7 +580,7 @@ def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None) -> dict:
     tmp = d / "calibration.json.tmp"
     tmp.write_text(json.dumps(out, indent=2) + "\n")
     tmp.replace(d / "calibration.json")
-    return rep
+    return rep, (nb if len(rows) == n else None)
 
 
 def _params_in_sync(model) -> bool:
