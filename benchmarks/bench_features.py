@@ -6,10 +6,25 @@ Usage::
         [--backbone efficientnet_lite0-embedded] [--random-weights] [--device auto]
         [--out results/benchmarks]
 
+    python benchmarks/bench_features.py --world N [--data DATA] [--shard-size K] [--repeats R]
+        [--batch-size 16] [--workers W] [--backbone ...] [--random-weights] [--device auto]
+
 Makes ``--n`` 640x480 JPEGs from scikit-image's sample photos (random crops, so they compress
 like photos), then times three things on the same files: decoding + preprocessing alone
 (DataLoader, no model), the model alone on ready tensors, and ``hiergeo.features.extract``
 end to end. On a GPU the model runs under bf16 autocast. Writes ``features.json`` to --out.
+
+``--world N`` times the command line instead, once as one process and once as N under
+``torchrun --standalone --nproc_per_node N``, on DATA (default: the shared OSV-5M playset when
+present, else ``--n`` made photos), each process with its defaults (threads and DataLoader
+workers from its share of the CPUs; ``OMP_NUM_THREADS`` is removed from their environment so
+both runs choose alike). It prints, for each, the wall seconds of the whole command (Python and
+torch start-up included), the CPU seconds of all its processes (``RUSAGE_CHILDREN``), images/s,
+and whether the two stores hold the same rows and features (float16 rounding apart). The
+shard size defaults to half of one rank's share, so every rank gets work, and the batch size
+to 16, so a shard holds several batches (a DataLoader decodes the next batch while the model
+runs on this one; with one batch a shard nothing overlaps). The machine's load average is
+printed too: on a shared machine other work skews both runs. Prints only.
 """
 
 from __future__ import annotations
@@ -18,6 +33,9 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +46,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hiergeo.features import _collate, _device, _Images, extract
+from hiergeo.data import read_records
+from hiergeo.data.store import FeatureStore
+from hiergeo.features import _collate, _cpu_count, _device, _Images, extract
 from hiergeo.model import EMBEDDED, create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
+PLAYSET = ROOT.parent / "shared" / "images" / "osv5m_playset" / "labels.csv"
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> pd.DataFrame:
@@ -53,16 +74,96 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "path", "latitude", "longitude"])
 
 
+def _timed(cmd: list[str], env: dict) -> dict:
+    """Run ``cmd``; its wall seconds and the CPU seconds of it and all its descendants."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu}
+
+
+def _compare(a: Path, b: Path) -> dict:
+    sa, sb = FeatureStore(a), FeatureStore(b)
+    same_rows = sa.index.equals(sb.index)
+    fa, fb = sa.features(torch.float32), sb.features(torch.float32)
+    diff = float((fa - fb).abs().max()) if same_rows and len(fa) else float("nan")
+    close = same_rows and torch.allclose(fa, fb, rtol=2e-3, atol=2e-3)
+    return {"rows": len(sa), "same_rows": bool(same_rows), "max_abs_diff": diff,
+            "stores_match": bool(close)}
+
+
+def world_main(args) -> dict:
+    """One process against ``args.world`` under torchrun, on the same photos."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data or (PLAYSET if PLAYSET.exists() else None)
+        if data is None:
+            data = tmp / "photos.csv"
+            make_photos(tmp, args.n).drop(columns="id").to_csv(data, index=False)
+        n = len(read_records(data))
+        shard = args.shard_size or max(1, -(-n // (2 * args.world)))
+        common = ["-m", "hiergeo.features", "--data", str(data), "--shard-size", str(shard),
+                  "--batch-size", str(args.batch_size), "--device", args.device,
+                  "--backbone", args.backbone]
+        common += ["--random-weights"] if args.random_weights else []
+        common += ["--workers", str(args.workers)] if args.workers is not None else []
+        runs = {"1": [sys.executable, *common],
+                str(args.world): [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  "--nproc_per_node", str(args.world), *common]}
+        report = {"machine": {"cpus": _cpu_count(), "platform": platform.platform()},
+                  "data": str(data), "n_images": n, "shard_size": shard,
+                  "batch_size": args.batch_size, "device": args.device,
+                  "load_avg_before": round(os.getloadavg()[0], 2), "runs": {}}
+        for r in range(args.repeats):
+            for procs, cmd in runs.items():
+                out = tmp / f"store-{procs}-{r}"
+                t = _timed([*cmd, "--out", str(out)], env)
+                best = report["runs"].get(procs)
+                if best is None or t["wall_s"] < best["wall_s"]:
+                    report["runs"][procs] = {
+                        "processes": int(procs), "wall_s": round(t["wall_s"], 2),
+                        "cpu_s": round(t["cpu_s"], 2),
+                        "images_per_s": round(n / t["wall_s"], 1)}
+        report["comparison"] = _compare(tmp / "store-1-0", tmp / f"store-{args.world}-0")
+    one, many = report["runs"]["1"], report["runs"][str(args.world)]
+    report["speedup"] = round(one["wall_s"] / many["wall_s"], 2)
+    report["cpu_ratio"] = round(many["cpu_s"] / one["cpu_s"], 2)
+    report["load_avg_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64; with --world 16")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers (default: min(4, CPUs); with --world, each "
+                         "process's own default)")
     ap.add_argument("--backbone", default=EMBEDDED)
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
+    ap.add_argument("--world", type=int, default=None,
+                    help="compare 1 process with this many under torchrun (prints only)")
+    ap.add_argument("--data", type=Path, default=None, help="with --world: photos to use")
+    ap.add_argument("--shard-size", type=int, default=None, help="with --world")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="with --world: runs of each; the fastest is kept")
     args = ap.parse_args(argv)
+    if args.world:
+        args.batch_size = args.batch_size or 16
+        return world_main(args)
+    args.batch_size = args.batch_size or 64
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
     dev = _device(args.device)
     bb = create_backbone(args.backbone, random_weights=args.random_weights)
     bb.model.to(dev, memory_format=torch.channels_last).eval()

@@ -2,23 +2,60 @@
 
     python -m hiergeo.features --data DATA --out STORE [--backbone efficientnet_lite0-embedded]
         [--weights PATH | --allow-download | --random-weights] [--batch-size 64] [--workers N]
-        [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
+        [--threads N] [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
 
 DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder), a table with
 ``path, latitude, longitude``, or a folder of photos with EXIF GPS. Rerunning with the same
 arguments skips finished shards; a kill loses at most the shard in flight. Every input row
 that gives no feature is listed in ``STORE/skipped.csv`` with its reason.
+
+Several processes
+-----------------
+Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``),
+rank r extracts the shards k with ``k % WORLD_SIZE == r``, on ``cuda:LOCAL_RANK`` when
+``--device`` is ``auto`` or ``cuda`` and CUDA is there. Each process takes its share of the
+node's CPUs (CPUs / processes on the node) for torch threads and, up to 4, DataLoader workers,
+unless ``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it
+is unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
+
+::
+
+    # one machine: 4 GPUs, or 4 CPU processes sharing its cores
+    torchrun --standalone --nproc_per_node 4 -m hiergeo.features --data DATA --out STORE
+
+    # two machines, 8 GPUs each: run on both; HOST is the first one
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        --rdzv_id features -m hiergeo.features --data DATA --out STORE
+
+    # the same with a static rendezvous (NODE is 0 on HOST, 1 on the other)
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank NODE --master_addr HOST \\
+        --master_port 29500 -m hiergeo.features --data DATA --out STORE
+
+The ranks never talk to each other (no process group, so no collective that times out while a
+slower rank still extracts): each writes its shards, the rank that then finds every shard
+done joins them into the index (:func:`hiergeo.data.store.finalize` is idempotent, so two
+ranks finishing together is harmless), and a rank done early exits saying which shards remain
+with the others. Every node must see DATA unchanged and STORE on a shared filesystem;
+``store.json`` records a digest of the ids, and a rank that reads other rows stops.
+
+With ``--rdzv_backend c10d`` the torchrun on HOST holds the rendezvous: when HOST's ranks
+finish more than 5 minutes (torchrun's exit barrier) before the others, HOST's torchrun exits
+and the others stop their ranks. Only the shards in flight are lost: run the same command again
+to finish. The static rendezvous has no such tie. If a rank stops before the index is
+written, rerunning (with any number of processes) skips every finished shard and writes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +66,7 @@ from tqdm.auto import tqdm
 
 from .data.images import load_image
 from .data.records import read_records
-from .data.store import FORMAT, finalize, shard_done, write_shard
+from .data.store import FORMAT, atomic_write_text, finalize, shard_done, write_shard
 from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
@@ -68,80 +105,211 @@ def _collate(items):
     return x, torch.tensor([g[1] for g in good], dtype=torch.long), bad
 
 
-def _device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits among the ones extracting together (one process: the default)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+
+def ranks_from_env(env=None) -> Ranks:
+    """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` as torchrun sets them.
+
+    Absent: one process. Without ``LOCAL_WORLD_SIZE`` every rank is taken to share this node.
+    """
+    env = os.environ if env is None else env
+
+    def num(name: str, default: int) -> int:
+        value = env.get(name, "")
+        if value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+    world = num("WORLD_SIZE", 1)
+    ranks = Ranks(rank=num("RANK", 0), world=world, local_rank=num("LOCAL_RANK", 0),
+                  local_world=num("LOCAL_WORLD_SIZE", world))
+    if world < 1 or not 0 <= ranks.rank < world:
+        raise ValueError(f"RANK={ranks.rank} with WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    if ranks.local_world < 1 or not 0 <= ranks.local_rank < ranks.local_world:
+        raise ValueError(f"LOCAL_RANK={ranks.local_rank} with LOCAL_WORLD_SIZE="
+                         f"{ranks.local_world}: need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE")
+    return ranks
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_share(ranks: Ranks) -> int:
+    """This process's share of the node's CPUs."""
+    return max(1, _cpu_count() // ranks.local_world)
+
+
+def _threads(requested: int | None, ranks: Ranks) -> int | None:
+    """torch threads to set, or None to keep torch's own choice (which reads OMP_NUM_THREADS)."""
+    if requested:
+        return requested
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    set_by_torchrun = omp == "1" and "TORCHELASTIC_RUN_ID" in os.environ
+    if ranks.local_world > 1 and (not omp or set_by_torchrun):
+        return cpu_share(ranks)
+    return None
+
+
+def _device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU when there is CUDA, else the CPU; ``cuda``: this process's
+    GPU (``cuda:LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {dev} asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
-def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size: int = 64,
-            workers: int | None = None, shard_size: int = 10_000, dtype: str = "float16",
-            device: str = "auto", source: dict | None = None, progress: bool = True) -> dict:
-    """Write features of ``records`` (from :func:`hiergeo.data.read_records`) to ``out``."""
-    out = Path(out)
-    backbone = backbone or create_backbone(EMBEDDED)
-    dev = _device(device)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    meta = {"format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,
-            "dim": backbone.dim, "dtype": dtype,
-            "data_config": {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in backbone.data_config.items()},
-            "shard_size": shard_size, "n_records": len(records), "source": source or {}}
+def _ranges(ks: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (shard lists in messages stay short)."""
+    parts, i = [], 0
+    while i < len(ks):
+        j = i
+        while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
+            j += 1
+        parts.append(str(ks[i]) if i == j else f"{ks[i]}-{ks[j]}")
+        i = j + 1
+    return ", ".join(parts) or "none"
+
+
+def _ids_digest(records: pd.DataFrame) -> str:
+    """sha256 of the ids in order: ranks (and reruns) must all read the same rows."""
+    return hashlib.sha256("\n".join(records["id"].astype(str)).encode()).hexdigest()
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    """Check ``store.json`` against ``meta`` when a store is there, then (re)write it."""
     meta_path = out / "store.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         fixed = ("backbone", "weights", "dim", "dtype", "shard_size", "n_records", "data_config")
         diff = [k for k in fixed if old.get(k) != meta[k]]
+        # stores written before the digest existed have none to compare
+        if old.get("ids_sha256", meta["ids_sha256"]) != meta["ids_sha256"]:
+            diff.append("ids_sha256")
         if diff:
-            raise ValueError(f"{out} holds a store made with other settings ({diff}); "
+            raise ValueError(f"{out} holds a store made with other settings or rows ({diff}); "
                              f"choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    meta["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    tmp = meta_path.with_name("store.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(meta_path)
+    meta = {**meta, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+
+
+def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: torch.device, *,
+           batch_size: int, workers: int, out_dtype: torch.dtype, bar) -> tuple:
+    """Features of ``records`` rows ``rows``: (features, index table, skipped table)."""
+    loader = DataLoader(_Images(records, rows, transform), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    feats, kept, skipped = [], [], []
+    with torch.inference_mode(), autocast:
+        for x, idx, bad in loader:
+            skipped.extend(bad)
+            if x is not None:
+                x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
+                feats.append(backbone.features(x).float().cpu().to(out_dtype))
+                kept.append(idx)
+            bar.update(len(idx) + len(bad))
+    kept_rows = torch.cat(kept).numpy() if kept else np.zeros(0, dtype=np.int64)
+    features = torch.cat(feats) if feats else torch.zeros(0, backbone.dim, dtype=out_dtype)
+    label_cols = [c for c in records.columns if c != "path"]
+    index = records.iloc[kept_rows][label_cols].reset_index(drop=True)
+    bad_rows = [r for r, _ in skipped]
+    skip = pd.DataFrame({"id": records["id"].to_numpy()[bad_rows],
+                         "path": records["path"].to_numpy()[bad_rows],
+                         "reason": [w for _, w in skipped]}, columns=["id", "path", "reason"])
+    return features, index, skip
+
+
+def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size: int = 64,
+            workers: int | None = None, shard_size: int = 10_000, dtype: str = "float16",
+            device: str = "auto", source: dict | None = None, progress: bool = True,
+            rank: int = 0, world: int = 1) -> dict:
+    """Write features of ``records`` (from :func:`hiergeo.data.read_records`) to ``out``.
+
+    With ``world > 1`` this call extracts only the shards ``k % world == rank``; other
+    processes (same arguments, other ranks) do the rest, and whichever finds every shard done
+    writes the index.
+
+    Returns:
+        When every shard is done: the report written to ``report.json`` plus
+        ``finalized: True`` and ``shards_written`` (the shards this call extracted).
+        Otherwise ``finalized: False``, ``shards_written`` and ``shards_remaining``.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} of world {world}: need 0 <= rank < world")
+    out = Path(out)
+    backbone = backbone or create_backbone(EMBEDDED)
+    dev = _device(device)
+    workers = min(4, _cpu_count()) if workers is None else workers
+    _write_meta(out, {
+        "format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,
+        "dim": backbone.dim, "dtype": dtype,
+        "data_config": {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in backbone.data_config.items()},
+        "shard_size": shard_size, "n_records": len(records), "ids_sha256": _ids_digest(records),
+        "source": source or {}})
 
     # channels_last: faster convolutions for convnets such as the embedded one; harmless
     # for ViTs
     backbone.model.to(dev, memory_format=torch.channels_last).eval()
     transform = backbone.transform()
-    out_dtype = getattr(torch, dtype)
-    label_cols = [c for c in records.columns if c not in ("path",)]
     n_shards = max(1, -(-len(records) // shard_size))
-    todo = [k for k in range(n_shards) if not shard_done(out, k)]
-    if len(todo) < n_shards:
-        log.info("%s: %d of %d shards already done, resuming", out, n_shards - len(todo), n_shards)
+    who = f"rank {rank} of {world}: " if world > 1 else ""
+    if rank == 0 and n_shards < world:
+        log.warning("%s%d shards for %d processes: ranks %d and up have nothing to do "
+                    "(a smaller --shard-size spreads the work)", who, n_shards, world, n_shards)
+    mine = [k for k in range(n_shards) if k % world == rank]
+    todo = [k for k in mine if not shard_done(out, k)]
+    if len(todo) < len(mine):
+        log.info("%s%s: %d of %d shards already done, resuming", who, out,
+                 len(mine) - len(todo), len(mine))
     total_rows = sum(min(shard_size, len(records) - k * shard_size) for k in todo)
-    bar = tqdm(total=total_rows, unit="img", desc="features", disable=not progress)
-    t0, n_done = time.perf_counter(), 0
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    bar = tqdm(total=total_rows, unit="img", disable=not progress,
+               desc="features" if world == 1 else f"features rank {rank}")
+    t0 = time.perf_counter()
     for k in todo:
         rows = np.arange(k * shard_size, min((k + 1) * shard_size, len(records)))
-        loader = DataLoader(_Images(records, rows, transform), batch_size=batch_size,
-                            num_workers=workers, collate_fn=_collate,
-                            pin_memory=dev.type == "cuda")
-        feats, kept, skipped = [], [], []
-        with torch.inference_mode(), autocast:
-            for x, idx, bad in loader:
-                skipped.extend(bad)
-                if x is not None:
-                    x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
-                    f = backbone.features(x)
-                    feats.append(f.float().cpu().to(out_dtype))
-                    kept.append(idx)
-                bar.update(len(idx) + len(bad))
-                n_done += len(idx)
-                bar.set_postfix(img_s=f"{n_done / (time.perf_counter() - t0):.1f}")
-        kept_rows = torch.cat(kept).numpy() if kept else np.zeros(0, dtype=np.int64)
-        features = torch.cat(feats) if feats else torch.zeros(0, backbone.dim, dtype=out_dtype)
-        index = records.iloc[kept_rows][label_cols].reset_index(drop=True)
-        skip = pd.DataFrame({"id": records["id"].to_numpy()[[r for r, _ in skipped]],
-                             "path": records["path"].to_numpy()[[r for r, _ in skipped]],
-                             "reason": [w for _, w in skipped]}, columns=["id", "path", "reason"])
-        write_shard(out, k, features, index, skip)
+        write_shard(out, k, *_shard(records, rows, backbone, transform, dev,
+                                    batch_size=batch_size, workers=workers,
+                                    out_dtype=getattr(torch, dtype), bar=bar))
+        bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - t0):.1f}")
     bar.close()
-    return finalize(out, n_shards)
+
+    # Renames are atomic and every rank checks after its own last one, so the rank whose shard
+    # completes the set sees every shard done (with NFS-style attribute caching possibly two
+    # ranks or none do: finalize is idempotent, and a rerun writes the index).
+    left = [k for k in range(n_shards) if not shard_done(out, k)]
+    if left:
+        log.info("%sshards %s written; shards %s are not done yet: other ranks have them (a "
+                 "rank that stopped leaves its shards to a rerun); the last rank to finish "
+                 "writes the index", who, _ranges(todo), _ranges(left))
+        return {"finalized": False, "shards_written": todo, "shards_remaining": left}
+    report = finalize(out, n_shards)
+    log.info("%sshards %s written; all %d shards done, index written", who, _ranges(todo),
+             n_shards)
+    return {**report, "finalized": True, "shards_written": todo}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,10 +329,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="fetch timm's pretrained weights from the hub")
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers per process (default: min(4, its CPU share))")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads per process (default: torch's, or the process's "
+                         "CPU share when several run on one node)")
     ap.add_argument("--shard-size", type=int, default=10_000)
     ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    ap.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")
     return ap
 
 
@@ -176,14 +349,26 @@ def main(argv=None) -> int:
     from .model.backbones import WeightsError
 
     try:
+        ranks = ranks_from_env()
+        threads = _threads(args.threads, ranks)
+        if threads:
+            torch.set_num_threads(threads)
+        dev = _device(args.device, ranks.local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers
+        if ranks.world > 1:
+            log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
+                     ranks.world, torch.get_num_threads(), workers, dev)
         records = read_records(args.data, args.image_dir, args.layout)
         backbone = create_backbone(args.backbone, weights=args.weights,
                                    allow_download=args.allow_download,
                                    random_weights=args.random_weights)
         report = extract(records, args.out, backbone=backbone, batch_size=args.batch_size,
-                         workers=args.workers, shard_size=args.shard_size, dtype=args.dtype,
-                         device=args.device, source={"data": str(args.data),
-                                                     "layout": args.layout})
+                         workers=workers, shard_size=args.shard_size, dtype=args.dtype,
+                         device=str(dev), source={"data": str(args.data),
+                                                  "layout": args.layout},
+                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world)
     except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

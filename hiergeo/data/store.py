@@ -15,12 +15,22 @@
 Shard k holds input rows ``[k * shard_size, (k + 1) * shard_size)``; each shard's three files
 are written to temporary names and renamed, features and ids together, so a shard is either
 whole or absent and no feature can end up under another image's id.
+
+Every temporary name is unique to its process and call (``NAME.<pid>-<token>.tmp`` beside
+``NAME``), so several processes may write one store at once (torchrun ranks, two runs building
+the demo store): each rename is atomic and every writer writes the same bytes, so the last
+rename wins and readers never see half a file. A writer that fails removes its temporary files;
+one killed outright (SIGKILL, power loss) can leave a ``*.tmp`` file, which nothing reads.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +50,29 @@ def shard_done(store: Path, k: int) -> bool:
     return all(p.exists() for p in shard_paths(store, k).values())
 
 
+@contextmanager
+def temporary_names(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary names beside ``paths``, unique to this process and call, removed on exit.
+
+    The caller writes each temporary file and renames it onto its path (``tmp.replace(path)``);
+    whatever is not renamed when the block ends, normally or by an exception, is deleted.
+    """
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmps = [Path(p).with_name(f"{Path(p).name}.{token}.tmp") for p in paths]
+    try:
+        yield tmps
+    finally:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, safe against concurrent writers."""
+    with temporary_names(path) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+
 def write_shard(store: Path, k: int, features: torch.Tensor, index: pd.DataFrame,
                 skipped: pd.DataFrame) -> None:
     from safetensors.torch import save_file
@@ -48,19 +81,21 @@ def write_shard(store: Path, k: int, features: torch.Tensor, index: pd.DataFrame
     paths["features"].parent.mkdir(parents=True, exist_ok=True)
     if len(features) != len(index):
         raise ValueError(f"shard {k}: {len(features)} features for {len(index)} rows")
-    tmp = {name: p.with_name(p.name + ".tmp") for name, p in paths.items()}
-    save_file({"features": features.contiguous()}, str(tmp["features"]))
-    index.to_parquet(tmp["index"], index=False)
-    skipped.to_parquet(tmp["skipped"], index=False)
-    # the skipped file is renamed last: a shard counts as done only when all three exist
-    for name in ("features", "index", "skipped"):
-        tmp[name].replace(paths[name])
+    order = ("features", "index", "skipped")
+    with temporary_names(*(paths[n] for n in order)) as tmps:
+        tmp = dict(zip(order, tmps, strict=True))
+        save_file({"features": features.contiguous()}, str(tmp["features"]))
+        index.to_parquet(tmp["index"], index=False)
+        skipped.to_parquet(tmp["skipped"], index=False)
+        # the skipped file is renamed last: a shard counts as done only when all three exist
+        for name in order:
+            tmp[name].replace(paths[name])
 
 
 class FeatureStore:
     """Read a feature store: ``index`` (DataFrame) and ``features()`` (one tensor)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, index: bool = True):
         self.path = Path(path)
         meta_path = self.path / "store.json"
         if not meta_path.exists():
@@ -69,7 +104,12 @@ class FeatureStore:
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.path}: store format {self.meta.get('format')}, "
                              f"this hiergeo reads {FORMAT}")
-        self.index = pd.read_parquet(self.path / "index.parquet")
+        self.index = pd.read_parquet(self.path / "index.parquet") if index else None
+
+    @classmethod
+    def meta_only(cls, path: str | Path) -> FeatureStore:
+        """The store's ``store.json``, checked, without reading its index (``index`` None)."""
+        return cls(path, index=False)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -90,7 +130,13 @@ class FeatureStore:
 
 
 def finalize(out: Path, n_shards: int) -> dict:
-    """Join the shards' tables into ``index.parquet``, ``skipped.csv`` and ``report.json``."""
+    """Join the shards' tables into ``index.parquet``, ``skipped.csv`` and ``report.json``.
+
+    Idempotent, and safe when several processes run it at once on finished shards: each
+    writes the same files under its own temporary names and renames them, ``index.parquet``
+    last (a reader of the store needs it).
+    """
+    out = Path(out)
     idx, skips = [], []
     for k in range(n_shards):
         p = shard_paths(out, k)
@@ -100,13 +146,15 @@ def finalize(out: Path, n_shards: int) -> dict:
         skips.append(pd.read_parquet(p["skipped"]))
     index = pd.concat(idx, ignore_index=True)
     skipped = pd.concat(skips, ignore_index=True)
-    index.to_parquet(out / "index.parquet.tmp", index=False)
-    (out / "index.parquet.tmp").replace(out / "index.parquet")
-    skipped.to_csv(out / "skipped.csv", index=False, encoding="utf-8")
     report = {"images_read": len(index), "skipped": len(skipped),
               "skipped_by_reason": dict(Counter(skipped["reason"]).most_common()),
               "shards": n_shards}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with temporary_names(out / "skipped.csv", out / "index.parquet") as (tmp_skip, tmp_index):
+        skipped.to_csv(tmp_skip, index=False, encoding="utf-8")
+        tmp_skip.replace(out / "skipped.csv")
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+        index.to_parquet(tmp_index, index=False)
+        tmp_index.replace(out / "index.parquet")
     return report
 
 
@@ -138,7 +186,6 @@ def write_store(out: str | Path, features: torch.Tensor, table: pd.DataFrame, *,
     info = {"format": FORMAT, "backbone": backbone, "weights": meta.pop("weights", "unknown"),
             "dim": int(features.shape[1]), "dtype": str(features.dtype).replace("torch.", ""),
             "shard_size": size, "rows": n, **meta}
-    tmp = out / "store.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    tmp.replace(out / "store.json")  # last: the store counts as written only now
+    # last: the store counts as written only now
+    atomic_write_text(out / "store.json", json.dumps(info, indent=2, default=str) + "\n")
     return out
