@@ -79,23 +79,62 @@ def build_memory(cfg, train, device="cpu"):
     return Memory(train.x, train.ids, cfg.eval.memory_k, cfg.eval.memory_temperature, device)
 
 
-def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
-                   method: str = "descent", beams=None, memory=None,
-                   neighbours=None) -> dict:
-    """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics.
-    ``memory``: the run's retrieval memory (:func:`build_memory`; used by descent when the
-    model's fitted ``memory_weight`` is not 0); ``neighbours``: its answer for every row of
-    ``split`` if already searched (see :func:`hiergeo.predict.predict`)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _predict_kwargs(cfg, method: str, beams) -> dict:
     ev = cfg.eval
     kw = {"topk": max(5, ev.topk), "coords": ev.coords, "threshold": ev.threshold}
     if method == "descent":
         kw["beams"] = list(beams or ev.beams)
+    return kw
+
+
+class _Rows:
+    """Rows ``[a, b)`` of a sliceable sequence of inputs, sliced lazily."""
+
+    def __init__(self, seq, a: int, b: int):
+        self.seq, self.a, self.b = seq, a, b
+
+    def __len__(self) -> int:
+        return self.b - self.a
+
+    def __getitem__(self, sl: slice):
+        start, stop, _ = sl.indices(len(self))
+        return self.seq[self.a + start:self.a + stop]
+
+
+def predict_split(model, hier, split, cfg, *, method: str = "descent", beams=None,
+                  memory=None, neighbours=None, rank: int = 0, world: int = 1):
+    """The predictions for ``split`` (rank ``rank`` of ``world``: its contiguous share of the
+    rows, in order), and the seconds they took. Inputs are read or decoded a batch at a
+    time."""
+    n = len(split)
+    a, b = n * rank // world, n * (rank + 1) // world
     t0 = time.perf_counter()
-    pred = predict(model, split.inputs(np.arange(len(split))), hier, cfg.loss.tau,
-                   method=method, memory=memory, neighbours=neighbours, **kw)
-    predict_s = time.perf_counter() - t0
+    pred = predict(model, _Rows(split.all_inputs(), a, b), hier, cfg.loss.tau, method=method,
+                   memory=memory, neighbours=None if neighbours is None else neighbours[a:b],
+                   **_predict_kwargs(cfg, method, beams))
+    return pred, time.perf_counter() - t0
+
+
+def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
+                   method: str = "descent", beams=None, memory=None,
+                   neighbours=None, pred=None, predict_seconds=None) -> dict:
+    """Predict ``split`` and write every evaluation file into ``out_dir``; returns metrics.
+    ``memory``: the run's retrieval memory (:func:`build_memory`; used by descent when the
+    model's fitted ``memory_weight`` is not 0); ``neighbours``: its answer for every row of
+    ``split`` if already searched (see :func:`hiergeo.predict.predict`); ``pred``: the
+    predictions when already made (by several processes: :func:`main`), with
+    ``predict_seconds``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = cfg.eval
+    kw = _predict_kwargs(cfg, method, beams)
+    if pred is None:
+        pred, predict_seconds = predict_split(model, hier, split, cfg, method=method,
+                                              beams=beams, memory=memory,
+                                              neighbours=neighbours)
+    if len(pred) != len(split):
+        raise ValueError(f"{len(pred)} predictions for {len(split)} rows")
+    predict_s = float(predict_seconds or 0.0)
     truth = _truth_table(split, gz)
     geocoder = "reverse_geocoder" if ev.geocoder == "reverse_geocoder" else gz
     pk = metrics.predicted_keys(pred.lat, pred.lon, geocoder)
@@ -181,7 +220,9 @@ def load_run(run: str | Path, device: str = "auto"):
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="run folder (results/<run_id>)")
+    ap.add_argument("--run", "--run-dir", dest="run", required=True,
+                    help="run folder (results/<run_id>); under torchrun spell it --run-dir "
+                    "(torchrun reads --run as its own --run-path)")
     ap.add_argument("--data", help="feature store to evaluate (default: the run's val split)")
     ap.add_argument("--method", default="descent", choices=["descent", "flat"])
     ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5")
@@ -194,12 +235,44 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _process_group(device: str) -> tuple[int, int, str]:
+    """``(rank, world, device)``: under torchrun, this process's place and device, with the
+    process group started (NCCL on GPUs, gloo on CPUs); else ``(0, 1, device)``."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    elif device == "auto":
+        device = "cpu"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            "nccl" if device.startswith("cuda") else "gloo")
+    return torch.distributed.get_rank(), world, device
+
+
 def main(argv=None) -> int:
+    """Evaluate a run. Under ``torchrun --nproc_per_node G -m hiergeo.evaluate ...`` every
+    process predicts its share of the rows (each builds the retrieval memory it needs) and
+    process 0 gathers the predictions and writes the files."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank, world, device = _process_group(args.device)
+    try:
+        return _main(args, rank, world, device)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _main(args, rank: int, world: int, device: str) -> int:
     from .train.data import DataError, load_data, read_store_split
 
-    cfg, model, hier, gz = load_run(args.run, args.device)
+    cfg, model, hier, gz = load_run(args.run, device)
     if args.coords:
         cfg.eval.coords = args.coords
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
@@ -220,12 +293,24 @@ def main(argv=None) -> int:
         except (FileNotFoundError, DataError) as e:
             log.warning("the run's retrieval memory needs its training data (%s): predicting "
                         "with the model alone", e)
+    pred, secs = predict_split(model, hier, split, cfg, method=args.method, beams=beams,
+                               memory=memory, rank=rank, world=world)
+    if world > 1:
+        from .predict import Prediction
+
+        parts = [None] * world if rank == 0 else None
+        torch.distributed.gather_object((pred, secs), parts, dst=0)
+        if rank != 0:
+            return 0
+        pred = Prediction.concat([p for p, _ in parts])
+        secs = max(t for _, t in parts)  # wall time: the processes ran side by side
     out = Path(args.out or args.run)
     res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams,
-                         memory=memory)
+                         memory=memory, pred=pred, predict_seconds=secs)
     path = out / "metrics.json"
     allm = json.loads(path.read_text()) if path.exists() else {}
-    allm["eval"] = {**res, "data": args.data or "run's val split", "memory": memory is not None}
+    allm["eval"] = {**res, "data": args.data or "run's val split", "memory": memory is not None,
+                    "processes": world}
     tmp = path.with_name("metrics.json.tmp")
     tmp.write_text(json.dumps(allm, indent=2, default=float) + "\n")
     tmp.replace(path)

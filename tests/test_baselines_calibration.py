@@ -46,7 +46,7 @@ def _toy_split(n_per=30, seed=0):
             x.append(dirs[r] + 0.3 * g.standard_normal(16))
             ll.append(np.array(centres[r]) + g.normal(0, 0.1, 2))
     ids = torch.tensor(rows)
-    return Split(table=pd.DataFrame({"id": range(len(rows))}), latlon=torch.tensor(
+    return Split(table_=pd.DataFrame({"id": range(len(rows))}), latlon=torch.tensor(
         np.array(ll)), ids=ids, x=torch.tensor(np.array(x), dtype=torch.float32))
 
 
@@ -68,7 +68,7 @@ def test_knn_top1_and_vote_answer_with_neighbours():
 
 def test_knn_vote_on_hand_case():
     # neighbours: two weak votes for region 11, one strong for 10 -> 11 wins at T large
-    tr = Split(table=pd.DataFrame({"id": range(3)}),
+    tr = Split(table_=pd.DataFrame({"id": range(3)}),
                latlon=torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]], dtype=torch.float64),
                ids=torch.tensor([[1, 10, -1, -1], [1, 11, -1, -1], [1, 11, -1, -1]]),
                x=torch.eye(3))

@@ -162,6 +162,84 @@ def test_ddp_two_cpu_processes(tmp_path, cache_env, smoke_run):
     assert m["world_size"] == 2 and m["ddp_params_in_sync"] is True and m["steps"] == 12
 
 
+def _torchrun(tmp_path, port, *args, nproc=2, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(port), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ddp_last_batch_smaller_than_the_world(tmp_path, cache_env):
+    """17 samples in batches of 8: the last batch has one sample for two ranks. Before the
+    fix rank 1 got none, its backward() raised and torchrun stopped the run."""
+    train, val = _store(tmp_path / "train", n=17), _store(tmp_path / "val", n=6, seed=1)
+    r = _torchrun(tmp_path, 29519, "-m", "hiergeo.train", "--config", "smoke",
+                  f"run.out={tmp_path}", "run.id=short", f"data.train={train}",
+                  f"data.val={val}", "data.feature_dim=16", "optim.batch_size=8",
+                  "optim.epochs=3", "run.val_every=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    assert m["steps"] == 6 and m["ddp_params_in_sync"] is True  # 2 whole batches per epoch
+
+
+def test_ddp_evaluation_gathers_the_same_predictions(smoke_run, tmp_path, cache_env):
+    """Two processes predict half the rows each; process 0 gathers them and writes the same
+    metrics and predictions as one process."""
+    from hiergeo.evaluate import main as evaluate_main
+
+    run_dir, _ = smoke_run
+    assert evaluate_main(["--run", str(run_dir), "--out", str(tmp_path / "one")]) == 0
+    r = _torchrun(tmp_path, 29523, "-m", "hiergeo.evaluate", "--run-dir", str(run_dir), "--out",
+                  str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())["eval"]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())["eval"]
+    assert two["processes"] == 2 and one["processes"] == 1
+    for k in ["acc_country", "acc_region", "acc_subregion", "acc_city", "geoscore", "top5_city"]:
+        assert two[k] == pytest.approx(one[k], abs=1e-9), k
+    a = pd.read_parquet(tmp_path / "one" / "predictions.parquet")
+    b = pd.read_parquet(tmp_path / "two" / "predictions.parquet")
+    assert a["id"].tolist() == b["id"].tolist()
+    assert (a["pred_city"] == b["pred_city"]).mean() > 0.99
+
+
+def test_steps_give_every_rank_a_share():
+    from hiergeo.train.batches import StepRows, steps_per_epoch
+
+    assert steps_per_epoch(17, 8, 1) == 3 and steps_per_epoch(17, 8, 2) == 2
+    assert steps_per_epoch(18, 8, 2) == 3 and steps_per_epoch(1, 8, 1) == 1
+    for n, b, w in [(17, 8, 2), (100, 7, 3), (10, 4, 4), (64, 64, 8)]:
+        ranks = [StepRows(0, n, b, r, w) for r in range(w)]
+        for step in range(3 * ranks[0].spe):
+            parts = [sr.rows(step) for sr in ranks]
+            assert all(len(p) > 0 for p in parts), (n, b, w, step)
+            both = np.concatenate(parts)
+            assert len(np.unique(both)) == len(both)  # no sample twice in a step
+    with pytest.raises(ValueError, match="every rank needs one"):
+        StepRows(0, 1, 8, 0, 2)
+
+
+def test_ddp_ranks_embed_the_tree_once(tmp_path, cache_env, monkeypatch):
+    """Rank 0 embeds the tree into the cache; rank 1 and later runs read it."""
+    from hiergeo.embedding import api
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HIERGEO_CACHE", str(cache))
+    r = _torchrun(tmp_path, 29521, "-m", "hiergeo.train", "--config", "smoke",
+                  f"run.out={tmp_path}", "run.id=emb", "optim.max_steps=2", "run.val_every=0",
+                  "eval.calibrate=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    folders = list((cache / "embeddings").iterdir())
+    assert len(folders) == 1 and (folders[0] / "points.safetensors").exists()
+    assert not list(folders[0].glob("*.tmp"))
+    calls = []
+    real = api.embed_tree
+    monkeypatch.setattr(api, "embed_tree", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run(load_config("smoke", [f"run.out={tmp_path}", "run.id=again", "optim.max_steps=1",
+                              "run.val_every=0", "eval.calibrate=false"]))
+    assert calls == []  # read from the cache
+
+
 # -- bad input ---------------------------------------------------------------------------
 def _store(path, n=40, dim=16, seed=0, **cols):
     rng = np.random.default_rng(seed)

@@ -106,6 +106,27 @@ def load_image(path: str | Path) -> LoadResult:
     return LoadResult(rgb, None, note)
 
 
+def probe_image(path: str | Path) -> str | None:
+    """Why ``path`` is not an image, judged from its header alone (no pixels decoded:
+    about 100 times faster than :func:`load_image`), or None when it looks readable. A
+    file that passes can still fail to decode (truncated data): readers of many images
+    check them here up front and skip the rare decoding failure later."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing file" if not path.exists() else "not a file"
+    if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
+        return "HEIC/HEIF image: install pillow-heif to decode it"
+    try:
+        with Image.open(path) as img:
+            if img.width < 1 or img.height < 1:
+                return "empty image"
+    except UnidentifiedImageError:
+        return "not an image Pillow can read"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"corrupt image data ({exc})"
+    return None
+
+
 def _grey_filled(img: Image.Image, rows: int = 16) -> bool:
     """libjpeg renders missing scan data as (128, 128, 128) and only warns when the file still
     ends with an end-of-image marker, so Pillow reports no error. A bottom band of exactly

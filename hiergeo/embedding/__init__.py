@@ -6,7 +6,7 @@
 >>> evaluate_embedding(emb, gz)
 """
 
-from .api import Embedding, embed_tree, load_embedding
+from .api import Embedding, cached_embed_tree, embed_tree, load_embedding
 from .evaluate import evaluate_embedding
 
-__all__ = ["Embedding", "embed_tree", "evaluate_embedding", "load_embedding"]
+__all__ = ["Embedding", "cached_embed_tree", "embed_tree", "evaluate_embedding", "load_embedding"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +18,9 @@ import torch
 from ..geometry import dist0, max_dist0, project
 
 METHODS = ("construct", "optimize")
+#: Bump when either method's output changes for the same inputs: it keys the cache.
+EMBED_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,17 +46,19 @@ class Embedding:
         return int(self.points.shape[1])
 
     def save(self, folder: str | Path) -> None:
-        """``points.safetensors`` plus ``embedding.json``, written atomically."""
+        """``points.safetensors`` plus ``embedding.json``, written atomically (temporary
+        names unique to the process, so two processes may save the same folder at once)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "points.safetensors.tmp"
+        tag = f".{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = folder / f"points.safetensors{tag}"
         save_file({"points": self.points.contiguous()}, str(tmp))
         tmp.replace(folder / "points.safetensors")
         meta = {k: v for k, v in asdict(self).items() if k != "points"}
         meta["dim"] = self.dim
-        tmpj = folder / "embedding.json.tmp"
+        tmpj = folder / f"embedding.json{tag}"
         tmpj.write_text(json.dumps(meta, indent=2, default=float) + "\n")
         tmpj.replace(folder / "embedding.json")
 
@@ -115,3 +124,39 @@ def embed_tree(gz, dim: int = 16, c: float = 1.0, method: str = "construct", *,
         raise FloatingPointError(f"{method} embedding produced non-finite values")
     info["max_dist0"] = float(dist0(points, c).max())
     return Embedding(points=points, c=float(c), method=method, seconds=seconds, info=info)
+
+
+def embedding_key(gz, dim: int, c: float, method: str, seed: int, **options) -> str:
+    """A hash of everything the embedding depends on: the tree (parents, depths,
+    centroids), the settings and :data:`EMBED_VERSION`."""
+    h = hashlib.sha256()
+    for a in tree_arrays(gz).values():
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps({"dim": dim, "c": c, "method": method, "seed": seed,
+                         "options": options, "version": EMBED_VERSION},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_embed_tree(gz, dim: int = 16, c: float = 1.0, method: str = "construct", *,
+                      seed: int = 0, cache_dir: str | Path | None = None,
+                      **options) -> Embedding:
+    """:func:`embed_tree`, kept on disk by :func:`embedding_key` (under
+    ``$HIERGEO_CACHE/embeddings/``): the first call of a setting embeds (90 s for the
+    OSV-5M preset's tree), later ones, and every other process of a run, read it back."""
+    if cache_dir is None:
+        from gazetteer.artefact import default_cache_dir
+
+        cache_dir = default_cache_dir() / "embeddings"
+    folder = Path(cache_dir) / embedding_key(gz, dim, c, method, seed, **options)
+    if (folder / "embedding.json").exists() and (folder / "points.safetensors").exists():
+        emb = load_embedding(folder)
+        if emb.points.shape == (len(gz.entities), dim):
+            return emb
+        log.warning("%s holds an embedding of another shape: embedding again", folder)
+    emb = embed_tree(gz, dim=dim, c=c, method=method, seed=seed, **options)
+    try:
+        emb.save(folder)
+    except OSError as exc:  # a read-only cache costs time, not the run
+        log.warning("could not cache the tree embedding in %s: %s", folder, exc)
+    return emb

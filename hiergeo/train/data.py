@@ -8,8 +8,10 @@ coordinates, labels the gazetteer does not know, an empty split.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,28 +28,65 @@ from ..data.store import FeatureStore
 log = logging.getLogger(__name__)
 
 
+#: Rows of a store's index read at a time (memory while labelling: this many rows' strings).
+INDEX_BATCH = 262_144
+
+
 class DataError(ValueError):
     """The data cannot be trained on; the message says why and where."""
 
 
 @dataclass
 class Split:
-    """One split: inputs, locations and entity ids (-1 where a level is missing)."""
+    """One split: inputs, locations and entity ids (-1 where a level is missing).
 
-    table: pd.DataFrame            # id, latitude, longitude and any label columns
+    A split read from a feature store keeps only ``latlon``, ``ids`` and the store's row
+    numbers in memory (56 bytes a row); its features are read a batch at a time
+    (:class:`~hiergeo.data.rows.StoreFeatures`) and its table (ids, label columns) only when
+    asked for (evaluation), from the store's index.
+    """
+
+    table_: pd.DataFrame | None    # id, latitude, longitude and any label columns
     latlon: torch.Tensor           # [n, 2] float64 degrees
     ids: torch.Tensor              # [n, 4] int64
-    x: torch.Tensor | None = None  # [n, F] features (feature stores)
+    x: object | None = None        # [n, F] features: a tensor or a StoreFeatures
     images: object | None = None   # an ImageInputs (encoder=timm)
+    store: Path | None = None      # the feature store the rows come from (lazy table)
+    store_rows: np.ndarray | None = None  # their rows in it (None: all)
 
     def __len__(self) -> int:
         return len(self.latlon)
 
+    @property
+    def table(self) -> pd.DataFrame:
+        if self.table_ is None:
+            self.table_ = read_index_rows(self.store, self.store_rows)
+        return self.table_
+
     def inputs(self, idx) -> torch.Tensor:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        """Inputs of rows ``idx``: features in the store's dtype, or decoded images."""
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         if self.x is not None:
             return self.x[idx]
         return self.images.batch(idx.tolist())
+
+    def all_inputs(self):
+        """Every row's inputs as a sequence that reads (or decodes) only the slice asked for:
+        the features themselves, or the images a slice at a time."""
+        return self.x if self.x is not None else _RowsView(self)
+
+
+class _RowsView:
+    """``len`` and slicing over a split's inputs (see :meth:`Split.all_inputs`)."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        return self.split.inputs(np.arange(len(self.split))[sl])
 
 
 @dataclass
@@ -59,24 +98,31 @@ class TrainData:
 
 
 class ImageInputs:
-    """Decoded, preprocessed images by row, loaded per batch by a thread pool."""
+    """Decoded, preprocessed images by row, loaded per batch by one thread pool (training
+    decodes in worker processes instead: :mod:`hiergeo.train.batches`)."""
 
     def __init__(self, paths: list[str], transform, workers: int = 2):
         self.paths = paths
         self.transform = transform
         self.workers = max(1, int(workers))
+        self._pool = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_pool": None}
 
     def _one(self, i):
         from ..data.images import load_image
 
         res = load_image(self.paths[i])
         if res.image is None:
-            raise DataError(f"{self.paths[i]}: {res.reason} (it loaded when the run started)")
+            raise DataError(f"{self.paths[i]}: {res.reason} (its header was readable when the "
+                            "run started); remove it from the data")
         return self.transform(res.image)
 
     def batch(self, rows: list[int]) -> torch.Tensor:
-        with ThreadPoolExecutor(self.workers) as pool:
-            return torch.stack(list(pool.map(self._one, rows)))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hiergeo-images")
+        return torch.stack(list(self._pool.map(self._one, rows)))
 
 
 def _check_table(table: pd.DataFrame, where: str) -> None:
@@ -91,68 +137,160 @@ def _check_table(table: pd.DataFrame, where: str) -> None:
         raise DataError(f"{exc}; drop or fix those rows") from None
 
 
-def _check_features(x: torch.Tensor, table: pd.DataFrame, where: str, expect: int | None):
-    if x.ndim != 2:
-        raise DataError(f"{where}: features must be [n, dim], got shape {tuple(x.shape)}")
-    if expect is not None and x.shape[1] != expect:
-        raise DataError(f"{where}: features have dimension {x.shape[1]}, but the config says "
-                        f"data.feature_dim={expect}")
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        rows = torch.nonzero(~finite).flatten().numpy()
-        ids = table["id"].iloc[rows[:3]].tolist() if "id" in table.columns else []
-        raise DataError(f"{where}: {len(rows)} feature vectors contain NaN or inf (rows "
-                        f"{rows[:3].tolist()}, ids {ids}); recompute them or drop those rows")
-
-
-def _labels(gz, table: pd.DataFrame, mode: str, where: str) -> tuple[torch.Tensor, dict]:
-    ids, report = entity_ids(gz, table, mode=mode)
+def _check_labels(report: dict, where: str) -> None:
     unknown = {lvl: report[lvl]["unknown"] for lvl in LEVELS if report[lvl]["unknown"]}
     if unknown:
         raise DataError(
             f"{where}: labels outside the entity set: {unknown} rows per level have keys the "
             "gazetteer does not know. Build the gazetteer with the dataset's own labels "
             "(python -m gazetteer build --dataset TABLE) so its entities cover them.")
-    if report["country"]["missing"] == len(table):
+    if report["country"]["missing"] == report["rows"]:
         raise DataError(f"{where}: no row has a country label")
+
+
+def _labels(gz, table: pd.DataFrame, mode: str, where: str, check: bool = True
+            ) -> tuple[torch.Tensor, dict]:
+    ids, report = entity_ids(gz, table, mode=mode)
+    if check:
+        _check_labels(report, where)
     arr = np.stack([ids[f"{lvl}_id"].fillna(-1).to_numpy(np.int64) for lvl in LEVELS], axis=1)
     return torch.from_numpy(arr), report
 
 
-def read_store_split(path, cfg, gz, where, max_samples=None) -> tuple[Split, dict, int]:
+def read_index_rows(store: Path, rows: np.ndarray | None, batch: int | None = None
+                    ) -> pd.DataFrame:
+    """Rows ``rows`` (None: all) of a store's ``index.parquet``, read a batch at a time so
+    that only the rows asked for are kept."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(Path(store) / "index.parquet")
+    cols = [c for c in f.schema_arrow.names if c not in ("shard", "row")]
+    if rows is None:
+        return f.read(columns=cols).to_pandas()
+    rows = np.asarray(rows, np.int64)
+    order = np.argsort(rows, kind="stable")
+    srt, parts, start = rows[order], [], 0
+    for b in f.iter_batches(batch_size=batch or INDEX_BATCH, columns=cols):
+        lo, hi = np.searchsorted(srt, [start, start + b.num_rows])
+        if hi > lo:
+            parts.append(b.take(srt[lo:hi] - start).to_pandas())
+        start += b.num_rows
+    table = (pd.concat(parts, ignore_index=True) if parts
+             else f.schema_arrow.empty_table().select(cols).to_pandas())
+    out = table.iloc[np.argsort(order, kind="stable")] if len(table) == len(rows) else table
+    if len(out) != len(rows):
+        raise IndexError(f"{store}: asked for {len(rows)} rows, found {len(out)}")
+    return out.reset_index(drop=True)
+
+
+def _merge_label_reports(reports: list[dict]) -> dict:
+    out = {"rows": sum(r["rows"] for r in reports), "source": reports[0]["source"]}
+    for lvl in LEVELS:
+        out[lvl] = {k: sum(r[lvl][k] for r in reports) for k in ("missing", "unknown")}
+    return out
+
+
+def _check_finite_chunks(x, where: str, rank: int = 0, world: int = 1, ids_of=None,
+                         chunk: int = 32_768) -> None:
+    """Raise naming the first rows whose features are NaN or infinite; rank ``rank`` of
+    ``world`` scans every ``world``-th block only (torchrun stops the other ranks when one
+    fails)."""
+    for i, s in enumerate(range(0, len(x), chunk)):
+        if i % world != rank:
+            continue
+        block = x[s:s + chunk]
+        finite = torch.isfinite(block).all(dim=1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().numpy() + s
+            ids = f", ids {ids_of(rows[:3])}" if ids_of is not None else ""
+            raise DataError(f"{where}: {len(rows)} feature vectors contain NaN or inf (rows "
+                            f"{rows[:3].tolist()}{ids}, the first found, in rows {s}-"
+                            f"{s + len(block) - 1}); recompute them or drop those rows")
+
+
+def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = True
+                     ) -> tuple[Split, dict, int]:
     """A feature store as a checked, labelled :class:`Split`, its label report and its
-    feature dimension; ``where`` names it in errors."""
-    store = FeatureStore(path)
-    table = store.index.reset_index(drop=True)
-    x = store.features(torch.float32)
-    if max_samples is not None:
-        table, x = table.iloc[:max_samples].reset_index(drop=True), x[:max_samples]
-    if len(table) == 0:
-        raise DataError(f"{where} ({path}): the feature store has no rows")
-    _check_table(table, f"{where} ({path})")
-    _check_features(x, table, f"{where} ({path})", cfg.data.feature_dim)
-    ids, rep = _labels(gz, table, cfg.data.label_mode, f"{where} ({path})")
-    latlon = torch.from_numpy(table[["latitude", "longitude"]].to_numpy(np.float64).copy())
-    return Split(table=table, latlon=latlon, ids=ids, x=x), rep, store.dim
+    feature dimension; ``where`` names it in errors.
+
+    Memory does not grow with the store's features: the index is read a batch at a time
+    (labels looked up per batch, only ``latlon`` and ``ids`` kept) and the features are
+    scanned a block at a time for NaN (split between torchrun's ranks: each scans
+    ``1 / WORLD_SIZE`` of the blocks); ``check=False`` skips that scan."""
+    import pyarrow.parquet as pq
+
+    from ..data.rows import StoreFeatures
+    from ..data.store import shard_paths
+
+    store = FeatureStore.meta_only(path)
+    where = f"{where} ({path})"
+    shards = np.unique(pq.read_table(store.path / "index.parquet", columns=["shard"])
+                       .column("shard").to_numpy())
+    if len(shards) and not np.array_equal(shards, np.arange(len(shards))):
+        raise DataError(f"{where}: the index names shards {shards[:5].tolist()}..., not 0..K-1")
+    x = StoreFeatures([shard_paths(store.path, int(k))["features"] for k in shards]) \
+        if len(shards) else None
+    idx = pq.ParquetFile(store.path / "index.parquet")
+    label_cols = [c for c in idx.schema_arrow.names if c not in ("shard", "row", "id")]
+    lat_parts, id_parts, reps, seen = [], [], [], 0
+    for b in idx.iter_batches(batch_size=INDEX_BATCH, columns=label_cols):
+        t = b.to_pandas()
+        if max_samples is not None:
+            t = t.iloc[:max(0, max_samples - seen)]
+        if len(t) == 0:
+            break
+        t.index = pd.RangeIndex(seen, seen + len(t))
+        _check_table(t, where)
+        ids, rep = _labels(gz, t.reset_index(drop=True), cfg.data.label_mode, where,
+                           check=False)
+        id_parts.append(ids)
+        reps.append(rep)
+        lat_parts.append(t[["latitude", "longitude"]].to_numpy(np.float64))
+        seen += len(t)
+    if seen == 0 or x is None:
+        raise DataError(f"{where}: the feature store has no rows")
+    rep = _merge_label_reports(reps)
+    _check_labels(rep, where)
+    if x.dim != store.dim:
+        raise DataError(f"{where}: store.json says dim {store.dim}, the shards hold {x.dim}")
+    if cfg.data.feature_dim is not None and x.dim != cfg.data.feature_dim:
+        raise DataError(f"{where}: features have dimension {x.dim}, but the config says "
+                        f"data.feature_dim={cfg.data.feature_dim}")
+    if len(x) < seen:
+        raise DataError(f"{where}: the index has {seen} rows, the shards {len(x)}")
+    rows = None
+    if seen < len(x):
+        rows = np.arange(seen)
+        x = x.subset(rows)
+    if check:
+
+        has_id = "id" in idx.schema_arrow.names
+        _check_finite_chunks(x, where, int(os.environ.get("RANK", "0")),
+                             int(os.environ.get("WORLD_SIZE", "1")),
+                             (lambda r: read_index_rows(store.path, r)["id"].tolist())
+                             if has_id else None)
+    latlon = torch.from_numpy(np.concatenate(lat_parts))
+    split = Split(table_=None, latlon=latlon, ids=torch.cat(id_parts), x=x, store=store.path,
+                  store_rows=rows)
+    return split, rep, x.dim
 
 
 def _from_images(cfg, gz):
     from tqdm.auto import tqdm
 
-    from ..data.images import load_image
+    from ..data.images import probe_image
     from ..data.records import read_records
     from ..model.backbones import EMBEDDED, create_backbone
 
     records = read_records(cfg.data.images, cfg.data.image_dir).reset_index(drop=True)
     if cfg.data.max_samples is not None:
         records = records.iloc[:cfg.data.max_samples].reset_index(drop=True)
-    ok, skipped = [], []
-    for i, p in enumerate(tqdm(records["path"], desc="checking images", unit="img")):
-        res = load_image(p)
-        if res.image is not None:
-            ok.append(i)
-        else:
-            skipped.append((p, res.reason))
+    paths = records["path"].astype(str).tolist()
+    with ThreadPoolExecutor(16) as pool:  # headers only: file system latency, not CPU
+        why = list(tqdm(pool.map(probe_image, paths, chunksize=256), total=len(paths),
+                        desc="checking image headers", unit="img"))
+    ok = [i for i, w in enumerate(why) if w is None]
+    skipped = [(p, w) for p, w in zip(paths, why, strict=True) if w is not None]
     for p, why in skipped[:5]:
         log.warning("skipping %s: %s", p, why)
     table = records.iloc[ok].reset_index(drop=True)
@@ -167,17 +305,25 @@ def _from_images(cfg, gz):
     inputs = ImageInputs(table["path"].astype(str).tolist(), bb.transform(),
                          cfg.hardware.workers)
     latlon = torch.from_numpy(table[["latitude", "longitude"]].to_numpy(np.float64).copy())
-    return Split(table=table, latlon=latlon, ids=ids, images=inputs), rep, bb.dim
+    return Split(table_=table, latlon=latlon, ids=ids, images=inputs), rep, bb.dim
 
 
 def _subset(s: Split, rows: np.ndarray) -> Split:
-    r = torch.from_numpy(np.asarray(rows, np.int64))
+    rows = np.asarray(rows, np.int64)
+    r = torch.from_numpy(rows)
     images = None
     if s.images is not None:
         images = ImageInputs([s.images.paths[i] for i in rows], s.images.transform,
                              s.images.workers)
-    return Split(table=s.table.iloc[rows].reset_index(drop=True), latlon=s.latlon[r],
-                 ids=s.ids[r], x=None if s.x is None else s.x[r], images=images)
+    x = s.x
+    if x is not None:
+        x = x.subset(rows) if hasattr(x, "subset") else x[r]
+    table = None if s.table_ is None else s.table_.iloc[rows].reset_index(drop=True)
+    store_rows = None
+    if s.store is not None:
+        store_rows = rows if s.store_rows is None else s.store_rows[rows]
+    return Split(table_=table, latlon=s.latlon[r], ids=s.ids[r], x=x, images=images,
+                 store=s.store, store_rows=store_rows)
 
 
 def load_data(cfg, gz) -> TrainData:

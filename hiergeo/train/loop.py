@@ -31,6 +31,7 @@ from ..losses import GeoWeightedContrastive, parent_hinge
 from ..model.geolocator import GeoModel, create_encoder, level_query
 from ..model.hierarchy import Hierarchy
 from . import checkpoint
+from .batches import StepRows, batches
 from .candidates import CandidateSampler
 from .config import Config, ConfigError, from_dict
 
@@ -78,6 +79,21 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def tree_embedding(cfg: Config, gz):
+    """The entity tree's embedding for ``cfg``, from the on-disk cache when a process (this
+    run's rank 0, or an earlier run) has made it (:func:`hiergeo.embedding.cached_embed_tree`)."""
+    from ..embedding import cached_embed_tree
+
+    m = cfg.model
+    opts = {}
+    if m.radius_budget is not None:
+        opts["radius_budget"] = m.radius_budget
+    if m.sibling_margin is not None and m.embedding == "construct":
+        opts["margin"] = m.sibling_margin
+    return cached_embed_tree(gz, dim=m.dim, c=m.c, method=m.embedding, seed=cfg.run.seed,
+                             **opts)
+
+
 def build_model(cfg: Config, gz, in_dim: int, device, *, init: bool = True,
                 active: np.ndarray | None = None) -> tuple[GeoModel, Hierarchy]:
     """The model and the entity hierarchy for ``cfg``; ``init`` embeds the tree for the
@@ -85,14 +101,7 @@ def build_model(cfg: Config, gz, in_dim: int, device, *, init: bool = True,
     m = cfg.model
     space = make_space(m.geometry, m.c, m.max_radius, m.sphere_radius)
     if init:
-        from ..embedding import embed_tree
-
-        opts = {}
-        if m.radius_budget is not None:
-            opts["radius_budget"] = m.radius_budget
-        if m.sibling_margin is not None and m.embedding == "construct":
-            opts["margin"] = m.sibling_margin
-        emb = embed_tree(gz, dim=m.dim, c=m.c, method=m.embedding, seed=cfg.run.seed, **opts)
+        emb = tree_embedding(cfg, gz)
         points = space.init_entities(emb.points)
     else:
         points = torch.zeros(len(gz.entities), space.point_dim(m.dim), dtype=torch.float64)
@@ -278,10 +287,6 @@ def _deferred_interrupt():
         raise KeyboardInterrupt
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, 7, epoch]).permutation(n)
-
-
 def validate(model, split, hier, cfg: Config, rows: np.ndarray) -> dict:
     """Top-1 per level from the descent's path and median km, on ``rows`` of ``split``."""
     from ..metrics import haversine_km
@@ -355,6 +360,10 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             raise ValueError("the checkpoint's entity table does not match this gazetteer "
                              f"({ckpt['meta']['n_entities']} vs {len(gz.entities)} entities)")
         active = ckpt["active"].numpy()
+    if ckpt is None and dist.world > 1:  # rank 0 embeds the tree, the others read its cache
+        if dist.main:
+            tree_embedding(cfg, gz)
+        dist.barrier()
     model, hier = build_model(cfg, gz, data.in_dim, dev, init=ckpt is None, active=active)
     with torch.no_grad():  # (a checkpoint, when resuming, overwrites this with its own)
         E0 = model.entities.detach()
@@ -378,7 +387,8 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                                               stabilize=cfg.optim.stabilize)
     B = cfg.optim.batch_size
     n = len(data.train)
-    spe = max(1, math.ceil(n / B))
+    step_rows = StepRows(cfg.run.seed, n, B, dist.rank, dist.world)
+    spe = step_rows.spe
     total = max(1, math.ceil(cfg.optim.epochs * spe))
     if cfg.optim.max_steps is not None:
         total = min(total, cfg.optim.max_steps)
@@ -441,18 +451,15 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     bar = tqdm(total=total, initial=step, desc=f"train {d.name}", unit="step",
                disable=not dist.main)
     window_t, window_n = time.perf_counter(), 0
-    order, order_epoch = None, -1
     model.train()
+    inputs = batches(data.train, step_rows, step, total, dev, cfg.hardware.workers)
     try:
         while step < total:
-            epoch, pos = divmod(step, spe)
-            if order_epoch != epoch:
-                order, order_epoch = _epoch_order(cfg.run.seed, epoch, n), epoch
-            idx = order[pos * B:(pos + 1) * B][dist.rank::dist.world]
+            idx, x = next(inputs)
             torch.manual_seed(cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
             gen = torch.Generator(device=dev).manual_seed(
                 cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
-            x = data.train.inputs(idx).to(dev, non_blocking=True)
+            x = x.to(dev, non_blocking=True)
             ids = data.train.ids[idx].to(dev)
             ll = data.train.latlon[idx].to(dev)
             ac = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if bf16
@@ -509,6 +516,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         log.warning("interrupted at step %d; continue with --resume %s", step, d)
         raise
     finally:
+        inputs.close()
         bar.close()
         logger.close()
     result = {"steps": total, "train_seconds": time.perf_counter() - t_start,
@@ -531,7 +539,9 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         tmp = d / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
         tmp.replace(d / "metrics.json")
-    dist.barrier()
+    # no barrier here: the other ranks are done, and a barrier would wait on rank 0's
+    # calibration and evaluation, long enough at scale to pass the process group's timeout
+    # (parallel evaluation: torchrun ... -m hiergeo.evaluate)
     return result
 
 

@@ -1,0 +1,190 @@
+"""Training at OSV-5M's size: does a process's memory stay put as the feature store grows?
+
+    python benchmarks/bench_scale.py [--sizes 200000,2000000] [--steps 40] [--dim 1024]
+        [--root /tmp/hiergeo-scale] [--out results/benchmarks/scale.json]
+        [--loss-json FILE] [--features-json FILE]
+
+For each size it writes (once, kept under ``--root``) a synthetic feature store of that many
+rows of ``--dim`` float16 features, labelled like OSV-5M (``unique_*`` keys of real
+gazetteer cities, points scattered around them) plus one small validation store, then trains
+the ``osv5m`` preset for ``--steps`` steps in a fresh process and prints, per size:
+
+- peak resident memory of the training process (``ru_maxrss``: the whole run, from reading
+  the store to the final evaluation of the small validation store), against the store's size
+  on disk;
+- setup seconds (labels, the NaN scan, the tree embedding) and seconds per training step
+  (median over the logged windows after the first), and the hours one epoch of OSV-5M's
+  4.9M training images would take at that speed on this machine;
+
+and checks the issue's two targets: peak RSS on the largest store below its size on disk,
+and within 25% of the peak on the smallest. The retrieval memory is off in these runs
+(``eval.memory=false``): it keeps every training feature in float16 by design (see the
+osv5m preset), which is memory the user chooses, not memory the trainer leaks.
+
+``--loss-json`` / ``--features-json`` fold the figures of ``bench_loss_memory.py`` and
+``bench_features.py --world 2`` into the same JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+OSV5M_TRAIN = 4_894_685  # OSV-5M's training images
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _labels(gz, n: int, rng) -> pd.DataFrame:
+    """``n`` points scattered (about 5 km) around random cities, with OSV-5M's key columns."""
+    from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS
+
+    e = gz.entities
+    parent = e["parent_id"].to_numpy(np.int64)
+    keys = e["key"].to_numpy(object)
+    cities = np.flatnonzero(e["depth"].to_numpy() == len(LEVELS))  # depth 0: the root
+    pick = cities[rng.integers(0, len(cities), n)]
+    chain = [pick]
+    for _ in range(len(LEVELS) - 1):
+        chain.append(parent[chain[-1]])
+    chain = chain[::-1]  # country first
+    lat = e["lat"].to_numpy(float)[pick] + rng.normal(0, 0.05, n)
+    lon = e["lon"].to_numpy(float)[pick] + rng.normal(0, 0.05, n)
+    df = pd.DataFrame({"id": [f"s{i:08d}" for i in range(n)],
+                       "latitude": np.clip(lat, -89.9, 89.9),
+                       "longitude": (lon + 180) % 360 - 180})
+    for lvl, ids in zip(LEVELS, chain, strict=True):
+        df[OSV5M_KEY_COLUMNS[lvl]] = keys[ids]
+    return df
+
+
+def write_synthetic_store(out: Path, n: int, dim: int, gz, seed: int = 0,
+                          shard_size: int = 100_000) -> Path:
+    """A feature store of ``n`` random float16 rows, written a shard at a time (the writer
+    never holds more than one shard)."""
+    from hiergeo.data.store import FORMAT, finalize, shard_done, write_shard
+
+    if (out / "store.json").exists():
+        return out
+    rng = np.random.default_rng([seed, n])
+    empty = pd.DataFrame({"id": [], "path": [], "reason": []}, dtype=str)
+    n_shards = -(-n // shard_size)
+    for k in range(n_shards):
+        m = min(shard_size, n - k * shard_size)
+        if shard_done(out, k):
+            continue
+        table = _labels(gz, m, rng)
+        table["id"] = [f"s{k * shard_size + i:08d}" for i in range(m)]
+        x = torch.from_numpy(rng.standard_normal((m, dim), dtype=np.float32)).half()
+        write_shard(out, k, x, table, empty)
+        print(f"  {out.name}: shard {k + 1}/{n_shards}", end="\r", flush=True)
+    finalize(out, n_shards)
+    meta = {"format": FORMAT, "backbone": "synthetic-scale", "weights": "none", "dim": dim,
+            "dtype": "float16", "shard_size": shard_size, "rows": n,
+            "source": "benchmarks/bench_scale.py"}
+    (out / "store.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print()
+    return out
+
+
+def _child(args) -> None:
+    """One training run; prints its figures as JSON on the last line."""
+    from hiergeo.train import load_config, run
+
+    t0 = time.perf_counter()
+    cfg = load_config("osv5m", [
+        f"data.train={args.store}", f"data.val={args.val}", f"data.feature_dim={args.dim}",
+        f"run.out={args.runs}", f"run.id={Path(args.store).name}", "run.overwrite=true",
+        f"optim.max_steps={args.steps}", "run.val_every=0", "run.log_every=5",
+        "run.checkpoint_every=100000", "run.tensorboard=false", "eval.memory=false",
+        "eval.maps=false", f"hardware.threads={args.threads}"])
+    res = run(cfg)
+    log = pd.read_csv(Path(args.runs) / Path(args.store).name / "log.csv")
+    sps = log["samples_per_s"].to_numpy()[1:]  # the first window holds the warm-up
+    step_s = cfg.optim.batch_size / float(np.median(sps)) if len(sps) else float("nan")
+    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "seconds": time.perf_counter() - t0, "steps": res["steps"],
+                      "train_seconds": res["train_seconds"], "seconds_per_step": step_s,
+                      "batch_size": cfg.optim.batch_size}))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="200000,2000000")
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--root", type=Path, default=Path("/tmp/hiergeo-scale"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--loss-json", type=Path, default=None)
+    ap.add_argument("--features-json", type=Path, default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--val", help=argparse.SUPPRESS)
+    ap.add_argument("--runs", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args)
+        return 0
+    import gazetteer
+
+    gz = gazetteer.load()
+    args.root.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    val = write_synthetic_store(args.root / f"val-{args.dim}", 2000, args.dim, gz, seed=1)
+    rows = []
+    for n in sizes:
+        store = write_synthetic_store(args.root / f"train-{n}-{args.dim}", n, args.dim, gz)
+        disk = _du(store)
+        cmd = [sys.executable, __file__, "--child", "--store", str(store), "--val", str(val),
+               "--runs", str(args.root / "runs"), "--dim", str(args.dim), "--steps",
+               str(args.steps), "--threads", str(args.threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return 1
+        fig = json.loads(r.stdout.strip().splitlines()[-1])
+        fig.update(rows=n, store_bytes=disk,
+                   osv5m_epoch_hours=OSV5M_TRAIN / fig["batch_size"] * fig["seconds_per_step"]
+                   / 3600)
+        rows.append(fig)
+        print(f"{n:>10,} rows  store {disk / 2**30:6.2f} GiB  peak RSS "
+              f"{fig['peak_rss_bytes'] / 2**30:5.2f} GiB  setup+train+eval {fig['seconds']:6.0f} s"
+              f"  {fig['seconds_per_step']:.2f} s/step (batch {fig['batch_size']})  "
+              f"OSV-5M epoch {fig['osv5m_epoch_hours']:.1f} h here", flush=True)
+    big, small = rows[-1], rows[0]
+    checks = {"peak_below_store_size": big["peak_rss_bytes"] < big["store_bytes"],
+              "peak_within_25pct_of_smallest": big["peak_rss_bytes"]
+              <= 1.25 * small["peak_rss_bytes"]}
+    print("targets:", checks)
+    out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                      f"torch {torch.__version__}, threads {args.threads}",
+           "command": "python benchmarks/bench_scale.py " + " ".join(argv or sys.argv[1:]),
+           "training": rows, "targets": checks}
+    for key, path in (("loss_memory", args.loss_json), ("extraction", args.features_json)):
+        if path is not None:
+            out[key] = json.loads(path.read_text())
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
