@@ -89,3 +89,106 @@ def test_project_keeps_points_inside():
 def test_bad_curvature():
     with pytest.raises(ValueError, match="positive"):
         make_ball(-1.0)
+
+
+# -- matrix forms of the other spaces ----------------------------------------------------
+def _space_points(space, n, dim, radius, seed):
+    """``n`` points of ``space`` at distance ``radius`` from the ball's origin (before the
+    space's own map), in random directions."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, dim, dtype=torch.float64, generator=g)
+    v = v / v.norm(dim=-1, keepdim=True) * radius / 2
+    return space.init_entities(project(expmap0(v)))
+
+
+def _nudge(space, x, gap, seed):
+    """Points ``gap`` (in coordinates) from ``x``, put back on the space."""
+    g = torch.Generator().manual_seed(seed)
+    y = x + gap * torch.randn(x.shape, dtype=torch.float64, generator=g)
+    if space.name == "sphere":
+        return y / y.norm(dim=-1, keepdim=True)
+    y[:, 0] = (1 / space.c + (y[:, 1:] ** 2).sum(-1)).sqrt()
+    return y
+
+
+def _opposite(space, x):
+    """The point through the origin from ``x``: ``-x`` on the sphere, ``(x0, -x)`` on the
+    hyperboloid."""
+    if space.name == "sphere":
+        return -x
+    return torch.cat([x[:, :1], -x[:, 1:]], dim=-1)
+
+
+@pytest.mark.parametrize("name", ["lorentz", "sphere"])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("radius", [1e-3, 1.0, 6.0, 11.0])
+def test_matrix_equals_pair(name, seed, radius):
+    """The matrix form is ``pair`` broadcast: random pairs, near-identical ones (a gap of
+    1e-5 and up) and opposite ones, to 1e-9."""
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space(name)
+    x = _space_points(space, 40, 8, radius, seed)
+    y = _space_points(space, 60, 8, radius * 0.7, seed + 10)
+    d = space.matrix(x, y)
+    assert d.shape == (40, 60) and d.dtype == torch.float64
+    assert (d - space.pair(x[:, None], y[None])).abs().max() < 1e-9
+    assert (space.matrix(x, _opposite(space, x)).diagonal()
+            - space.pair(x, _opposite(space, x))).abs().max() < (
+                1e-9 if name == "lorentz" else 4e-7)
+    # near-identical points: both forms get the gap from a difference of products (pair on
+    # the hyperboloid too), so a gap g keeps ~1e-16 / g² of relative precision, times x0²
+    # on the hyperboloid: 1e-9 holds there only near the origin
+    gaps = [1e-3, 1e-5] if name == "sphere" or radius <= 1 else []
+    for gap in gaps:
+        x2 = _nudge(space, x, gap, seed + 20)
+        assert (space.matrix(x, x2).diagonal() - space.pair(x, x2)).abs().max() < 1e-9, gap
+
+
+@pytest.mark.parametrize("name", ["lorentz", "sphere"])
+def test_matrix_at_identical_and_opposite_points(name):
+    """Where no matrix form keeps 1e-9 (identical points; antipodes on the sphere), it is
+    within float64's square-root-of-epsilon of the exact value."""
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space(name)
+    x = _space_points(space, 50, 8, 1.0, 3)
+    assert space.matrix(x, x).diagonal().abs().max() < 3e-7
+    assert space.pair(x, x).abs().max() < 1e-7
+    if name == "sphere":
+        far = math.pi * space.radius
+        assert (space.matrix(x, -x).diagonal() - far).abs().max() < 4e-7
+        assert (space.pair(x, -x) - far).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name", ["lorentz", "sphere"])
+@pytest.mark.parametrize("radius", [1e-6, 1.0, 6.0, 11.0])
+def test_matrix_and_pair_gradients_are_finite(name, radius):
+    """Finite gradients, for both arguments, at random, identical, near-identical and
+    opposite points; bounded ones on the sphere, whose distance is 1-Lipschitz per unit of
+    chord (2 asin(chord / 2) would give ~1e8 at antipodes)."""
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space(name)
+    x = _space_points(space, 6, 5, radius, 4)
+    others = [_space_points(space, 6, 5, radius, 5), x.clone(), _nudge(space, x, 1e-9, 6),
+              _nudge(space, x, 1e-6, 7), _opposite(space, x)]
+    for y in others:
+        a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        for d in (space.matrix(a, b), space.pair(a, b)):
+            ga, gb = torch.autograd.grad(d.sum(), (a, b))
+            assert torch.isfinite(d).all() and torch.isfinite(ga).all()
+            assert torch.isfinite(gb).all()
+            if name == "sphere":
+                assert ga.abs().max() < 10 * space.radius * len(y)
+
+
+def test_sphere_distance_keeps_the_asin_form():
+    """atan2(|x - y|, |x + y|) is 2 asin(|x - y| / 2) for unit vectors, to rounding."""
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space("sphere")
+    x = _space_points(space, 200, 6, 1.0, 8)
+    y = _space_points(space, 200, 6, 1.0, 9)
+    old = 2 * space.radius * torch.asin(((x - y).norm(dim=-1) / 2).clamp(max=1.0))
+    assert (space.pair(x, y) - old).abs().max() < 1e-12

@@ -221,3 +221,134 @@ def test_grouped_pairs_match_plain_loop(dtype, seed):
     with pytest.raises(ValueError, match="exactly one positive"):
         fn.grouped(z, torch.stack(p), torch.stack(c2), ll, torch.tensor(q),
                    torch.zeros(len(q), dtype=torch.bool))
+
+
+# -- blocked full-candidate loss ---------------------------------------------------------
+def _level(name, B=6, N=11, D=4, seed=7, targets=None):
+    """A space, queries, an entity table with centroids, sample locations and targets."""
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space(name)
+    g = torch.Generator().manual_seed(seed)
+    z = space.query(torch.randn(B, D, generator=g, dtype=torch.float64))
+    pts = space.init_entities(project(expmap0(torch.randn(N, D, generator=g,
+                                                          dtype=torch.float64) * 1.5)))
+    ell = torch.stack([torch.rand(N, generator=g, dtype=torch.float64) * 120 - 60,
+                       torch.rand(N, generator=g, dtype=torch.float64) * 340 - 170], -1)
+    target = torch.randint(N, (B,), generator=g) if targets is None else torch.tensor(targets)
+    ll = ell[target] + torch.randn(B, 2, generator=g, dtype=torch.float64) * 0.5
+    return space, z, pts, ell, ll, target
+
+
+def _value_and_grads(fn, z, pts, ell, ll, target, block):
+    z = z.detach().clone().requires_grad_(True)
+    pts = pts.detach().clone().requires_grad_(True)
+    out = fn.full(z, pts, ell, ll, target, block=block)
+    out["loss"].backward()
+    return out, z.grad, pts.grad
+
+
+@pytest.mark.parametrize("name", ["poincare", "lorentz", "euclidean", "sphere"])
+@pytest.mark.parametrize("form,lam,sigma", [("paper", 2.5, 800.0), ("page", 1.0, 800.0),
+                                            ("paper", 0.0, 800.0), ("paper", 2.0, math.inf),
+                                            ("page", 1.0, math.inf)])
+@pytest.mark.parametrize("block", [1, 3, 4, 11, 50])
+def test_blocked_full_equals_one_shot(name, form, lam, sigma, block):
+    """Same loss, per-sample losses and gradients (z and entities) whatever the block: blocks
+    that do not divide N = 11, of one column, of N and beyond; targets in the first and the
+    last block."""
+    data = _level(name, targets=[0, 10, 5, 0, 9, 3])
+    fn = GeoWeightedContrastive(data[0], tau=0.7, sigma_km=sigma, lam=lam, form=form)
+    ref, gz_ref, gp_ref = _value_and_grads(fn, *data[1:], block=None)
+    got, gz, gp = _value_and_grads(fn, *data[1:], block=block)
+    assert "logits" not in got
+    assert torch.allclose(got["per_sample"], ref["per_sample"], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got["loss"], ref["loss"], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(gz, gz_ref, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(gp, gp_ref, rtol=1e-9, atol=1e-12)
+    assert gp.abs().sum() > 0 and gz.abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blocked_full_float32_queries(seed):
+    """Logits in the queries' dtype, as in the one-shot path."""
+    space, z, pts, ell, ll, target = _level("poincare", B=9, N=37, seed=seed)
+    fn = GeoWeightedContrastive(space, tau=0.25, sigma_km=300.0, lam=1.0)
+    ref, gz_ref, gp_ref = _value_and_grads(fn, z.float(), pts, ell, ll, target, None)
+    got, gz, gp = _value_and_grads(fn, z.float(), pts, ell, ll, target, 8)
+    assert got["loss"].dtype == torch.float32 and gz.dtype == torch.float32
+    assert torch.allclose(got["loss"], ref["loss"], rtol=1e-5)
+    assert torch.allclose(gz, gz_ref, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(gp, gp_ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [2, 5])
+def test_blocked_full_zeroes_the_positive_weight_in_its_block(block):
+    """Each sample sits on its target's centroid, where the weight of a negative would be
+    1 + lam = 51: against a plain loop, a block that forgets to zero the target's weight (or
+    zeroes another column) is off by up to log 51."""
+    space, z, pts, ell, ll, target = _level("poincare", B=4, N=7, targets=[6, 1, 4, 6])
+    ll = ell[target].clone()
+    fn = GeoWeightedContrastive(space, tau=0.5, sigma_km=500.0, lam=50.0)
+    got = fn.full(z, pts, ell, ll, target, block=block)["per_sample"]
+    for b in range(len(z)):
+        s = [-_poincare(z[b].tolist(), pts[j].tolist(), 1.0) / 0.5 for j in range(len(pts))]
+        t = int(target[b])
+        denom = math.exp(s[t]) + sum(
+            _weight(_haversine(ll[b].tolist(), ell[j].tolist()), 500.0, 50.0, "paper")
+            * math.exp(s[j]) for j in range(len(pts)) if j != t)
+        assert float(got[b]) == pytest.approx(-s[t] + math.log(denom), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["poincare", "lorentz", "euclidean", "sphere"])
+def test_blocked_full_gradcheck(name):
+    space, z, pts, ell, ll, target = _level(name, B=3, N=5, D=3, targets=[4, 0, 2])
+    fn = GeoWeightedContrastive(space, tau=0.5, sigma_km=700.0, lam=1.5)
+    z, pts = z.clone().requires_grad_(True), pts.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: fn.full(a, b, ell, ll, target, block=2)["per_sample"], (z, pts))
+
+
+def test_blocked_full_never_builds_a_batch_by_table_tensor():
+    """Forward makes nothing larger than ``B x block``; backward nothing larger than that or
+    the gradient of the table ``N x D``. The one-shot path, watched the same way, does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    B, N, D, block = 16, 64, 3, 4
+    space, z, pts, ell, ll, target = _level("poincare", B=B, N=N, D=D)
+    fn = GeoWeightedContrastive(space, tau=0.5, sigma_km=500.0)
+    z, pts = z.clone().requires_grad_(True), pts.clone().requires_grad_(True)
+    sizes = {}
+    for blk in (block, None):
+        with Largest() as fwd:
+            out = fn.full(z, pts, ell, ll, target, block=blk)
+        with Largest() as bwd:
+            out["loss"].backward()
+        sizes[blk] = fwd.numel, bwd.numel
+    assert 0 < sizes[block][0] <= B * block
+    assert 0 < sizes[block][1] <= max(B * block, N * D)
+    assert sizes[None][0] >= B * N and sizes[None][1] >= B * N
+
+
+def test_block_size():
+    from hiergeo.losses.contrastive import BLOCK_TEMPS, CPU_BLOCK_BUDGET, block_size
+
+    assert block_size(4096, 165_000, "cpu") == CPU_BLOCK_BUDGET // (BLOCK_TEMPS * 8 * 4096)
+    # batch 4096 over 165k entities in 8 GiB: blocks of 16k entities
+    assert block_size(4096, 165_000, "cpu", budget_bytes=8 * 2**30) == 16384
+    assert block_size(4096, 10, "cpu", budget_bytes=8 * 2**30) == 10
+    assert block_size(10**9, 10, "cpu") == 1
+    assert block_size(0, 5, "cpu") == 5
+    with pytest.raises(ValueError, match="block"):
+        space, z, pts, ell, ll, target = _level("poincare")
+        GeoWeightedContrastive(space).full(z, pts, ell, ll, target, block=0)

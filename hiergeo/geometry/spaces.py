@@ -25,6 +25,33 @@ from .poincare import _norm, dist, dist_matrix, expmap0, logmap0, make_ball, pro
 SPACES = ("poincare", "lorentz", "euclidean", "sphere")
 
 
+def lorentz_dist_from_inner(inner: torch.Tensor, c: float = 1.0) -> torch.Tensor:
+    """Hyperboloid distance ``arcosh(-c <x, y>) / sqrt(c)`` from the Minkowski inner product
+    ``<x, y> = -x0 y0 + x1 y1 + ...`` (any shape, float64).
+
+    The argument is clamped at ``1 + 1e-15`` (identical points: distance ~4.5e-8, zero
+    gradient). Near-identical points lose digits in the inner product itself (its rounding,
+    ~1e-16 x0 y0, becomes ``sqrt(2 x 1e-16 x0 y0)`` of distance), whichever form computed it.
+    """
+    arg = (-c * inner).clamp_min(1.0 + 1e-15)
+    # arcosh(a) = log(a + sqrt(a² - 1)); (a-1)(a+1) keeps digits near a = 1
+    return torch.log(arg + ((arg - 1) * (arg + 1)).clamp_min(MIN_NORM**2).sqrt()) / math.sqrt(c)
+
+
+def sphere_dist_from_chords(minus2: torch.Tensor, plus2: torch.Tensor,
+                            radius: float = 1.0) -> torch.Tensor:
+    """Great-circle distance ``radius x angle`` between unit vectors x, y from the squared
+    chords ``minus2 = |x - y|²`` and ``plus2 = |x + y|²`` (any shape, float64).
+
+    The angle is ``2 atan2(|x - y|, |x + y|)`` (equal to ``2 asin(|x - y| / 2)`` for unit
+    vectors): accurate from identical points to antipodes, where asin's slope is infinite,
+    and with gradients bounded by 1 per unit of chord at both ends. Both squares are clamped
+    at ``MIN_NORM²`` before the root (identical points: distance ``radius x 5e-16``).
+    """
+    return 2 * radius * torch.atan2(minus2.clamp_min(MIN_NORM**2).sqrt(),
+                                    plus2.clamp_min(MIN_NORM**2).sqrt())
+
+
 class Space:
     """Base class; see the module docstring. ``c`` is the (positive) curvature where used."""
 
@@ -60,7 +87,13 @@ class Space:
         return self.pair(z.to(torch.float64).unsqueeze(1), e.to(torch.float64))
 
     def matrix(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """``z [B, D]`` against one table ``e [N, D]`` -> ``[B, N]`` float64."""
+        """``z [B, D]`` against one table ``e [N, D]`` -> ``[B, N]`` float64.
+
+        This fallback broadcasts :meth:`pair` through a ``[B, N, D]`` tensor; every space
+        overrides it with one matrix product, equal to :meth:`pair` but for rounding: the gap
+        between near-identical points (and, on the sphere, near-antipodal ones) comes from a
+        difference of products, so it loses digits there (tests/test_geometry.py bounds it).
+        """
         return self.pair(z.to(torch.float64).unsqueeze(1), e.to(torch.float64).unsqueeze(0))
 
     def _clip(self, v: torch.Tensor, limit: float) -> torch.Tensor:
@@ -124,11 +157,13 @@ class Lorentz(Space):
         return torch.cat([torch.cosh(sc * n) / sc, torch.sinh(sc * n) * v / (sc * n)], dim=-1)
 
     def pair(self, x, y):
-        inner = -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
-        arg = (-self.c * inner).clamp_min(1.0 + 1e-15)
-        # arcosh(a) = log(a + sqrt(a² - 1)); (a-1)(a+1) keeps digits near a = 1
-        return torch.log(arg + ((arg - 1) * (arg + 1)).clamp_min(MIN_NORM**2).sqrt()) / math.sqrt(
-            self.c)
+        return lorentz_dist_from_inner(-x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1),
+                                       self.c)
+
+    def matrix(self, z, e):
+        z, e = z.to(torch.float64), e.to(torch.float64)
+        # the Minkowski inner product as one matrix product: flip the sign of z's time column
+        return lorentz_dist_from_inner(torch.cat([-z[:, :1], z[:, 1:]], dim=1) @ e.T, self.c)
 
 
 class Euclidean(Space):
@@ -184,8 +219,14 @@ class Sphere(Space):
         return v / _norm(v)
 
     def pair(self, x, y):
-        chord = ((x - y) ** 2).sum(-1).clamp_min(MIN_NORM**2).sqrt()
-        return 2 * self.radius * torch.asin((chord / 2).clamp(max=1.0))
+        return sphere_dist_from_chords(((x - y) ** 2).sum(-1), ((x + y) ** 2).sum(-1),
+                                       self.radius)
+
+    def matrix(self, z, e):
+        z, e = z.to(torch.float64), e.to(torch.float64)
+        n2 = (z * z).sum(-1, keepdim=True) + (e * e).sum(-1)
+        ze2 = 2 * z @ e.T
+        return sphere_dist_from_chords(n2 - ze2, n2 + ze2, self.radius)
 
 
 def make_space(name: str, c: float = 1.0, max_radius: float | None = None,

@@ -20,6 +20,10 @@ number of negatives a sampled candidate stands for (1 when every negative is a c
 :mod:`hiergeo.train.candidates`, whose importance weights make the sum an unbiased estimate of
 the full one). Columns flagged invalid (padding) are left out.
 
+With one candidate table for the whole batch (every entity of a level),
+:meth:`GeoWeightedContrastive.full` can stream the table in blocks of entities: the same value
+and gradients in memory that grows with the block, not the level (:func:`block_size`).
+
 Following pytorch-metric-learning, the loss takes its distance as an object and turns distances
 into logits by negation. Entity points stay in float64 (see CONVENTIONS.md); logits are cast to
 the dtype of the query ``z``.
@@ -65,6 +69,53 @@ def haversine_matrix_km(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 #: The forms of the negative weights (see the module docstring).
 WEIGHT_FORMS = ("paper", "page")
+
+#: Float64 ``[B, block]`` temporaries alive at once at the peak of a blocked
+#: :meth:`GeoWeightedContrastive.full`: the most over the four spaces, plus ~10% for the
+#: allocator. The peak is in backward (a block's recomputed autograd graph, the softmax weights
+#: and the gradients flowing back); forward holds 4 to 8. Measured, not counted: peak RSS with
+#: glibc handing freed blocks straight back (``python benchmarks/bench_loss_memory.py
+#: --calibrate``) gave poincare 12.5, lorentz 11.5, euclidean 7.5, sphere 14.5 (the one-shot
+#: path: 10, 11, 7, 12 times ``[B, N]``).
+BLOCK_TEMPS = 16
+#: Default budget for a block's temporaries on a CPU: 4 MiB each at ``B = 4096``. Blocks whose
+#: temporaries stay near the caches ran 2-3x faster than blocks of tens of MiB each (fresh
+#: pages for every temporary), and faster than the one-shot path.
+CPU_BLOCK_BUDGET = 64 * 2**20
+#: Share of a GPU's free memory (the driver's free plus what PyTorch caches unused) a block
+#: may take: the rest of the step (other levels, the optimiser) needs room too.
+CUDA_BLOCK_SHARE = 0.5
+
+
+def block_size(batch: int, n: int, device: torch.device | str,
+               budget_bytes: int | None = None) -> int:
+    """Entities per block for :meth:`GeoWeightedContrastive.full` over ``n`` entities.
+
+    Peak memory of one blocked forward + backward is about::
+
+        BLOCK_TEMPS x 8 x batch x block  bytes   (+ O((batch + n) x D) for the inputs and their
+                                                   gradients, whatever the block)
+
+    so ``block = budget_bytes // (BLOCK_TEMPS x 8 x batch)``, clamped to ``[1, n]``.
+
+    Args:
+        batch: rows of ``z``.
+        n: entities in the level.
+        device: where the loss runs.
+        budget_bytes: bytes the temporaries may take. None: on CUDA
+            :data:`CUDA_BLOCK_SHARE` of ``torch.cuda.mem_get_info``'s free memory plus the
+            memory PyTorch has reserved but not allocated; elsewhere :data:`CPU_BLOCK_BUDGET`.
+    """
+    device = torch.device(device)
+    if budget_bytes is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            budget_bytes = int(CUDA_BLOCK_SHARE * (free + cached))
+        else:
+            budget_bytes = CPU_BLOCK_BUDGET
+    per_column = BLOCK_TEMPS * 8 * max(int(batch), 1)
+    return int(min(max(budget_bytes // per_column, 1), max(int(n), 1)))
 
 
 class GeoWeightedContrastive:
@@ -137,12 +188,31 @@ class GeoWeightedContrastive:
         return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
     def full(self, z: torch.Tensor, points: torch.Tensor, points_latlon: torch.Tensor,
-             latlon: torch.Tensor, target: torch.Tensor) -> dict:
+             latlon: torch.Tensor, target: torch.Tensor, block: int | None = None) -> dict:
         """The same loss with one candidate table for the whole batch (all entities of a
         level): ``points [N, D]``, ``points_latlon [N, 2]``, ``target [B]`` the row of each
-        sample's positive. Needs ``distance.matrix``. Returns ``{"loss", "per_sample" [B],
-        "logits" [B, N]}``.
+        sample's positive. Needs ``distance.matrix``.
+
+        ``block=None`` scores the whole table at once: 7 float64 ``[B, N]`` tensors live
+        until backward, 10 to 12 at the peak (``benchmarks/bench_loss_memory.py``).
+        ``block=k`` streams the table ``k`` entities at a time (:class:`_StreamingLSE`): the
+        same value and gradients in ``O(B x k)`` memory, for a second pass over the table in
+        backward (:func:`block_size` picks ``k`` from memory). The positive's logit then comes
+        from ``distance.pair`` rather than the matrix form, which differ by rounding (see
+        :meth:`~hiergeo.geometry.spaces.Space.matrix`).
+
+        Returns:
+            ``{"loss", "per_sample" [B], "logits" [B, N]}``; without ``"logits"`` when
+            ``block`` is given.
         """
+        if block is not None:
+            if block < 1:
+                raise ValueError(f"block must be >= 1, got {block}")
+            lse = _StreamingLSE.apply(z, points, latlon, points_latlon, target, self, block)
+            pos = (-self.distance.pair(z.to(torch.float64), points[target].to(torch.float64))
+                   / self.tau).to(z.dtype)
+            loss = lse - pos
+            return {"loss": loss.mean(), "per_sample": loss}
         logits = (-self.distance.matrix(z, points) / self.tau).to(z.dtype)
         km = haversine_matrix_km(latlon, points_latlon)
         log_w = self.log_weight(km).to(logits.dtype)
@@ -151,6 +221,21 @@ class GeoWeightedContrastive:
         loss = -logits[rows, target] + torch.logsumexp(logits + log_w, dim=1)
         return {"loss": loss.mean(), "per_sample": loss, "logits": logits}
 
+    def _block_log_weight(self, latlon: torch.Tensor, points_latlon: torch.Tensor,
+                          target: torch.Tensor, start: int, dtype: torch.dtype) -> torch.Tensor:
+        """``log w [B, k]`` of the entities ``start .. start + k`` (``points_latlon`` holds
+        just those), 0 at each row's positive where it lies in this block."""
+        with torch.no_grad():
+            log_w = self.log_weight(haversine_matrix_km(latlon, points_latlon)).to(dtype)
+            k = log_w.shape[1]
+            col = (target - start).clamp(0, k - 1)[:, None]
+            inside = ((target >= start) & (target < start + k))[:, None]
+            # no boolean indexing: keeps the device free of host syncs
+            return log_w.scatter_(1, col, torch.where(inside, 0.0, log_w.gather(1, col)))
+
+    def _block_scores(self, z: torch.Tensor, points: torch.Tensor,
+                      log_w: torch.Tensor) -> torch.Tensor:
+        return (-self.distance.matrix(z, points) / self.tau).to(z.dtype) + log_w
 
     def grouped(self, z: torch.Tensor, cand_points: torch.Tensor, cand_latlon: torch.Tensor,
                 latlon: torch.Tensor, query: torch.Tensor, positive: torch.Tensor,
@@ -180,6 +265,66 @@ class GeoWeightedContrastive:
             0, query[positive], logits[positive])
         loss = lse - pos_logit
         return {"loss": loss.mean(), "per_sample": loss}
+
+
+class _StreamingLSE(torch.autograd.Function):
+    """``logsumexp_j(s_j + log w_j)`` over the entity table in blocks of columns.
+
+    Forward keeps a running maximum and sum per row (float64) and saves only its inputs and
+    the result ``lse [B]``. Backward recomputes each block's scores with grad enabled and
+    pulls ``grad_lse x softmax = grad_lse x exp(s - lse)`` back through them with
+    :func:`torch.autograd.grad`, adding the block's share to the gradients of ``z`` and
+    ``points``. Nothing of size ``[B, N]`` ever exists; first-order gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, z, points, latlon, points_latlon, target, loss, block):
+        B, N = len(z), len(points)
+        top = torch.full((B,), -torch.inf, dtype=torch.float64, device=z.device)
+        total = torch.zeros(B, dtype=torch.float64, device=z.device)
+        for start in range(0, N, block):
+            stop = min(start + block, N)
+            log_w = loss._block_log_weight(latlon, points_latlon[start:stop], target, start,
+                                           z.dtype)
+            s = loss._block_scores(z, points[start:stop], log_w).to(torch.float64)
+            del log_w
+            new_top = torch.maximum(top, s.amax(dim=1))
+            total = total * torch.exp(top - new_top) + s.sub_(new_top[:, None]).exp_().sum(1)
+            top = new_top
+            del s
+        lse = (top + torch.log(total)).to(z.dtype)
+        ctx.save_for_backward(z, points, latlon, points_latlon, target, lse)
+        ctx.loss, ctx.block = loss, block
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lse):
+        z, points, latlon, points_latlon, target, lse = ctx.saved_tensors
+        need_z, need_p = ctx.needs_input_grad[:2]
+        grad_z = torch.zeros_like(z) if need_z else None
+        grad_p = torch.zeros_like(points) if need_p else None
+        if not (need_z or need_p):
+            return None, None, None, None, None, None, None
+        zd = z.detach().requires_grad_(need_z)
+        for start in range(0, len(points), ctx.block):
+            stop = min(start + ctx.block, len(points))
+            log_w = ctx.loss._block_log_weight(latlon, points_latlon[start:stop], target, start,
+                                               z.dtype)
+            pd = points[start:stop].detach().requires_grad_(need_p)
+            with torch.enable_grad():
+                s = ctx.loss._block_scores(zd, pd, log_w)
+            del log_w
+            # the softmax of the block's scores against the whole row, times grad_lse
+            weight = (s.detach() - lse[:, None]).exp_().mul_(grad_lse[:, None])
+            inputs = [t for t, need in ((zd, need_z), (pd, need_p)) if need]
+            grads = list(torch.autograd.grad(s, inputs, weight))
+            del s, weight
+            if need_z:
+                grad_z += grads.pop(0)
+            if need_p:
+                grad_p[start:stop] = grads.pop(0)
+        return grad_z, grad_p, None, None, None, None, None
 
 
 def parent_hinge(space, child: torch.Tensor, parent: torch.Tensor,

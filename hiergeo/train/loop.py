@@ -28,6 +28,7 @@ from gazetteer.keys import LEVELS
 
 from ..geometry.spaces import make_space
 from ..losses import GeoWeightedContrastive, parent_hinge
+from ..losses.contrastive import block_size
 from ..model.geolocator import GeoModel, create_encoder, level_query
 from ..model.hierarchy import Hierarchy
 from . import checkpoint
@@ -232,7 +233,10 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
             out = fn.grouped(zl, rows(cand), hier.latlon[cand], ll, q, is_pos, check=False)
         elif full_levels[j]:
             tbl = hier.level_ids[j]
-            out = fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl])
+            # entity blocks sized from the device's free memory (16 x 8 x batch x block
+            # bytes): memory bounded whatever the level's size
+            out = fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl],
+                          block=block_size(len(zl), len(tbl), zl.device))
         else:
             if sampler is None:
                 sampler = CandidateSampler(hier)
