@@ -21,8 +21,10 @@ and within 25% of the peak on the smallest. The retrieval memory is off in these
 (``eval.memory=false``): it keeps every training feature in float16 by design (see the
 osv5m preset), which is memory the user chooses, not memory the trainer leaks.
 
-``--loss-json`` / ``--features-json`` fold the figures of ``bench_loss_memory.py`` and
-``bench_features.py --world 2`` into the same JSON.
+``--loss-json`` / ``--features-json`` fold the figures of ``bench_loss_memory.py --out`` and
+``bench_features.py --world 2`` (its printed JSON) into the same JSON; ``--out X.json`` also
+writes ``X.md``. ``--reuse X.json`` takes the training rows from an earlier run of this script
+instead of training again (to fold in other figures).
 """
 
 from __future__ import annotations
@@ -121,6 +123,76 @@ def _child(args) -> None:
                       "batch_size": cfg.optim.batch_size}))
 
 
+def _train_sizes(args) -> list[dict] | None:
+    """Write the stores, train on each in a fresh process, print and return the figures."""
+    import gazetteer
+
+    gz = gazetteer.load()
+    args.root.mkdir(parents=True, exist_ok=True)
+    val = write_synthetic_store(args.root / f"val-{args.dim}", 2000, args.dim, gz, seed=1)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        store = write_synthetic_store(args.root / f"train-{n}-{args.dim}", n, args.dim, gz)
+        disk = _du(store)
+        cmd = [sys.executable, __file__, "--child", "--store", str(store), "--val", str(val),
+               "--runs", str(args.root / "runs"), "--dim", str(args.dim), "--steps",
+               str(args.steps), "--threads", str(args.threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return None
+        fig = json.loads(r.stdout.strip().splitlines()[-1])
+        fig.update(rows=n, store_bytes=disk,
+                   osv5m_epoch_hours=OSV5M_TRAIN / fig["batch_size"] * fig["seconds_per_step"]
+                   / 3600)
+        rows.append(fig)
+        print(f"{n:>10,} rows  store {disk / 2**30:6.2f} GiB  peak RSS "
+              f"{fig['peak_rss_bytes'] / 2**30:5.2f} GiB  setup+train+eval {fig['seconds']:6.0f} s"
+              f"  {fig['seconds_per_step']:.2f} s/step (batch {fig['batch_size']})  "
+              f"OSV-5M epoch {fig['osv5m_epoch_hours']:.1f} h here", flush=True)
+    return rows
+
+
+def markdown(out: dict) -> str:
+    """The JSON's figures as the tables of ``results/benchmarks/scale.md``."""
+    g = 2**30
+    lines = ["# Scale: memory and time against the store's size", "",
+             f"Machine: {out['machine']}. Command: `{out['command']}`.", "",
+             "| rows | store on disk | peak RSS (whole run) | s / step | batch | "
+             "OSV-5M epoch, hours here |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in out["training"]:
+        lines.append(f"| {r['rows']:,} | {r['store_bytes'] / g:.2f} GiB | "
+                     f"{r['peak_rss_bytes'] / g:.2f} GiB | {r['seconds_per_step']:.2f} | "
+                     f"{r['batch_size']} | {r['osv5m_epoch_hours']:.1f} |")
+    lines += ["", f"Targets: {out['targets']}", ""]
+    loss = out.get("loss_memory")
+    if loss:
+        lines += ["## Loss memory (one level, forward + backward)", "",
+                  f"Machine: {loss.get('machine', '?')}.", "",
+                  "| batch | entities | mode | block | peak | s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in loss["rows"]:
+            peak = (f"{r['peak_gb']:.3f} GB" if r.get("peak_gb") is not None
+                    else f"skipped (predicted {r.get('predicted_gb', 0):.1f} GB)")
+            secs = f"{r['seconds']:.2f}" if r.get("seconds") is not None else ""
+            lines.append(f"| {r['batch']} | {r['n']:,} | {r['mode']} | "
+                         f"{r.get('block') or ''} | {peak} | {secs} |")
+        lines.append("")
+    ext = out.get("extraction")
+    if ext:
+        lines += ["## Extraction: one process against several", "",
+                  f"{ext['n_images']} photos ({ext['data']}), shard size {ext['shard_size']}, "
+                  f"batch {ext['batch_size']}; load average before {ext['load_avg_before']}.", "",
+                  "| processes | wall s | CPU s (all) | images/s |", "| --- | --- | --- | --- |"]
+        for r in ext["runs"].values():
+            lines.append(f"| {r['processes']} | {r['wall_s']} | {r['cpu_s']} | "
+                         f"{r['images_per_s']} |")
+        lines += ["", f"Stores match: {ext['comparison']}; speed-up {ext['speedup']}, "
+                  f"CPU ratio {ext['cpu_ratio']}.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--loss-json", type=Path, default=None)
     ap.add_argument("--features-json", type=Path, default=None)
+    ap.add_argument("--reuse", type=Path, default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--val", help=argparse.SUPPRESS)
@@ -140,49 +213,30 @@ def main(argv=None) -> int:
     if args.child:
         _child(args)
         return 0
-    import gazetteer
-
-    gz = gazetteer.load()
-    args.root.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    val = write_synthetic_store(args.root / f"val-{args.dim}", 2000, args.dim, gz, seed=1)
-    rows = []
-    for n in sizes:
-        store = write_synthetic_store(args.root / f"train-{n}-{args.dim}", n, args.dim, gz)
-        disk = _du(store)
-        cmd = [sys.executable, __file__, "--child", "--store", str(store), "--val", str(val),
-               "--runs", str(args.root / "runs"), "--dim", str(args.dim), "--steps",
-               str(args.steps), "--threads", str(args.threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if r.returncode != 0:
-            print(r.stderr[-3000:], file=sys.stderr)
-            return 1
-        fig = json.loads(r.stdout.strip().splitlines()[-1])
-        fig.update(rows=n, store_bytes=disk,
-                   osv5m_epoch_hours=OSV5M_TRAIN / fig["batch_size"] * fig["seconds_per_step"]
-                   / 3600)
-        rows.append(fig)
-        print(f"{n:>10,} rows  store {disk / 2**30:6.2f} GiB  peak RSS "
-              f"{fig['peak_rss_bytes'] / 2**30:5.2f} GiB  setup+train+eval {fig['seconds']:6.0f} s"
-              f"  {fig['seconds_per_step']:.2f} s/step (batch {fig['batch_size']})  "
-              f"OSV-5M epoch {fig['osv5m_epoch_hours']:.1f} h here", flush=True)
+    if args.reuse is not None:
+        prev = json.loads(args.reuse.read_text())
+        rows, machine, command = prev["training"], prev["machine"], prev["command"]
+    else:
+        rows, machine = _train_sizes(args), (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, threads {args.threads}")
+        command = "python benchmarks/bench_scale.py " + " ".join(argv or sys.argv[1:])
+    if rows is None:
+        return 1
     big, small = rows[-1], rows[0]
     checks = {"peak_below_store_size": big["peak_rss_bytes"] < big["store_bytes"],
               "peak_within_25pct_of_smallest": big["peak_rss_bytes"]
               <= 1.25 * small["peak_rss_bytes"]}
     print("targets:", checks)
-    out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                      f"torch {torch.__version__}, threads {args.threads}",
-           "command": "python benchmarks/bench_scale.py " + " ".join(argv or sys.argv[1:]),
-           "training": rows, "targets": checks}
+    out = {"machine": machine, "command": command, "training": rows, "targets": checks}
     for key, path in (("loss_memory", args.loss_json), ("extraction", args.features_json)):
         if path is not None:
             out[key] = json.loads(path.read_text())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
-        print("wrote", args.out)
+        args.out.with_suffix(".md").write_text(markdown(out), encoding="utf-8")
+        print("wrote", args.out, "and", args.out.with_suffix(".md"))
     return 0
 
 

@@ -203,6 +203,18 @@ def test_ddp_evaluation_gathers_the_same_predictions(smoke_run, tmp_path, cache_
     assert (a["pred_city"] == b["pred_city"]).mean() > 0.99
 
 
+def test_ddp_ranks_do_not_wait_on_the_final_evaluation(tmp_path, cache_env, smoke_run):
+    """Process 0 calibrates and evaluates alone at the end (here 25 s, slowed on purpose);
+    the others must not wait for it at a barrier, which fails after the process group's
+    timeout (here 10 s). Before the fix, process 1 failed at the final barrier."""
+    r = _torchrun(tmp_path, 29525, str(ROOT / "tests" / "ddp_slow_eval.py"), "25",
+                  "--config", "smoke", f"run.out={tmp_path}", "run.id=slow",
+                  "optim.max_steps=4", "run.val_every=0", "hardware.dist_timeout_s=10")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "slow" / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["seconds"] > 25
+
+
 def test_steps_give_every_rank_a_share():
     from hiergeo.train.batches import StepRows, steps_per_epoch
 

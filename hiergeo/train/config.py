@@ -197,8 +197,13 @@ class EvalConfig:
 class HardwareConfig:
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     precision: str = "auto"       # auto (bf16 on GPU) | fp32 | bf16
-    workers: int = 2              # image loading processes (encoder=timm)
+    workers: int = 2              # image decoding worker processes (data.images): training
+    #                               batches; evaluation decodes with as many threads
     threads: int | None = None    # torch CPU threads (None: torch's default)
+    # torchrun: seconds a process waits at a collective before failing (None: torch's
+    # default, 10 min on NCCL, 30 on gloo). Raise it when validation (run.val_every, on
+    # process 0 alone) takes longer than that
+    dist_timeout_s: int | None = None
 
 
 @dataclass
@@ -423,6 +428,8 @@ def validate(cfg: Config) -> None:
          f"eval.beams needs {n} widths >= 1, got {cfg.eval.beams}")
     need(cfg.eval.coords in ("city", "weighted"),
          f"eval.coords must be city or weighted, not {cfg.eval.coords!r}")
+    need(cfg.hardware.dist_timeout_s is None or cfg.hardware.dist_timeout_s > 0,
+         f"hardware.dist_timeout_s must be > 0, not {cfg.hardware.dist_timeout_s}")
     need(cfg.hardware.precision in ("auto", "fp32", "bf16"),
          f"hardware.precision must be auto, fp32 or bf16, not {cfg.hardware.precision!r}")
     need(cfg.data.images is None or cfg.model.encoder == "timm",

@@ -77,16 +77,35 @@ class Split:
 
 
 class _RowsView:
-    """``len`` and slicing over a split's inputs (see :meth:`Split.all_inputs`)."""
+    """``len`` and slicing over a split's images (see :meth:`Split.all_inputs`). Read in
+    order, a slice at a time (as prediction does), the next slice of the same size is
+    decoded in the background while the caller works on this one."""
 
     def __init__(self, split: Split):
         self.split = split
+        self._ahead = None  # ((start, stop), future)
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self.split)
 
+    def _load(self, start: int, stop: int) -> torch.Tensor:
+        return self.split.inputs(np.arange(start, stop))
+
     def __getitem__(self, sl: slice) -> torch.Tensor:
-        return self.split.inputs(np.arange(len(self.split))[sl])
+        start, stop, step = sl.indices(len(self))
+        if step != 1:
+            return self.split.inputs(np.arange(len(self))[sl])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="hiergeo-ahead")
+        if self._ahead is not None and self._ahead[0] == (start, stop):
+            x = self._ahead[1].result()
+        else:
+            x = self._load(start, stop)
+        nxt = (stop, min(len(self), stop + (stop - start)))
+        self._ahead = ((nxt, self._pool.submit(self._load, *nxt)) if nxt[1] > nxt[0]
+                       else None)
+        return x
 
 
 @dataclass

@@ -50,7 +50,7 @@ class Dist:
     def __init__(self, cfg: Config):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_rank = local = int(os.environ.get("LOCAL_RANK", "0"))
         dev = cfg.hardware.device
         if dev == "auto":
             dev = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
@@ -64,7 +64,10 @@ class Dist:
         self.started = False
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend)
+            kw = {}
+            if cfg.hardware.dist_timeout_s is not None:
+                kw["timeout"] = _dt.timedelta(seconds=cfg.hardware.dist_timeout_s)
+            torch.distributed.init_process_group(backend=backend, **kw)
             self.started = True
 
     @property
@@ -347,6 +350,12 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     dev = dist.device
     t_start = time.perf_counter()
     gz = gazetteer.load()
+    if dist.world > 1 and cfg.data.train is None and cfg.data.images is None:
+        from .demo import demo_store
+
+        if dist.local_rank == 0:  # one writer of the demo store per machine
+            demo_store(gz, cfg.data.demo)
+        dist.barrier()
     data = load_data(cfg, gz)
     if dist.main:
         log.info("data: %s; train %d, val %d", data.report["source"], len(data.train),
@@ -364,8 +373,10 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             raise ValueError("the checkpoint's entity table does not match this gazetteer "
                              f"({ckpt['meta']['n_entities']} vs {len(gz.entities)} entities)")
         active = ckpt["active"].numpy()
-    if ckpt is None and dist.world > 1:  # rank 0 embeds the tree, the others read its cache
-        if dist.main:
+    if ckpt is None and dist.world > 1:
+        # one process per machine (local rank 0) embeds the tree into the cache, the others
+        # read it: a node's cache may not be another node's disk
+        if dist.local_rank == 0:
             tree_embedding(cfg, gz)
         dist.barrier()
     model, hier = build_model(cfg, gz, data.in_dim, dev, init=ckpt is None, active=active)
