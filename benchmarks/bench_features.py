@@ -47,8 +47,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hiergeo.data import read_records
+from hiergeo.data.images import ImageRows, collate_images
 from hiergeo.data.store import FeatureStore
-from hiergeo.features import _collate, _cpu_count, _device, _Images, extract
+from hiergeo.features import _cpu_count, _device, extract
 from hiergeo.model import EMBEDDED, create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,10 +175,10 @@ def main(argv=None) -> dict:
               "n_images": args.n, "batch_size": args.batch_size, "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:
         records = make_photos(Path(tmp), args.n)
-        ds = _Images(records, np.arange(len(records)), bb.transform())
+        ds = ImageRows(records["path"].to_numpy(), bb.transform())
         t = time.perf_counter()
         for _ in DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
-                            collate_fn=_collate):
+                            collate_fn=collate_images):
             pass
         report["decode_images_per_s"] = round(args.n / (time.perf_counter() - t), 1)
 

@@ -11,7 +11,8 @@ the ``osv5m`` preset for ``--steps`` steps in a fresh process and prints, per si
 
 - peak resident memory of the training process (``ru_maxrss``: the whole run, from reading
   the store to the final evaluation of the small validation store), against the store's size
-  on disk;
+  on disk; the tree embedding comes from the cache (a first run on a machine computes it
+  once, in one process: its peak is measured separately, cache empty);
 - setup seconds (labels, the NaN scan, the tree embedding) and seconds per training step
   (median over the logged windows after the first), and the hours one epoch of OSV-5M's
   4.9M training images would take at that speed on this machine;
@@ -102,6 +103,38 @@ def write_synthetic_store(out: Path, n: int, dim: int, gz, seed: int = 0,
     return out
 
 
+def _embed_child(args) -> None:
+    """The osv5m preset's tree embedding into an empty cache; prints its peak RSS."""
+    import tempfile
+
+    import gazetteer
+    from hiergeo.train import load_config
+    from hiergeo.train.loop import tree_embedding
+
+    gz = gazetteer.load()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["HIERGEO_CACHE"] = tmp
+        t0 = time.perf_counter()
+        tree_embedding(load_config("osv5m"), gz)
+        secs = time.perf_counter() - t0
+    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "rss_before_bytes": before, "seconds": secs,
+                      "entities": len(gz.entities)}))
+
+
+def embedding_figures(threads: int) -> dict:
+    """Peak memory and time of the first embedding of the tree on a machine (cache empty)."""
+    r = subprocess.run([sys.executable, __file__, "--embed-child"], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-3000:])
+    fig = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"tree embedding, osv5m preset, empty cache: peak RSS "
+          f"{fig['peak_rss_bytes'] / 2**30:.2f} GiB, {fig['seconds']:.0f} s", flush=True)
+    return fig
+
+
 def _child(args) -> None:
     """One training run; prints its figures as JSON on the last line."""
     from hiergeo.train import load_config, run
@@ -165,7 +198,14 @@ def markdown(out: dict) -> str:
         lines.append(f"| {r['rows']:,} | {r['store_bytes'] / g:.2f} GiB | "
                      f"{r['peak_rss_bytes'] / g:.2f} GiB | {r['seconds_per_step']:.2f} | "
                      f"{r['batch_size']} | {r['osv5m_epoch_hours']:.1f} |")
-    lines += ["", f"Targets: {out['targets']}", ""]
+    lines += ["", f"Targets: {out['targets']}", "",
+              "The training runs read the tree embedding from the cache (one process per "
+              "machine writes it, once). Its first computation, in that process:", ""]
+    emb = out.get("tree_embedding")
+    if emb:
+        lines += [f"- tree embedding, `osv5m` preset ({emb['entities']:,} entities), empty "
+                  f"cache: peak RSS {emb['peak_rss_bytes'] / g:.2f} GiB "
+                  f"({emb['rss_before_bytes'] / g:.2f} before), {emb['seconds']:.0f} s", ""]
     loss = out.get("loss_memory")
     if loss:
         lines += ["## Loss memory (one level, forward + backward)", "",
@@ -206,12 +246,16 @@ def main(argv=None) -> int:
     ap.add_argument("--features-json", type=Path, default=None)
     ap.add_argument("--reuse", type=Path, default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--embed-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--val", help=argparse.SUPPRESS)
     ap.add_argument("--runs", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args)
+        return 0
+    if args.embed_child:
+        _embed_child(args)
         return 0
     if args.reuse is not None:
         prev = json.loads(args.reuse.read_text())
@@ -228,7 +272,8 @@ def main(argv=None) -> int:
               "peak_within_25pct_of_smallest": big["peak_rss_bytes"]
               <= 1.25 * small["peak_rss_bytes"]}
     print("targets:", checks)
-    out = {"machine": machine, "command": command, "training": rows, "targets": checks}
+    out = {"machine": machine, "command": command, "training": rows, "targets": checks,
+           "tree_embedding": embedding_figures(args.threads)}
     for key, path in (("loss_memory", args.loss_json), ("extraction", args.features_json)):
         if path is not None:
             out[key] = json.loads(path.read_text())

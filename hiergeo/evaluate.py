@@ -104,10 +104,12 @@ class _Rows:
 def predict_split(model, hier, split, cfg, *, method: str = "descent", beams=None,
                   memory=None, neighbours=None, rank: int = 0, world: int = 1):
     """The predictions for ``split`` (rank ``rank`` of ``world``: its contiguous share of the
-    rows, in order), and the seconds they took. Inputs are read or decoded a batch at a
-    time."""
+    rows, in order; None when the share is empty), and the seconds they took. Inputs are
+    read or decoded a batch at a time."""
     n = len(split)
     a, b = n * rank // world, n * (rank + 1) // world
+    if a == b:
+        return None, 0.0
     t0 = time.perf_counter()
     pred = predict(model, _Rows(split.all_inputs(), a, b), hier, cfg.loss.tau, method=method,
                    memory=memory, neighbours=None if neighbours is None else neighbours[a:b],
@@ -132,6 +134,8 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
         pred, predict_seconds = predict_split(model, hier, split, cfg, method=method,
                                               beams=beams, memory=memory,
                                               neighbours=neighbours)
+    if pred is None:
+        raise ValueError("no rows to evaluate")
     if len(pred) != len(split):
         raise ValueError(f"{len(pred)} predictions for {len(split)} rows")
     predict_s = float(predict_seconds or 0.0)
@@ -302,7 +306,7 @@ def _main(args, rank: int, world: int, device: str) -> int:
         torch.distributed.gather_object((pred, secs), parts, dst=0)
         if rank != 0:
             return 0
-        pred = Prediction.concat([p for p, _ in parts])
+        pred = Prediction.concat([p for p, _ in parts if p is not None])
         secs = max(t for _, t in parts)  # wall time: the processes ran side by side
     out = Path(args.out or args.run)
     res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams,

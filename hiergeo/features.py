@@ -61,48 +61,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data.images import load_image
+from .data.images import ImageRows, collate_images
 from .data.records import read_records
 from .data.store import FORMAT, atomic_write_text, finalize, shard_done, write_shard
 from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
-
-
-class _Images(Dataset):
-    """Rows of a record table -> (tensor or None, record row, reason or None)."""
-
-    def __init__(self, records: pd.DataFrame, rows: np.ndarray, transform):
-        self.paths = records["path"].to_numpy()
-        self.ok_coords = np.isfinite(records["latitude"].to_numpy(float)) & np.isfinite(
-            records["longitude"].to_numpy(float))
-        self.rows = rows
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        row = int(self.rows[i])
-        if not self.ok_coords[row]:
-            return None, row, "coordinates missing or invalid"
-        res = load_image(self.paths[row])
-        if not res.ok:
-            return None, row, res.reason
-        try:
-            return self.transform(res.image), row, None
-        except Exception as exc:  # a transform failing on an odd image is a skip, not a crash
-            return None, row, f"preprocessing failed ({exc})"
-
-
-def _collate(items):
-    good = [(x, r) for x, r, why in items if x is not None]
-    bad = [(r, why) for x, r, why in items if x is None]
-    x = torch.stack([g[0] for g in good]) if good else None
-    return x, torch.tensor([g[1] for g in good], dtype=torch.long), bad
 
 
 @dataclass(frozen=True)
@@ -218,8 +185,11 @@ def _write_meta(out: Path, meta: dict) -> None:
 def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: torch.device, *,
            batch_size: int, workers: int, out_dtype: torch.dtype, bar) -> tuple:
     """Features of ``records`` rows ``rows``: (features, index table, skipped table)."""
-    loader = DataLoader(_Images(records, rows, transform), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    valid = np.isfinite(records["latitude"].to_numpy(float)) & np.isfinite(
+        records["longitude"].to_numpy(float))
+    loader = DataLoader(ImageRows(records["path"].to_numpy(), transform, rows, valid),
+                        batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
+                        pin_memory=dev.type == "cuda")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     feats, kept, skipped = [], [], []

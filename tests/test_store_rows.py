@@ -50,10 +50,19 @@ def test_subsets_compose_and_survive_pickling(tmp_path):
     sub = f.subset(a)
     b = np.array([0, 5, 47, 5, 1])
     assert torch.equal(sub.subset(b)[:], x[a][b])
-    assert torch.equal(sub[[1]], x[a][[1]]) and sub._fds  # the parent has open files
-    worker = pickle.loads(pickle.dumps(sub))  # what a DataLoader worker gets
-    assert worker._fds == {}  # ...which the worker does not inherit
+    worker = pickle.loads(pickle.dumps(sub))  # what a spawned DataLoader worker gets
     assert torch.equal(worker[[0, 10, 48]], x[a][[0, 10, 48]])
+
+
+def test_views_share_one_descriptor_per_shard(tmp_path):
+    from hiergeo.data import rows
+
+    x, _ = _store(tmp_path / "s")
+    f = _features(tmp_path / "s", 11)
+    train, val = f.subset(np.arange(0, 103, 2)), f.subset(np.arange(1, 103, 2))
+    train[:], val[:], f[:]
+    mine = [k for k in rows._FILES if k.startswith(str(tmp_path))]
+    assert len(mine) == 11  # one per shard file, not one per shard and view
 
 
 def test_a_truncated_shard_is_named(tmp_path):
@@ -98,3 +107,25 @@ def test_store_split_is_lazy_and_labelled_in_batches(tmp_path, monkeypatch, cach
     assert len(cut) == 20 and len(cut.x) == 20 and cut.table["id"].iloc[-1] == "s19"
     sub = train_data._subset(cut, np.array([19, 0]))
     assert sub.table["id"].tolist() == ["s19", "s0"] and torch.equal(sub.inputs([0]), x[[19]])
+
+
+def test_a_shard_with_every_image_skipped_is_read(tmp_path, cache_env):
+    """Shards of 3, 0 and 2 rows: the empty one has a file but no index row."""
+    import json
+
+    import gazetteer
+    from hiergeo.data.store import FORMAT, finalize, write_shard
+
+    x, table = _store(tmp_path / "ref", n=5, shard_size=5)
+    empty = pd.DataFrame({"id": [], "path": [], "reason": []}, dtype=str)
+    out = tmp_path / "s"
+    for k, (a, b) in enumerate([(0, 3), (3, 3), (3, 5)]):
+        write_shard(out, k, x[a:b], table.iloc[a:b].reset_index(drop=True), empty)
+    finalize(out, 3)
+    (out / "store.json").write_text(json.dumps({"format": FORMAT, "dim": 8}))
+    split, _, _ = train_data.read_store_split(out, load_config("smoke"), gazetteer.load(), "t")
+    assert len(split) == 5 and torch.equal(split.inputs(np.arange(5)), x)
+    # an index that disagrees with its shards is refused, naming the shard
+    write_shard(out, 1, x[:1], table.iloc[:1], empty)
+    with pytest.raises(train_data.DataError, match="shard 1 holds 1 feature rows"):
+        train_data.read_store_split(out, load_config("smoke"), gazetteer.load(), "t")

@@ -203,10 +203,10 @@ def test_ddp_evaluation_gathers_the_same_predictions(smoke_run, tmp_path, cache_
     assert (a["pred_city"] == b["pred_city"]).mean() > 0.99
 
 
-def test_ddp_ranks_do_not_wait_on_the_final_evaluation(tmp_path, cache_env, smoke_run):
+def test_ddp_final_evaluation_outlasts_the_timeout(tmp_path, cache_env, smoke_run):
     """Process 0 calibrates and evaluates alone at the end (here 25 s, slowed on purpose);
-    the others must not wait for it at a barrier, which fails after the process group's
-    timeout (here 10 s). Before the fix, process 1 failed at the final barrier."""
+    the others wait for it, but not under the process group's timeout (here 10 s). Before
+    the fix, process 1 failed at the final barrier."""
     r = _torchrun(tmp_path, 29525, str(ROOT / "tests" / "ddp_slow_eval.py"), "25",
                   "--config", "smoke", f"run.out={tmp_path}", "run.id=slow",
                   "optim.max_steps=4", "run.val_every=0", "hardware.dist_timeout_s=10")
@@ -220,15 +220,23 @@ def test_steps_give_every_rank_a_share():
 
     assert steps_per_epoch(17, 8, 1) == 3 and steps_per_epoch(17, 8, 2) == 2
     assert steps_per_epoch(18, 8, 2) == 3 and steps_per_epoch(1, 8, 1) == 1
-    for n, b, w in [(17, 8, 2), (100, 7, 3), (10, 4, 4), (64, 64, 8)]:
+    for n, b, w in [(17, 8, 2), (100, 7, 3), (10, 4, 4), (64, 64, 8), (9, 4, 1)]:
         ranks = [StepRows(0, n, b, r, w) for r in range(w)]
-        for step in range(3 * ranks[0].spe):
-            parts = [sr.rows(step) for sr in ranks]
-            assert all(len(p) > 0 for p in parts), (n, b, w, step)
-            both = np.concatenate(parts)
-            assert len(np.unique(both)) == len(both)  # no sample twice in a step
-    with pytest.raises(ValueError, match="every rank needs one"):
-        StepRows(0, 1, 8, 0, 2)
+        spe = ranks[0].spe
+        for epoch in range(3):
+            seen = []
+            for step in range(epoch * spe, (epoch + 1) * spe):
+                parts = [sr.rows(step) for sr in ranks]
+                assert all(len(p) > 0 for p in parts), (n, b, w, step)
+                batch = np.concatenate(parts)
+                assert len(batch) == min(b, n - (step - epoch * spe) * b)  # the whole batch
+                seen.append(batch)
+            seen = np.concatenate(seen)
+            assert len(np.unique(seen)) == len(seen)  # no sample twice in an epoch
+            assert len(seen) >= n - w + 1  # all but a dropped last batch (< w samples)
+    for n, b, w in [(1, 8, 2), (100, 4, 8)]:
+        with pytest.raises(ValueError, match="every process needs a sample"):
+            StepRows(0, n, b, 0, w)
 
 
 def test_ddp_ranks_embed_the_tree_once(tmp_path, cache_env, monkeypatch):

@@ -136,3 +136,41 @@ def _grey_filled(img: Image.Image, rows: int = 16) -> bool:
     band = img.crop((0, img.height - rows, img.width, img.height))
     lo, hi = zip(*band.getextrema(), strict=True)
     return min(lo) == 128 and max(hi) == 128
+
+
+class ImageRows:
+    """A ``torch.utils.data.Dataset`` (map-style): item ``i`` -> ``(preprocessed image or
+    None, row, reason or None)`` for row ``rows[i]`` of ``paths`` (``rows`` None: row i).
+    A row whose ``valid`` entry is False (e.g. no coordinates), whose file does not decode or
+    whose ``transform`` fails is returned with its reason, never raised: DataLoader workers
+    keep going. Batch the items with :func:`collate_images`."""
+
+    def __init__(self, paths, transform, rows=None, valid=None):
+        self.paths, self.transform = paths, transform
+        self.rows, self.valid = rows, valid
+
+    def __len__(self) -> int:
+        return len(self.paths if self.rows is None else self.rows)
+
+    def __getitem__(self, i):
+        row = int(i if self.rows is None else self.rows[i])
+        if self.valid is not None and not self.valid[row]:
+            return None, row, "coordinates missing or invalid"
+        res = load_image(self.paths[row])
+        if res.image is None:
+            return None, row, res.reason
+        try:
+            return self.transform(res.image), row, None
+        except Exception as exc:  # a transform failing on an odd image is a skip, not a crash
+            return None, row, f"preprocessing failed ({exc})"
+
+
+def collate_images(items):
+    """``(images [n, C, H, W] or None, rows [n], [(row, reason), ...])`` from
+    :class:`ImageRows` items: the images that loaded, stacked, and the others' reasons."""
+    import torch
+
+    good = [(x, r) for x, r, _ in items if x is not None]
+    bad = [(r, why) for x, r, why in items if x is None]
+    x = torch.stack([g[0] for g in good]) if good else None
+    return x, torch.tensor([g[1] for g in good], dtype=torch.long), bad

@@ -6,8 +6,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,17 +48,17 @@ class Embedding:
         names unique to the process, so two processes may save the same folder at once)."""
         from safetensors.torch import save_file
 
+        from ..data.store import atomic_write_text, temporary_names
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tag = f".{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        tmp = folder / f"points.safetensors{tag}"
-        save_file({"points": self.points.contiguous()}, str(tmp))
-        tmp.replace(folder / "points.safetensors")
+        with temporary_names(folder / "points.safetensors") as (tmp,):
+            save_file({"points": self.points.contiguous()}, str(tmp))
+            tmp.replace(folder / "points.safetensors")
         meta = {k: v for k, v in asdict(self).items() if k != "points"}
         meta["dim"] = self.dim
-        tmpj = folder / f"embedding.json{tag}"
-        tmpj.write_text(json.dumps(meta, indent=2, default=float) + "\n")
-        tmpj.replace(folder / "embedding.json")
+        atomic_write_text(folder / "embedding.json",
+                          json.dumps(meta, indent=2, default=float) + "\n")
 
 
 def load_embedding(folder: str | Path) -> Embedding:

@@ -50,8 +50,9 @@ class StepRows:
     docstring). ``rows(step)`` -> int64 array; the epoch's order is cached."""
 
     def __init__(self, seed: int, n: int, batch_size: int, rank: int = 0, world: int = 1):
-        if n < world:
-            raise ValueError(f"{n} training samples for {world} ranks: every rank needs one")
+        if n < world or batch_size < world:
+            raise ValueError(f"{n} training samples in batches of {batch_size} for {world} "
+                             "processes: every process needs a sample of every batch")
         self.seed, self.n, self.batch_size = seed, n, batch_size
         self.rank, self.world = rank, world
         self.spe = steps_per_epoch(n, batch_size, world)
@@ -63,34 +64,6 @@ class StepRows:
             self._epoch, self._order = epoch, epoch_order(self.seed, epoch, self.n)
         batch = self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
         return batch[self.rank::self.world]
-
-
-class _ImageRows(torch.utils.data.Dataset):
-    """Row i -> (preprocessed image or None, i, reason or None)."""
-
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        from ..data.images import load_image
-
-        res = load_image(self.paths[i])
-        if res.image is None:
-            return None, i, res.reason
-        try:
-            return self.transform(res.image), i, None
-        except Exception as exc:  # an odd image failing its transform is a skip, not a crash
-            return None, i, f"preprocessing failed ({exc})"
-
-
-def _collate(items):
-    good = [(x, i) for x, i, _ in items if x is not None]
-    bad = [(i, why) for x, i, why in items if x is None]
-    x = torch.stack([g[0] for g in good]) if good else None
-    return x, torch.tensor([g[1] for g in good], dtype=torch.long), bad
 
 
 class _Steps(torch.utils.data.Sampler):
@@ -114,9 +87,11 @@ def batches(split, step_rows: StepRows, start: int, total: int, device, workers:
     if split.x is not None:
         yield from _feature_batches(split, step_rows, start, total, pin, depth)
         return
+    from ..data.images import ImageRows, collate_images
+
     loader = torch.utils.data.DataLoader(
-        _ImageRows(split.images.paths, split.images.transform),
-        batch_sampler=_Steps(step_rows, start, total), collate_fn=_collate,
+        ImageRows(split.images.paths, split.images.transform),
+        batch_sampler=_Steps(step_rows, start, total), collate_fn=collate_images,
         num_workers=workers, pin_memory=pin, prefetch_factor=depth if workers else None,
         persistent_workers=False)
     skipped = 0

@@ -243,12 +243,21 @@ def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = Tr
 
     store = FeatureStore.meta_only(path)
     where = f"{where} ({path})"
-    shards = np.unique(pq.read_table(store.path / "index.parquet", columns=["shard"])
-                       .column("shard").to_numpy())
-    if len(shards) and not np.array_equal(shards, np.arange(len(shards))):
-        raise DataError(f"{where}: the index names shards {shards[:5].tolist()}..., not 0..K-1")
-    x = StoreFeatures([shard_paths(store.path, int(k))["features"] for k in shards]) \
-        if len(shards) else None
+    shard_col = pq.read_table(store.path / "index.parquet", columns=["shard"]).column(
+        "shard").to_numpy()
+    x = None
+    if len(shard_col):
+        if np.any(np.diff(shard_col) < 0):
+            raise DataError(f"{where}: index.parquet's rows are not in shard order")
+        # a shard whose every image was skipped has a file of 0 rows and no index row
+        per_shard = np.bincount(shard_col)
+        x = StoreFeatures([shard_paths(store.path, k)["features"]
+                           for k in range(len(per_shard))])
+        held = np.diff(x.starts)
+        if not np.array_equal(held, per_shard):
+            k = int(np.flatnonzero(held != per_shard)[0])
+            raise DataError(f"{where}: shard {k} holds {held[k]} feature rows, the index "
+                            f"names {per_shard[k]}; extract it again")
     idx = pq.ParquetFile(store.path / "index.parquet")
     label_cols = [c for c in idx.schema_arrow.names if c not in ("shard", "row", "id")]
     lat_parts, id_parts, reps, seen = [], [], [], 0
@@ -294,9 +303,40 @@ def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = Tr
     return split, rep, x.dim
 
 
-def _from_images(cfg, gz):
+def _map_bounded(fn, items: list, desc: str, threads: int = 16, chunk: int = 4096) -> list:
+    """``[fn(x) for x in items]`` on ``threads`` threads (file system latency, not CPU), a
+    chunk at a time so that pending work stays bounded, with a progress bar."""
     from tqdm.auto import tqdm
 
+    out = []
+    with ThreadPoolExecutor(threads) as pool, tqdm(total=len(items), desc=desc,
+                                                     unit="img") as bar:
+        for s in range(0, len(items), chunk):
+            out.extend(pool.map(fn, items[s:s + chunk]))
+            bar.update(len(items[s:s + chunk]))
+    return out
+
+
+def _decodable(split: Split, where: str) -> tuple[Split, list]:
+    """``split`` without the images that fail to decode, and those ``(path, reason)``.
+    Evaluation needs every row's prediction, so the held-out images are decoded once up
+    front (training skips a failure in its batch instead)."""
+    from ..data.images import load_image
+
+    def reason(path):
+        res = load_image(path)
+        return res.reason if res.image is None else None
+
+    why = _map_bounded(reason, split.images.paths, f"decoding the {where} images")
+    bad = [(p, w) for p, w in zip(split.images.paths, why, strict=True) if w is not None]
+    for p, w in bad[:5]:
+        log.warning("leaving %s out of the %s split: %s", p, where, w)
+    if not bad:
+        return split, []
+    return _subset(split, np.array([i for i, w in enumerate(why) if w is None])), bad
+
+
+def _from_images(cfg, gz):
     from ..data.images import probe_image
     from ..data.records import read_records
     from ..model.backbones import EMBEDDED, create_backbone
@@ -305,9 +345,7 @@ def _from_images(cfg, gz):
     if cfg.data.max_samples is not None:
         records = records.iloc[:cfg.data.max_samples].reset_index(drop=True)
     paths = records["path"].astype(str).tolist()
-    with ThreadPoolExecutor(16) as pool:  # headers only: file system latency, not CPU
-        why = list(tqdm(pool.map(probe_image, paths, chunksize=256), total=len(paths),
-                        desc="checking image headers", unit="img"))
+    why = _map_bounded(probe_image, paths, "checking image headers")
     ok = [i for i, w in enumerate(why) if w is None]
     skipped = [(p, w) for p, w in zip(paths, why, strict=True) if w is not None]
     for p, why in skipped[:5]:
@@ -391,6 +429,9 @@ def load_data(cfg, gz) -> TrainData:
                  cfg.data.split_cell_km, sp["test_cells"], sp["cells"], len(sp["test"]),
                  100 * len(sp["test"]) / len(full), len(sp["dropped"]),
                  cfg.data.split_min_km)
+    if val.images is not None:
+        val, bad = _decodable(val, "val")
+        report["val_undecodable"] = [{"path": str(p), "reason": r} for p, r in bad]
     for name, s in (("train", train), ("val", val)):
         if len(s) == 0:
             raise DataError(f"the {name} split is empty ({report['split']}); give more data, "

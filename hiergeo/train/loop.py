@@ -38,6 +38,9 @@ from .config import Config, ConfigError, from_dict
 
 log = logging.getLogger(__name__)
 
+#: How long the other processes wait for process 0's final calibration and evaluation.
+FINAL_WAIT = _dt.timedelta(days=7)
+
 LOG_COLUMNS = (["step", "epoch", "lr", "samples_per_s", "loss"]
                + [f"loss_{lvl}" for lvl in LEVELS] + ["loss_parent"]
                + [f"val_top1_{lvl}" for lvl in LEVELS] + ["val_median_km"])
@@ -69,6 +72,10 @@ class Dist:
                 kw["timeout"] = _dt.timedelta(seconds=cfg.hardware.dist_timeout_s)
             torch.distributed.init_process_group(backend=backend, **kw)
             self.started = True
+        # the end of a run: the others wait for process 0's calibration and evaluation (at
+        # scale, longer than any collective's timeout) on a group of their own
+        self.final = (torch.distributed.new_group(backend="gloo", timeout=FINAL_WAIT)
+                      if self.world > 1 else None)
 
     @property
     def main(self) -> bool:
@@ -77,6 +84,14 @@ class Dist:
     def barrier(self):
         if self.world > 1:
             torch.distributed.barrier()
+
+    def wait_for_main(self):
+        """Every process returns when process 0 has finished: a machine whose processes all
+        left early would end its torchrun agent, and with the c10d rendezvous that can stop
+        process 0 on another machine (torchrun ranks by host name, so process 0 may be on
+        any). Waits without a practical timeout (:data:`FINAL_WAIT`), idle."""
+        if self.final is not None:
+            torch.distributed.barrier(group=self.final)
 
     def close(self):
         if self.started:
@@ -194,6 +209,14 @@ class _Log:
             for k, v in row.items():
                 if k not in ("step", "epoch") and isinstance(v, int | float):
                     self.tb.add_scalar(k, v, row["step"])
+
+    def wait_for_main(self):
+        """Every process returns when process 0 has finished: a machine whose processes all
+        left early would end its torchrun agent, and with the c10d rendezvous that can stop
+        process 0 on another machine (torchrun ranks by host name, so process 0 may be on
+        any). Waits without a practical timeout (:data:`FINAL_WAIT`), idle."""
+        if self.final is not None:
+            torch.distributed.barrier(group=self.final)
 
     def close(self):
         if self.tb is not None:
@@ -554,9 +577,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         tmp = d / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
         tmp.replace(d / "metrics.json")
-    # no barrier here: the other ranks are done, and a barrier would wait on rank 0's
-    # calibration and evaluation, long enough at scale to pass the process group's timeout
-    # (parallel evaluation: torchrun ... -m hiergeo.evaluate)
+    dist.wait_for_main()
     return result
 
 
