@@ -210,14 +210,6 @@ class _Log:
                 if k not in ("step", "epoch") and isinstance(v, int | float):
                     self.tb.add_scalar(k, v, row["step"])
 
-    def wait_for_main(self):
-        """Every process returns when process 0 has finished: a machine whose processes all
-        left early would end its torchrun agent, and with the c10d rendezvous that can stop
-        process 0 on another machine (torchrun ranks by host name, so process 0 may be on
-        any). Waits without a practical timeout (:data:`FINAL_WAIT`), idle."""
-        if self.final is not None:
-            torch.distributed.barrier(group=self.final)
-
     def close(self):
         if self.tb is not None:
             self.tb.close()
