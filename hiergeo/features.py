@@ -66,7 +66,14 @@ from tqdm.auto import tqdm
 
 from .data.images import ImageRows, collate_images
 from .data.records import read_records
-from .data.store import FORMAT, atomic_write_text, finalize, shard_done, write_shard
+from .data.store import (
+    FORMAT,
+    atomic_write_text,
+    finalize,
+    shard_done,
+    shard_paths,
+    write_shard,
+)
 from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
@@ -162,6 +169,25 @@ def _ranges(ks: list[int]) -> str:
 def _ids_digest(records: pd.DataFrame) -> str:
     """sha256 of the ids in order: ranks (and reruns) must all read the same rows."""
     return hashlib.sha256("\n".join(records["id"].astype(str)).encode()).hexdigest()
+
+
+def _check_shard_ids(out: Path, records: pd.DataFrame, shard_size: int, n_shards: int) -> None:
+    """Before the index is written: every shard holds (as rows or as skipped) exactly the
+    ids of its input rows here. Ranks that started together each wrote ``store.json``, so
+    its digest cannot tell whether one of them read another table; this can."""
+    import pyarrow.parquet as pq
+
+    ids = records["id"].astype(str).to_numpy()
+    for k in range(n_shards):
+        p = shard_paths(out, k)
+        got = np.concatenate([pq.read_table(p[f], columns=["id"]).column("id").to_numpy(
+            zero_copy_only=False).astype(str) for f in ("index", "skipped")])
+        want = ids[k * shard_size:(k + 1) * shard_size]
+        if len(got) != len(want) or not np.array_equal(np.sort(got), np.sort(want)):
+            raise ValueError(f"{out}: shard {k} holds other rows than this table's rows "
+                             f"{k * shard_size}-{k * shard_size + len(want) - 1} (did the "
+                             "processes read different tables?); delete the store and "
+                             "extract again")
 
 
 def _write_meta(out: Path, meta: dict) -> None:
@@ -276,6 +302,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
                  "rank that stopped leaves its shards to a rerun); the last rank to finish "
                  "writes the index", who, _ranges(todo), _ranges(left))
         return {"finalized": False, "shards_written": todo, "shards_remaining": left}
+    _check_shard_ids(out, records, shard_size, n_shards)
     report = finalize(out, n_shards)
     log.info("%sshards %s written; all %d shards done, index written", who, _ranges(todo),
              n_shards)

@@ -199,6 +199,26 @@ def test_rows_changed_between_runs_are_refused(photos, single, tmp_path, capsys)
     assert "ids_sha256" in capsys.readouterr().err
 
 
+def test_ranks_that_read_different_tables_are_caught(photos, tmp_path, as_rank, monkeypatch,
+                                                     capsys):
+    """Ranks that start together each write store.json, so its digest cannot see that one
+    read another table (here rows of shards 0 and 1 swapped); the rank that finalizes checks
+    every shard's ids and refuses to write the index."""
+    table = pd.read_csv(photos)
+    table["path"] = [str(photos.parent / p) for p in table["path"]]
+    table.iloc[[0, SHARD]] = table.iloc[[SHARD, 0]].to_numpy()
+    other = tmp_path / "swapped.csv"
+    table.to_csv(other, index=False)
+    out = tmp_path / "store"
+    as_rank(1, _args(photos, out))
+    (out / "store.json").unlink()  # as if rank 0 had started at the same moment
+    for k, v in {"RANK": 0, "WORLD_SIZE": 2, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": 2}.items():
+        monkeypatch.setenv(k, str(v))
+    assert main(_args(other, out)) == 2
+    assert "shard 1 holds other rows" in capsys.readouterr().err
+    assert not (out / "index.parquet").exists()
+
+
 def test_ranks_and_devices_from_the_environment(monkeypatch):
     assert ranks_from_env({}) == Ranks()
     assert ranks_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
