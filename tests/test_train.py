@@ -249,6 +249,7 @@ def test_ddp_ranks_embed_the_tree_once(tmp_path, cache_env, monkeypatch):
                   f"run.out={tmp_path}", "run.id=emb", "optim.max_steps=2", "run.val_every=0",
                   "eval.calibrate=false")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("embedding the tree") == 1, r.stderr[-3000:]  # one process did
     folders = list((cache / "embeddings").iterdir())
     assert len(folders) == 1 and (folders[0] / "points.safetensors").exists()
     assert not list(folders[0].glob("*.tmp"))

@@ -152,6 +152,8 @@ def cached_embed_tree(gz, dim: int = 16, c: float = 1.0, method: str = "construc
         if emb.points.shape == (len(gz.entities), dim):
             return emb
         log.warning("%s holds an embedding of another shape: embedding again", folder)
+    log.info("embedding the tree (%d entities, %s, dim %d) into the cache %s",
+             len(gz.entities), method, dim, folder)
     emb = embed_tree(gz, dim=dim, c=c, method=method, seed=seed, **options)
     try:
         emb.save(folder)

@@ -32,7 +32,7 @@ from ..losses.contrastive import block_size
 from ..model.geolocator import GeoModel, create_encoder, level_query
 from ..model.hierarchy import Hierarchy
 from . import checkpoint
-from .batches import StepRows, batches
+from .batches import StepRows, batches, steps_per_epoch
 from .candidates import CandidateSampler
 from .config import Config, ConfigError, from_dict
 
@@ -437,6 +437,12 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         step = int(ckpt["step"])
         if dist.main:
             log.info("resuming %s at step %d of %d", d, step, total)
+            was = int(ckpt["meta"].get("world_size", 1))
+            if was != dist.world and steps_per_epoch(n, B, was) != spe:
+                log.warning("this run was started with %d processes and resumes with %d: an "
+                            "epoch now has %d steps instead of %d, so the data order from "
+                            "here differs from an uninterrupted run's", was, dist.world, spe,
+                            steps_per_epoch(n, B, was))
     if dist.main:
         tmp = d / "config.yaml.tmp"
         tmp.write_text(cfg.to_yaml(), encoding="utf-8")
