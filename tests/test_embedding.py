@@ -111,6 +111,20 @@ def test_a_node_with_3000_children(tmp_path):
     assert d.min() > to_hub.max()
 
 
+def test_separation_in_chunks_of_pairs_is_the_same_to_the_bit(tmp_path, monkeypatch):
+    """The sibling separation pushes close pairs a chunk at a time (memory); chunks of 7
+    pairs must give exactly the points of one chunk, as the additions keep their order."""
+    from hiergeo.embedding import construct
+
+    gz = _tree(tmp_path, n_countries=2, hub=400)
+    whole = embed_tree(gz, dim=8)
+    monkeypatch.setattr(construct, "_PAIR_CHUNK", 7)
+    chunked = embed_tree(gz, dim=8)
+    assert whole.info["separation"] == chunked.info["separation"]
+    assert whole.info["separation"]["iterations"] > 1  # pairs were pushed
+    assert torch.equal(whole.points, chunked.points)
+
+
 def test_siblings_close_on_earth_are_close_in_the_ball(tmp_path):
     gz = _tree(tmp_path, n_countries=12, regions=8, subregions=2, cities=2, seed=3)
     m = evaluate_embedding(embed_tree(gz, dim=16), gz, n_pairs=2000)

@@ -132,6 +132,27 @@ def _clip_cone(u: np.ndarray, cos_cone: float, free: np.ndarray) -> np.ndarray:
     return u
 
 
+_PAIR_CHUNK = 1 << 20
+
+
+def _push(u: np.ndarray, i: np.ndarray, j: np.ndarray, chord: float, step: float,
+          delta: np.ndarray, side: int) -> None:
+    """Add to ``delta`` the push that moves each close pair ``(i, j)`` apart towards
+    ``chord`` (along ``u_i - u_j``, or a deterministic pseudo-random axis where they
+    coincide): to the i's (``side`` 0) or, negated, to the j's (1)."""
+    d = u[i] - u[j]
+    gap = np.linalg.norm(d, axis=-1, keepdims=True)
+    tiny = gap[:, 0] < 1e-9
+    if tiny.any():
+        d[tiny] = np.sin(np.arange(u.shape[1])[None, :] * 1.7 + i[tiny, None])
+        gap[tiny] = np.linalg.norm(d[tiny], axis=-1, keepdims=True)
+    push = d / gap * (chord - gap) * step
+    if side == 0:
+        np.add.at(delta, i, push)
+    else:
+        np.add.at(delta, j, -push)
+
+
 def separate(u: np.ndarray, group: np.ndarray, min_angle: float, cos_cone: float,
              free: np.ndarray, max_iter: int = 100, step: float = 0.6,
              patience: int = 10) -> tuple[np.ndarray, dict]:
@@ -158,16 +179,15 @@ def separate(u: np.ndarray, group: np.ndarray, min_angle: float, cos_cone: float
         if len(history) > patience and left > 0.95 * history[-1 - patience]:
             break
         i, j = active[pairs[:, 0]], active[pairs[:, 1]]
-        d = u[i] - u[j]
-        gap = np.linalg.norm(d, axis=-1, keepdims=True)
-        tiny = gap[:, 0] < 1e-9  # coincident: push along a deterministic pseudo-random axis
-        if tiny.any():
-            d[tiny] = np.sin(np.arange(u.shape[1])[None, :] * 1.7 + i[tiny, None])
-            gap[tiny] = np.linalg.norm(d[tiny], axis=-1, keepdims=True)
-        push = d / gap * (chord - gap) * step
+        del pairs
         delta = np.zeros_like(u)
-        np.add.at(delta, i, push)
-        np.add.at(delta, j, -push)
+        # a chunk of pairs at a time: the full sibling separation finds tens of millions of
+        # close pairs in the first rounds, and [pairs, dim] float64 temporaries took 12 GiB.
+        # All the pushes to the i's, then all those to the j's, as one np.add.at each did:
+        # the same additions in the same order, so the same result to the bit
+        for side in (0, 1):
+            for s in range(0, len(i), _PAIR_CHUNK):
+                _push(u, i[s:s + _PAIR_CHUNK], j[s:s + _PAIR_CHUNK], chord, step, delta, side)
         moved = np.unique(np.r_[i, j])
         u[moved] = _clip_cone(_unit(u[moved] + delta[moved]), cos_cone, free[moved])
         active = np.flatnonzero(np.isin(group, np.unique(group[moved])))
