@@ -1,9 +1,12 @@
-"""``python tests/ddp_slow_eval.py SECONDS TRAIN-ARGS...``: ``hiergeo.train`` with process 0's
-final evaluation made ``SECONDS`` slower, for the DDP test that no process waits on it
+"""``python tests/ddp_slow_eval.py SECONDS FOLDER TRAIN-ARGS...``: ``hiergeo.train`` with
+process 0's final evaluation made ``SECONDS`` slower; each process writes
+``FOLDER/rank<R>.done`` (the time it left) for the DDP test of the final wait
 (tests/test_train.py)."""
 
+import os
 import sys
 import time
+from pathlib import Path
 
 import hiergeo.evaluate
 
@@ -17,4 +20,7 @@ if __name__ == "__main__":
     hiergeo.evaluate.evaluate_split = slow  # the trainer imports it when it gets there
     from hiergeo.train import main
 
-    sys.exit(main(sys.argv[2:]))
+    code = main(sys.argv[3:])
+    done = Path(sys.argv[2]) / f"rank{os.environ.get('RANK', '0')}.done"
+    done.write_text(repr(time.time()))  # when this process left hiergeo.train
+    sys.exit(code)

@@ -205,14 +205,17 @@ def test_ddp_evaluation_gathers_the_same_predictions(smoke_run, tmp_path, cache_
 
 def test_ddp_final_evaluation_outlasts_the_timeout(tmp_path, cache_env, smoke_run):
     """Process 0 calibrates and evaluates alone at the end (here 25 s, slowed on purpose);
-    the others wait for it, but not under the process group's timeout (here 10 s). Before
-    the fix, process 1 failed at the final barrier."""
+    the others wait for it (a machine whose processes all left could end torchrun's
+    rendezvous under process 0), but not under the process group's timeout (here 10 s).
+    Before the fix, process 1 failed at the final barrier."""
     r = _torchrun(tmp_path, 29525, str(ROOT / "tests" / "ddp_slow_eval.py"), "25",
-                  "--config", "smoke", f"run.out={tmp_path}", "run.id=slow",
+                  str(tmp_path), "--config", "smoke", f"run.out={tmp_path}", "run.id=slow",
                   "optim.max_steps=4", "run.val_every=0", "hardware.dist_timeout_s=10")
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "slow" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["seconds"] > 25
+    written = (tmp_path / "slow" / "metrics.json").stat().st_mtime
+    assert float((tmp_path / "rank1.done").read_text()) >= written  # process 1 waited
 
 
 def test_steps_give_every_rank_a_share():
@@ -387,6 +390,34 @@ def test_train_on_images_through_timm(tmp_path, cache_env):
     assert res["steps"] == 2 and res["n"] >= 1
     rep = json.loads((tmp_path / "img" / "data_report.json").read_text())
     assert rep["source"].startswith("images:")
+
+
+def test_undecodable_validation_images_are_left_out(tmp_path):
+    """Validation needs every row's answer: images that fail to decode or to preprocess are
+    dropped from the split up front, with their reasons."""
+    from PIL import Image
+
+    from hiergeo.train.data import ImageInputs, Split, _decodable
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (32 + 8 * i, 32), (40 * i, 90, 30)).save(p, quality=90)
+        paths.append(str(p))
+    (tmp_path / "0.jpg").write_bytes((tmp_path / "0.jpg").read_bytes()[:200])  # truncated
+
+    def transform(img):  # fails on the 56-pixel-wide image, like an odd preprocessing
+        if img.width == 56:
+            raise ValueError("odd size")
+        return torch.zeros(3, 8, 8)
+
+    split = Split(table_=pd.DataFrame({"id": list("abcd")}), latlon=torch.zeros(4, 2),
+                  ids=torch.arange(16).reshape(4, 4), images=ImageInputs(paths, transform))
+    kept, bad = _decodable(split, "val")
+    assert kept.table["id"].tolist() == ["b", "c"] and kept.ids[:, 0].tolist() == [4, 8]
+    assert [p for p, _ in bad] == [paths[0], paths[3]]
+    assert "preprocessing failed (odd size)" in bad[1][1]
+    assert kept.inputs([0, 1]).shape == (2, 3, 8, 8)
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env, smoke_run):

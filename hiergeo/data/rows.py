@@ -43,18 +43,24 @@ def _header(path: Path) -> tuple[int, list[int], str]:
     return 8 + size + int(t["data_offsets"][0]), [int(s) for s in t["shape"]], t["dtype"]
 
 
-_FILES: dict[str, int] = {}  # path -> descriptor, shared by every view in the process
+_FILES: dict[tuple[int, int], int] = {}  # (device, inode) -> descriptor, for every view
 
 
-def _open(path: Path) -> int:
-    """A read-only descriptor of ``path``, one per file and process, shared by every view
-    (a store of 500 shards read by a train and a val view holds 500, not 1,000). They stay
-    open for the process's life; a forked DataLoader worker reuses them safely, since
-    ``preadv`` reads at an offset and never moves the file's position."""
-    key = str(path)
+def _open(path: Path, key: tuple[int, int]) -> int:
+    """A read-only descriptor of the file ``key`` (its device and inode when the view was
+    made), one per file and process, shared by every view (a store of 500 shards read by a
+    train and a val view holds 500, not 1,000). A store rewritten at the same path has new
+    inodes, so a view made after that reads the new files. Descriptors stay open for the
+    process's life; a forked DataLoader worker reuses them safely, since ``preadv`` reads
+    at an offset and never moves the file's position."""
     fd = _FILES.get(key)
     if fd is None:
-        fd = _FILES[key] = os.open(key, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != key:
+            os.close(fd)
+            raise OSError(f"{path} was replaced after its store was opened; open it again")
+        _FILES[key] = fd
     return fd
 
 
@@ -69,6 +75,7 @@ class StoreFeatures:
 
     def __init__(self, paths: list[Path], rows: np.ndarray | None = None):
         self.paths = [Path(p) for p in paths]
+        self.keys = [(st.st_dev, st.st_ino) for st in (os.stat(p) for p in self.paths)]
         heads = [_header(p) for p in self.paths]
         if not heads:
             raise ValueError("a feature store with no shards")
@@ -129,7 +136,7 @@ class StoreFeatures:
 
     # -- reading ----------------------------------------------------------------------------
     def _fd(self, shard: int) -> int:
-        return _open(self.paths[shard])
+        return _open(self.paths[shard], self.keys[shard])
 
     def _read(self, store_rows: np.ndarray) -> np.ndarray:
         """Rows ``store_rows`` as a ``[len, dim]`` array, consecutive rows read at once."""

@@ -317,17 +317,43 @@ def _map_bounded(fn, items: list, desc: str, threads: int = 16, chunk: int = 409
     return out
 
 
+def _map_shared(fn, items: list, desc: str) -> list:
+    """:func:`_map_bounded`, shared between torchrun's processes when a process group is up:
+    each maps every ``world``-th item and the answers are gathered, so every process holds
+    the whole list for ``1 / world`` of the work (and all hold the same one)."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return _map_bounded(fn, items, desc)
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    parts = [None] * world
+    tdist.all_gather_object(parts, _map_bounded(fn, items[rank::world], desc))
+    out = [None] * len(items)
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
 def _decodable(split: Split, where: str) -> tuple[Split, list]:
-    """``split`` without the images that fail to decode, and those ``(path, reason)``.
-    Evaluation needs every row's prediction, so the held-out images are decoded once up
-    front (training skips a failure in its batch instead)."""
+    """``split`` without the images that fail to decode or to preprocess, and those
+    ``(path, reason)``. Evaluation needs every row's prediction, so the held-out images are
+    tried once up front, shared between the processes (training skips a failure in its batch
+    instead)."""
     from ..data.images import load_image
+
+    transform = split.images.transform
 
     def reason(path):
         res = load_image(path)
-        return res.reason if res.image is None else None
+        if res.image is None:
+            return res.reason
+        try:
+            transform(res.image)
+        except Exception as exc:  # what ImageRows reports as a skip
+            return f"preprocessing failed ({exc})"
+        return None
 
-    why = _map_bounded(reason, split.images.paths, f"decoding the {where} images")
+    why = _map_shared(reason, split.images.paths, f"decoding the {where} images")
     bad = [(p, w) for p, w in zip(split.images.paths, why, strict=True) if w is not None]
     for p, w in bad[:5]:
         log.warning("leaving %s out of the %s split: %s", p, where, w)
@@ -345,7 +371,7 @@ def _from_images(cfg, gz):
     if cfg.data.max_samples is not None:
         records = records.iloc[:cfg.data.max_samples].reset_index(drop=True)
     paths = records["path"].astype(str).tolist()
-    why = _map_bounded(probe_image, paths, "checking image headers")
+    why = _map_shared(probe_image, paths, "checking image headers")
     ok = [i for i, w in enumerate(why) if w is None]
     skipped = [(p, w) for p, w in zip(paths, why, strict=True) if w is not None]
     for p, why in skipped[:5]:
@@ -387,6 +413,10 @@ def load_data(cfg, gz) -> TrainData:
     """Read, label, check and split the data a config names."""
     report: dict = {}
     if cfg.data.images is not None:
+        if cfg.data.val is not None:
+            raise DataError("data.val is a feature store, but data.images trains on images "
+                            "through the backbone: leave data.val unset (validation cells are "
+                            "carved from data.images)")
         full, rep, in_dim = _from_images(cfg, gz)
         report["source"] = f"images: {cfg.data.images}"
     else:

@@ -364,6 +364,9 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
     torch.manual_seed(cfg.run.seed)
     dev = dist.device
     t_start = time.perf_counter()
+    if cfg.optim.batch_size < dist.world:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is smaller than the "
+                          f"{dist.world} processes: every process needs a sample of each batch")
     gz = gazetteer.load()
     if dist.world > 1 and cfg.data.train is None and cfg.data.images is None:
         from .demo import demo_store
@@ -440,8 +443,9 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             was = int(ckpt["meta"].get("world_size", 1))
             if was != dist.world and steps_per_epoch(n, B, was) != spe:
                 log.warning("this run was started with %d processes and resumes with %d: an "
-                            "epoch now has %d steps instead of %d, so the data order from "
-                            "here differs from an uninterrupted run's", was, dist.world, spe,
+                            "epoch now has %d steps instead of %d, so the data order, the "
+                            "run's length and its learning-rate schedule from here differ "
+                            "from an uninterrupted run's", was, dist.world, spe,
                             steps_per_epoch(n, B, was))
     if dist.main:
         tmp = d / "config.yaml.tmp"
