@@ -40,6 +40,19 @@ def test_unique_columns_missing_and_unknown_are_counted(small):
     assert report["country"] == {"missing": 0, "unknown": 1}
 
 
+def test_a_key_of_another_level_is_unknown(small):
+    """The tree's root and a region's key are entities, but not countries: as a country
+    label they are unknown (before, the root became a country label and the loss -inf)."""
+    df = pd.DataFrame({"latitude": [0, 0], "longitude": [0, 0],
+                       "unique_country": ["<root>", "Khomas_NA"],
+                       "unique_region": ["Khomas_NA", "Khomas_NA"],
+                       "unique_sub-region": ["nan", "nan"], "unique_city": ["nan", "nan"]})
+    assert "<root>" in set(small.entities["key"])
+    ids, report = entity_ids(small, df)
+    assert ids["country_id"].isna().all() and report["country"] == {"missing": 0, "unknown": 2}
+    assert not ids["region_id"].isna().any()
+
+
 def test_without_label_columns_the_gazetteer_labels(small):
     df = pd.DataFrame({"latitude": [-44.27, float("nan")], "longitude": [171.13, 0.0]})
     ids, report = entity_ids(small, df)

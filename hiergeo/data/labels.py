@@ -67,9 +67,14 @@ def entity_ids(gz, df: pd.DataFrame, *, mode: str = "osv5m") -> tuple[pd.DataFra
             report[lvl] = {"missing": int(ids[f"{lvl}_id"].isna().sum()), "unknown": 0}
         return ids, report
     report["source"] = "dataset columns"
-    index = pd.Series(gz.entities["id"].to_numpy(), index=gz.entities["key"].to_numpy())
+    depth = gz.entities["depth"].to_numpy()
     out = {}
-    for lvl in LEVELS:
+    for j, lvl in enumerate(LEVELS):
+        # only this level's entities: a key of another level (the tree's "<root>" as a
+        # country, a region's key in the country column) is unknown here, not a label
+        at = depth == j + 1
+        index = pd.Series(gz.entities["id"].to_numpy()[at],
+                          index=gz.entities["key"].to_numpy()[at])
         k = keys[lvl]
         present = k.notna().to_numpy()
         looked_up = index.reindex(k.fillna("\x00").to_numpy()).to_numpy()  # NaN if unknown
