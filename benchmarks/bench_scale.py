@@ -192,6 +192,9 @@ def markdown(out: dict) -> str:
     g = 2**30
     lines = ["# Scale: memory and time against the store's size", "",
              f"Machine: {out['machine']}. Command: `{out['command']}`.", "",
+             "Synthetic stores (random float16 features, points scattered around random "
+             "gazetteer cities, OSV-5M's key columns): they measure memory and time, not "
+             "accuracy. The retrieval memory is off (`eval.memory=false`).", "",
              "| rows | store on disk | peak RSS (whole run) | s / step | batch | "
              "OSV-5M epoch, hours here |", "| --- | --- | --- | --- | --- | --- |"]
     for r in out["training"]:

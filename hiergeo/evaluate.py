@@ -29,6 +29,7 @@ import torch
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
 from . import metrics
+from .data.store import atomic_write_text
 from .predict import predict
 
 log = logging.getLogger(__name__)
@@ -87,20 +88,6 @@ def _predict_kwargs(cfg, method: str, beams) -> dict:
     return kw
 
 
-class _Rows:
-    """Rows ``[a, b)`` of a sliceable sequence of inputs, sliced lazily."""
-
-    def __init__(self, seq, a: int, b: int):
-        self.seq, self.a, self.b = seq, a, b
-
-    def __len__(self) -> int:
-        return self.b - self.a
-
-    def __getitem__(self, sl: slice):
-        start, stop, _ = sl.indices(len(self))
-        return self.seq[self.a + start:self.a + stop]
-
-
 def predict_split(model, hier, split, cfg, *, method: str = "descent", beams=None,
                   memory=None, neighbours=None, rank: int = 0, world: int = 1):
     """The predictions for ``split`` (rank ``rank`` of ``world``: its contiguous share of the
@@ -110,8 +97,11 @@ def predict_split(model, hier, split, cfg, *, method: str = "descent", beams=Non
     a, b = n * rank // world, n * (rank + 1) // world
     if a == b:
         return None, 0.0
+    from .train.data import _subset
+
     t0 = time.perf_counter()
-    pred = predict(model, _Rows(split.all_inputs(), a, b), hier, cfg.loss.tau, method=method,
+    share = split if (a, b) == (0, n) else _subset(split, np.arange(a, b))
+    pred = predict(model, share.all_inputs(), hier, cfg.loss.tau, method=method,
                    memory=memory, neighbours=None if neighbours is None else neighbours[a:b],
                    **_predict_kwargs(cfg, method, beams))
     return pred, time.perf_counter() - t0
@@ -315,9 +305,7 @@ def _main(args, rank: int, world: int, device: str) -> int:
     allm = json.loads(path.read_text()) if path.exists() else {}
     allm["eval"] = {**res, "data": args.data or "run's val split", "memory": memory is not None,
                     "processes": world}
-    tmp = path.with_name("metrics.json.tmp")
-    tmp.write_text(json.dumps(allm, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(allm, indent=2, default=float) + "\n")
     print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2,
                      default=float))
     return 0

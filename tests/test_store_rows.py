@@ -1,5 +1,6 @@
 """Feature stores read, not loaded: StoreFeatures, the index read in batches, lazy splits."""
 
+import os
 import pickle
 
 import numpy as np
@@ -63,6 +64,9 @@ def test_views_share_one_descriptor_per_shard(tmp_path):
     train[:], val[:], f[:]
     mine = set(rows._FILES) & set(f.keys)
     assert len(mine) == 11  # one per shard file, not one per shard and view
+    open_fds = len(os.listdir("/proc/self/fd"))
+    f.subset(np.arange(5))[:], train[:], val[:]  # new views, same files: nothing opened
+    assert len(os.listdir("/proc/self/fd")) == open_fds
     # a store rewritten at the same path: a view made now reads the new files
     y, _ = _store(tmp_path / "s", seed=1)
     assert torch.equal(_features(tmp_path / "s", 11)[:], y) and not torch.equal(y, x)

@@ -107,9 +107,6 @@ class StoreFeatures:
 
     ndim = 2
 
-    def nbytes(self) -> int:
-        return len(self) * self.row_bytes
-
     def subset(self, rows) -> StoreFeatures:
         """A view of rows ``rows`` of this one (no data is read)."""
         rows = np.asarray(rows, np.int64)
@@ -161,8 +158,3 @@ class StoreFeatures:
                               "the shard is truncated")
         out[order] = buf
         return out
-
-    def chunks(self, size: int = 32_768):
-        """``(start, tensor)`` for consecutive blocks of ``size`` rows (for scans)."""
-        for s in range(0, len(self), size):
-            yield s, self[s:s + size]

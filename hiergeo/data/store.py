@@ -106,11 +106,6 @@ class FeatureStore:
                              f"this hiergeo reads {FORMAT}")
         self.index = pd.read_parquet(self.path / "index.parquet") if index else None
 
-    @classmethod
-    def meta_only(cls, path: str | Path) -> FeatureStore:
-        """The store's ``store.json``, checked, without reading its index (``index`` None)."""
-        return cls(path, index=False)
-
     def __len__(self) -> int:
         return len(self.index)
 

@@ -371,6 +371,7 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
 
 def validate(cfg: Config) -> None:
     from ..geometry.spaces import SPACES
+    from ..model.geolocator import QUERY_MODES
 
     def need(ok, msg):
         if not ok:
@@ -403,7 +404,7 @@ def validate(cfg: Config) -> None:
     need(cfg.eval.memory_k >= 1 and cfg.eval.memory_temperature > 0,
          f"eval.memory_k must be >= 1 and eval.memory_temperature > 0, got "
          f"{cfg.eval.memory_k}, {cfg.eval.memory_temperature}")
-    need(cfg.model.queries in ("shared", "per_level"),
+    need(cfg.model.queries in QUERY_MODES,
          f"model.queries must be shared or per_level, not {cfg.model.queries!r}")
     need(cfg.model.geometry in SPACES,
          f"model.geometry must be one of {', '.join(SPACES)}, not {cfg.model.geometry!r}")

@@ -144,14 +144,14 @@ class ImageInputs:
         return torch.stack(list(self._pool.map(self._one, rows)))
 
 
-def _check_table(table: pd.DataFrame, where: str) -> None:
+def _check_table(table: pd.DataFrame, where: str, row_offset: int = 0) -> None:
     for col in ("latitude", "longitude"):
         if col not in table.columns:
             raise DataError(f"{where}: no {col!r} column (columns: {list(table.columns)})")
     lat = pd.to_numeric(table["latitude"], errors="coerce")
     lon = pd.to_numeric(table["longitude"], errors="coerce")
     try:
-        check_coordinates(lat, lon, source=where)
+        check_coordinates(lat, lon, source=where, row_offset=row_offset)
     except InputError as exc:
         raise DataError(f"{exc}; drop or fix those rows") from None
 
@@ -241,7 +241,7 @@ def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = Tr
     from ..data.rows import StoreFeatures
     from ..data.store import shard_paths
 
-    store = FeatureStore.meta_only(path)
+    store = FeatureStore(path, index=False)
     where = f"{where} ({path})"
     shard_col = pq.read_table(store.path / "index.parquet", columns=["shard"]).column(
         "shard").to_numpy()
@@ -267,10 +267,8 @@ def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = Tr
             t = t.iloc[:max(0, max_samples - seen)]
         if len(t) == 0:
             break
-        t.index = pd.RangeIndex(seen, seen + len(t))
-        _check_table(t, where)
-        ids, rep = _labels(gz, t.reset_index(drop=True), cfg.data.label_mode, where,
-                           check=False)
+        _check_table(t, where, row_offset=seen)  # rows named by their place in the store
+        ids, rep = _labels(gz, t, cfg.data.label_mode, where, check=False)
         id_parts.append(ids)
         reps.append(rep)
         lat_parts.append(t[["latitude", "longitude"]].to_numpy(np.float64))
@@ -284,14 +282,11 @@ def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = Tr
     if cfg.data.feature_dim is not None and x.dim != cfg.data.feature_dim:
         raise DataError(f"{where}: features have dimension {x.dim}, but the config says "
                         f"data.feature_dim={cfg.data.feature_dim}")
-    if len(x) < seen:
-        raise DataError(f"{where}: the index has {seen} rows, the shards {len(x)}")
     rows = None
     if seen < len(x):
         rows = np.arange(seen)
         x = x.subset(rows)
     if check:
-
         has_id = "id" in idx.schema_arrow.names
         _check_finite_chunks(x, where, int(os.environ.get("RANK", "0")),
                              int(os.environ.get("WORLD_SIZE", "1")),
@@ -339,21 +334,11 @@ def _decodable(split: Split, where: str) -> tuple[Split, list]:
     ``(path, reason)``. Evaluation needs every row's prediction, so the held-out images are
     tried once up front, shared between the processes (training skips a failure in its batch
     instead)."""
-    from ..data.images import load_image
+    from ..data.images import ImageRows
 
-    transform = split.images.transform
-
-    def reason(path):
-        res = load_image(path)
-        if res.image is None:
-            return res.reason
-        try:
-            transform(res.image)
-        except Exception as exc:  # what ImageRows reports as a skip
-            return f"preprocessing failed ({exc})"
-        return None
-
-    why = _map_shared(reason, split.images.paths, f"decoding the {where} images")
+    rows = ImageRows(split.images.paths, split.images.transform)
+    why = _map_shared(lambda i: rows[i][2], list(range(len(rows))),
+                      f"decoding the {where} images")
     bad = [(p, w) for p, w in zip(split.images.paths, why, strict=True) if w is not None]
     for p, w in bad[:5]:
         log.warning("leaving %s out of the %s split: %s", p, where, w)
@@ -392,6 +377,7 @@ def _from_images(cfg, gz):
 
 
 def _subset(s: Split, rows: np.ndarray) -> Split:
+    """Rows ``rows`` of ``s`` (features and images are views, read when asked for)."""
     rows = np.asarray(rows, np.int64)
     r = torch.from_numpy(rows)
     images = None

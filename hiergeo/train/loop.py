@@ -26,6 +26,7 @@ import yaml
 
 from gazetteer.keys import LEVELS
 
+from ..data.store import atomic_write_text
 from ..geometry.spaces import make_space
 from ..losses import GeoWeightedContrastive, parent_hinge
 from ..losses.contrastive import block_size
@@ -448,9 +449,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                             "from an uninterrupted run's", was, dist.world, spe,
                             steps_per_epoch(n, B, was))
     if dist.main:
-        tmp = d / "config.yaml.tmp"
-        tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-        tmp.replace(d / "config.yaml")
+        atomic_write_text(d / "config.yaml", cfg.to_yaml())
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
 
     train_model = model
@@ -576,25 +575,31 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                                      neighbours=neighbours))
         result["memory"] = memory is not None and model.uses_memory
         result["seconds"] = time.perf_counter() - t_start
-        tmp = d / "metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
-        tmp.replace(d / "metrics.json")
+        atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
     dist.wait_for_main()
     return result
 
 
 @torch.no_grad()
-def query_points(model, split, rows: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+def query_points(model, split, rows: np.ndarray, batch_size: int = 1024,
+                 features: bool = False):
     """The model's query points for ``rows`` of ``split``, inputs loaded a batch at a time
-    (images are decoded per batch, never all at once)."""
+    (images are decoded per batch, never all at once); with ``features``, ``(points,
+    encoder features)``, from one pass of the encoder."""
     was = model.training
     model.eval()
     dev = model.entities.device
+    zs, fs = [], []
     try:
-        return torch.cat([model(split.inputs(rows[s:s + batch_size]).to(dev))
-                          for s in range(0, len(rows), batch_size)])
+        for s in range(0, len(rows), batch_size):
+            f = model.encoder(split.inputs(rows[s:s + batch_size]).to(dev))
+            zs.append(model.query_from_features(f))
+            if features:
+                fs.append(f)
     finally:
         model.train(was)
+    z = torch.cat(zs)
+    return (z, torch.cat(fs)) if features else z
 
 
 def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None):
@@ -608,7 +613,8 @@ def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None):
     n = len(split)
     rows = np.sort(np.random.default_rng([cfg.run.seed, 13]).permutation(n)[
         :cfg.eval.calibration_max])
-    z = query_points(model, split, rows)
+    z, f = query_points(model, split, rows, features=True) if memory is not None else (
+        query_points(model, split, rows), None)
     rep = fit_temperatures(model, z, split.ids[rows].to(model.entities.device), hier,
                            cfg.loss.tau)
     log.info("calibration on %d validation samples: %s", len(rows), ", ".join(
@@ -617,17 +623,14 @@ def _calibrate(model, split, hier, cfg: Config, d: Path, memory=None):
     out = {"samples": len(rows), "levels": rep}
     nb = None
     if memory is not None:
-        nb = memory.search(torch.cat([model.encoder(split.inputs(rows[s:s + 1024]).to(
-            model.entities.device)) for s in range(0, len(rows), 1024)]))
+        nb = memory.search(f)
         out["memory"] = fit_memory_weights(model, z, nb, split.ids[rows].to(
             model.entities.device), hier, cfg.loss.tau)
         log.info("memory on the same samples: %s", ", ".join(
             f"{lvl} a={r['a']:.3g} T'={r['T']:.3g} (accuracy given the parent "
             f"{r['accuracy_model']:.3f} -> {r['accuracy']:.3f})"
             for lvl, r in out["memory"].items() if r["n"]))
-    tmp = d / "calibration.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(d / "calibration.json")
+    atomic_write_text(d / "calibration.json", json.dumps(out, indent=2) + "\n")
     return rep, (nb if len(rows) == n else None)
 
 
