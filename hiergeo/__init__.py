@@ -5,3 +5,14 @@ learning side: tree embedding, model, losses, training, prediction, metrics and 
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Geolocator", "__version__"]
+
+
+def __getattr__(name: str):
+    # imported on first use: ``import hiergeo`` stays light (no torch until a model is needed)
+    if name == "Geolocator":
+        from .geolocate import Geolocator
+
+        return Geolocator
+    raise AttributeError(f"module 'hiergeo' has no attribute {name!r}")

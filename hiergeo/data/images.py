@@ -60,8 +60,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path) -> LoadResult:
-    """Open ``path`` as an upright RGB image, or say why not."""
+def _upright(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """An opened image turned upright by its EXIF orientation (malformed EXIF: as stored,
+    with a note) and converted to RGB."""
+    note = None
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # malformed EXIF: keep the pixels as stored
+        upright = img.copy()
+        note = f"EXIF unreadable, orientation not applied ({exc})"
+    rgb = _to_rgb(upright if upright is not None else img)
+    rgb.load()
+    return rgb, note
+
+
+def load_image(path: str | Path | Image.Image) -> LoadResult:
+    """Open ``path`` as an upright RGB image, or say why not. An image already in memory
+    (a PIL image) is turned upright and converted the same way."""
+    if isinstance(path, Image.Image):
+        try:
+            path.load()
+            rgb, note = _upright(path)
+        except (OSError, SyntaxError, ValueError) as exc:
+            return LoadResult(None, f"corrupt image data ({exc})")
+        if rgb.width < 1 or rgb.height < 1:
+            return LoadResult(None, "empty image")
+        return LoadResult(rgb, None, note)
     path = Path(path)
     if not path.exists():
         return LoadResult(None, "missing file")
@@ -69,7 +93,6 @@ def load_image(path: str | Path) -> LoadResult:
         return LoadResult(None, "not a file")
     if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
         return LoadResult(None, "HEIC/HEIF image: install pillow-heif to decode it")
-    note = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -78,13 +101,7 @@ def load_image(path: str | Path) -> LoadResult:
             try:
                 with Image.open(path) as img:
                     img.load()
-                    try:
-                        upright = ImageOps.exif_transpose(img)
-                    except Exception as exc:  # malformed EXIF: keep the pixels as stored
-                        upright = img.copy()
-                        note = f"EXIF unreadable, orientation not applied ({exc})"
-                    rgb = _to_rgb(upright if upright is not None else img)
-                    rgb.load()
+                    rgb, note = _upright(img)
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = previous
     except UnidentifiedImageError:
@@ -140,7 +157,8 @@ def _grey_filled(img: Image.Image, rows: int = 16) -> bool:
 
 class ImageRows:
     """A ``torch.utils.data.Dataset`` (map-style): item ``i`` -> ``(preprocessed image or
-    None, row, reason or None)`` for row ``rows[i]`` of ``paths`` (``rows`` None: row i).
+    None, row, reason or None)`` for row ``rows[i]`` of ``paths`` (``rows`` None: row i),
+    file paths or images in memory (PIL).
     A row whose ``valid`` entry is False (e.g. no coordinates), whose file does not decode or
     whose ``transform`` fails is returned with its reason, never raised: DataLoader workers
     keep going. Batch the items with :func:`collate_images`."""

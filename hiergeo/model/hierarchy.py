@@ -53,7 +53,15 @@ class Hierarchy:
 
     @classmethod
     def from_gazetteer(cls, gz, active: np.ndarray | None = None) -> Hierarchy:
-        e = gz.entities
+        return cls.from_table(gz.entities, active)
+
+    @classmethod
+    def from_table(cls, e, active: np.ndarray | None = None) -> Hierarchy:
+        """From an entity table with the gazetteer's columns ``parent_id, depth, lat, lon,
+        point_lat, point_lon`` (row i = entity id i, the root at depth 0): a gazetteer's, or
+        an exported model's (:mod:`hiergeo.export`), which needs no gazetteer."""
+        from gazetteer.tree import ancestors_table
+
         parent = e["parent_id"].to_numpy(np.int64).copy()
         depth = e["depth"].to_numpy(np.int64).copy()
         n = len(parent)
@@ -78,7 +86,7 @@ class Hierarchy:
                    latlon=torch.from_numpy(e[["lat", "lon"]].to_numpy(np.float64).copy()),
                    point_latlon=torch.from_numpy(
                        e[["point_lat", "point_lon"]].to_numpy(np.float64).copy()),
-                   ancestors=torch.from_numpy(gz.ancestors.astype(np.int64)),
+                   ancestors=torch.from_numpy(ancestors_table(e).astype(np.int64)),
                    active=torch.from_numpy(act), level_ids=level_ids,
                    pos_in_level=torch.from_numpy(pos), child_start=torch.from_numpy(start),
                    child_count=torch.from_numpy(count), child_list=torch.from_numpy(kids))

@@ -342,7 +342,8 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
-            batch_size: int = 1024, memory=None, neighbours=None, **kwargs) -> Prediction:
+            batch_size: int = 1024, memory=None, neighbours=None, from_features: bool = False,
+            **kwargs) -> Prediction:
     """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``.
 
     ``taus`` are the training temperatures; the model's calibration
@@ -352,7 +353,9 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     the model's fitted ``memory_weight`` and ``mixture_temperature`` (weights all 0: the
     memory is not searched); flat search scores the model alone. ``neighbours``: the
     memory's :class:`~hiergeo.predict.memory.Neighbours` for every row of ``x`` when already
-    searched (a search is the costly part at scale); None: searched a batch at a time."""
+    searched (a search is the costly part at scale); None: searched a batch at a time.
+    ``from_features``: ``x`` are already the encoder's output (a timm encoder's features,
+    computed elsewhere), so the encoder is not run."""
     if method not in ("descent", "flat"):
         raise ValueError(f"method must be 'descent' or 'flat', not {method!r}")
     fn = descend if method == "descent" else flat_search
@@ -366,7 +369,8 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     parts = []
     try:
         for s in range(0, len(x), batch_size):
-            f = model.encoder(x[s:s + batch_size].to(dev))
+            f = x[s:s + batch_size].to(dev)
+            f = f.float() if from_features else model.encoder(f)
             z = model.query_from_features(f)
             if use_memory:
                 nb = (memory.search(f) if neighbours is None

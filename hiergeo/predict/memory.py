@@ -116,6 +116,27 @@ class Memory:
             self.features[s:s + chunk] = x.to(self.device, torch.float16)
         self.ids = ids.to(self.device, torch.long)
 
+    @classmethod
+    def from_unit(cls, features: torch.Tensor, ids: torch.Tensor, k: int = 20,
+                  temperature: float = 0.05, device="cpu") -> Memory:
+        """A memory from rows already normalised and in float16 (``self.features`` of
+        another memory, as :mod:`hiergeo.export` saves it), kept as they are: no second
+        full-size copy."""
+        if features.dtype != torch.float16 or features.ndim != 2:
+            raise ValueError(f"need float16 unit rows [N, d], got {features.dtype} "
+                             f"{tuple(features.shape)}")
+        if ids.shape != (len(features), NLEV) or len(features) == 0:
+            raise ValueError(f"need ids [N, {NLEV}] for N = {len(features)} > 0 rows, got "
+                             f"{tuple(ids.shape)}")
+        if k < 1 or not temperature > 0:
+            raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
+        out = object.__new__(cls)
+        out.k, out.temperature = int(k), float(temperature)
+        out.device = torch.device(device)
+        out.features = features.to(out.device)
+        out.ids = ids.to(out.device, torch.long)
+        return out
+
     @torch.no_grad()
     def search(self, f: torch.Tensor) -> Neighbours:
         """The ``k`` most similar samples to encoder features ``f [B, d]``."""

@@ -227,6 +227,32 @@ def _check_finite_chunks(x, where: str, rank: int = 0, world: int = 1, ids_of=No
                             f"{s + len(block) - 1}); recompute them or drop those rows")
 
 
+def store_features(store: Path, where: str):
+    """A feature store's features as a lazy :class:`~hiergeo.data.rows.StoreFeatures` in
+    index order (None when the store has no rows), checked against the index's shard
+    counts; ``where`` names the store in errors."""
+    import pyarrow.parquet as pq
+
+    from ..data.rows import StoreFeatures
+    from ..data.store import shard_paths
+
+    shard_col = pq.read_table(Path(store) / "index.parquet", columns=["shard"]).column(
+        "shard").to_numpy()
+    if not len(shard_col):
+        return None
+    if np.any(np.diff(shard_col) < 0):
+        raise DataError(f"{where}: index.parquet's rows are not in shard order")
+    # a shard whose every image was skipped has a file of 0 rows and no index row
+    per_shard = np.bincount(shard_col)
+    x = StoreFeatures([shard_paths(Path(store), k)["features"] for k in range(len(per_shard))])
+    held = np.diff(x.starts)
+    if not np.array_equal(held, per_shard):
+        k = int(np.flatnonzero(held != per_shard)[0])
+        raise DataError(f"{where}: shard {k} holds {held[k]} feature rows, the index "
+                        f"names {per_shard[k]}; extract it again")
+    return x
+
+
 def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = True
                      ) -> tuple[Split, dict, int]:
     """A feature store as a checked, labelled :class:`Split`, its label report and its
@@ -238,26 +264,9 @@ def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = Tr
     ``1 / WORLD_SIZE`` of the blocks); ``check=False`` skips that scan."""
     import pyarrow.parquet as pq
 
-    from ..data.rows import StoreFeatures
-    from ..data.store import shard_paths
-
     store = FeatureStore(path, index=False)
     where = f"{where} ({path})"
-    shard_col = pq.read_table(store.path / "index.parquet", columns=["shard"]).column(
-        "shard").to_numpy()
-    x = None
-    if len(shard_col):
-        if np.any(np.diff(shard_col) < 0):
-            raise DataError(f"{where}: index.parquet's rows are not in shard order")
-        # a shard whose every image was skipped has a file of 0 rows and no index row
-        per_shard = np.bincount(shard_col)
-        x = StoreFeatures([shard_paths(store.path, k)["features"]
-                           for k in range(len(per_shard))])
-        held = np.diff(x.starts)
-        if not np.array_equal(held, per_shard):
-            k = int(np.flatnonzero(held != per_shard)[0])
-            raise DataError(f"{where}: shard {k} holds {held[k]} feature rows, the index "
-                            f"names {per_shard[k]}; extract it again")
+    x = store_features(store.path, where)
     idx = pq.ParquetFile(store.path / "index.parquet")
     label_cols = [c for c in idx.schema_arrow.names if c not in ("shard", "row", "id")]
     lat_parts, id_parts, reps, seen = [], [], [], 0

