@@ -486,8 +486,9 @@ class Geolocator:
         timm_encoder = self.meta["model"]["encoder"] == "timm"
         if not timm_encoder:
             bb.model.to(self.device).eval()
-        sources = np.array([img if img is not None else path for img, path in
-                            zip(records["image"], records["path"], strict=True)], object)
+        # a list, not an array: numpy would turn PIL images into pixel arrays
+        sources = [img if img is not None else path for img, path in
+                   zip(records["image"], records["path"], strict=True)]
         workers = min(4, _cpu_count()) if workers is None else workers
         loader = DataLoader(ImageRows(sources, bb.transform()), batch_size=batch_size,
                             num_workers=workers if len(records) > batch_size else 0,
