@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean-venv
+.PHONY: demo photos test lint install clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hiergeo needs Python >= 3.11"'
@@ -18,6 +18,23 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m hiergeo.train run.overwrite=true
+
+# Real photos, the whole path in about a minute: features of 123 shared playset photos, a
+# small model, its export, predictions for the 40 others (+ the EXIF-GPS and broken photos)
+# as CSV and GeoJSON, and the offline map. Needs ../shared/images (PLAYSET=... elsewhere).
+SHARED  ?= ../shared/images
+PLAYSET ?= $(SHARED)/osv5m_playset
+PHOTOS  ?= results/photos
+photos: $(STAMP)
+	$(PY) scripts/playset_split.py $(PLAYSET) --out $(PHOTOS)
+	$(PY) -m hiergeo.features --data $(PHOTOS)/train.csv --out $(PHOTOS)/store
+	$(PY) -m hiergeo.train --config photos data.train=$(PHOTOS)/store run.out=$(PHOTOS) \
+	    run.id=run run.overwrite=true
+	$(PY) -m hiergeo.export --run $(PHOTOS)/run --out $(PHOTOS)/model --overwrite
+	$(PY) -m hiergeo.predict --model $(PHOTOS)/model $(PHOTOS)/heldout.csv \
+	    $(SHARED)/exif_gps $(SHARED)/bad_inputs --out $(PHOTOS)/predictions.csv \
+	    --out $(PHOTOS)/predictions.geojson --map $(PHOTOS)/predictions.html
+	@echo "open $(PHOTOS)/predictions.html in a browser (it works offline)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
