@@ -19,6 +19,10 @@ def _degrees(dms) -> float:
 def read_gps(path: str | Path) -> tuple[float, float] | None:
     """(latitude, longitude) in degrees from a file's EXIF, signed by the N/S and E/W
     references; None if the file has no readable GPS position."""
+    from .images import HEIC_SUFFIXES, heif_available
+
+    if Path(path).suffix.lower() in HEIC_SUFFIXES:
+        heif_available()  # registers pillow-heif's opener, when installed
     try:
         with Image.open(path) as img:
             gps = img.getexif().get_ifd(GPS_IFD)

@@ -1,0 +1,250 @@
+"""The offline HTML photo map: one file, no network, data that parses back, text that cannot
+break out of its script block, thumbnails as data URIs; and, where Chromium is installed, a
+headless render that requests nothing off the machine and draws countries and markers."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from hiergeo.reports import write_map
+from hiergeo.reports.photo_map import country_paths
+
+TRICKY = 'Cusco "quoted" </script><script>alert(1)</script> & São Paulo, Île-de-France'
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(i, lat, lon, level="city", name="Bolivia", path=None, truth=None, k=3):
+    row = {
+        "id": f"img-{i}", "path": path, "pred_latitude": lat, "pred_longitude": lon,
+        "answer": f"{name} › La Paz" if level else f"{name}, region unsure",
+        "confident_level": level,
+        "country": name, "country_key": "BO", "p_country": 0.91,
+        "region": "La Paz", "region_key": "LP_BO", "p_region": 0.55,
+        "subregion": None, "subregion_key": None, "p_subregion": np.nan,
+        "city": None, "city_key": None, "p_city": np.nan,
+        "true_latitude": np.nan if truth is None else truth[0],
+        "true_longitude": np.nan if truth is None else truth[1],
+        "error_km": np.nan,
+    }
+    for j in range(1, k + 1):
+        row[f"path_{j}"] = f"{name} › option {j}"
+        row[f"key_{j}"] = f"k{j}"
+        row[f"p_{j}"] = 0.5 / j
+    return row
+
+
+@pytest.fixture
+def table(tmp_path):
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (640, 400), (0xC8, 0x5A, 0x1E)).save(jpeg, quality=90)
+    rows = [
+        _row(0, -16.50123, -68.15071, "city", path=str(jpeg), truth=(-16.4, -68.1)),
+        _row(1, 48.85, 2.35, "region", name="France", path=str(tmp_path / "gone.jpg")),
+        _row(2, -23.55, -46.63, "country", name=TRICKY, truth=(-22.9, -43.2)),
+        _row(3, np.nan, 10.0, "city"),  # no predicted position: skipped and counted
+        _row(4, 35.71234, 139.70987, "", name="Japan"),
+        _row(5, -17.8, 178.0, "subregion", name="Fiji", truth=(-16.5, -179.9)),
+        _row(6, 64.7, 177.5, "country", name="Russia"),
+    ]
+    frame = pd.DataFrame(rows)
+    frame.loc[0, "error_km"] = 12.5  # error_km given wins over the haversine
+    return frame, jpeg
+
+
+def _data(text: str) -> dict:
+    m = re.search(r'<script type="application/json" id="photo-data">(.*?)</script>', text, re.S)
+    assert m, "no JSON data block"
+    return json.loads(m.group(1))
+
+
+def test_writes_one_offline_file(table, tmp_path):
+    frame, _ = table
+    out = write_map(frame, tmp_path / "sub" / "map.html", title="Test map")
+    assert out == tmp_path / "sub" / "map.html" and out.is_file()
+    assert not [p for p in out.parent.iterdir() if p.name != "map.html"], "temporary file left"
+    text = out.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*//""", text, re.I)
+    for m in re.finditer(r"url\(\s*['\"]?([^)'\"]*)", text):
+        assert m.group(1).startswith(("#", "data:")), m.group(0)
+    assert "@import" not in text
+    assert not re.search(r"<(?:link|iframe|object|embed)\b", text, re.I)
+    # every attribute source (img, script, ...) is inline: data: only
+    for m in re.finditer(r"""\b(?:src|href)\s*=\s*["']([^"']*)["']""", text, re.I):
+        assert m.group(1).startswith("data:"), m.group(0)
+    assert "<svg" in text and text.count("<path d=") > 150  # the country base layer
+    assert "Test map" in text
+
+
+def test_data_block_round_trips(table, tmp_path):
+    frame, _ = table
+    data = _data(write_map(frame, tmp_path / "map.html", thumbnails=False).read_text("utf-8"))
+    by_id = {r["id"]: r for r in data["rows"]}
+    expected = frame[frame["pred_latitude"].notna()]
+    assert set(by_id) == set(expected["id"])
+    for _, row in expected.iterrows():
+        got = by_id[row["id"]]
+        assert got["lat"] == pytest.approx(row["pred_latitude"], abs=1e-5)
+        assert got["lon"] == pytest.approx(row["pred_longitude"], abs=1e-5)
+        assert got["lvl"] == row["confident_level"]
+        assert got["ans"] == row["answer"]
+        assert [p[0] for p in got["paths"]] == [row[f"path_{j}"] for j in (1, 2, 3)]
+        assert got["paths"][0][1] == pytest.approx(0.5)
+        assert [lv[0] for lv in got["levels"]] == ["country", "region"]  # None levels dropped
+        assert got["th"] is None and "off" in got["why"]
+    # truth: given error wins; missing error computed; no truth -> null
+    assert by_id["img-0"]["err"] == 12.5
+    assert by_id["img-2"]["err"] == pytest.approx(358, abs=5)  # São Paulo -> Rio
+    assert by_id["img-5"]["tlon"] == -179.9 and by_id["img-5"]["err"] < 300  # antimeridian
+    assert by_id["img-1"]["tlat"] is None and by_id["img-1"]["err"] is None
+    assert by_id["img-2"]["levels"][0][1] == TRICKY
+
+
+def test_tricky_text_stays_in_its_script_block(table, tmp_path):
+    frame, _ = table
+    text = write_map(frame, tmp_path / "map.html", thumbnails=False).read_text("utf-8")
+    assert len(re.findall(r"<script\b", text, re.I)) == len(re.findall(r"</script", text, re.I))
+    assert len(re.findall(r"<script\b", text, re.I)) == 2  # the data and the code
+    assert "alert(1)</script>" not in text and "<script>alert" not in text
+    assert "São Paulo" in text and "Île-de-France" in text  # unicode kept readable
+    assert any(r["ans"].startswith(TRICKY) for r in _data(text)["rows"])
+
+
+def test_nan_rows_skipped_and_counted(table, tmp_path):
+    frame, _ = table
+    frame.loc[6, "pred_longitude"] = 200.0  # out of range counts as no position too
+    text = write_map(frame, tmp_path / "map.html", thumbnails=False).read_text("utf-8")
+    ids = {r["id"] for r in _data(text)["rows"]}
+    assert "img-3" not in ids and "img-6" not in ids and len(ids) == 5
+    assert "5 photos on the map" in text
+    assert "2 without a predicted position" in text
+    assert "median error" in text
+
+
+def test_thumbnails(table, tmp_path):
+    frame, _ = table
+    text = write_map(frame, tmp_path / "map.html", thumb_px=96).read_text("utf-8")
+    rows = {r["id"]: r for r in _data(text)["rows"]}
+    uri = rows["img-0"]["th"]
+    assert uri.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as img:
+        assert img.format == "JPEG" and max(img.size) == 96 and img.size == (96, 60)
+    assert rows["img-1"]["th"] is None and rows["img-1"]["why"] == "missing file"
+    assert rows["img-4"]["th"] is None and "memory" in rows["img-4"]["why"]
+    # the limit: only the first drawn row gets one
+    text = write_map(frame, tmp_path / "map.html", max_thumbnails=1).read_text("utf-8")
+    rows = _data(text)["rows"]
+    assert rows[0]["th"] and all(r["th"] is None for r in rows[1:])
+    assert "only the first 1 " in rows[1]["why"]
+
+
+def test_missing_column_is_named(table, tmp_path):
+    frame, _ = table
+    with pytest.raises(ValueError, match="pred_longitude"):
+        write_map(frame.drop(columns="pred_longitude"), tmp_path / "map.html")
+    assert not (tmp_path / "map.html").exists()
+
+
+def test_no_truth_columns_no_error_stats(table, tmp_path):
+    frame, _ = table
+    plain = frame.drop(columns=["true_latitude", "true_longitude", "error_km"])
+    text = write_map(plain, tmp_path / "map.html", thumbnails=False).read_text("utf-8")
+    assert "median error" not in text and "true position</li>" not in text
+    assert all(r["tlat"] is None and r["err"] is None for r in _data(text)["rows"])
+
+
+def test_base_layer_is_small_and_cached():
+    paths = country_paths()
+    assert country_paths() is paths  # lru_cache: the second map reuses it
+    assert 200 < len(paths) and sum(len(d) for _, d in paths) < 1_000_000
+    names = {n for n, _ in paths}
+    assert {"Russia", "Fiji", "France", "Brazil"} <= names and "nan" not in names
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium (skipped where there is none)
+
+
+def _check_module():
+    spec = importlib.util.spec_from_file_location("check_map", ROOT / "scripts" / "check_map.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def check_map():
+    if not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()):
+        pytest.skip("no chromium")
+    return _check_module()
+
+
+THUMB_RGB = "#c85a1e"  # the colour of the test JPEG
+
+
+def test_renders_offline_in_chromium(check_map, table, tmp_path):
+    frame, _ = table
+    html_path = write_map(frame, tmp_path / "map.html")
+    report = check_map.check(html_path, tmp_path / "shot.png", colours={"thumb": THUMB_RGB})
+    assert report["requests_off_machine"] == [], report
+    assert report["js_errors"] == [] and report["blocked_by_csp"] == [], report
+    shot = report["screenshot"]
+    assert shot["width"] == 1400 and shot["height"] == 800
+    assert shot["land_pixels"] > 0.1 * 1400 * 800  # countries drawn
+    # markers drawn: more pixels of each level's colour than the legend's swatch alone has
+    empty = frame.assign(pred_latitude=np.nan)
+    legend_only = check_map.check(write_map(empty, tmp_path / "empty.html"),
+                                  tmp_path / "empty.png")["screenshot"]["marker_pixels"]
+    for level in ("city", "region", "country", "subregion", "none"):
+        assert shot["marker_pixels"][level] >= legend_only[level] + 40, (level, shot)
+    assert shot["other_pixels"]["thumb"] < 50  # no panel open
+    assert report["ok"] and not report["blank"]
+    # #select=ID opens that row's panel with its thumbnail on load
+    report = check_map.check(html_path, tmp_path / "panel.png", select="img-0",
+                             colours={"thumb": THUMB_RGB})
+    assert report["ok"], report
+    assert report["screenshot"]["other_pixels"]["thumb"] > 5000  # 160 x 100 thumbnail
+
+
+def test_chromium_check_can_fail(check_map, tmp_path):
+    """The check is not a rubber stamp: a page that loads from the web, or draws nothing,
+    fails it."""
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><img src="http://example.invalid/x.png">'
+                    "<script>fetch('https://tiles.example.invalid/1/2/3.png')"
+                    ".catch(function(){})</script></body></html>", encoding="utf-8")
+    report = check_map.check(page, tmp_path / "bad.png")
+    assert "http://example.invalid/x.png" in report["requests_off_machine"]
+    assert "https://tiles.example.invalid/1/2/3.png" in report["requests_off_machine"]
+    assert report["blank"] and not report["ok"]
+    assert not any("example.invalid" in u for u in report["chromium_internal"])
+
+
+def test_net_log_cut_short_still_parses(tmp_path):
+    mod = _check_module()
+    log = tmp_path / "net.json"
+    constants = {"logEventTypes": {"URL_REQUEST_START_JOB": 1, "REQUEST_ALIVE": 2},
+                 "logSourceType": {"URL_REQUEST": 7}}
+    ev = {"phase": 1, "source": {"id": 3, "type": 7}, "type": 1,
+          "params": {"url": "https://cdn.example/leaflet.js", "initiator": "null",
+                     "network_isolation_key": "file:// file://"}}
+    own = {"phase": 1, "source": {"id": 4, "type": 7}, "type": 1,
+           "params": {"url": "https://accounts.google.com/ListAccounts",
+                      "initiator": "not an origin", "network_isolation_key": "https://google.com"}}
+    log.write_text(json.dumps({"constants": constants})[:-1] + ',\n"events": [\n'
+                   + json.dumps(ev) + ",\n" + json.dumps(own) + ",\n"
+                   + '{"phase":1,"source":{"id":5,"ty', encoding="utf-8")
+    got = mod.classify_requests(*mod.read_net_log(log))
+    assert got["requests_off_machine"] == ["https://cdn.example/leaflet.js"]
+    assert got["chromium_internal"] == ["https://accounts.google.com/ListAccounts"]
