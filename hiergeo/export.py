@@ -26,8 +26,10 @@ entities seen in training, with their ancestors), renumbered in their gazetteer 
 predictions are the run's own, bit for bit.
 
 Size: the entity table is ``n x point_dim x 8`` bytes (165k x 16: 21 MB) and the memory
-``N x d x 2`` (4.9M OSV-5M images x 1024: 10 GB, held in memory while exporting and loading;
-``--no-memory`` leaves it out and predicts with the model alone).
+``N x d x 2`` (4.9M OSV-5M images x 1024: 10 GB). Exporting streams the memory from the
+training store a block at a time (it is never whole in memory); loading reads it whole, as
+prediction searches all of it. ``--no-memory`` leaves it out and predicts with the model
+alone.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ class Portable:
         meta: ``model.json``'s content.
         weights: head and :data:`PREDICT_BUFFERS` tensors, keyed as in ``GeoModel``.
         entities: the entity table (row i = entity i of ``weights["entities"]``).
-        memory: ``{"features": [N, d] float16 unit rows, "ids": [N, 4] int32}`` or None.
+        memory: ``{"features": [N, d], "ids": [N, 4] int32}`` or None: features as the
+            training store holds them (:func:`from_run`; a lazy
+            :class:`~hiergeo.data.rows.StoreFeatures`), or as the memory keeps them, unit
+            rows in float16 (:func:`read`), which ``unit`` (True/False) says.
         backbone: the backbone's state dict when it travels with the model, else None.
         files: provenance files copied as they are (name -> text).
     """
@@ -189,15 +194,38 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
 
 
 def _collect_memory(cfg, gz, new: np.ndarray) -> dict:
-    """The run's retrieval memory as exported: unit features in float16, ids renumbered."""
-    from .predict.memory import Memory
+    """The run's retrieval memory (:func:`hiergeo.evaluate.build_memory`'s rows): the
+    training split's features, still in the store, and their ids renumbered."""
     from .train.data import load_data
 
     train = load_data(cfg, gz).train
-    mem = Memory(train.x, train.ids, cfg.eval.memory_k, cfg.eval.memory_temperature)
-    ids = mem.ids.numpy()
+    ids = train.ids.numpy()
     ids = np.where(ids >= 0, new[ids.clip(0)], -1).astype(np.int32)
-    return {"features": mem.features.contiguous(), "ids": torch.from_numpy(ids)}
+    return {"features": train.x, "ids": torch.from_numpy(ids), "unit": False}
+
+
+def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
+    """``memory.safetensors`` (tensors ``features`` float16 unit rows, ``ids`` int32),
+    written a block of rows at a time: the safetensors layout is an 8-byte header length,
+    the JSON header, then each tensor's bytes in order."""
+    from .predict.memory import Memory
+
+    x, ids = mem["features"], mem["ids"].to(torch.int32).contiguous()
+    n, d = len(x), int(x.shape[1])
+    fbytes, ibytes = n * d * 2, n * ids.shape[1] * 4
+    header = json.dumps({"features": {"dtype": "F16", "shape": [n, d],
+                                      "data_offsets": [0, fbytes]},
+                         "ids": {"dtype": "I32", "shape": list(ids.shape),
+                                 "data_offsets": [fbytes, fbytes + ibytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(header).to_bytes(8, "little"))
+        fh.write(header)
+        for s in range(0, n, chunk):
+            block = x[s:s + chunk]
+            block = block.to(torch.float16) if mem.get("unit") else Memory.unit_rows(block)
+            fh.write(block.contiguous().numpy().tobytes())
+        fh.write(ids.numpy().tobytes())
 
 
 # -- writing and reading ---------------------------------------------------------------------
@@ -234,7 +262,7 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     put("weights.safetensors", lambda t: save_file(p.weights, str(t)))
     put("entities.parquet", lambda t: p.entities.to_parquet(t, index=False))
     if p.memory is not None:
-        put("memory.safetensors", lambda t: save_file(p.memory, str(t)))
+        put("memory.safetensors", lambda t: _write_memory(t, p.memory))
     if p.backbone is not None:
         put("backbone.safetensors", lambda t: save_file(p.backbone, str(t)))
     for name, text in (p.files or {}).items():
@@ -301,6 +329,8 @@ def read(folder: str | Path, *, check: bool = True) -> Portable:
     weights = tensors("weights.safetensors")
     entities = pd.read_parquet(folder / "entities.parquet")
     memory = tensors("memory.safetensors") if meta.get("memory") else None
+    if memory is not None:
+        memory["unit"] = True
     if meta.get("memory") and memory is None:
         raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors is "
                                "missing")

@@ -47,6 +47,7 @@ import torch
 
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
+from .data.images import ImageRows, collate_images
 from .data.records import IMAGE_SUFFIXES
 from .export import ModelFolderError, Portable, _create_backbone
 from .predict import Prediction, predict
@@ -63,13 +64,14 @@ class Timings:
     """Seconds spent per stage of the last :meth:`Geolocator.predict` (wall clock, in this
     process): ``decode`` waiting for images (reading, decoding, preprocessing; workers
     overlap it with the rest), ``backbone`` the image model, ``descent`` head, memory and
-    beam descent, ``exif`` reading GPS positions, ``table`` building the answer."""
+    beam descent, ``listing`` finding the photos (folders, tables), ``table`` building the
+    answer and scoring it against the truth. EXIF GPS positions are read with the images."""
 
     images: int = 0
     skipped: int = 0
     seconds: float = 0.0
     stages: dict = field(default_factory=lambda: dict.fromkeys(
-        ("exif", "decode", "backbone", "descent", "table"), 0.0))
+        ("listing", "decode", "backbone", "descent", "table"), 0.0))
 
     def report(self) -> dict:
         total = max(self.seconds, 1e-9)
@@ -114,14 +116,14 @@ def _read_table(path: Path) -> pd.DataFrame:
     return df[["id", "path", "latitude", "longitude", "truth_source", *labels, *extra]]
 
 
-def collect_photos(items) -> pd.DataFrame:
+def collect_photos(items, gps: bool = True) -> pd.DataFrame:
     """One row per photo named by ``items`` (files, folders searched recursively, photo
     tables, PIL images): ``id, path, image, latitude, longitude, truth_source`` (+ label
     columns of tables). ``path`` is None for an image in memory, ``image`` None for a file;
-    coordinates are the truth (a table's, else EXIF GPS), NaN when unknown."""
+    coordinates are the truth (a table's, else with ``gps`` the file's EXIF GPS), NaN when
+    unknown. (:meth:`Geolocator.predict` passes ``gps=False`` and reads EXIF in its image
+    workers, so that a million photos start at once.)"""
     from PIL import Image
-
-    from .data.exif import read_gps
 
     if isinstance(items, (str, Path, Image.Image)):
         items = [items]
@@ -144,11 +146,8 @@ def collect_photos(items) -> pd.DataFrame:
             tables.append(_read_table(p).assign(image=None))
         else:
             rows.append({"id": str(p), "path": str(p), "image": None})
-    files = pd.DataFrame(rows, columns=["id", "path", "image"])
-    gps = [read_gps(q) if q is not None and Path(q).is_file() else None for q in files["path"]]
-    files["latitude"] = [g[0] if g else np.nan for g in gps]
-    files["longitude"] = [g[1] if g else np.nan for g in gps]
-    files["truth_source"] = ["exif" if g else "" for g in gps]
+    files = pd.DataFrame(rows, columns=["id", "path", "image"]).assign(
+        latitude=np.nan, longitude=np.nan, truth_source="")
     out = pd.concat([files, *tables], ignore_index=True) if tables else files
     dup = out["id"].duplicated(keep="first")
     if dup.any():  # the same photo named twice (a file and its folder): keep the first
@@ -159,7 +158,22 @@ def collect_photos(items) -> pd.DataFrame:
                                       & out["longitude"].abs().le(180))
     out.loc[bad, ["latitude", "longitude"]] = np.nan
     out.loc[bad, "truth_source"] = ""
+    if gps:
+        from .data.exif import read_gps
+
+        for i in np.flatnonzero(_wants_gps(out)):
+            _set_gps(out, i, read_gps(out.at[i, "path"]))
     return out
+
+
+def _wants_gps(records: pd.DataFrame) -> np.ndarray:
+    """Rows whose truth may come from EXIF: a file, no position from a table."""
+    return (records["path"].notna() & records["latitude"].isna()).to_numpy()
+
+
+def _set_gps(records: pd.DataFrame, i: int, gps) -> None:
+    if gps is not None:
+        records.loc[i, ["latitude", "longitude", "truth_source"]] = [gps[0], gps[1], "exif"]
 
 
 # -- the answer ---------------------------------------------------------------------------
@@ -334,9 +348,10 @@ class Geolocator:
         if mm and portable.memory is not None:
             from .predict.memory import Memory
 
-            self.memory = Memory.from_unit(portable.memory["features"],
-                                           portable.memory["ids"], mm["k"],
-                                           mm["temperature"], self.device)
+            mem = portable.memory
+            build = Memory.from_unit if mem.get("unit") else Memory
+            self.memory = build(mem["features"], mem["ids"], mm["k"], mm["temperature"],
+                                device=self.device)
         self.settings = dict(self.meta["predict"])
         self.timings = Timings()
 
@@ -430,8 +445,8 @@ class Geolocator:
             table, records, skipped = self._predict_stores(stores, topk, batch_size)
         else:
             t = time.perf_counter()
-            records = collect_photos(items)
-            tm.stages["exif"] = time.perf_counter() - t
+            records = collect_photos(items, gps=False)
+            tm.stages["listing"] = time.perf_counter() - t
             table, skipped = self._predict_photos(records, topk, batch_size, workers, progress)
             records = records.iloc[table.pop("_row").to_numpy()].reset_index(drop=True)
             if "credit" in records.columns:  # a photo table's attribution travels with it
@@ -478,7 +493,6 @@ class Geolocator:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
-        from .data.images import ImageRows, collate_images
         from .features import _cpu_count
 
         tm = self.timings
@@ -491,9 +505,10 @@ class Geolocator:
         sources = [img if img is not None else path for img, path in
                    zip(records["image"], records["path"], strict=True)]
         workers = min(4, _cpu_count()) if workers is None else workers
-        loader = DataLoader(ImageRows(sources, bb.transform()), batch_size=batch_size,
+        loader = DataLoader(_PhotoRows(sources, bb.transform(), _wants_gps(records)),
+                            batch_size=batch_size,
                             num_workers=workers if len(records) > batch_size else 0,
-                            collate_fn=collate_images, pin_memory=self.device.type == "cuda")
+                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
         cuda = self.device.type == "cuda"
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
                     else torch.autocast("cpu", enabled=False))
@@ -505,10 +520,12 @@ class Geolocator:
             while True:
                 t = time.perf_counter()
                 try:
-                    x, rows, bad = next(it)
+                    x, rows, bad, gps = next(it)
                 except StopIteration:
                     break
                 tm.stages["decode"] += time.perf_counter() - t
+                for i, pos in gps.items():
+                    _set_gps(records, i, pos)
                 skipped += bad
                 if x is not None:
                     t = time.perf_counter()
@@ -545,6 +562,28 @@ class Geolocator:
         table["_row"] = rows
         tm.stages["table"] += time.perf_counter() - t
         return table, skip
+
+
+class _PhotoRows(ImageRows):
+    """:class:`~hiergeo.data.images.ImageRows` that also reads the EXIF GPS of the rows
+    ``want_gps`` marks, in the worker: items ``(image, row, reason, (lat, lon) or None)``."""
+
+    def __init__(self, sources, transform, want_gps):
+        super().__init__(sources, transform)
+        self.want_gps = want_gps
+
+    def __getitem__(self, i):
+        from .data.exif import read_gps
+
+        x, row, why = super().__getitem__(i)
+        return x, row, why, read_gps(self.paths[row]) if self.want_gps[row] else None
+
+
+def _collate(items):
+    """:func:`~hiergeo.data.images.collate_images` plus ``{row: (lat, lon)}`` of the GPS
+    positions found."""
+    x, rows, bad = collate_images([it[:3] for it in items])
+    return x, rows, bad, {it[1]: it[3] for it in items if it[3] is not None}
 
 
 def _timm_encoder(backbone):

@@ -230,7 +230,7 @@ def test_cli_writes_csv_parquet_geojson_with_truth_and_skips(photo_run, photos, 
     assert per["n"].sum() == 7
     report = json.loads(capsys.readouterr().out)
     assert report["photos"] == 7 and report["skipped"] == 1 and report["truth"]["n"] == 7
-    assert set(report["stage_share"]) == {"exif", "decode", "backbone", "descent", "table"}
+    assert set(report["stage_share"]) == {"listing", "decode", "backbone", "descent", "table"}
     assert main(["--model", str(model), str(photos / "nogps"), "--out",
                  str(tmp_path / "x.txt")]) == 2
 
@@ -364,3 +364,30 @@ def test_collect_photos_reads_every_kind(photos, tmp_path):
         store.mkdir()
         (store / "store.json").write_text("{}")
         collect_photos([store])
+
+
+def test_memory_is_written_a_block_at_a_time_as_the_memory_keeps_it(tmp_path):
+    """The streamed memory.safetensors holds exactly the rows Memory builds (unit float16),
+    whatever the block size, and reads back with safetensors."""
+    from safetensors.torch import load_file
+
+    from hiergeo.export import _write_memory
+    from hiergeo.predict.memory import Memory
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 8, generator=g).half() * 3
+    ids = torch.randint(-1, 50, (100, 4), generator=g)
+    want = Memory(x, ids)
+    for chunk in (7, 100, 1000):
+        _write_memory(tmp_path / "m.safetensors", {"features": x, "ids": ids}, chunk=chunk)
+        got = load_file(str(tmp_path / "m.safetensors"))
+        assert torch.equal(got["features"], want.features)
+        assert torch.equal(got["ids"].long(), ids) and got["ids"].dtype == torch.int32
+    _write_memory(tmp_path / "u.safetensors", {"features": want.features, "ids": ids,
+                                               "unit": True})
+    again = load_file(str(tmp_path / "u.safetensors"))
+    assert torch.equal(again["features"], want.features)
+    bad = x.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        _write_memory(tmp_path / "n.safetensors", {"features": bad, "ids": ids})

@@ -110,11 +110,16 @@ class Memory:
         # unit rows in float16, written a block at a time: the only full-size copy is this one
         self.features = torch.empty(features.shape, dtype=torch.float16, device=self.device)
         for s in range(0, len(features), chunk):
-            x = torch.nn.functional.normalize(features[s:s + chunk].float(), dim=1)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("the memory's features have NaN or infinite values")
-            self.features[s:s + chunk] = x.to(self.device, torch.float16)
+            self.features[s:s + chunk] = self.unit_rows(features[s:s + chunk]).to(self.device)
         self.ids = ids.to(self.device, torch.long)
+
+    @staticmethod
+    def unit_rows(block: torch.Tensor) -> torch.Tensor:
+        """Rows ``block [n, d]`` as the memory keeps them: unit length, float16."""
+        x = torch.nn.functional.normalize(block.float(), dim=1)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the memory's features have NaN or infinite values")
+        return x.to(torch.float16)
 
     @classmethod
     def from_unit(cls, features: torch.Tensor, ids: torch.Tensor, k: int = 20,
