@@ -8,8 +8,9 @@ on the shared playset); the photos are the 163 real OSV-5M playset JPEGs, listed
 times (the same files again under other ids: the page cache holds them, the decoding is done each
 time), given as a photo table without positions (no truth scoring).
 Each setting is one call of :meth:`hiergeo.Geolocator.predict` plus writing the CSV, timed
-after a warm-up call on 16 photos. Per stage (:class:`hiergeo.geolocate.Timings`): ``exif``
-(GPS positions), ``decode`` (the main process waiting for decoded, preprocessed images: all
+after a warm-up call on 16 photos. Per stage (:class:`hiergeo.geolocate.Timings`): ``listing``
+(finding the photos), ``decode`` (the main process waiting for decoded, preprocessed images and
+EXIF positions: all
 of the decoding with 0 workers, only what the workers did not hide otherwise), ``backbone``,
 ``descent`` (head, memory, beam descent), ``table`` (the answer table, truth scoring) and
 ``csv``. With 0 workers the stages run one after the other, so their shares are where the
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         print(f"error: {args.photos}: no JPEGs", file=sys.stderr)
         return 2
     from hiergeo import Geolocator
-    from hiergeo.geolocate import write_table
+    from hiergeo.reports.answers import write_table
 
     t = time.perf_counter()
     g = Geolocator.load(args.model, device="cpu")

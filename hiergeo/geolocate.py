@@ -4,17 +4,20 @@
 
     python -m hiergeo.predict --model MODEL PHOTOS... [--out predictions.csv] [--topk 5]
         [--map predictions.html] [--batch-size 64] [--device auto] [--workers N]
-        [--backbone-weights PATH | --allow-download]
+        [--beams 5,3,1,1] [--backbone-weights PATH | --allow-download] [--part-size 10000]
 
 MODEL is a folder written by ``python -m hiergeo.export`` or a run folder
 (``results/<run_id>``). PHOTOS are image files, folders (searched recursively), CSV/Parquet
 tables with a ``path`` column (relative to the table's folder; optional ``id``, ``latitude,
 longitude``, OSV-5M label columns, and ``credit``, the photo's attribution, kept in the
 output), or one or more feature stores (``python -m hiergeo.features``; not mixed with
-photos). ``--out`` may be given several times;
-its suffix picks the format: ``.csv``, ``.parquet`` or ``.geojson``.
+photos). ``--out`` may be given several times; its suffix picks the format: ``.csv``,
+``.parquet`` or ``.geojson``. Photos are predicted ``--part-size`` at a time and each part is
+saved as it is done (``<out>.parts/``): after a crash or a kill the same command resumes
+(:func:`predict_to_files`).
 
-One row per photo (:func:`prediction_table` lists the columns): the best path's names, keys
+One row per photo (:func:`~hiergeo.reports.answers.prediction_table` lists the columns):
+the best path's names, keys
 and calibrated probabilities per level, the deepest level the model is sure of, the predicted
 coordinates, and the top-k paths. A photo's truth is its table's ``latitude, longitude`` or
 its EXIF GPS; where there is one, the row also has the error in km and the hits per level
@@ -34,6 +37,7 @@ Python::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -45,18 +49,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
+from gazetteer.keys import LEVELS
 
-from .data.images import ImageRows, collate_images
-from .data.records import IMAGE_SUFFIXES
+from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
 from .export import ModelFolderError, Portable, _create_backbone
 from .predict import Prediction, predict
+from .reports.answers import OUT_SUFFIXES, prediction_table, score_truth, write_outputs
 
 log = logging.getLogger(__name__)
-
-SEP = " › "
-TABLE_SUFFIXES = {".csv", ".parquet"}
-OUT_SUFFIXES = {".csv", ".parquet", ".geojson"}
 
 
 @dataclass
@@ -85,214 +85,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# -- inputs -------------------------------------------------------------------------------
-def _is_store(p: Path) -> bool:
-    return p.is_dir() and (p / "store.json").exists()
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    """A photo table: ``path`` (relative to the table's folder), optional ``id``,
-    ``latitude, longitude`` and OSV-5M label columns."""
-    from gazetteer import InputError
-
-    from .data.records import _read
-
-    df = _read(path)
-    if "path" not in df.columns:
-        raise InputError(f"{path}: no column 'path' (the photos' files); columns are "
-                         f"{list(df.columns)}")
-    df["path"] = [str(q if Path(q).is_absolute() else path.parent / q) for q in df["path"]]
-    df["id"] = df["id"].astype(str) if "id" in df.columns else df["path"]
-    for col in ("latitude", "longitude"):
-        df[col] = (pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
-                   if col in df.columns else np.nan)
-    df["truth_source"] = np.where(df["latitude"].notna() & df["longitude"].notna(),
-                                  "table", "")
-    labels = [c for c in [*OSV5M_KEY_COLUMNS.values(), *OSV5M_PART_COLUMNS.values()]
-              if c in df.columns]
-    extra = ["credit"] if "credit" in df.columns else []
-    return df[["id", "path", "latitude", "longitude", "truth_source", *labels, *extra]]
-
-
-def collect_photos(items, gps: bool = True) -> pd.DataFrame:
-    """One row per photo named by ``items`` (files, folders searched recursively, photo
-    tables, PIL images): ``id, path, image, latitude, longitude, truth_source`` (+ label
-    columns of tables). ``path`` is None for an image in memory, ``image`` None for a file;
-    coordinates are the truth (a table's, else with ``gps`` the file's EXIF GPS), NaN when
-    unknown. (:meth:`Geolocator.predict` passes ``gps=False`` and reads EXIF in its image
-    workers, so that a million photos start at once.)"""
-    from PIL import Image
-
-    if isinstance(items, (str, Path, Image.Image)):
-        items = [items]
-    rows, tables = [], []
-    for i, item in enumerate(items):
-        if isinstance(item, Image.Image):
-            rows.append({"id": f"image-{i}", "path": None, "image": item})
-            continue
-        p = Path(item)
-        if _is_store(p):
-            raise ValueError(f"{p} is a feature store: predict stores on their own (or call "
-                             "predict_features), not mixed with photos")
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
-                           and f.is_file())
-            if not files:
-                log.warning("%s: no image files (suffixes %s)", p, sorted(IMAGE_SUFFIXES))
-            rows += [{"id": str(f), "path": str(f), "image": None} for f in files]
-        elif p.suffix.lower() in TABLE_SUFFIXES:
-            tables.append(_read_table(p).assign(image=None))
-        else:
-            rows.append({"id": str(p), "path": str(p), "image": None})
-    files = pd.DataFrame(rows, columns=["id", "path", "image"]).assign(
-        latitude=np.nan, longitude=np.nan, truth_source="")
-    out = pd.concat([files, *tables], ignore_index=True) if tables else files
-    dup = out["id"].duplicated(keep="first")
-    if dup.any():  # the same photo named twice (a file and its folder): keep the first
-        log.warning("%d photos named more than once (e.g. %s); each is predicted once",
-                    int(dup.sum()), out.loc[dup, "id"].iloc[0])
-        out = out[~dup].reset_index(drop=True)
-    bad = out["latitude"].notna() & ~(out["latitude"].abs().le(90)
-                                      & out["longitude"].abs().le(180))
-    out.loc[bad, ["latitude", "longitude"]] = np.nan
-    out.loc[bad, "truth_source"] = ""
-    if gps:
-        from .data.exif import read_gps
-
-        for i in np.flatnonzero(_wants_gps(out)):
-            _set_gps(out, i, read_gps(out.at[i, "path"]))
-    return out
-
-
-def _wants_gps(records: pd.DataFrame) -> np.ndarray:
-    """Rows whose truth may come from EXIF: a file, no position from a table."""
-    return (records["path"].notna() & records["latitude"].isna()).to_numpy()
-
-
-def _set_gps(records: pd.DataFrame, i: int, gps) -> None:
-    if gps is not None:
-        records.loc[i, ["latitude", "longitude", "truth_source"]] = [gps[0], gps[1], "exif"]
-
-
-# -- the answer ---------------------------------------------------------------------------
-def _readable(names: np.ndarray, path: np.ndarray) -> str:
-    """``Bolivia › La Paz › … › El Alto`` for a path of entity ids (placeholder entities,
-    which have no name, are left out)."""
-    return SEP.join(n for n in (names[i] for i in path if i >= 0) if n)
-
-
-def prediction_table(pred: Prediction, entities: pd.DataFrame, ids, paths=None,
-                     topk: int | None = None) -> pd.DataFrame:
-    """One row per query of ``pred`` (entity ids index ``entities``' rows).
-
-    Columns: ``id, path, pred_latitude, pred_longitude, answer, confident_level``; per level
-    L (country, region, subregion, city): ``L`` (name), ``L_key`` and ``p_L`` (the calibrated
-    probability that the best path is right down to L: the product of its conditional
-    probabilities; NaN where it stops above L); per path k of the top-k (``topk`` columns,
-    default as many as ``pred`` has; empty where fewer paths exist): ``path_k`` (names),
-    ``key_k`` (its deepest entity's key) and ``p_k`` (its probability). ``answer`` says what
-    the model is sure of (probability >= the model's threshold), e.g. ``Bolivia, region
-    unsure``; ``confident_level`` is that level's name ("" when not even the country)."""
-    names = entities["name"].fillna("").astype(str).to_numpy(object)
-    keys = entities["key"].astype(str).to_numpy(object)
-    n, k = pred.paths.shape[:2]
-    prob = pred.path_prob
-    top = pred.paths[:, 0, :]
-    out = {"id": np.asarray(ids, object),
-           "path": np.asarray(paths, object) if paths is not None else np.full(n, None),
-           "pred_latitude": pred.lat, "pred_longitude": pred.lon}
-    conf = pred.confident_level
-    answers = []
-    for i in range(n):
-        c = int(conf[i])
-        if c < 0:
-            best = _readable(names, top[i, :1]) or "?"
-            answers.append(f"country unsure (best guess {best}, {prob[i, 0, 0]:.0%})")
-            continue
-        sure = _readable(names, top[i, :c + 1])
-        deeper = c + 1 < len(LEVELS) and top[i, c + 1] >= 0
-        answers.append(f"{sure}, {LEVELS[c + 1]} unsure" if deeper else sure)
-    out["answer"] = np.array(answers, object)
-    out["confident_level"] = np.array([LEVELS[c] if c >= 0 else "" for c in conf], object)
-    for j, lvl in enumerate(LEVELS):
-        e = top[:, j]
-        out[lvl] = np.where(e >= 0, names[e.clip(0)], None)
-        out[f"{lvl}_key"] = np.where(e >= 0, keys[e.clip(0)], None)
-        out[f"p_{lvl}"] = np.where(e >= 0, prob[:, 0, j], np.nan)
-    depth = (pred.paths >= 0).sum(-1)                              # [n, k]
-    deepest = np.take_along_axis(pred.paths, (depth - 1).clip(0)[..., None], 2)[..., 0]
-    p_path = np.take_along_axis(prob, (depth - 1).clip(0)[..., None], 2)[..., 0]
-    for r in range(max(k, topk or 0)):
-        if r >= k:
-            out[f"path_{r + 1}"], out[f"key_{r + 1}"] = np.full(n, None), np.full(n, None)
-            out[f"p_{r + 1}"] = np.full(n, np.nan)
-            continue
-        has = depth[:, r] > 0
-        out[f"path_{r + 1}"] = np.array([_readable(names, pred.paths[i, r]) if has[i] else None
-                                         for i in range(n)], object)
-        out[f"key_{r + 1}"] = np.where(has, keys[deepest[:, r].clip(0)], None)
-        out[f"p_{r + 1}"] = np.where(has, p_path[:, r], np.nan)
-    return pd.DataFrame(out)
-
-
-def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None
-                ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    """Add the truth to a :func:`prediction_table`: ``true_latitude, true_longitude,
-    error_km``, per level ``true_L_key`` and ``hit_L`` (OSV-5M's: the predicted point
-    reverse-geocoded in ``osv5m`` mode and compared with the truth's key; <NA> where the
-    truth has no key at that level, or no position). ``truth`` (same rows): ``latitude,
-    longitude`` (NaN: unknown) and optionally OSV-5M's label columns, else its keys are the
-    labels of its coordinates. Returns the table, OSV-5M's summary over the rows with a
-    truth, and the per-country table (:func:`hiergeo.metrics.per_country`)."""
-    from . import metrics
-    from .metrics.osv5m import LEVEL_NAMES
-
-    if gz is None:
-        import gazetteer
-
-        gz = gazetteer.load()
-    has = truth["latitude"].notna().to_numpy() & truth["longitude"].notna().to_numpy()
-    t = truth.loc[has].reset_index(drop=True)
-    table = table.copy()
-    table["true_latitude"] = truth["latitude"].to_numpy(float)
-    table["true_longitude"] = truth["longitude"].to_numpy(float)
-    km = np.full(len(table), np.nan)
-    km[has] = metrics.haversine_km(table["pred_latitude"].to_numpy()[has],
-                                   table["pred_longitude"].to_numpy()[has],
-                                   t["latitude"].to_numpy(float), t["longitude"].to_numpy(float))
-    table["error_km"] = km
-    if not _has_labels(t):
-        lab = gz.label(t["latitude"].to_numpy(float), t["longitude"].to_numpy(float),
-                       mode="osv5m")
-        t = t.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].astype(str).to_numpy(object)
-                        for lvl in LEVELS})
-    pk = metrics.predicted_keys(table["pred_latitude"].to_numpy()[has],
-                                table["pred_longitude"].to_numpy()[has], gz)
-    hits = metrics.hits_from_keys(pk, t)
-    tkeys = metrics.truth_keys(t)
-    for lvl in LEVELS:
-        tk = np.full(len(table), None, object)
-        tk[has] = tkeys[lvl].to_numpy(object)
-        table[f"true_{lvl}_key"] = tk
-        hit = pd.array([pd.NA] * len(table), dtype="boolean")
-        hit[np.flatnonzero(has)] = hits[LEVEL_NAMES[lvl]].to_numpy()
-        table[f"hit_{lvl}"] = hit
-    if not has.any():
-        return table, {"n": 0}, pd.DataFrame()
-    summary = metrics.osv5m_summary(table["pred_latitude"].to_numpy()[has],
-                                    table["pred_longitude"].to_numpy()[has], t, hits=hits)
-    names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
-    per = metrics.per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
-                              km[has], hits, names)
-    return table, summary, per
-
-
-def _has_labels(t: pd.DataFrame) -> bool:
-    """Whether a truth table carries a full set of OSV-5M key or part columns."""
-    return (all(c in t.columns for c in OSV5M_KEY_COLUMNS.values())
-            or all(c in t.columns for c in OSV5M_PART_COLUMNS.values()))
 
 
 # -- the model ----------------------------------------------------------------------------
@@ -438,19 +230,19 @@ class Geolocator:
         self.timings = tm = Timings()
         items = [photos] if isinstance(photos, (str, Path)) or not hasattr(
             photos, "__iter__") else list(photos)
-        stores = [Path(p) for p in items if isinstance(p, (str, Path)) and _is_store(Path(p))]
+        stores = [Path(p) for p in items if isinstance(p, (str, Path)) and is_store(Path(p))]
         if stores:
             if len(stores) != len(items):
                 raise ValueError("feature stores and photos cannot be mixed in one call")
             table, records, skipped = self._predict_stores(stores, topk, batch_size)
         else:
             t = time.perf_counter()
-            records = collect_photos(items, gps=False)
+            photos = collect_photos(items, gps=False)
             tm.stages["listing"] = time.perf_counter() - t
-            table, skipped = self._predict_photos(records, topk, batch_size, workers, progress)
-            records = records.iloc[table.pop("_row").to_numpy()].reset_index(drop=True)
-            if "credit" in records.columns:  # a photo table's attribution travels with it
-                table.insert(2, "credit", records["credit"].to_numpy(object))
+            with _bar(len(photos), progress) as bar:
+                table, records, skipped = self.predict_part(photos, topk=topk,
+                                                            batch_size=batch_size,
+                                                            workers=workers, bar=bar)
         t = time.perf_counter()
         if score and len(table) and records["latitude"].notna().any():
             table, summary, per = score_truth(table, records)
@@ -489,9 +281,23 @@ class Geolocator:
         return (pd.concat(tables, ignore_index=True), pd.concat(truths, ignore_index=True),
                 pd.DataFrame(columns=["id", "path", "reason"]))
 
-    def _predict_photos(self, records, topk, batch_size, workers, progress):
+    def predict_part(self, records: pd.DataFrame, *, topk: int | None = None,
+                     batch_size: int = 64, workers: int | None = None, bar=None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Predict the photos of ``records`` (:func:`collect_photos`' rows, any index),
+        unscored: ``(table, truth, skipped)``, ``truth`` the records of the table's rows
+        (positions, label columns; no images). Adds to ``self.timings``; ``bar`` (tqdm) is
+        advanced per photo."""
+        records = records.reset_index(drop=True)
+        table, skipped = self._predict_photos(records, topk, batch_size, workers, bar)
+        truth = records.iloc[table.pop("_row").to_numpy()].drop(columns=["image"])
+        truth = truth.reset_index(drop=True)
+        if "credit" in truth.columns:  # a photo table's attribution travels with it
+            table.insert(2, "credit", truth["credit"].to_numpy(object))
+        return table, truth, skipped
+
+    def _predict_photos(self, records, topk, batch_size, workers, bar):
         from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
 
         from .features import _cpu_count
 
@@ -505,16 +311,14 @@ class Geolocator:
         sources = [img if img is not None else path for img, path in
                    zip(records["image"], records["path"], strict=True)]
         workers = min(4, _cpu_count()) if workers is None else workers
-        loader = DataLoader(_PhotoRows(sources, bb.transform(), _wants_gps(records)),
+        loader = DataLoader(PhotoRows(sources, bb.transform(), wants_gps(records)),
                             batch_size=batch_size,
                             num_workers=workers if len(records) > batch_size else 0,
-                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+                            collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
         cuda = self.device.type == "cuda"
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
                     else torch.autocast("cpu", enabled=False))
         parts, kept, skipped = [], [], []
-        bar = tqdm(total=len(records), unit="img", desc="predict",
-                   disable=progress is False or (progress is None and not sys.stderr.isatty()))
         it = iter(loader)
         with torch.inference_mode():
             while True:
@@ -525,7 +329,7 @@ class Geolocator:
                     break
                 tm.stages["decode"] += time.perf_counter() - t
                 for i, pos in gps.items():
-                    _set_gps(records, i, pos)
+                    set_gps(records, i, pos)
                 skipped += bad
                 if x is not None:
                     t = time.perf_counter()
@@ -540,8 +344,8 @@ class Geolocator:
                     parts.append(self._predict(f, topk))
                     tm.stages["descent"] += time.perf_counter() - t
                     kept.append(rows.numpy())
-                bar.update(len(rows) + len(bad))
-        bar.close()
+                if bar is not None:
+                    bar.update(len(rows) + len(bad))
         skip = pd.DataFrame({"id": records["id"].to_numpy(object)[[r for r, _ in skipped]],
                              "path": records["path"].to_numpy(object)[[r for r, _ in skipped]],
                              "reason": [w for _, w in skipped]},
@@ -564,26 +368,12 @@ class Geolocator:
         return table, skip
 
 
-class _PhotoRows(ImageRows):
-    """:class:`~hiergeo.data.images.ImageRows` that also reads the EXIF GPS of the rows
-    ``want_gps`` marks, in the worker: items ``(image, row, reason, (lat, lon) or None)``."""
+def _bar(total: int, progress: bool | None, initial: int = 0):
+    """A progress bar in photos/s (``progress`` None: when stderr is a terminal)."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, sources, transform, want_gps):
-        super().__init__(sources, transform)
-        self.want_gps = want_gps
-
-    def __getitem__(self, i):
-        from .data.exif import read_gps
-
-        x, row, why = super().__getitem__(i)
-        return x, row, why, read_gps(self.paths[row]) if self.want_gps[row] else None
-
-
-def _collate(items):
-    """:func:`~hiergeo.data.images.collate_images` plus ``{row: (lat, lon)}`` of the GPS
-    positions found."""
-    x, rows, bad = collate_images([it[:3] for it in items])
-    return x, rows, bad, {it[1]: it[3] for it in items if it[3] is not None}
+    return tqdm(total=total, initial=initial, unit="img", desc="predict", smoothing=0.1,
+                disable=progress is False or (progress is None and not sys.stderr.isatty()))
 
 
 def _timm_encoder(backbone):
@@ -599,50 +389,92 @@ def _empty() -> Prediction:
                       confident_level=np.zeros(0, np.int64), comparisons=np.zeros(0, np.int64))
 
 
-# -- writing ------------------------------------------------------------------------------
-def _plain(v):
-    """A JSON value from a table cell (NaN and <NA> -> null, numpy scalars -> Python)."""
-    if v is None or v is pd.NA or (isinstance(v, float) and not np.isfinite(v)):
-        return None
-    if isinstance(v, np.generic):
-        return _plain(v.item())
-    return v
+# -- many photos, resumable ---------------------------------------------------------------
+PART_SIZE = 10_000
+TRUTH = "truth."  # prefix of the truth columns a part keeps beside its answers
 
 
-def to_geojson(table: pd.DataFrame) -> dict:
-    """A FeatureCollection: one Point per row at its predicted coordinates, every column a
-    property."""
-    feats = []
-    for rec in table.to_dict(orient="records"):
-        props = {k: _plain(v) for k, v in rec.items()}
-        feats.append({"type": "Feature", "geometry": {
-            "type": "Point", "coordinates": [props["pred_longitude"], props["pred_latitude"]]},
-            "properties": props})
-    return {"type": "FeatureCollection", "features": feats}
+def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> dict:
+    """What a part's answers depend on: the photos, in order, the model and its settings."""
+    meta = {k: v for k, v in g.meta.items() if k != "created"}
+    model = json.dumps({"meta": meta, "settings": g.settings, "topk": topk}, sort_keys=True,
+                       default=str)
+    ids = "\n".join(records["id"].astype(str))
+    return {"n": len(records), "part_size": part_size,
+            "ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
+            "model_sha256": hashlib.sha256(model.encode()).hexdigest()}
 
 
-def write_table(table: pd.DataFrame, out: str | Path) -> Path:
-    """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically)."""
+def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | None = None,
+                     batch_size: int = 64, workers: int | None = None,
+                     progress: bool | None = None, part_size: int = PART_SIZE,
+                     score: bool = True) -> pd.DataFrame:
+    """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
+    :func:`write_outputs`), that a crash does not lose: the photos are predicted
+    ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
+    to a temporary name and renamed), so that the same command run again skips the parts
+    already there; other photos, another model or other settings start over. The parts are
+    joined, scored against the truth and written at the end, then removed. Returns the
+    table."""
+    import shutil
+
     from .data.store import atomic_write_text, temporary_names
 
-    out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in OUT_SUFFIXES:
-        raise ValueError(f"{out}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plain = table.copy()
-    plain.attrs = {}
-    if suffix == ".geojson":
-        atomic_write_text(out, json.dumps(to_geojson(plain), ensure_ascii=False,
-                                          allow_nan=False) + "\n")
-        return out
-    with temporary_names(out) as (tmp,):
-        if suffix == ".csv":
-            plain.to_csv(tmp, index=False, encoding="utf-8")
-        else:
-            plain.to_parquet(tmp, index=False)
-        tmp.replace(out)
-    return out
+    if part_size < 1:
+        raise ValueError(f"part_size must be >= 1, not {part_size}")
+    tm = g.timings = Timings()
+    t0 = time.perf_counter()
+    records = collect_photos(photos, gps=False)
+    tm.stages["listing"] = time.perf_counter() - t0
+    if not len(records):
+        raise ValueError(f"no photos in {', '.join(map(str, photos))}")
+    parts_dir = Path(f"{outs[0]}.parts")
+    state = _fingerprint(g, records, topk, part_size)
+    if parts_dir.exists():
+        old = parts_dir / "parts.json"
+        if not old.exists() or json.loads(old.read_text()) != state:
+            log.warning("%s: parts of an earlier run with other photos, model or settings; "
+                        "starting over", parts_dir)
+            shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(parts_dir / "parts.json", json.dumps(state, indent=2) + "\n")
+    n_parts = -(-len(records) // part_size)
+    names = [(parts_dir / f"part-{k:05d}.parquet", parts_dir / f"part-{k:05d}.skipped.parquet")
+             for k in range(n_parts)]
+    done = [k for k in range(n_parts) if names[k][0].exists()]
+    if done:
+        log.info("%s: %d of %d parts already predicted, resuming", parts_dir, len(done),
+                 n_parts)
+    initial = sum(min(part_size, len(records) - k * part_size) for k in done)
+    with _bar(len(records), progress, initial) as bar:
+        for k in range(n_parts):
+            if k in done:
+                continue
+            table, truth, skipped = g.predict_part(
+                records.iloc[k * part_size:(k + 1) * part_size], topk=topk,
+                batch_size=batch_size, workers=workers, bar=bar)
+            both = pd.concat([table, truth.add_prefix(TRUTH)], axis=1)
+            with temporary_names(*names[k]) as (tmp, tmp_skip):
+                skipped.to_parquet(tmp_skip, index=False)
+                tmp_skip.replace(names[k][1])
+                both.to_parquet(tmp, index=False)  # last: its presence marks the part done
+                tmp.replace(names[k][0])
+    t = time.perf_counter()
+    both = pd.concat([pd.read_parquet(a) for a, _ in names], ignore_index=True)
+    skipped = pd.concat([pd.read_parquet(b) for _, b in names], ignore_index=True)
+    tcols = [c for c in both.columns if c.startswith(TRUTH)]
+    truth = both[tcols].rename(columns=lambda c: c[len(TRUTH):])
+    table = both.drop(columns=tcols)
+    if score and len(table) and truth["latitude"].notna().any():
+        table, summary, per = score_truth(table, truth)
+        table.attrs["summary"], table.attrs["per_country"] = summary, per
+    table.attrs["skipped"] = skipped
+    write_outputs(table, outs)
+    shutil.rmtree(parts_dir)
+    tm.stages["table"] += time.perf_counter() - t
+    tm.images, tm.skipped = len(table), len(skipped)
+    tm.seconds = time.perf_counter() - t0
+    return table
 
 
 # -- command line -------------------------------------------------------------------------
@@ -671,6 +503,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-download", action="store_true",
                    help="let timm fetch the backbone's hub weights")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--part-size", type=int, default=PART_SIZE,
+                    help="photos predicted and saved at a time: a crash loses at most one "
+                    "part, and the same command run again resumes")
     return ap
 
 
@@ -683,24 +518,6 @@ def _beams(text: str) -> list[int]:
         raise ValueError(f"--beams needs {len(LEVELS)} widths >= 1 such as 5,3,1,1, not "
                          f"{text!r}")
     return beams
-
-
-def _write_all(table: pd.DataFrame, outs: list[Path]) -> None:
-    for out in outs:
-        write_table(table, out)
-        log.info("wrote %s (%d rows)", out, len(table))
-    base = outs[0].with_suffix("")
-    skipped = table.attrs.get("skipped")
-    if skipped is not None and len(skipped):
-        skipped.to_csv(f"{base}.skipped.csv", index=False)
-        log.warning("%d photos skipped: %s.skipped.csv lists them with the reason",
-                    len(skipped), base)
-    per = table.attrs.get("per_country")
-    if per is not None and len(per):
-        from .metrics import markdown_table
-
-        per.to_csv(f"{base}.per_country.csv", index=False)
-        Path(f"{base}.per_country.md").write_text(markdown_table(per), encoding="utf-8")
 
 
 def main(argv=None) -> int:
@@ -724,9 +541,13 @@ def main(argv=None) -> int:
                             allow_download=args.allow_download)
         if args.beams:
             g.settings["beams"] = _beams(args.beams)
-        table = g.predict(args.photos, topk=args.topk, batch_size=args.batch_size,
-                          workers=args.workers, progress=not args.no_progress)
-        _write_all(table, outs)
+        kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
+              "progress": not args.no_progress}
+        if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go
+            table = g.predict(args.photos, **kw)
+            write_outputs(table, outs)
+        else:
+            table = predict_to_files(g, args.photos, outs, part_size=args.part_size, **kw)
         if args.map:
             from .reports import write_map
 
@@ -735,6 +556,10 @@ def main(argv=None) -> int:
     except (InputError, WeightsError, ModelFolderError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not len(table):
+        print(f"error: none of the {len(table.attrs.get('skipped', []))} photos could be read "
+              f"(see {outs[0].with_suffix('')}.skipped.csv)", file=sys.stderr)
+        return 1
     report = {"photos": len(table), "skipped": len(table.attrs.get("skipped", [])),
               "outputs": [str(o) for o in outs], **g.timings.report()}
     if "summary" in table.attrs:

@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 
 from hiergeo import Geolocator, export
+from hiergeo.data.photos import collect_photos
 from hiergeo.export import ModelFolderError
-from hiergeo.geolocate import collect_photos, main, prediction_table
+from hiergeo.geolocate import main
 from hiergeo.model.backbones import WeightsError
 from hiergeo.predict import Prediction
+from hiergeo.reports.answers import prediction_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -391,3 +393,52 @@ def test_memory_is_written_a_block_at_a_time_as_the_memory_keeps_it(tmp_path):
     bad[3, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         _write_memory(tmp_path / "n.safetensors", {"features": bad, "ids": ids})
+
+
+def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_path,
+                                                     monkeypatch):
+    """Parts saved as they are done: after a crash the same command predicts only what is
+    left, and the outputs equal those of a run never interrupted; other photos start over."""
+    _, _, model = photo_run
+    args = ["--model", str(model), str(photos / "heldout"), str(photos / "broken"),
+            "--part-size", "3", "--workers", "0", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "whole.csv")]) == 0
+    assert not (tmp_path / "whole.csv.parts").exists()
+
+    calls, crash = [], [2]  # crash at the call numbered crash[0] (once)
+    real = Geolocator.predict_part
+
+    def crashing(self, records, **kw):
+        calls.append(records["id"].tolist())
+        if len(calls) == crash[0]:
+            crash[0] = 0
+            raise RuntimeError("killed")
+        return real(self, records, **kw)
+
+    monkeypatch.setattr(Geolocator, "predict_part", crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args + ["--out", str(tmp_path / "again.csv")])
+    assert len(list((tmp_path / "again.csv.parts").glob("part-*.skipped.parquet"))) == 1
+    calls.clear()
+    assert main(args + ["--out", str(tmp_path / "again.csv")]) == 0
+    assert len(calls) == 2  # 8 photos in parts of 3: the first part was not predicted again
+    whole, again = (pd.read_csv(tmp_path / f, keep_default_na=False)
+                    for f in ("whole.csv", "again.csv"))
+    pd.testing.assert_frame_equal(whole, again)
+    assert (tmp_path / "again.skipped.csv").exists() and len(whole) == 6
+
+    # the same output with other photos: the parts of the earlier photos are not reused
+    calls.clear()
+    crash[0] = 2
+    with pytest.raises(RuntimeError, match="killed"):
+        main(args + ["--out", str(tmp_path / "third.csv")])
+    calls.clear()
+    assert main(["--model", str(model), str(photos / "nogps"), "--part-size", "3",
+                 "--workers", "0", "--no-progress", "--out", str(tmp_path / "third.csv")]) == 0
+    assert len(calls) == 1 and len(pd.read_csv(tmp_path / "third.csv")) == 3
+    (tmp_path / "empty").mkdir()
+    assert main(["--model", str(model), str(tmp_path / "empty"), "--out",
+                 str(tmp_path / "e.csv")]) == 2  # no photos: an error, not an empty table
+    assert main(["--model", str(model), str(tmp_path / "typo.jpg"), "--out",
+                 str(tmp_path / "t.csv"), "--workers", "0"]) == 1  # none could be read
+    assert "missing file" in pd.read_csv(tmp_path / "t.skipped.csv")["reason"].item()

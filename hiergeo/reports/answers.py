@@ -1,0 +1,207 @@
+"""The answer to "where was this photo taken?", as a table a person reads: one row per photo
+with the best path's names, keys and calibrated probabilities, the level the model is sure
+of, the top-k paths (:func:`prediction_table`); scored against a known position
+(:func:`score_truth`); written as CSV, Parquet or GeoJSON (:func:`write_table`,
+:func:`write_outputs`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
+
+from ..predict import Prediction
+
+log = logging.getLogger(__name__)
+
+SEP = " › "
+OUT_SUFFIXES = {".csv", ".parquet", ".geojson"}
+
+
+def _readable(names: np.ndarray, path: np.ndarray) -> str:
+    """``Bolivia › La Paz › … › El Alto`` for a path of entity ids (placeholder entities,
+    which have no name, are left out)."""
+    return SEP.join(n for n in (names[i] for i in path if i >= 0) if n)
+
+
+def prediction_table(pred: Prediction, entities: pd.DataFrame, ids, paths=None,
+                     topk: int | None = None) -> pd.DataFrame:
+    """One row per query of ``pred`` (entity ids index ``entities``' rows).
+
+    Columns: ``id, path, pred_latitude, pred_longitude, answer, confident_level``; per level
+    L (country, region, subregion, city): ``L`` (name), ``L_key`` and ``p_L`` (the calibrated
+    probability that the best path is right down to L: the product of its conditional
+    probabilities; NaN where it stops above L); per path k of the top-k (``topk`` columns,
+    default as many as ``pred`` has; empty where fewer paths exist): ``path_k`` (names),
+    ``key_k`` (its deepest entity's key) and ``p_k`` (its probability). ``answer`` says what
+    the model is sure of (probability >= the model's threshold), e.g. ``Bolivia, region
+    unsure``; ``confident_level`` is that level's name ("" when not even the country)."""
+    names = entities["name"].fillna("").astype(str).to_numpy(object)
+    keys = entities["key"].astype(str).to_numpy(object)
+    n, k = pred.paths.shape[:2]
+    prob = pred.path_prob
+    top = pred.paths[:, 0, :]
+    out = {"id": np.asarray(ids, object),
+           "path": np.asarray(paths, object) if paths is not None else np.full(n, None),
+           "pred_latitude": pred.lat, "pred_longitude": pred.lon}
+    conf = pred.confident_level
+    answers = []
+    for i in range(n):
+        c = int(conf[i])
+        if c < 0:
+            best = _readable(names, top[i, :1]) or "?"
+            answers.append(f"country unsure (best guess {best}, {prob[i, 0, 0]:.0%})")
+            continue
+        sure = _readable(names, top[i, :c + 1])
+        deeper = c + 1 < len(LEVELS) and top[i, c + 1] >= 0
+        answers.append(f"{sure}, {LEVELS[c + 1]} unsure" if deeper else sure)
+    out["answer"] = np.array(answers, object)
+    out["confident_level"] = np.array([LEVELS[c] if c >= 0 else "" for c in conf], object)
+    for j, lvl in enumerate(LEVELS):
+        e = top[:, j]
+        out[lvl] = np.where(e >= 0, names[e.clip(0)], None)
+        out[f"{lvl}_key"] = np.where(e >= 0, keys[e.clip(0)], None)
+        out[f"p_{lvl}"] = np.where(e >= 0, prob[:, 0, j], np.nan)
+    depth = (pred.paths >= 0).sum(-1)                              # [n, k]
+    deepest = np.take_along_axis(pred.paths, (depth - 1).clip(0)[..., None], 2)[..., 0]
+    p_path = np.take_along_axis(prob, (depth - 1).clip(0)[..., None], 2)[..., 0]
+    for r in range(max(k, topk or 0)):
+        if r >= k:
+            out[f"path_{r + 1}"], out[f"key_{r + 1}"] = np.full(n, None), np.full(n, None)
+            out[f"p_{r + 1}"] = np.full(n, np.nan)
+            continue
+        has = depth[:, r] > 0
+        out[f"path_{r + 1}"] = np.array([_readable(names, pred.paths[i, r]) if has[i] else None
+                                         for i in range(n)], object)
+        out[f"key_{r + 1}"] = np.where(has, keys[deepest[:, r].clip(0)], None)
+        out[f"p_{r + 1}"] = np.where(has, p_path[:, r], np.nan)
+    return pd.DataFrame(out)
+
+
+def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None
+                ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Add the truth to a :func:`prediction_table`: ``true_latitude, true_longitude,
+    error_km``, per level ``true_L_key`` and ``hit_L`` (OSV-5M's: the predicted point
+    reverse-geocoded in ``osv5m`` mode and compared with the truth's key; <NA> where the
+    truth has no key at that level, or no position). ``truth`` (same rows): ``latitude,
+    longitude`` (NaN: unknown) and optionally OSV-5M's label columns, else its keys are the
+    labels of its coordinates. Returns the table, OSV-5M's summary over the rows with a
+    truth, and the per-country table (:func:`hiergeo.metrics.per_country`)."""
+    from .. import metrics
+    from ..metrics.osv5m import LEVEL_NAMES
+
+    if gz is None:
+        import gazetteer
+
+        gz = gazetteer.load()
+    has = truth["latitude"].notna().to_numpy() & truth["longitude"].notna().to_numpy()
+    t = truth.loc[has].reset_index(drop=True)
+    table = table.copy()
+    table["true_latitude"] = truth["latitude"].to_numpy(float)
+    table["true_longitude"] = truth["longitude"].to_numpy(float)
+    km = np.full(len(table), np.nan)
+    km[has] = metrics.haversine_km(table["pred_latitude"].to_numpy()[has],
+                                   table["pred_longitude"].to_numpy()[has],
+                                   t["latitude"].to_numpy(float), t["longitude"].to_numpy(float))
+    table["error_km"] = km
+    if not _has_labels(t):
+        lab = gz.label(t["latitude"].to_numpy(float), t["longitude"].to_numpy(float),
+                       mode="osv5m")
+        t = t.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].astype(str).to_numpy(object)
+                        for lvl in LEVELS})
+    pk = metrics.predicted_keys(table["pred_latitude"].to_numpy()[has],
+                                table["pred_longitude"].to_numpy()[has], gz)
+    hits = metrics.hits_from_keys(pk, t)
+    tkeys = metrics.truth_keys(t)
+    for lvl in LEVELS:
+        tk = np.full(len(table), None, object)
+        tk[has] = tkeys[lvl].to_numpy(object)
+        table[f"true_{lvl}_key"] = tk
+        hit = pd.array([pd.NA] * len(table), dtype="boolean")
+        hit[np.flatnonzero(has)] = hits[LEVEL_NAMES[lvl]].to_numpy()
+        table[f"hit_{lvl}"] = hit
+    if not has.any():
+        return table, {"n": 0}, pd.DataFrame()
+    summary = metrics.osv5m_summary(table["pred_latitude"].to_numpy()[has],
+                                    table["pred_longitude"].to_numpy()[has], t, hits=hits)
+    names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
+    per = metrics.per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
+                              km[has], hits, names)
+    return table, summary, per
+
+
+def _has_labels(t: pd.DataFrame) -> bool:
+    """Whether a truth table carries a full set of OSV-5M key or part columns."""
+    return (all(c in t.columns for c in OSV5M_KEY_COLUMNS.values())
+            or all(c in t.columns for c in OSV5M_PART_COLUMNS.values()))
+
+
+def _plain(v):
+    """A JSON value from a table cell (NaN and <NA> -> null, numpy scalars -> Python)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and not np.isfinite(v)):
+        return None
+    if isinstance(v, np.generic):
+        return _plain(v.item())
+    return v
+
+
+def to_geojson(table: pd.DataFrame) -> dict:
+    """A FeatureCollection: one Point per row at its predicted coordinates, every column a
+    property."""
+    feats = []
+    for rec in table.to_dict(orient="records"):
+        props = {k: _plain(v) for k, v in rec.items()}
+        feats.append({"type": "Feature", "geometry": {
+            "type": "Point", "coordinates": [props["pred_longitude"], props["pred_latitude"]]},
+            "properties": props})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def write_table(table: pd.DataFrame, out: str | Path) -> Path:
+    """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically)."""
+    from ..data.store import atomic_write_text, temporary_names
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in OUT_SUFFIXES:
+        raise ValueError(f"{out}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plain = table.copy()
+    plain.attrs = {}
+    if suffix == ".geojson":
+        atomic_write_text(out, json.dumps(to_geojson(plain), ensure_ascii=False,
+                                          allow_nan=False) + "\n")
+        return out
+    with temporary_names(out) as (tmp,):
+        if suffix == ".csv":
+            plain.to_csv(tmp, index=False, encoding="utf-8")
+        else:
+            plain.to_parquet(tmp, index=False)
+        tmp.replace(out)
+    return out
+
+
+def write_outputs(table: pd.DataFrame, outs: list[Path]) -> None:
+    """Write ``table`` to every path of ``outs`` (:func:`write_table`), and beside the first:
+    ``<stem>.skipped.csv`` (``table.attrs["skipped"]``, when any) and
+    ``<stem>.per_country.csv`` / ``.md`` (``table.attrs["per_country"]``, when any)."""
+    for out in outs:
+        write_table(table, out)
+        log.info("wrote %s (%d rows)", out, len(table))
+    base = outs[0].with_suffix("")
+    skipped = table.attrs.get("skipped")
+    if skipped is not None and len(skipped):
+        skipped.to_csv(f"{base}.skipped.csv", index=False)
+        log.warning("%d photos skipped: %s.skipped.csv lists them with the reason",
+                    len(skipped), base)
+    per = table.attrs.get("per_country")
+    if per is not None and len(per):
+        from ..metrics import markdown_table
+
+        per.to_csv(f"{base}.per_country.csv", index=False)
+        Path(f"{base}.per_country.md").write_text(markdown_table(per), encoding="utf-8")
