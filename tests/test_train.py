@@ -85,7 +85,7 @@ def test_osv5m_preset_validates_on_training_data():
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="presets: default, demo, osv5m, smoke"):
+    with pytest.raises(ConfigError, match="presets: default, demo, osv5m, photos, smoke"):
         load_config("nope")
 
 

@@ -5,7 +5,8 @@ that order; the resolved config is written to ``results/<run_id>/config.yaml`` a
 ``--resume`` needs. Presets live in ``hiergeo/train/presets/``: ``demo`` (used when no
 ``--config`` is given: the embedded synthetic demo), ``default`` (the dataclass defaults alone,
 for your own store; what the names benchmark trains), ``osv5m`` (the real benchmark layout),
-``smoke`` (seconds, for tests).
+``photos`` (a small model on the shared playset photos, for ``make photos``), ``smoke``
+(seconds, for tests).
 
 Hardware choices (device, precision, workers) are kept apart from experiment choices in
 ``hardware``; they may change on ``--resume`` without changing the results' meaning.
