@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from hiergeo.data import read_records
 from hiergeo.data.images import ImageRows, collate_images
 from hiergeo.data.store import FeatureStore
-from hiergeo.features import _cpu_count, _device, extract
+from hiergeo.features import cpu_count, extract, pick_device
 from hiergeo.model import EMBEDDED, create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def world_main(args) -> dict:
         runs = {"1": [sys.executable, *common],
                 str(args.world): [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   "--nproc_per_node", str(args.world), *common]}
-        report = {"machine": {"cpus": _cpu_count(), "platform": platform.platform()},
+        report = {"machine": {"cpus": cpu_count(), "platform": platform.platform()},
                   "data": str(data), "n_images": n, "shard_size": shard,
                   "batch_size": args.batch_size, "device": args.device,
                   "load_avg_before": round(os.getloadavg()[0], 2), "runs": {}}
@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
     args.batch_size = args.batch_size or 64
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
-    dev = _device(args.device)
+    dev = pick_device(args.device)
     bb = create_backbone(args.backbone, random_weights=args.random_weights)
     bb.model.to(dev, memory_format=torch.channels_last).eval()
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

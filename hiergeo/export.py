@@ -39,6 +39,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +91,27 @@ class Portable:
 
 
 # -- collecting a run ------------------------------------------------------------------------
-def _backbone_meta(cfg) -> dict | None:
+def _weights_ref(weights: str) -> dict:
+    """A weights reference as ``model.json`` keeps it: a file's absolute path, size and
+    sha256 (checked when the model loads it), or a word (``hub``, ``random``, ``package
+    ...``) as is."""
+    if weights in ("hub", "random") or weights.startswith("package"):
+        return {"weights": weights}
+    path = Path(weights).resolve()
+    if not path.is_file():
+        log.warning("%s: the backbone's weights file is not here, so the export cannot pin "
+                    "its checksum; loading will look for it at this path", path)
+        return {"weights": str(path)}
+    return {"weights": str(path), "weights_bytes": path.stat().st_size,
+            "weights_sha256": _sha256(path)}
+
+
+def _backbone_meta(cfg, store: str | Path | None = None, features_only: bool = False
+                   ) -> dict | None:
     """The backbone the model's inputs come from: the timm encoder's, or the one the training
-    feature store was extracted with (its ``store.json``); None for features of unknown
-    origin (the embedded demo's synthetic ones)."""
+    feature store was extracted with (its ``store.json``; ``store`` overrides the run's path
+    when the store has moved). None for features of unknown origin (the embedded demo's
+    synthetic ones) or with ``features_only``."""
     from .model.backbones import EMBEDDED
 
     m = cfg.model
@@ -103,18 +121,20 @@ def _backbone_meta(cfg) -> dict | None:
                    and not m.weights and not m.random_weights else
                    "random" if m.random_weights else "hub" if m.weights is None else
                    str(m.weights))
-        return {"name": name, "weights": weights, "data_config": None,
+        return {"name": name, **_weights_ref(weights), "data_config": None,
                 "fine_tuned": not m.freeze_backbone}
-    if cfg.data.train is None:
+    if features_only or (cfg.data.train is None and store is None):
         return None
-    meta_path = Path(cfg.data.train) / "store.json"
+    meta_path = Path(store or cfg.data.train) / "store.json"
     if not meta_path.exists():
-        log.warning("%s: not found, so the exported model cannot say which backbone its "
-                    "features came from; it will predict from features only", meta_path)
-        return None
+        raise FileNotFoundError(
+            f"{meta_path.resolve()}: the run's training store is not there (moved, or the run "
+            "was started from another folder), so the export cannot say which backbone made "
+            "its features: pass --store PATH (where it is now), or --features-only for a "
+            "model that predicts from features, not photos")
     st = json.loads(meta_path.read_text())
-    return {"name": st["backbone"], "weights": st["weights"], "data_config": st["data_config"],
-            "fine_tuned": False}
+    return {"name": st["backbone"], **_weights_ref(str(st["weights"])),
+            "data_config": st["data_config"], "fine_tuned": False}
 
 
 def _compact(gz, active: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -133,10 +153,13 @@ def _compact(gz, active: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = False,
+             store: str | Path | None = None, features_only: bool = False,
              device: str = "cpu") -> Portable:
     """Collect a run folder's model for prediction. ``memory=False`` leaves the retrieval
     memory out (and sets its weights to 0: the model alone predicts); ``include_backbone``
-    packs a frozen backbone's weights too (a fine-tuned one always travels)."""
+    packs a frozen backbone's weights too (a fine-tuned one always travels); ``store``: the
+    training feature store's path when it has moved; ``features_only``: no backbone (the
+    model takes features, not photos)."""
     from .evaluate import load_run
 
     run = Path(run)
@@ -149,20 +172,28 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
     weights["entities"] = sd["entities"].detach().cpu()[keep].contiguous()
     for name in PREDICT_BUFFERS[1:]:
         weights[name] = sd[name].detach().cpu().clone()
-    bb = _backbone_meta(cfg)
+    if store is not None:
+        cfg.data.train = str(store)
+    bb = _backbone_meta(cfg, store, features_only)
     backbone_state = None
     if bb is not None and (bb["fine_tuned"] or include_backbone):
         if cfg.model.encoder == "timm":
             enc = model.encoder.model
         else:
-            enc = _create_backbone(bb).model
+            enc = backbone_from_meta(bb).model
         backbone_state = {k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}
         bb["included"] = True
     elif bb is not None:
         bb["included"] = False
     mem = None
     if model.uses_memory and memory:
-        mem = _collect_memory(cfg, gz, new)
+        try:
+            mem = _collect_memory(cfg, gz, new)
+        except (FileNotFoundError, ValueError) as exc:
+            raise FileNotFoundError(
+                f"the model's retrieval memory is the run's training features, which cannot be "
+                f"read ({exc}): pass --store PATH where the store is now, or --no-memory to "
+                "export the model alone") from exc
     elif model.uses_memory:
         log.info("--no-memory: the exported model predicts without its retrieval memory "
                  "(memory weights set to 0)")
@@ -176,7 +207,8 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
                   "sphere_radius": m.sphere_radius, "hidden": m.hidden, "layers": m.layers,
                   "queries": m.queries, "encoder": m.encoder, "in_dim": model.encoder.dim},
         "predict": {"tau": list(cfg.loss.tau), "beams": list(ev.beams), "coords": ev.coords,
-                    "threshold": ev.threshold, "topk": max(5, ev.topk)},
+                    "threshold": ev.threshold, "topk": max(5, ev.topk),
+                    "geocoder": ev.geocoder},
         "memory": None if mem is None else {"k": ev.memory_k,
                                             "temperature": ev.memory_temperature,
                                             "n": int(len(mem["ids"]))},
@@ -253,9 +285,13 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
         (out / stale).unlink(missing_ok=True)
     written = []
 
+    umask = os.umask(0)
+    os.umask(umask)
+
     def put(name: str, writer) -> None:
         with temporary_names(out / name) as (tmp,):
             writer(tmp)
+            os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600: others could not read
             tmp.replace(out / name)
         written.append(name)
 
@@ -290,9 +326,15 @@ def verify(folder: str | Path) -> list[str]:
         if len(digest) != 64 or not name or "/" in name or name.startswith("."):
             raise ModelFolderError(f"{sums}: line {i} is not '<sha256>  <file>': {line!r}")
         path = folder / name
+        if path.is_symlink():
+            raise ModelFolderError(f"{path}: a symbolic link; a model folder holds its files")
         if not path.is_file():
             raise ModelFolderError(f"{path}: missing (listed in {SUMS})")
-        if _sha256(path) != digest:
+        try:
+            got = _sha256(path)
+        except OSError as exc:
+            raise ModelFolderError(f"{path}: cannot read it ({exc})") from exc
+        if got != digest:
             raise ModelFolderError(f"{path}: its checksum differs from {SUMS}'s; the file was "
                                    "modified or truncated after export. Copy the model "
                                    "folder again or re-export it")
@@ -303,15 +345,30 @@ def verify(folder: str | Path) -> list[str]:
     return names
 
 
-def read(folder: str | Path, *, check: bool = True) -> Portable:
-    """Load an exported model folder (checked against ``SHA256SUMS`` unless ``check`` is
-    False)."""
+def sums_digest(folder: str | Path) -> str:
+    """sha256 of a model folder's ``SHA256SUMS``: one digest for the whole folder (the
+    export prints it; ``read(expect_sha256=)`` pins a model to it)."""
+    return _sha256(Path(folder) / SUMS)
+
+
+def read(folder: str | Path, *, check: bool = True, memory: bool = True,
+         expect_sha256: str | None = None) -> Portable:
+    """Load an exported model folder: every file checked against ``SHA256SUMS`` (unless
+    ``check`` is False), and ``SHA256SUMS`` itself against ``expect_sha256`` when given.
+    The checksums catch a file modified or truncated after export; only the pinned digest
+    also catches someone who rewrote the sums. ``memory=False`` leaves the retrieval memory
+    on disk (its weights set to 0: the model alone predicts)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder")
+    if expect_sha256 is not None:
+        got = sums_digest(folder) if (folder / SUMS).exists() else "(no SHA256SUMS)"
+        if got != expect_sha256.lower():
+            raise ModelFolderError(f"{folder / SUMS}: sha256 {got}, expected {expect_sha256}: "
+                                   "this is not the model you pinned")
     names = verify(folder) if check else [p.name for p in folder.iterdir()]
     meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
@@ -328,39 +385,82 @@ def read(folder: str | Path, *, check: bool = True) -> Portable:
 
     weights = tensors("weights.safetensors")
     entities = pd.read_parquet(folder / "entities.parquet")
-    memory = tensors("memory.safetensors") if meta.get("memory") else None
-    if memory is not None:
-        memory["unit"] = True
-    if meta.get("memory") and memory is None:
-        raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors is "
-                               "missing")
+    _check_entities(entities, meta, weights, folder)
+    mem = None
+    if meta.get("memory") and memory:
+        mem = tensors("memory.safetensors")
+        if mem is None:
+            raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors "
+                                   "is missing")
+        ids = mem["ids"]
+        if len(ids) and (int(ids.min()) < -1 or int(ids.max()) >= len(entities)):
+            raise ModelFolderError(f"{folder / 'memory.safetensors'}: entity ids outside the "
+                                   f"table's {len(entities)}")
+        mem["unit"] = True
+    elif meta.get("memory"):
+        weights["memory_weight"] = torch.zeros_like(weights["memory_weight"])
+        meta = {**meta, "memory": None}
     backbone = tensors("backbone.safetensors")
     if (meta.get("backbone") or {}).get("included") and backbone is None:
         raise ModelFolderError(f"{folder}: model.json says the backbone is included, "
                                "backbone.safetensors is missing")
-    n = meta["entities"]["n"]
-    if len(entities) != n or len(weights["entities"]) != n:
-        raise ModelFolderError(f"{folder}: model.json says {n} entities, entities.parquet has "
-                               f"{len(entities)} and the weights {len(weights['entities'])}")
-    return Portable(meta=meta, weights=weights, entities=entities, memory=memory,
+    meta = {**meta, "sums_sha256": sums_digest(folder) if (folder / SUMS).exists() else None}
+    return Portable(meta=meta, weights=weights, entities=entities, memory=mem,
                     backbone=backbone)
 
 
-def _create_backbone(bb: dict, *, weights=None, allow_download: bool = False,
-                     included: dict | None = None):
+def _check_entities(e: pd.DataFrame, meta: dict, weights: dict, folder: Path) -> None:
+    """The entity table is a tree the model's rows match: ids 0..n-1 in order, the root
+    first, each parent an earlier row one level up."""
+    n = meta["entities"]["n"]
+    where = folder / "entities.parquet"
+    if len(e) != n or len(weights["entities"]) != n:
+        raise ModelFolderError(f"{folder}: model.json says {n} entities, entities.parquet has "
+                               f"{len(e)} and the weights {len(weights['entities'])}")
+    missing = [c for c in ["id", *ENTITY_COLUMNS] if c not in e.columns]
+    if missing:
+        raise ModelFolderError(f"{where}: missing columns {missing}")
+    parent, depth = e["parent_id"].to_numpy(np.int64), e["depth"].to_numpy(np.int64)
+    ok = (np.array_equal(e["id"].to_numpy(), np.arange(n)) and n > 0 and depth[0] == 0
+          and parent[0] == -1 and bool((parent[1:] >= 0).all())
+          and bool((parent[1:] < np.arange(1, n)).all())
+          and np.array_equal(depth[parent[1:]] + 1, depth[1:]))
+    if not ok:
+        raise ModelFolderError(f"{where}: not a tree in id order (ids 0..n-1, the root first, "
+                               "each parent an earlier row one level up)")
+
+
+def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
+                       included: dict | None = None):
     """The backbone ``bb`` (``model.json``'s ``backbone``) describes, from ``included``
     weights, an explicit local ``weights`` file, or its own reference; a reference that
     cannot be honoured offline raises :class:`~hiergeo.model.backbones.WeightsError`
-    naming what is needed."""
+    naming what is needed. A weights file must have the sha256 the export pinned: features
+    from other weights would give wrong answers without any error."""
     from .model.backbones import EMBEDDED, WeightsError, create_backbone
 
     name, ref = bb["name"], str(bb.get("weights") or "")
+    if name.split(":")[0] in ("hf-hub", "hf_hub") and not allow_download:
+        raise WeightsError(f"the backbone {name!r} is a Hugging Face hub name, which timm "
+                           "resolves over the network: pass --allow-download to allow it")
     if included is not None:
         b = create_backbone(name, random_weights=True)  # built offline, then overwritten
         b.model.load_state_dict(included)
         b.weights = "included in the model folder"
-    elif weights is not None:
-        b = create_backbone(name, weights=weights)
+    elif weights is not None or ref not in ("hub", "random") and not ref.startswith("package"):
+        path = Path(weights if weights is not None else ref)
+        if not path.is_file():
+            raise WeightsError(
+                f"the model's backbone {name!r} needs its weights file {path}, which is not "
+                f"on this disk: copy it there, pass backbone_weights=PATH "
+                f"(--backbone-weights), or export the model with --include-backbone")
+        pinned = bb.get("weights_sha256")
+        if pinned and _sha256(path) != pinned:
+            raise WeightsError(
+                f"{path}: not the weights the model's features were extracted with (sha256 "
+                f"{pinned[:12]}..., {bb.get('weights_bytes')} bytes, was {ref}); other "
+                f"weights give wrong answers without an error")
+        b = create_backbone(name, weights=path)
     elif name == EMBEDDED and ref.startswith("package"):
         b = create_backbone(EMBEDDED)
     elif ref == "hub":
@@ -371,17 +471,10 @@ def _create_backbone(bb: dict, *, weights=None, allow_download: bool = False,
                 f"(--backbone-weights) with a local copy, allow_download=True "
                 f"(--allow-download) to fetch them, or export with --include-backbone")
         b = create_backbone(name, allow_download=True)
-    elif ref == "random":
+    else:  # random
         log.warning("the model's features came from an untrained %s (random weights): its "
                     "predictions on photos are meaningless", name)
         b = create_backbone(name, random_weights=True)
-    else:
-        if not Path(ref).is_file():
-            raise WeightsError(
-                f"the model's backbone {name!r} needs its weights file {ref}, which is not on "
-                f"this disk: copy it there, pass backbone_weights=PATH (--backbone-weights), "
-                f"or export the model with --include-backbone")
-        b = create_backbone(name, weights=ref)
     if bb.get("data_config"):
         b.data_config = {k: tuple(v) if isinstance(v, list) else v
                          for k, v in bb["data_config"].items()}
@@ -400,6 +493,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--include-backbone", action="store_true",
                     help="pack the backbone's weights even when frozen (a fine-tuned one "
                     "always travels)")
+    ap.add_argument("--store", help="the run's training feature store, when it has moved "
+                    "(its store.json names the backbone)")
+    ap.add_argument("--features-only", action="store_true",
+                    help="no backbone: the model predicts from features, not photos")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     return ap
 
@@ -411,13 +508,15 @@ def main(argv=None) -> int:
 
     try:
         p = from_run(args.run, memory=not args.no_memory,
-                     include_backbone=args.include_backbone)
+                     include_backbone=args.include_backbone, store=args.store,
+                     features_only=args.features_only)
         out = write(p, args.out, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
-    print(json.dumps({"model": str(out), "entities": p.meta["entities"]["n"],
+    print(json.dumps({"model": str(out), "sha256": sums_digest(out),
+                      "entities": p.meta["entities"]["n"],
                       "memory": p.meta["memory"], "backbone": p.meta["backbone"],
                       "bytes": sizes}, indent=2, default=str))
     return 0

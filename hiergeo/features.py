@@ -116,7 +116,7 @@ def ranks_from_env(env=None) -> Ranks:
     return ranks
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     """CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -126,7 +126,7 @@ def _cpu_count() -> int:
 
 def cpu_share(ranks: Ranks) -> int:
     """This process's share of the node's CPUs."""
-    return max(1, _cpu_count() // ranks.local_world)
+    return max(1, cpu_count() // ranks.local_world)
 
 
 def _threads(requested: int | None, ranks: Ranks) -> int | None:
@@ -140,7 +140,7 @@ def _threads(requested: int | None, ranks: Ranks) -> int | None:
     return None
 
 
-def _device(name: str, local_rank: int = 0) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto``: this process's GPU when there is CUDA, else the CPU; ``cuda``: this process's
     GPU (``cuda:LOCAL_RANK``)."""
     if name == "auto":
@@ -208,6 +208,34 @@ def _write_meta(out: Path, meta: dict) -> None:
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
 
+def backbone_batches(loader, encode, dev: torch.device):
+    """Run ``encode`` (a backbone's ``features``) on each batch ``(images or None, rows,
+    skipped, ...)`` of ``loader``: the images moved to ``dev`` in channels_last (faster
+    convolutions for convnets such as the embedded one; harmless for ViTs), in inference
+    mode, in bf16 autocast on a GPU. Yields ``(features float32 or None, batch, seconds
+    waiting for the batch, seconds encoding it)``; the caller's own code runs outside those
+    modes."""
+    cuda = dev.type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
+                else torch.autocast("cpu", enabled=False))
+    it = iter(loader)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited, f = time.perf_counter() - t, None
+        t = time.perf_counter()
+        if batch[0] is not None:
+            x = batch[0].to(dev, non_blocking=True, memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast:
+                f = encode(x).float()
+            if cuda:
+                torch.cuda.synchronize(dev)
+        yield f, batch, waited, time.perf_counter() - t
+
+
 def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: torch.device, *,
            batch_size: int, workers: int, out_dtype: torch.dtype, bar) -> tuple:
     """Features of ``records`` rows ``rows``: (features, index table, skipped table)."""
@@ -216,17 +244,13 @@ def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: to
     loader = DataLoader(ImageRows(records["path"].to_numpy(), transform, rows, valid),
                         batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
                         pin_memory=dev.type == "cuda")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
     feats, kept, skipped = [], [], []
-    with torch.inference_mode(), autocast:
-        for x, idx, bad in loader:
-            skipped.extend(bad)
-            if x is not None:
-                x = x.to(dev, non_blocking=True, memory_format=torch.channels_last)
-                feats.append(backbone.features(x).float().cpu().to(out_dtype))
-                kept.append(idx)
-            bar.update(len(idx) + len(bad))
+    for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev):
+        skipped.extend(bad)
+        if f is not None:
+            feats.append(f.cpu().to(out_dtype))
+            kept.append(idx)
+        bar.update(len(idx) + len(bad))
     kept_rows = torch.cat(kept).numpy() if kept else np.zeros(0, dtype=np.int64)
     features = torch.cat(feats) if feats else torch.zeros(0, backbone.dim, dtype=out_dtype)
     label_cols = [c for c in records.columns if c != "path"]
@@ -257,8 +281,8 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
         raise ValueError(f"rank {rank} of world {world}: need 0 <= rank < world")
     out = Path(out)
     backbone = backbone or create_backbone(EMBEDDED)
-    dev = _device(device)
-    workers = min(4, _cpu_count()) if workers is None else workers
+    dev = pick_device(device)
+    workers = min(4, cpu_count()) if workers is None else workers
     _write_meta(out, {
         "format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,
         "dim": backbone.dim, "dtype": dtype,
@@ -350,7 +374,7 @@ def main(argv=None) -> int:
         threads = _threads(args.threads, ranks)
         if threads:
             torch.set_num_threads(threads)
-        dev = _device(args.device, ranks.local_rank)
+        dev = pick_device(args.device, ranks.local_rank)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers

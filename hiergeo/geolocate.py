@@ -40,6 +40,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,11 +53,15 @@ import torch
 from gazetteer.keys import LEVELS
 
 from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
-from .export import ModelFolderError, Portable, _create_backbone
+from .export import ModelFolderError, Portable, backbone_from_meta
+from .features import pick_device
 from .predict import Prediction, predict
 from .reports.answers import OUT_SUFFIXES, prediction_table, score_truth, write_outputs
 
 log = logging.getLogger(__name__)
+
+#: queries descended (and searched in the retrieval memory) at a time
+QUERY_BLOCK = 2048
 
 
 @dataclass
@@ -81,12 +86,6 @@ class Timings:
                 "stage_share": {k: v / total for k, v in self.stages.items()}}
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # -- the model ----------------------------------------------------------------------------
 class Geolocator:
     """A trained model ready to answer: photos (or features) in, a table of paths out.
@@ -105,7 +104,7 @@ class Geolocator:
         from .model.hierarchy import Hierarchy
 
         self.meta = portable.meta
-        self.device = _device(device)
+        self.device = pick_device(device)
         m = self.meta["model"]
         self.entities = portable.entities.reset_index(drop=True)
         self._backbone_args = {"weights": backbone_weights, "allow_download": allow_download,
@@ -145,24 +144,35 @@ class Geolocator:
             self.memory = build(mem["features"], mem["ids"], mm["k"], mm["temperature"],
                                 device=self.device)
         self.settings = dict(self.meta["predict"])
+        #: how truth positions and predicted points get their keys (the run's eval.geocoder)
+        self.geocoder = self.settings.pop("geocoder", "gazetteer")
         self.timings = Timings()
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", backbone_weights=None,
-             allow_download: bool = False, check: bool = True) -> Geolocator:
-        """A model folder (``python -m hiergeo.export``; checked against its checksums
-        unless ``check`` is False) or a run folder (``results/<run_id>``, which needs the
-        run's gazetteer and, for its retrieval memory, its training store).
+             allow_download: bool = False, check: bool = True, memory: bool = True,
+             expect_sha256: str | None = None) -> Geolocator:
+        """A model folder (``python -m hiergeo.export``) or a run folder
+        (``results/<run_id>``: it needs the run's gazetteer and, for its retrieval memory,
+        its training store, whose features it reads again at every load: minutes at
+        OSV-5M's size, so export once instead).
 
-        ``backbone_weights``: a local weights file for the backbone (when the model's own
-        reference is not on this disk); ``allow_download``: let timm fetch hub weights."""
+        ``check``: verify the folder's files against ``SHA256SUMS`` (reads each file once:
+        about 7 s per 10 GB); ``expect_sha256``: the digest of ``SHA256SUMS`` the export
+        printed, to pin this exact model; ``memory=False``: predict with the model alone,
+        without reading the retrieval memory; ``backbone_weights``: a local weights file for
+        the backbone (when the model's reference is not on this disk); ``allow_download``:
+        let timm fetch hub weights."""
         from . import export
 
         path = Path(path)
         if (path / "model.json").exists() or (path / export.SUMS).exists():
-            portable = export.read(path, check=check)
+            portable = export.read(path, check=check, memory=memory,
+                                   expect_sha256=expect_sha256)
         elif (path / "config.yaml").exists():
-            portable = export.from_run(path)
+            portable = export.from_run(path, memory=memory)
+            ckpt = (path / "checkpoint.pt").stat()
+            portable.meta["checkpoint"] = {"bytes": ckpt.st_size, "mtime_ns": ckpt.st_mtime_ns}
         else:
             raise ModelFolderError(f"{path}: neither a model folder (model.json, from python "
                                    "-m hiergeo.export) nor a run folder (config.yaml)")
@@ -179,9 +189,10 @@ class Geolocator:
                     "with a backbone, e.g. the synthetic demo): it predicts from features "
                     "(predict_features, or a feature store), not from photos")
             a = self._backbone_args
-            self._backbone = _create_backbone(bb, weights=a["weights"],
-                                              allow_download=a["allow_download"],
-                                              included=a["included"])
+            self._backbone = backbone_from_meta(bb, weights=a["weights"],
+                                                allow_download=a["allow_download"],
+                                                included=a["included"])
+            a["included"] = None  # the model holds the weights now
         return self._backbone
 
     @property
@@ -214,7 +225,7 @@ class Geolocator:
         ids = np.arange(len(pred)).astype(str) if ids is None else np.asarray(ids, object)
         table = prediction_table(pred, self.entities, ids, topk=topk or self.settings["topk"])
         if truth is not None and truth["latitude"].notna().any():
-            table = score_truth(table, truth)[0]
+            table = score_truth(table, truth, geocoder=self.geocoder)[0]
         return table
 
     @torch.no_grad()
@@ -245,7 +256,7 @@ class Geolocator:
                                                             workers=workers, bar=bar)
         t = time.perf_counter()
         if score and len(table) and records["latitude"].notna().any():
-            table, summary, per = score_truth(table, records)
+            table, summary, per = score_truth(table, records, geocoder=self.geocoder)
             table.attrs["summary"], table.attrs["per_country"] = summary, per
         tm.stages["table"] += time.perf_counter() - t
         table.attrs["skipped"] = skipped
@@ -299,70 +310,63 @@ class Geolocator:
     def _predict_photos(self, records, topk, batch_size, workers, bar):
         from torch.utils.data import DataLoader
 
-        from .features import _cpu_count
+        from .features import backbone_batches, cpu_count
 
         tm = self.timings
         bb = self._get_backbone()
-        timm_encoder = self.meta["model"]["encoder"] == "timm"
-        # channels_last: faster convolutions for convnets such as the embedded one (as the
-        # feature extractor does); harmless for ViTs
         bb.model.to(self.device, memory_format=torch.channels_last).eval()
+        encode = self.model.encoder if self.meta["model"]["encoder"] == "timm" else bb.features
         # a list, not an array: numpy would turn PIL images into pixel arrays
         sources = [img if img is not None else path for img, path in
                    zip(records["image"], records["path"], strict=True)]
-        workers = min(4, _cpu_count()) if workers is None else workers
+        workers = min(4, cpu_count()) if workers is None else workers
         loader = DataLoader(PhotoRows(sources, bb.transform(), wants_gps(records)),
                             batch_size=batch_size,
                             num_workers=workers if len(records) > batch_size else 0,
                             collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
-        cuda = self.device.type == "cuda"
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
-                    else torch.autocast("cpu", enabled=False))
-        parts, kept, skipped = [], [], []
-        it = iter(loader)
-        with torch.inference_mode():
-            while True:
+        parts, kept, skipped, waiting = [], [], [], []
+
+        def descend(final: bool = False) -> None:
+            # queries go to the descent (and the memory's search) QUERY_BLOCK at a time: a
+            # search reads the whole memory (10 GB at OSV-5M's size) whatever the block
+            n = sum(len(f) for f in waiting)
+            if n and (final or n >= QUERY_BLOCK):
                 t = time.perf_counter()
-                try:
-                    x, rows, bad, gps = next(it)
-                except StopIteration:
-                    break
-                tm.stages["decode"] += time.perf_counter() - t
-                for i, pos in gps.items():
-                    set_gps(records, i, pos)
-                skipped += bad
-                if x is not None:
-                    t = time.perf_counter()
-                    x = x.to(self.device, non_blocking=True,
-                             memory_format=torch.channels_last)
-                    with autocast:
-                        f = (self.model.encoder(x) if timm_encoder else bb.features(x)).float()
-                    if cuda:
-                        torch.cuda.synchronize()
-                    tm.stages["backbone"] += time.perf_counter() - t
-                    t = time.perf_counter()
-                    parts.append(self._predict(f, topk))
-                    tm.stages["descent"] += time.perf_counter() - t
-                    kept.append(rows.numpy())
-                if bar is not None:
-                    bar.update(len(rows) + len(bad))
-        skip = pd.DataFrame({"id": records["id"].to_numpy(object)[[r for r, _ in skipped]],
-                             "path": records["path"].to_numpy(object)[[r for r, _ in skipped]],
+                parts.append(self._predict(torch.cat(waiting), topk))
+                waiting.clear()
+                tm.stages["descent"] += time.perf_counter() - t
+
+        for f, (_, rows, bad, gps), waited, encoding in backbone_batches(loader, encode,
+                                                                         self.device):
+            tm.stages["decode"] += waited
+            tm.stages["backbone"] += encoding
+            for i, pos in gps.items():
+                set_gps(records, i, pos)
+            skipped += bad
+            if f is not None:
+                waiting.append(f)
+                kept.append(rows.numpy())
+                descend()
+            if bar is not None:
+                bar.update(len(rows) + len(bad))
+        descend(final=True)
+        bad_rows = [r for r, _ in skipped]
+        skip = pd.DataFrame({"id": records["id"].to_numpy(object)[bad_rows],
+                             "path": records["path"].to_numpy(object)[bad_rows],
                              "reason": [w for _, w in skipped]},
                             columns=["id", "path", "reason"])
         for row in skip.itertuples():
             log.warning("skipped %s: %s", row.path or row.id, row.reason)
         t = time.perf_counter()
+        k = topk or self.settings["topk"]
         if parts:
-            pred = Prediction.concat(parts)
             rows = np.concatenate(kept)
-            table = prediction_table(pred, self.entities, records["id"].to_numpy(object)[rows],
-                                     records["path"].to_numpy(object)[rows],
-                                     topk=topk or self.settings["topk"])
+            table = prediction_table(Prediction.concat(parts), self.entities,
+                                     records["id"].to_numpy(object)[rows],
+                                     records["path"].to_numpy(object)[rows], topk=k)
         else:
-            table = prediction_table(_empty(), self.entities, [], [],
-                                     topk=topk or self.settings["topk"])
             rows = np.zeros(0, np.int64)
+            table = prediction_table(_empty(), self.entities, [], [], topk=k)
         table["_row"] = rows
         tm.stages["table"] += time.perf_counter() - t
         return table, skip
@@ -395,13 +399,26 @@ TRUTH = "truth."  # prefix of the truth columns a part keeps beside its answers
 
 
 def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> dict:
-    """What a part's answers depend on: the photos, in order, the model and its settings."""
+    """What a part's answers depend on: the photos (ids, files' sizes and times, truth), in
+    order; the model (its ``SHA256SUMS`` digest, or a run's checkpoint size and time), its
+    backbone's weights, its settings and the device type (bf16 on a GPU)."""
     meta = {k: v for k, v in g.meta.items() if k != "created"}
-    model = json.dumps({"meta": meta, "settings": g.settings, "topk": topk}, sort_keys=True,
-                       default=str)
-    ids = "\n".join(records["id"].astype(str))
+    model = json.dumps({"meta": meta, "settings": g.settings, "topk": topk,
+                        "backbone_weights": str(g._backbone_args["weights"]),
+                        "device": g.device.type}, sort_keys=True, default=str)
+
+    def stat(q) -> str:
+        try:
+            st = os.stat(q)
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        except (OSError, TypeError, ValueError):
+            return "-"
+
+    photos = "\n".join(f"{i}\t{stat(q)}\t{a}\t{b}" for i, q, a, b in zip(
+        records["id"].astype(str), records["path"], records["latitude"], records["longitude"],
+        strict=True))
     return {"n": len(records), "part_size": part_size,
-            "ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
+            "photos_sha256": hashlib.sha256(photos.encode()).hexdigest(),
             "model_sha256": hashlib.sha256(model.encode()).hexdigest()}
 
 
@@ -466,8 +483,12 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     truth = both[tcols].rename(columns=lambda c: c[len(TRUTH):])
     table = both.drop(columns=tcols)
     if score and len(table) and truth["latitude"].notna().any():
-        table, summary, per = score_truth(table, truth)
-        table.attrs["summary"], table.attrs["per_country"] = summary, per
+        try:  # the answers are written even when the truth cannot be scored
+            table, summary, per = score_truth(table, truth, geocoder=g.geocoder)
+            table.attrs["summary"], table.attrs["per_country"] = summary, per
+        except (OSError, ValueError, RuntimeError) as exc:  # e.g. no gazetteer can be built
+            log.warning("the answers are written without their truth: scoring them failed "
+                        "(%s)", exc)
     table.attrs["skipped"] = skipped
     write_outputs(table, outs)
     shutil.rmtree(parts_dir)
@@ -502,6 +523,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--backbone-weights", help="local weights file for the model's backbone")
     w.add_argument("--allow-download", action="store_true",
                    help="let timm fetch the backbone's hub weights")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="predict with the model alone, without reading its retrieval memory")
+    ap.add_argument("--model-sha256", help="refuse the model unless its SHA256SUMS has this "
+                    "sha256 (python -m hiergeo.export prints it)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="skip checking the model folder's files against SHA256SUMS (it "
+                    "reads every file once: about 7 s per 10 GB)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--part-size", type=int, default=PART_SIZE,
                     help="photos predicted and saved at a time: a crash loses at most one "
@@ -538,7 +566,8 @@ def main(argv=None) -> int:
     try:
         g = Geolocator.load(args.model, device=args.device,
                             backbone_weights=args.backbone_weights,
-                            allow_download=args.allow_download)
+                            allow_download=args.allow_download, check=not args.no_check,
+                            memory=not args.no_memory, expect_sha256=args.model_sha256)
         if args.beams:
             g.settings["beams"] = _beams(args.beams)
         kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,

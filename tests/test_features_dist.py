@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from hiergeo.data.store import FeatureStore, shard_done, shard_paths, write_shard
-from hiergeo.features import Ranks, _device, _threads, main, ranks_from_env
+from hiergeo.features import Ranks, _threads, main, pick_device, ranks_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 4  # 14 rows -> shards of 4, 4, 4, 2: rank 0 of 2 takes 0 and 2, rank 1 takes 1 and 3
@@ -239,6 +239,6 @@ def test_ranks_and_devices_from_the_environment(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     assert _threads(None, two) >= 1  # ... unless it is torchrun's default
     if not torch.cuda.is_available():
-        assert _device("auto", 1) == torch.device("cpu")
+        assert pick_device("auto", 1) == torch.device("cpu")
         with pytest.raises(ValueError, match="0 CUDA devices"):
-            _device("cuda", 1)
+            pick_device("cuda", 1)

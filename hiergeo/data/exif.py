@@ -18,7 +18,8 @@ def _degrees(dms) -> float:
 
 def read_gps(path: str | Path) -> tuple[float, float] | None:
     """(latitude, longitude) in degrees from a file's EXIF, signed by the N/S and E/W
-    references; None if the file has no readable GPS position."""
+    references; None if the file has no readable GPS position, or the position (0, 0) that
+    cameras without a fix write."""
     from .images import HEIC_SUFFIXES, heif_available
 
     if Path(path).suffix.lower() in HEIC_SUFFIXES:
@@ -39,5 +40,7 @@ def read_gps(path: str | Path) -> tuple[float, float] | None:
     if str(gps.get(LON_REF, "E")).strip().upper().startswith("W"):
         lon = -lon
     if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+        return None
+    if lat == 0 and lon == 0:  # what many cameras write when they have no fix
         return None
     return lat, lon

@@ -83,15 +83,17 @@ def prediction_table(pred: Prediction, entities: pd.DataFrame, ids, paths=None,
     return pd.DataFrame(out)
 
 
-def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None
-                ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None,
+                geocoder: str = "gazetteer") -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Add the truth to a :func:`prediction_table`: ``true_latitude, true_longitude,
     error_km``, per level ``true_L_key`` and ``hit_L`` (OSV-5M's: the predicted point
     reverse-geocoded in ``osv5m`` mode and compared with the truth's key; <NA> where the
     truth has no key at that level, or no position). ``truth`` (same rows): ``latitude,
     longitude`` (NaN: unknown) and optionally OSV-5M's label columns, else its keys are the
-    labels of its coordinates. Returns the table, OSV-5M's summary over the rows with a
-    truth, and the per-country table (:func:`hiergeo.metrics.per_country`)."""
+    labels of its coordinates. ``geocoder``: ``gazetteer`` (``gz``, default the bundled
+    world's, in its ``osv5m`` mode) or ``reverse_geocoder`` (the library), as the run's
+    ``eval.geocoder``. Returns the table, OSV-5M's summary over the rows with a truth, and
+    the per-country table (:func:`hiergeo.metrics.per_country`)."""
     from .. import metrics
     from ..metrics.osv5m import LEVEL_NAMES
 
@@ -109,13 +111,13 @@ def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None
                                    table["pred_longitude"].to_numpy()[has],
                                    t["latitude"].to_numpy(float), t["longitude"].to_numpy(float))
     table["error_km"] = km
+    coder = "reverse_geocoder" if geocoder == "reverse_geocoder" else gz
     if not _has_labels(t):
-        lab = gz.label(t["latitude"].to_numpy(float), t["longitude"].to_numpy(float),
-                       mode="osv5m")
-        t = t.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].astype(str).to_numpy(object)
-                        for lvl in LEVELS})
+        lab = metrics.predicted_keys(t["latitude"].to_numpy(float),
+                                     t["longitude"].to_numpy(float), coder)
+        t = t.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].to_numpy(object) for lvl in LEVELS})
     pk = metrics.predicted_keys(table["pred_latitude"].to_numpy()[has],
-                                table["pred_longitude"].to_numpy()[has], gz)
+                                table["pred_longitude"].to_numpy()[has], coder)
     hits = metrics.hits_from_keys(pk, t)
     tkeys = metrics.truth_keys(t)
     for lvl in LEVELS:
@@ -150,21 +152,26 @@ def _plain(v):
     return v
 
 
+def geojson_features(table: pd.DataFrame, chunk: int = 10_000):
+    """One GeoJSON Point feature per row at its predicted coordinates, every column a
+    property (rows converted ``chunk`` at a time)."""
+    for s in range(0, len(table), chunk):
+        for rec in table.iloc[s:s + chunk].to_dict(orient="records"):
+            props = {k: _plain(v) for k, v in rec.items()}
+            yield {"type": "Feature", "geometry": {
+                "type": "Point",
+                "coordinates": [props["pred_longitude"], props["pred_latitude"]]},
+                "properties": props}
+
+
 def to_geojson(table: pd.DataFrame) -> dict:
-    """A FeatureCollection: one Point per row at its predicted coordinates, every column a
-    property."""
-    feats = []
-    for rec in table.to_dict(orient="records"):
-        props = {k: _plain(v) for k, v in rec.items()}
-        feats.append({"type": "Feature", "geometry": {
-            "type": "Point", "coordinates": [props["pred_longitude"], props["pred_latitude"]]},
-            "properties": props})
-    return {"type": "FeatureCollection", "features": feats}
+    """A FeatureCollection of :func:`geojson_features`."""
+    return {"type": "FeatureCollection", "features": list(geojson_features(table))}
 
 
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically)."""
-    from ..data.store import atomic_write_text, temporary_names
+    from ..data.store import temporary_names
 
     out = Path(out)
     suffix = out.suffix.lower()
@@ -173,12 +180,15 @@ def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     plain = table.copy()
     plain.attrs = {}
-    if suffix == ".geojson":
-        atomic_write_text(out, json.dumps(to_geojson(plain), ensure_ascii=False,
-                                          allow_nan=False) + "\n")
-        return out
     with temporary_names(out) as (tmp,):
-        if suffix == ".csv":
+        if suffix == ".geojson":  # a feature at a time: never the whole document as one string
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write('{"type": "FeatureCollection", "features": [')
+                for i, feat in enumerate(geojson_features(plain)):
+                    fh.write((",\n" if i else "\n") + json.dumps(feat, ensure_ascii=False,
+                                                                allow_nan=False))
+                fh.write("\n]}\n")
+        elif suffix == ".csv":
             plain.to_csv(tmp, index=False, encoding="utf-8")
         else:
             plain.to_parquet(tmp, index=False)

@@ -292,8 +292,11 @@ def _legend(rows: list[dict], has_truth: bool) -> str:
             'marker for details.</small></div>')
 
 
-def _header(title: str, rows: list[dict], skipped: int, thumbs_cut: int) -> str:
+def _header(title: str, rows: list[dict], skipped: int, thumbs_cut: int,
+            sampled_from: int | None = None) -> str:
     facts = [f"{len(rows)} photo{'s' if len(rows) != 1 else ''} on the map"]
+    if sampled_from:
+        facts.append(f"an even sample of {sampled_from:,} photos")
     if skipped:
         facts.append(f"{skipped} without a predicted position (not drawn)")
     errs = [r["err"] for r in rows if r["err"] is not None]
@@ -326,7 +329,8 @@ def _css(n_markers: int = 0) -> str:
     return css
 
 
-def render_html(rows: list[dict], skipped: int, *, title: str, thumbs_cut: int = 0) -> str:
+def render_html(rows: list[dict], skipped: int, *, title: str, thumbs_cut: int = 0,
+                sampled_from: int | None = None) -> str:
     """The whole page as one string (see :func:`write_map`)."""
     has_truth = any(r["tlat"] is not None for r in rows)
     data = {"rows": rows, "view": _initial_view(rows),
@@ -341,7 +345,7 @@ def render_html(rows: list[dict], skipped: int, *, title: str, thumbs_cut: int =
 <title>{html.escape(title)}</title>
 <style>{_css(len(rows))}</style></head>
 <body>
-{_header(title, rows, skipped, thumbs_cut)}
+{_header(title, rows, skipped, thumbs_cut, sampled_from)}
 <main>
 <svg id="map" viewBox="{x} {y} {w} {h}" preserveAspectRatio="xMidYMid meet" role="img"
  aria-label="world map of predicted photo positions">
@@ -363,7 +367,8 @@ def render_html(rows: list[dict], skipped: int, *, title: str, thumbs_cut: int =
 
 
 def write_map(table: pd.DataFrame, path, *, thumbnails: bool = True, thumb_px: int = 160,
-              title: str | None = None, max_thumbnails: int = 2000) -> Path:
+              title: str | None = None, max_thumbnails: int = 2000,
+              max_markers: int = 20_000) -> Path:
     """Write an offline HTML map of ``table`` (the prediction table of ``hiergeo.predict``).
 
     One marker per photo at its predicted position, coloured by ``confident_level``; where
@@ -381,6 +386,9 @@ def write_map(table: pd.DataFrame, path, *, thumbnails: bool = True, thumb_px: i
         title: page title; default "Photo predictions".
         max_thumbnails: only the first this many drawn rows with a ``path`` get a thumbnail
             (about 5-10 kB of HTML each).
+        max_markers: a larger table is drawn as an even sample of this many rows (the header
+            says so): a browser cannot hold hundreds of thousands of markers, and the full
+            answers are in the table files.
 
     Returns:
         The path written.
@@ -388,10 +396,17 @@ def write_map(table: pd.DataFrame, path, *, thumbnails: bool = True, thumb_px: i
     if thumb_px < 1 or max_thumbnails < 0:
         raise ValueError(f"thumb_px must be >= 1 and max_thumbnails >= 0, got {thumb_px}, "
                          f"{max_thumbnails}")
+    sampled_from = None
+    if len(table) > max_markers > 0:
+        sampled_from = len(table)
+        log.warning("photo map: %d rows; drawing an even sample of %d", len(table), max_markers)
+        table = table.iloc[np.unique(np.linspace(0, len(table) - 1, max_markers).round()
+                                     .astype(int))]
     rows, skipped = map_rows(table, thumbnails=thumbnails, thumb_px=thumb_px,
                              max_thumbnails=max_thumbnails)
     thumbs_cut = sum(r["why"] == THUMB_LIMIT.format(max_thumbnails) for r in rows)
-    page = render_html(rows, skipped, title=title or "Photo predictions", thumbs_cut=thumbs_cut)
+    page = render_html(rows, skipped, title=title or "Photo predictions", thumbs_cut=thumbs_cut,
+                       sampled_from=sampled_from)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
