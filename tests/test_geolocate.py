@@ -442,3 +442,152 @@ def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_pat
     assert main(["--model", str(model), str(tmp_path / "typo.jpg"), "--out",
                  str(tmp_path / "t.csv"), "--workers", "0"]) == 1  # none could be read
     assert "missing file" in pd.read_csv(tmp_path / "t.skipped.csv")["reason"].item()
+
+
+def test_the_memory_travels_and_predicts_as_the_run(photo_run, tmp_path):
+    """A model whose memory weights are on: the streamed memory.safetensors, loaded back,
+    gives the run's own descent with its memory, bit for bit; memory=False the model
+    alone."""
+    from hiergeo.evaluate import build_memory, load_run
+    from hiergeo.predict import predict
+    from hiergeo.train import checkpoint
+    from hiergeo.train.data import load_data, read_store_split
+
+    store, run_dir, _ = photo_run
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    ck = checkpoint.load(run2 / checkpoint.NAME)
+    ck["model"]["memory_weight"] = torch.full((4,), 0.6, dtype=torch.float64)
+    checkpoint.save(run2 / checkpoint.NAME, ck)
+    model = export.write(export.from_run(run2), tmp_path / "model")
+    assert (model / "memory.safetensors").exists()
+    cfg, m, hier, gz = load_run(run2)
+    assert m.uses_memory
+    split, _, _ = read_store_split(store, cfg, gz, "test")
+    kw = {"beams": cfg.eval.beams, "topk": 5, "coords": cfg.eval.coords,
+          "threshold": cfg.eval.threshold}
+    mem = build_memory(cfg, load_data(cfg, gz).train)
+    want = predict(m, split.all_inputs(), hier, cfg.loss.tau, memory=mem, **kw)
+    alone = predict(m, split.all_inputs(), hier, cfg.loss.tau, **kw)
+    assert not np.array_equal(want.level_prob, alone.level_prob)  # the memory matters here
+    got = Geolocator.load(model).predict([store], progress=False, score=False)
+    np.testing.assert_array_equal(got["p_city"].to_numpy(), want.path_prob[:, 0, 3])
+    g = Geolocator.load(model, memory=False)
+    assert g.memory is None
+    no_mem = g.predict([store], progress=False, score=False)
+    m.memory_weight.zero_()
+    alone = predict(m, split.all_inputs(), hier, cfg.loss.tau, **kw)
+    np.testing.assert_array_equal(no_mem["p_city"].to_numpy(), alone.path_prob[:, 0, 3])
+
+
+def test_a_model_is_pinned_by_its_digest_and_its_backbone_file(photo_run, tmp_path):
+    _, _, model = photo_run
+    digest = export.sums_digest(model)
+    Geolocator.load(model, expect_sha256=digest)
+    with pytest.raises(ModelFolderError, match="not the model you pinned"):
+        Geolocator.load(model, expect_sha256="0" * 64)
+    for f in model.iterdir():  # shared models: readable by others where the umask allows
+        assert f.stat().st_mode & 0o044 == 0o044 & ~_umask()
+    p = export.read(model)
+    wfile = tmp_path / "w.safetensors"
+    wfile.write_bytes(b"not these weights")
+    p.meta["backbone"] = {**p.meta["backbone"], "weights": str(wfile),
+                          "weights_sha256": "1" * 64, "weights_bytes": 123}
+    with pytest.raises(WeightsError, match="not the weights the model's features"):
+        _ = Geolocator(p).backbone
+    p.meta["backbone"] = {**p.meta["backbone"], "name": "hf-hub:someone/model"}
+    with pytest.raises(WeightsError, match="allow-download"):
+        _ = Geolocator(p).backbone
+
+
+def _umask() -> int:
+    u = os.umask(0)
+    os.umask(u)
+    return u
+
+
+def test_an_entity_table_that_is_not_a_tree_is_refused(photo_run, tmp_path):
+    """Even with its checksum rewritten to match, a table whose parents point forward (or
+    whose memory ids point outside it) is refused."""
+    _, _, model = photo_run
+    bad = tmp_path / "model"
+    shutil.copytree(model, bad)
+    e = pd.read_parquet(bad / "entities.parquet")
+    e.loc[1, "parent_id"] = len(e) - 1
+    e.to_parquet(bad / "entities.parquet", index=False)
+    sums = [line.split("  ") for line in (bad / "SHA256SUMS").read_text().splitlines()]
+    (bad / "SHA256SUMS").write_text("".join(
+        f"{export._sha256(bad / n) if n == 'entities.parquet' else d}  {n}\n" for d, n in sums))
+    with pytest.raises(ModelFolderError, match="not a tree"):
+        Geolocator.load(bad)
+
+
+def test_export_names_a_training_store_that_moved(photo_run, tmp_path):
+    store, run_dir, _ = photo_run
+    moved = tmp_path / "moved"
+    shutil.copytree(store, moved)
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    cfg = (run2 / "config.yaml").read_text().replace(str(store), str(tmp_path / "gone"))
+    (run2 / "config.yaml").write_text(cfg)
+    from hiergeo.export import main as export_main
+
+    assert export_main(["--run", str(run2), "--out", str(tmp_path / "m")]) == 2
+    with pytest.raises(FileNotFoundError, match="--store PATH"):
+        export.from_run(run2)
+    p = export.from_run(run2, store=moved)
+    assert p.meta["backbone"]["name"] == "efficientnet_lite0-embedded"
+    assert export.from_run(run2, store=moved, features_only=True).meta["backbone"] is None
+
+
+def test_resume_starts_over_with_another_model(photo_run, photos, tmp_path, monkeypatch):
+    _, run_dir, model = photo_run
+    calls, crash = [], [True]
+    real = Geolocator.predict_part
+
+    def crash_second(self, records, **kw):
+        calls.append(len(records))
+        if len(calls) == 2 and crash[0]:
+            crash[0] = False
+            raise RuntimeError("killed")
+        return real(self, records, **kw)
+
+    monkeypatch.setattr(Geolocator, "predict_part", crash_second)
+    out = tmp_path / "p.csv"
+    base = [str(photos / "heldout"), "--part-size", "3", "--workers", "0", "--no-progress",
+            "--out", str(out)]
+    with pytest.raises(RuntimeError):
+        main(["--model", str(model), *base])
+    other = export.from_run(run_dir)
+    other.weights["head.net.0.weight"] = other.weights["head.net.0.weight"] * 1.5
+    other_dir = export.write(other, tmp_path / "other")
+    calls.clear()
+    assert main(["--model", str(other_dir), *base]) == 0
+    assert len(calls) == 2  # both parts predicted again: the saved part was another model's
+
+
+def test_collect_photos_odd_tables_and_folders(photos, tmp_path):
+    from gazetteer import InputError
+
+    zero = tmp_path / "zero.jpg"
+    _photo(zero, Image.new("RGB", (64, 48), (9, 9, 9)), np.random.default_rng(1), gps=(0, 0))
+    t = tmp_path / "t.parquet"
+    pd.DataFrame({"id": [None, "b", None], "path": [str(zero), None, str(photos / "nogps" /
+                                                                         "1.jpg")]}).to_parquet(t)
+    got = collect_photos([t])
+    assert got["id"].tolist() == [str(zero), "b", str(photos / "nogps" / "1.jpg")]
+    assert got["latitude"].isna().all()  # EXIF (0, 0) is no position
+    (tmp_path / "linked").symlink_to(photos / "nogps")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "in").symlink_to(photos / "nogps")
+    assert len(collect_photos([tmp_path / "folder"])) == 3
+    clash = tmp_path / "c.csv"
+    pd.DataFrame({"id": ["1", "1"], "path": [str(zero), str(photos / "nogps" / "0.jpg")]}
+                 ).to_csv(clash, index=False)
+    with pytest.raises(InputError, match="share ids"):
+        collect_photos([clash])
+    from hiergeo.data.photos import PhotoRows
+
+    rows = PhotoRows(got["path"].tolist(), lambda im: torch.zeros(1),
+                     np.zeros(len(got), bool))
+    assert rows[1][2] == "no path given for this row" and rows[0][2] is None
