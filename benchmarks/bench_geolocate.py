@@ -4,17 +4,17 @@
         [--workers 0,2] [--batch-size 64] [--out results/benchmarks/geolocate.json]
 
 The model is ``make photos``'s (the embedded backbone, efficientnet_lite0, and a small model
-on the shared playset); the photos are the 163 real OSV-5M playset JPEGs, listed ``--repeat``
-times (the same files again under other ids: the page cache holds them, the decoding is done each
-time), given as a photo table without positions (no truth scoring).
-Each setting is one call of :meth:`hiergeo.Geolocator.predict` plus writing the CSV, timed
-after a warm-up call on 16 photos. Per stage (:class:`hiergeo.geolocate.Timings`): ``listing``
-(finding the photos), ``decode`` (the main process waiting for decoded, preprocessed images and
-EXIF positions: all
-of the decoding with 0 workers, only what the workers did not hide otherwise), ``backbone``,
-``descent`` (head, memory, beam descent), ``table`` (the answer table, truth scoring) and
-``csv``. With 0 workers the stages run one after the other, so their shares are where the
-time goes; with workers, decoding overlaps the backbone.
+on the shared playset, without a retrieval memory); the photos are the 163 real OSV-5M
+playset JPEGs, copied ``--repeat`` times (the page cache holds them; the
+decoding is done each time), given as a photo table without positions
+(no truth scoring). Each setting is one :func:`hiergeo.geolocate.predict_to_files` call (what
+``python -m hiergeo.predict`` runs: parts saved as they are done, joined, written to CSV),
+timed after a warm-up call on 16 photos. Per stage (:class:`hiergeo.geolocate.Timings`):
+``listing`` (finding the photos), ``decode`` (the main process waiting for decoded,
+preprocessed images and EXIF positions: all of the decoding with 0 workers, only what the
+workers did not hide otherwise), ``backbone``, ``descent`` (head, beam descent), ``table``
+(answer tables, parts, joining, the CSV). With 0 workers the stages run one after the other,
+so their shares are where the time goes; with workers, decoding overlaps the backbone.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         print(f"error: {args.photos}: no JPEGs", file=sys.stderr)
         return 2
     from hiergeo import Geolocator
-    from hiergeo.reports.answers import write_table
+    from hiergeo.geolocate import predict_to_files
 
     t = time.perf_counter()
     g = Geolocator.load(args.model, device="cpu")
@@ -61,21 +62,23 @@ def main(argv=None) -> int:
     g.predict([str(f) for f in files[:16]], progress=False, workers=0)  # first-call costs
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        # a photo table (ids made unique per repeat: a photo named twice is predicted once)
+        # copies (a file named twice is predicted once), listed in a photo table
+        paths = []
+        for r in range(args.repeat):
+            (Path(tmp) / str(r)).mkdir()
+            for f in files:
+                paths.append(Path(tmp) / str(r) / f.name)
+                shutil.copyfile(f, paths[-1])
         photos = Path(tmp) / "photos.csv"
-        pd.DataFrame({"id": [f"{f.stem}-{r}" for r in range(args.repeat) for f in files],
-                      "path": [str(f) for _ in range(args.repeat) for f in files]}).to_csv(
-            photos, index=False)
+        pd.DataFrame({"path": [str(q) for q in paths]}).to_csv(photos, index=False)
         photos = [photos]
         for w in (int(x) for x in args.workers.split(",")):
             t = time.perf_counter()
-            table = g.predict(photos, batch_size=args.batch_size, workers=w, progress=False)
-            tc = time.perf_counter()
-            write_table(table, Path(tmp) / "p.csv")
-            end = time.perf_counter()
+            predict_to_files(g, photos, [Path(tmp) / f"p{w}.csv"], batch_size=args.batch_size,
+                             workers=w, progress=False)
+            total = time.perf_counter() - t
             rep = g.timings.report()
-            stages = {**rep["stages_s"], "csv": end - tc}
-            total = end - t
+            stages = rep["stages_s"]
             runs.append({"workers": w, "batch_size": args.batch_size, "images": rep["images"],
                          "skipped": rep["skipped"], "seconds": total,
                          "images_per_s": rep["images"] / total, "stages_s": stages,
