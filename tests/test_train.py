@@ -474,3 +474,28 @@ def test_configs_from_before_per_level_queries_load_as_shared(tmp_path):
     assert load_config("smoke").model.queries == "per_level"
     with pytest.raises(ConfigError, match="memory_k"):
         load_config("smoke", ["eval.memory_k=0"])
+
+
+def test_numeric_looking_strings_and_zero_intervals(tmp_path, cache_env):
+    """A string field takes a numeric-looking value as its text (run.id=2024, in an override
+    and in a YAML file, and back from config.yaml); number fields still read "1e-3"; an
+    interval of 0 means only at the end."""
+    from hiergeo.train.config import from_dict
+
+    cfg = load_config("smoke", ["run.id=2024", "optim.lr=1e-3", "data.train=007",
+                                "loss.sigma_km=[.inf, 500, 150, 50]"])
+    assert cfg.run.id == "2024" and cfg.optim.lr == 0.001 and cfg.data.train == "007"
+    assert cfg.loss.sigma_km[0] == float("inf")
+    f = tmp_path / "c.yaml"
+    f.write_text("base: smoke\nrun:\n  id: 2024\noptim:\n  lr: 1e-3\n")
+    again = load_config(str(f))
+    assert again.run.id == "2024" and again.optim.lr == 0.001
+    assert from_dict(yaml.safe_load(cfg.to_yaml())).run.id == "2024"
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config("smoke", ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        load_config("smoke", ["run.log_every=-1"])
+    res = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=zero", "run.log_every=0",
+                                    "run.checkpoint_every=0", "run.val_every=0",
+                                    "optim.max_steps=3"]))
+    assert res["steps"] == 3 and (tmp_path / "zero" / "checkpoint.pt").exists()

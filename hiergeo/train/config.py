@@ -162,8 +162,8 @@ class RunConfig:
     seed: int = 0
     val_every: int = 500          # steps between validations (0: only at the end)
     val_max: int = 2000           # samples used by in-training validation
-    checkpoint_every: int = 200   # steps between checkpoints
-    log_every: int = 20
+    checkpoint_every: int = 200   # steps between checkpoints (0: only at the end)
+    log_every: int = 20           # steps between log rows (0: only at the end)
     overwrite: bool = False       # replace an existing finished run
     tensorboard: bool = True
 
@@ -254,6 +254,8 @@ def _coerce(value, tp, where: str):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string; overrides keep their text
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -263,6 +265,8 @@ def _coerce(value, tp, where: str):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # a YAML file's unquoted run id: 2024
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
@@ -304,8 +308,9 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    if isinstance(value, str) and _looks_numeric(value):
-        value = float(value)  # YAML 1.1 reads "1e-3" as a string
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = raw.strip()  # the text as typed: run.id=2024 stays "2024", a number field
+        #                      converts it (_coerce)
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -330,18 +335,7 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return _fix_numbers(values)
-
-
-def _fix_numbers(node):
-    if isinstance(node, dict):
-        return {k: _fix_numbers(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fix_numbers(v) for v in node]
-    if isinstance(node, str) and _looks_numeric(node) and node.strip().lower() not in (
-            "nan", "inf", "-inf", "infinity"):
-        return float(node)
-    return node
+    return values
 
 
 def presets() -> list[str]:
@@ -413,6 +407,9 @@ def validate(cfg: Config) -> None:
     need(cfg.model.c > 0, f"model.c (curvature) must be positive, got {cfg.model.c}")
     need(cfg.model.encoder in ("features", "timm"),
          f"model.encoder must be features or timm, not {cfg.model.encoder!r}")
+    need(min(cfg.run.log_every, cfg.run.checkpoint_every, cfg.run.val_every) >= 0,
+         "run.log_every, run.checkpoint_every and run.val_every must be >= 0 (0: only at the "
+         f"end), got {cfg.run.log_every}, {cfg.run.checkpoint_every}, {cfg.run.val_every}")
     need(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     need(cfg.optim.epochs > 0, f"optim.epochs must be positive, got {cfg.optim.epochs}")
     need(0 <= cfg.optim.warmup < 1,
@@ -445,6 +442,6 @@ def from_dict(values: dict) -> Config:
     values = dict(values)
     if isinstance(values.get("model"), dict) and "queries" not in values["model"]:
         values["model"] = {**values["model"], "queries": "shared"}
-    _merge(cfg, _fix_numbers(values))
+    _merge(cfg, values)
     validate(cfg)
     return cfg

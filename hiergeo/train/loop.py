@@ -292,6 +292,11 @@ def _full_levels(cfg: Config, hier: Hierarchy, device, batch: int) -> list[bool]
     return [batch * len(ids) <= cfg.loss.full_max for ids in hier.level_ids]
 
 
+def _due(step: int, every: int) -> bool:
+    """Whether something done every ``every`` steps (0: never, only at the end) is due."""
+    return every > 0 and step % every == 0
+
+
 @contextlib.contextmanager
 def _deferred_interrupt():
     """A SIGINT (Ctrl-C) during the block is raised as KeyboardInterrupt at its end, so the
@@ -531,7 +536,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             window_n += len(idx) * dist.world
             bar.update(1)
             row = None
-            if step % cfg.run.log_every == 0 or step == total:
+            if _due(step, cfg.run.log_every) or step == total:
                 now = time.perf_counter()
                 row = {"step": step, "epoch": round(step / spe, 4),
                        "lr": sched.get_last_lr()[0],
@@ -539,7 +544,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                        **{k: float(v.detach()) for k, v in terms.items()}}
                 window_t, window_n = now, 0
                 bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
-            if cfg.run.val_every and step % cfg.run.val_every == 0 and step < total:
+            if _due(step, cfg.run.val_every) and step < total:
                 if dist.main:
                     row = {**(row or {"step": step, "epoch": round(step / spe, 4)}),
                            **validate(model, data.val, hier, cfg, val_rows)}
@@ -548,7 +553,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                 dist.barrier()
             if row is not None:
                 logger.write(row)
-            if step % cfg.run.checkpoint_every == 0 or step == total:
+            if _due(step, cfg.run.checkpoint_every) or step == total:
                 save_ckpt(step)
     except KeyboardInterrupt:
         save_ckpt(step)  # the parameters are those of a whole step (see _deferred_interrupt)
