@@ -91,17 +91,23 @@ class Portable:
 
 
 # -- collecting a run ------------------------------------------------------------------------
-def _weights_ref(weights: str) -> dict:
+def _weights_ref(weights: str, pin: dict | None = None) -> dict:
     """A weights reference as ``model.json`` keeps it: a file's absolute path, size and
-    sha256 (checked when the model loads it), or a word (``hub``, ``random``, ``package
-    ...``) as is."""
+    sha256 (checked when the model loads it; ``pin``: the ``weights_path`` and
+    ``weights_sha256`` a feature store recorded at extraction), or a word (``hub``,
+    ``random``, ``package ...``) as is. A file that is neither pinned nor here cannot be
+    trusted later: :class:`FileNotFoundError`."""
     if weights in ("hub", "random") or weights.startswith("package"):
         return {"weights": weights}
+    if pin and pin.get("weights_sha256"):
+        return {"weights": pin["weights_path"], "weights_sha256": pin["weights_sha256"]}
     path = Path(weights).resolve()
     if not path.is_file():
-        log.warning("%s: the backbone's weights file is not here, so the export cannot pin "
-                    "its checksum; loading will look for it at this path", path)
-        return {"weights": str(path)}
+        raise FileNotFoundError(
+            f"{path}: the backbone's weights file is not here, so the export cannot pin it "
+            "(a model that trusts whatever file is at a path gives wrong answers silently): "
+            "export where the file is, or pass --features-only (a model that takes features, "
+            "not photos)")
     return {"weights": str(path), "weights_bytes": path.stat().st_size,
             "weights_sha256": _sha256(path)}
 
@@ -121,8 +127,11 @@ def _backbone_meta(cfg, store: str | Path | None = None, features_only: bool = F
                    and not m.weights and not m.random_weights else
                    "random" if m.random_weights else "hub" if m.weights is None else
                    str(m.weights))
-        return {"name": name, **_weights_ref(weights), "data_config": None,
-                "fine_tuned": not m.freeze_backbone}
+        try:
+            ref = _weights_ref(weights)
+        except FileNotFoundError:  # the checkpoint holds the encoder: it travels instead
+            ref = {"weights": weights, "must_travel": True}
+        return {"name": name, **ref, "data_config": None, "fine_tuned": not m.freeze_backbone}
     if features_only or (cfg.data.train is None and store is None):
         return None
     meta_path = Path(store or cfg.data.train) / "store.json"
@@ -133,7 +142,7 @@ def _backbone_meta(cfg, store: str | Path | None = None, features_only: bool = F
             "its features: pass --store PATH (where it is now), or --features-only for a "
             "model that predicts from features, not photos")
     st = json.loads(meta_path.read_text())
-    return {"name": st["backbone"], **_weights_ref(str(st["weights"])),
+    return {"name": st["backbone"], **_weights_ref(str(st["weights"]), st),
             "data_config": st["data_config"], "fine_tuned": False}
 
 
@@ -176,7 +185,8 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
         cfg.data.train = str(store)
     bb = _backbone_meta(cfg, store, features_only)
     backbone_state = None
-    if bb is not None and (bb["fine_tuned"] or include_backbone):
+    if bb is not None and (bb["fine_tuned"] or bb.pop("must_travel", False)
+                           or include_backbone):
         if cfg.model.encoder == "timm":
             enc = model.encoder.model
         else:
@@ -310,9 +320,10 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
-def verify(folder: str | Path) -> list[str]:
-    """Check every file named in ``SHA256SUMS``; returns their names, raises
-    :class:`ModelFolderError` naming the first that is missing or differs."""
+def verify(folder: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Check every file named in ``SHA256SUMS`` but those in ``skip`` (not read: files that
+    will not be loaded); returns the names listed, raises :class:`ModelFolderError` naming
+    the first that is missing or differs."""
     folder = Path(folder)
     sums = folder / SUMS
     if not sums.exists():
@@ -326,6 +337,9 @@ def verify(folder: str | Path) -> list[str]:
         if len(digest) != 64 or not name or "/" in name or name.startswith("."):
             raise ModelFolderError(f"{sums}: line {i} is not '<sha256>  <file>': {line!r}")
         path = folder / name
+        names.append(name)
+        if name in skip:
+            continue
         if path.is_symlink():
             raise ModelFolderError(f"{path}: a symbolic link; a model folder holds its files")
         if not path.is_file():
@@ -338,7 +352,6 @@ def verify(folder: str | Path) -> list[str]:
             raise ModelFolderError(f"{path}: its checksum differs from {SUMS}'s; the file was "
                                    "modified or truncated after export. Copy the model "
                                    "folder again or re-export it")
-        names.append(name)
     for need in ("model.json", "weights.safetensors", "entities.parquet"):
         if need not in names:
             raise ModelFolderError(f"{folder}: {SUMS} does not list {need}")
@@ -369,7 +382,10 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         if got != expect_sha256.lower():
             raise ModelFolderError(f"{folder / SUMS}: sha256 {got}, expected {expect_sha256}: "
                                    "this is not the model you pinned")
-    names = verify(folder) if check else [p.name for p in folder.iterdir()]
+    if check or expect_sha256 is not None:  # a pinned digest pins the files only if checked
+        names = verify(folder, skip=() if memory else ("memory.safetensors",))
+    else:
+        names = [p.name for p in folder.iterdir()]
     meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise ModelFolderError(f"{folder / 'model.json'}: format {meta.get('format')}, this "
@@ -392,10 +408,7 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         if mem is None:
             raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors "
                                    "is missing")
-        ids = mem["ids"]
-        if len(ids) and (int(ids.min()) < -1 or int(ids.max()) >= len(entities)):
-            raise ModelFolderError(f"{folder / 'memory.safetensors'}: entity ids outside the "
-                                   f"table's {len(entities)}")
+        _check_memory_ids(mem["ids"], entities, folder / "memory.safetensors")
         mem["unit"] = True
     elif meta.get("memory"):
         weights["memory_weight"] = torch.zeros_like(weights["memory_weight"])
@@ -407,6 +420,18 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
     meta = {**meta, "sums_sha256": sums_digest(folder) if (folder / SUMS).exists() else None}
     return Portable(meta=meta, weights=weights, entities=entities, memory=mem,
                     backbone=backbone)
+
+
+def _check_memory_ids(ids: torch.Tensor, e: pd.DataFrame, where: Path) -> None:
+    """Each memory row's id at level l is -1 or an entity of depth l + 1 of the table."""
+    depth = torch.from_numpy(e["depth"].to_numpy(np.int64))
+    bad = (ids < -1) | (ids >= len(e))
+    if not bool(bad.any()):
+        lvl = torch.arange(1, ids.shape[1] + 1).expand_as(ids)
+        bad = (ids >= 0) & (depth[ids.clamp_min(0).long()] != lvl)
+    if bool(bad.any()):
+        raise ModelFolderError(f"{where}: entity ids outside the table or at the wrong level "
+                               f"(row {int(torch.nonzero(bad)[0, 0])})")
 
 
 def _check_entities(e: pd.DataFrame, meta: dict, weights: dict, folder: Path) -> None:
@@ -422,6 +447,7 @@ def _check_entities(e: pd.DataFrame, meta: dict, weights: dict, folder: Path) ->
         raise ModelFolderError(f"{where}: missing columns {missing}")
     parent, depth = e["parent_id"].to_numpy(np.int64), e["depth"].to_numpy(np.int64)
     ok = (np.array_equal(e["id"].to_numpy(), np.arange(n)) and n > 0 and depth[0] == 0
+          and bool((depth[1:] >= 1).all()) and bool((depth <= 4).all())
           and parent[0] == -1 and bool((parent[1:] >= 0).all())
           and bool((parent[1:] < np.arange(1, n)).all())
           and np.array_equal(depth[parent[1:]] + 1, depth[1:]))

@@ -190,6 +190,19 @@ def _check_shard_ids(out: Path, records: pd.DataFrame, shard_size: int, n_shards
                              "extract again")
 
 
+def _weights_pin(weights: str) -> dict:
+    """For a backbone read from a local file: its absolute path and sha256, which an
+    exported model checks before it trusts that backbone (:mod:`hiergeo.export`)."""
+    path = Path(str(weights))
+    if not path.is_file():
+        return {}
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return {"weights_path": str(path.resolve()), "weights_sha256": h.hexdigest()}
+
+
 def _write_meta(out: Path, meta: dict) -> None:
     """Check ``store.json`` against ``meta`` when a store is there, then (re)write it."""
     meta_path = out / "store.json"
@@ -285,6 +298,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     workers = min(4, cpu_count()) if workers is None else workers
     _write_meta(out, {
         "format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,
+        **_weights_pin(backbone.weights),
         "dim": backbone.dim, "dtype": dtype,
         "data_config": {k: list(v) if isinstance(v, tuple) else v
                         for k, v in backbone.data_config.items()},

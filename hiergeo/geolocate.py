@@ -74,14 +74,16 @@ class Timings:
 
     images: int = 0
     skipped: int = 0
+    resumed: int = 0  # photos whose answers came from parts saved by an earlier run
     seconds: float = 0.0
     stages: dict = field(default_factory=lambda: dict.fromkeys(
         ("listing", "decode", "backbone", "descent", "table"), 0.0))
 
     def report(self) -> dict:
         total = max(self.seconds, 1e-9)
-        return {"images": self.images, "skipped": self.skipped, "seconds": self.seconds,
-                "images_per_s": self.images / total,
+        return {"images": self.images, "skipped": self.skipped, "resumed": self.resumed,
+                "seconds": self.seconds,
+                "images_per_s": (self.images + self.skipped - self.resumed) / total,
                 "stages_s": dict(self.stages),
                 "stage_share": {k: v / total for k, v in self.stages.items()}}
 
@@ -204,7 +206,8 @@ class Geolocator:
     def _predict(self, f: torch.Tensor, topk: int | None) -> Prediction:
         s = self.settings
         return predict(self.model, f, self.hier, s["tau"], method="descent",
-                       memory=self.memory, from_features=True, beams=s["beams"],
+                       memory=self.memory, from_features=True, batch_size=max(len(f), 1),
+                       beams=s["beams"],
                        topk=topk or s["topk"], coords=s["coords"], threshold=s["threshold"])
 
     @torch.no_grad()
@@ -224,8 +227,8 @@ class Geolocator:
         pred = Prediction.concat(parts)
         ids = np.arange(len(pred)).astype(str) if ids is None else np.asarray(ids, object)
         table = prediction_table(pred, self.entities, ids, topk=topk or self.settings["topk"])
-        if truth is not None and truth["latitude"].notna().any():
-            table = score_truth(table, truth, geocoder=self.geocoder)[0]
+        if truth is not None:
+            table = _scored(table, truth, self.geocoder)
         return table
 
     @torch.no_grad()
@@ -255,9 +258,8 @@ class Geolocator:
                                                             batch_size=batch_size,
                                                             workers=workers, bar=bar)
         t = time.perf_counter()
-        if score and len(table) and records["latitude"].notna().any():
-            table, summary, per = score_truth(table, records, geocoder=self.geocoder)
-            table.attrs["summary"], table.attrs["per_country"] = summary, per
+        if score:
+            table = _scored(table, records, self.geocoder)
         tm.stages["table"] += time.perf_counter() - t
         table.attrs["skipped"] = skipped
         tm.images, tm.skipped = len(table), len(skipped)
@@ -280,8 +282,8 @@ class Geolocator:
                 continue
             index = read_index_rows(p, None)
             t = time.perf_counter()
-            part = [self._predict(x[s:s + batch_size * 16].float(), topk)
-                    for s in range(0, len(x), batch_size * 16)]
+            part = [self._predict(x[s:s + QUERY_BLOCK].float(), topk)
+                    for s in range(0, len(x), QUERY_BLOCK)]
             pred = Prediction.concat(part)
             self.timings.stages["descent"] += time.perf_counter() - t
             tables.append(prediction_table(pred, self.entities, index["id"].astype(str),
@@ -301,7 +303,7 @@ class Geolocator:
         advanced per photo."""
         records = records.reset_index(drop=True)
         table, skipped = self._predict_photos(records, topk, batch_size, workers, bar)
-        truth = records.iloc[table.pop("_row").to_numpy()].drop(columns=["image"])
+        truth = records.iloc[table.pop("_row").to_numpy()].drop(columns=["image", "reason"])
         truth = truth.reset_index(drop=True)
         if "credit" in truth.columns:  # a photo table's attribution travels with it
             table.insert(2, "credit", truth["credit"].to_numpy(object))
@@ -320,7 +322,8 @@ class Geolocator:
         sources = [img if img is not None else path for img, path in
                    zip(records["image"], records["path"], strict=True)]
         workers = min(4, cpu_count()) if workers is None else workers
-        loader = DataLoader(PhotoRows(sources, bb.transform(), wants_gps(records)),
+        loader = DataLoader(PhotoRows(sources, bb.transform(), wants_gps(records),
+                                      records["reason"].tolist()),
                             batch_size=batch_size,
                             num_workers=workers if len(records) > batch_size else 0,
                             collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
@@ -372,6 +375,27 @@ class Geolocator:
         return table, skip
 
 
+def _scored(table: pd.DataFrame, truth: pd.DataFrame, geocoder: str) -> pd.DataFrame:
+    """``table`` scored against ``truth`` (:func:`~hiergeo.reports.answers.score_truth`;
+    summary and per-country table in ``attrs``) where any position is known; when scoring
+    fails (no gazetteer can be built, say), the answers unscored, with a warning: they are
+    never lost to it."""
+    if not len(table) or not truth["latitude"].notna().any():
+        return table
+    try:
+        scored, summary, per = score_truth(table, truth, geocoder=geocoder)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, keep the answers
+        log.warning("the answers are written without their truth: scoring them failed "
+                    "(%s: %s)", type(exc).__name__, exc)
+        return table
+    scored.attrs.update(table.attrs, summary=summary, per_country=per)
+    return scored
+
+
+class PartsMismatch(ValueError):
+    """Saved parts of another prediction are in the way; the message says what differs."""
+
+
 def _bar(total: int, progress: bool | None, initial: int = 0):
     """A progress bar in photos/s (``progress`` None: when stderr is a terminal)."""
     from tqdm.auto import tqdm
@@ -403,9 +427,6 @@ def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> 
     order; the model (its ``SHA256SUMS`` digest, or a run's checkpoint size and time), its
     backbone's weights, its settings and the device type (bf16 on a GPU)."""
     meta = {k: v for k, v in g.meta.items() if k != "created"}
-    model = json.dumps({"meta": meta, "settings": g.settings, "topk": topk,
-                        "backbone_weights": str(g._backbone_args["weights"]),
-                        "device": g.device.type}, sort_keys=True, default=str)
 
     def stat(q) -> str:
         try:
@@ -417,22 +438,27 @@ def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> 
     photos = "\n".join(f"{i}\t{stat(q)}\t{a}\t{b}" for i, q, a, b in zip(
         records["id"].astype(str), records["path"], records["latitude"], records["longitude"],
         strict=True))
-    return {"n": len(records), "part_size": part_size,
-            "photos_sha256": hashlib.sha256(photos.encode()).hexdigest(),
-            "model_sha256": hashlib.sha256(model.encode()).hexdigest()}
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+    return {"photos": {"n": len(records), "sha256": digest(photos)},
+            "model": digest(meta), "settings": {**g.settings, "topk": topk},
+            "backbone weights": str(g._backbone_args["weights"]), "device": g.device.type,
+            "part size": part_size}
 
 
 def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | None = None,
                      batch_size: int = 64, workers: int | None = None,
                      progress: bool | None = None, part_size: int = PART_SIZE,
-                     score: bool = True) -> pd.DataFrame:
+                     score: bool = True, restart: bool = False) -> pd.DataFrame:
     """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
     :func:`write_outputs`), that a crash does not lose: the photos are predicted
     ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
     to a temporary name and renamed), so that the same command run again skips the parts
-    already there; other photos, another model or other settings start over. The parts are
-    joined, scored against the truth and written at the end, then removed. Returns the
-    table."""
+    already there. Parts of other photos, another model, settings or device are refused
+    (:class:`PartsMismatch` says what differs) unless ``restart``, which discards them. The
+    parts are joined, scored against the truth and written at the end, then removed.
+    Returns the table."""
     import shutil
 
     from .data.store import atomic_write_text, temporary_names
@@ -445,13 +471,21 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     tm.stages["listing"] = time.perf_counter() - t0
     if not len(records):
         raise ValueError(f"no photos in {', '.join(map(str, photos))}")
+    g._get_backbone()  # a backbone that cannot load fails here, before any part is touched
     parts_dir = Path(f"{outs[0]}.parts")
     state = _fingerprint(g, records, topk, part_size)
     if parts_dir.exists():
         old = parts_dir / "parts.json"
-        if not old.exists() or json.loads(old.read_text()) != state:
-            log.warning("%s: parts of an earlier run with other photos, model or settings; "
-                        "starting over", parts_dir)
+        old = json.loads(old.read_text()) if old.exists() else {}
+        differs = [k for k in state if old.get(k) != state[k]]
+        if differs and not restart:
+            raise PartsMismatch(
+                f"{parts_dir} holds the parts of an earlier prediction with other "
+                f"{', '.join(differs)}; run the same command as then to resume it, or pass "
+                "--restart to discard them")
+        if differs:
+            log.warning("%s: discarding the parts of an earlier prediction (other %s)",
+                        parts_dir, ", ".join(differs))
             shutil.rmtree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(parts_dir / "parts.json", json.dumps(state, indent=2) + "\n")
@@ -463,6 +497,7 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
         log.info("%s: %d of %d parts already predicted, resuming", parts_dir, len(done),
                  n_parts)
     initial = sum(min(part_size, len(records) - k * part_size) for k in done)
+    tm.resumed = initial
     with _bar(len(records), progress, initial) as bar:
         for k in range(n_parts):
             if k in done:
@@ -482,13 +517,8 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     tcols = [c for c in both.columns if c.startswith(TRUTH)]
     truth = both[tcols].rename(columns=lambda c: c[len(TRUTH):])
     table = both.drop(columns=tcols)
-    if score and len(table) and truth["latitude"].notna().any():
-        try:  # the answers are written even when the truth cannot be scored
-            table, summary, per = score_truth(table, truth, geocoder=g.geocoder)
-            table.attrs["summary"], table.attrs["per_country"] = summary, per
-        except (OSError, ValueError, RuntimeError) as exc:  # e.g. no gazetteer can be built
-            log.warning("the answers are written without their truth: scoring them failed "
-                        "(%s)", exc)
+    if score:
+        table = _scored(table, truth, g.geocoder)
     table.attrs["skipped"] = skipped
     write_outputs(table, outs)
     shutil.rmtree(parts_dir)
@@ -519,10 +549,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="image decoding processes (default: min(4, CPUs))")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    w = ap.add_mutually_exclusive_group()
-    w.add_argument("--backbone-weights", help="local weights file for the model's backbone")
-    w.add_argument("--allow-download", action="store_true",
-                   help="let timm fetch the backbone's hub weights")
+    ap.add_argument("--backbone-weights", help="local weights file for the model's backbone")
+    ap.add_argument("--allow-download", action="store_true",
+                    help="let timm reach the hub (hub weights, hf-hub: model names)")
+    ap.add_argument("--restart", action="store_true",
+                    help="discard the saved parts of an earlier, different prediction")
     ap.add_argument("--no-memory", action="store_true",
                     help="predict with the model alone, without reading its retrieval memory")
     ap.add_argument("--model-sha256", help="refuse the model unless its SHA256SUMS has this "
@@ -576,7 +607,8 @@ def main(argv=None) -> int:
             table = g.predict(args.photos, **kw)
             write_outputs(table, outs)
         else:
-            table = predict_to_files(g, args.photos, outs, part_size=args.part_size, **kw)
+            table = predict_to_files(g, args.photos, outs, part_size=args.part_size,
+                                     restart=args.restart, **kw)
         if args.map:
             from .reports import write_map
 

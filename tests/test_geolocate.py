@@ -396,7 +396,7 @@ def test_memory_is_written_a_block_at_a_time_as_the_memory_keeps_it(tmp_path):
 
 
 def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_path,
-                                                     monkeypatch):
+                                                     monkeypatch, capsys):
     """Parts saved as they are done: after a crash the same command predicts only what is
     left, and the outputs equal those of a run never interrupted; other photos start over."""
     _, _, model = photo_run
@@ -433,8 +433,12 @@ def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_pat
     with pytest.raises(RuntimeError, match="killed"):
         main(args + ["--out", str(tmp_path / "third.csv")])
     calls.clear()
-    assert main(["--model", str(model), str(photos / "nogps"), "--part-size", "3",
-                 "--workers", "0", "--no-progress", "--out", str(tmp_path / "third.csv")]) == 0
+    other = ["--model", str(model), str(photos / "nogps"), "--part-size", "3", "--workers", "0",
+             "--no-progress", "--out", str(tmp_path / "third.csv")]
+    assert main(other) == 2 and not calls  # refused: the parts are another prediction's
+    assert "other photos" in capsys.readouterr().err
+    assert len(list((tmp_path / "third.csv.parts").glob("part-*.parquet"))) == 2  # kept
+    assert main([*other, "--restart"]) == 0
     assert len(calls) == 1 and len(pd.read_csv(tmp_path / "third.csv")) == 3
     (tmp_path / "empty").mkdir()
     assert main(["--model", str(model), str(tmp_path / "empty"), "--out",
@@ -562,8 +566,17 @@ def test_resume_starts_over_with_another_model(photo_run, photos, tmp_path, monk
     other.weights["head.net.0.weight"] = other.weights["head.net.0.weight"] * 1.5
     other_dir = export.write(other, tmp_path / "other")
     calls.clear()
-    assert main(["--model", str(other_dir), *base]) == 0
+    assert main(["--model", str(other_dir), *base]) == 2 and not calls  # another model's
+    assert main(["--model", str(other_dir), *base, "--restart"]) == 0
     assert len(calls) == 2  # both parts predicted again: the saved part was another model's
+    # a backbone that cannot load fails before the saved parts are looked at
+    crash[0] = True
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        main(["--model", str(model), *base])
+    assert main(["--model", str(model), *base, "--backbone-weights",
+                 str(tmp_path / "typo.safetensors")]) == 2
+    assert (tmp_path / "p.csv.parts").exists()
 
 
 def test_collect_photos_odd_tables_and_folders(photos, tmp_path):
@@ -577,7 +590,6 @@ def test_collect_photos_odd_tables_and_folders(photos, tmp_path):
     got = collect_photos([t])
     assert got["id"].tolist() == [str(zero), "b", str(photos / "nogps" / "1.jpg")]
     assert got["latitude"].isna().all()  # EXIF (0, 0) is no position
-    (tmp_path / "linked").symlink_to(photos / "nogps")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "in").symlink_to(photos / "nogps")
     assert len(collect_photos([tmp_path / "folder"])) == 3
@@ -589,5 +601,130 @@ def test_collect_photos_odd_tables_and_folders(photos, tmp_path):
     from hiergeo.data.photos import PhotoRows
 
     rows = PhotoRows(got["path"].tolist(), lambda im: torch.zeros(1),
-                     np.zeros(len(got), bool))
+                     np.zeros(len(got), bool), got["reason"].tolist())
     assert rows[1][2] == "no path given for this row" and rows[0][2] is None
+    # two rows without a path or an id are two rows, each skipped with its reason
+    t2 = tmp_path / "t2.csv"
+    pd.DataFrame({"path": ["", ""], "latitude": [1, 2]}).to_csv(t2, index=False)
+    two = collect_photos([t2])
+    assert two["id"].tolist() == [f"{t2}:row 2", f"{t2}:row 3"]
+    assert two["reason"].notna().all()
+    # a table naming a file found in a folder too keeps the table's row (its id and truth),
+    # whatever the order
+    t3 = tmp_path / "t3.csv"
+    pd.DataFrame({"id": ["x"], "path": [str(photos / "nogps" / "0.jpg")], "latitude": [5],
+                  "longitude": [6]}).to_csv(t3, index=False)
+    for order in ([t3, photos / "nogps"], [photos / "nogps", t3]):
+        both = collect_photos(order)
+        assert len(both) == 3 and both.loc[both["id"] == "x", "latitude"].item() == 5
+    # Parquet ids stored as floats (a blank among numbers) read as integers
+    t4 = tmp_path / "t4.parquet"
+    pd.DataFrame({"id": [1.0, None], "path": [str(zero), str(photos / "nogps" / "2.jpg")]}
+                 ).to_parquet(t4)
+    assert collect_photos([t4])["id"].tolist() == ["1", str(photos / "nogps" / "2.jpg")]
+
+
+def test_photos_descend_in_query_blocks(photo_run, photos, tmp_path, monkeypatch):
+    """The memory is searched once per block of queries (not per batch of photos), and the
+    answers do not depend on the block size."""
+    import hiergeo.geolocate as geolocate
+    from hiergeo.predict.memory import Memory
+    from hiergeo.train import checkpoint
+
+    _, run_dir, _ = photo_run
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    ck = checkpoint.load(run2 / checkpoint.NAME)
+    ck["model"]["memory_weight"] = torch.full((4,), 0.6, dtype=torch.float64)
+    checkpoint.save(run2 / checkpoint.NAME, ck)
+    g = Geolocator(export.from_run(run2))
+    searches = []
+    real = Memory.search
+    monkeypatch.setattr(Memory, "search", lambda self, f: searches.append(len(f)) or
+                        real(self, f))
+    files = sorted((photos / "heldout").glob("*.jpg"))
+    big = g.predict(files, batch_size=2, workers=0, progress=False, score=False)
+    assert searches == [6]  # three batches of 2 photos, one search
+    searches.clear()
+    monkeypatch.setattr(geolocate, "QUERY_BLOCK", 4)
+    small = g.predict(files, batch_size=2, workers=0, progress=False, score=False)
+    assert searches == [4, 2]
+    pd.testing.assert_frame_equal(big, small)
+
+
+def test_backbone_weights_are_pinned_at_extraction(photos, tmp_path):
+    """A store extracted with a local weights file records its sha256, the export carries it,
+    and a weights file that is gone at export time is an error, not an unpinned model."""
+    from safetensors.torch import save_file
+
+    from hiergeo.data.records import read_records
+    from hiergeo.export import _weights_ref
+    from hiergeo.features import extract
+    from hiergeo.model.backbones import EMBEDDED, create_backbone
+
+    wfile = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in create_backbone().model.state_dict().items()},
+              str(wfile))
+    records = read_records(photos / "train.csv").head(2)
+    extract(records, tmp_path / "store", backbone=create_backbone(EMBEDDED, weights=wfile),
+            workers=0, progress=False)
+    st = json.loads((tmp_path / "store" / "store.json").read_text())
+    digest = export._sha256(wfile)
+    assert st["weights_sha256"] == digest and st["weights_path"] == str(wfile.resolve())
+    assert _weights_ref("elsewhere.pth", st)["weights_sha256"] == digest
+    assert _weights_ref(str(wfile))["weights_sha256"] == digest
+    with pytest.raises(FileNotFoundError, match="cannot pin"):
+        _weights_ref(str(tmp_path / "gone.pth"))
+
+
+def test_loading_options_and_refusals(photo_run, tmp_path):
+    _, _, model = photo_run
+    bad = tmp_path / "model"
+    shutil.copytree(model, bad)
+    p = bad / "weights.safetensors"
+    data = p.read_bytes()
+    p.write_bytes(data[:-8] + bytes(b ^ 1 for b in data[-8:]))  # the last entity's bits
+    Geolocator.load(bad, check=False)  # not checked: loads
+    with pytest.raises(ModelFolderError, match="weights.safetensors"):
+        Geolocator.load(bad, check=False, expect_sha256=export.sums_digest(bad))
+    shutil.rmtree(bad)
+    shutil.copytree(model, bad)
+    (bad / "calibration.json").unlink()
+    (bad / "calibration.json").symlink_to(model / "calibration.json")
+    with pytest.raises(ModelFolderError, match="symbolic link"):
+        Geolocator.load(bad)
+
+
+def test_scoring_failure_keeps_the_answers(photo_run, photos, tmp_path, monkeypatch, caplog):
+    import hiergeo.geolocate as geolocate
+
+    _, _, model = photo_run
+
+    def broken(*a, **k):
+        raise KeyError("no gazetteer today")
+
+    monkeypatch.setattr(geolocate, "score_truth", broken)
+    out = tmp_path / "p.csv"
+    assert main(["--model", str(model), str(photos / "heldout"), "--out", str(out),
+                 "--workers", "0", "--no-progress"]) == 0
+    t = pd.read_csv(out)
+    assert len(t) == 6 and "error_km" not in t.columns
+    assert "scoring them failed (KeyError" in caplog.text
+
+
+def test_file_names_that_are_not_utf8_are_skipped_not_fatal(photo_run, photos, tmp_path):
+    _, _, model = photo_run
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    good = (photos / "nogps" / "0.jpg").read_bytes()
+    (folder / "fine.jpg").write_bytes(good)
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    with open(odd, "wb") as fh:
+        fh.write(good)
+    out = tmp_path / "p.csv"
+    assert main(["--model", str(model), str(folder), os.fsdecode(odd), "--out", str(out),
+                 "--workers", "0", "--no-progress"]) == 0
+    assert pd.read_csv(out)["id"].tolist() == [str(folder / "fine.jpg")]
+    skipped = pd.read_csv(tmp_path / "p.skipped.csv")
+    assert len(skipped) == 1 and skipped["reason"].str.contains("not valid UTF-8").all()  # once
+    assert skipped["id"].str.contains(r"caf\\xe9", regex=False).all()

@@ -248,3 +248,15 @@ def test_net_log_cut_short_still_parses(tmp_path):
     got = mod.classify_requests(*mod.read_net_log(log))
     assert got["requests_off_machine"] == ["https://cdn.example/leaflet.js"]
     assert got["chromium_internal"] == ["https://accounts.google.com/ListAccounts"]
+
+
+def test_large_tables_are_drawn_as_an_even_sample(tmp_path):
+    from hiergeo.reports.photo_map import write_map
+
+    t = pd.DataFrame({"id": [f"p{i}" for i in range(10)], "pred_latitude": np.linspace(-50, 50, 10),
+                      "pred_longitude": np.linspace(-100, 100, 10)})
+    page = write_map(t, tmp_path / "m.html", max_markers=3).read_text()
+    assert "an even sample of 10 photos" in page
+    data = json.loads(re.search(r'<script type="application/json"[^>]*>(.*?)</script>', page,
+                                re.S).group(1))
+    assert [r["id"] for r in data["rows"]] == ["p0", "p4", "p9"]

@@ -26,21 +26,46 @@ def is_store(p: Path) -> bool:
     return p.is_dir() and (p / "store.json").exists()
 
 
+def _text(v) -> str:
+    """A table cell as text: "" for missing, integral floats without ".0" (an id column
+    Parquet stored as floats because of a blank)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _utf8(path: str) -> str | None:
+    """Why ``path`` cannot be written to a table (its name is not valid UTF-8), or None."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename it)"
+    return None
+
+
+def _printable(path: str) -> str:
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     """A photo table: ``path`` (relative to the table's folder), optional ``id``,
     ``latitude, longitude``, OSV-5M label columns and ``credit``. A row without a path keeps
-    an empty one (it is skipped with its reason); a row without an id takes its path."""
+    an empty one (it is skipped with its reason); a row without an id takes its path, or
+    ``<table>:row <n>`` without a path either."""
     from gazetteer import InputError
 
     df = _read(path)
     if "path" not in df.columns:
         raise InputError(f"{path}: no column 'path' (the photos' files); columns are "
                          f"{list(df.columns)}")
-    given = df["path"].map(lambda q: "" if pd.isna(q) else str(q).strip())
+    given = df["path"].map(_text)
     df["path"] = [q if not q or Path(q).is_absolute() else str(path.parent / q) for q in given]
-    ids = (df["id"].map(lambda v: "" if pd.isna(v) else str(v).strip()) if "id" in df.columns
-           else pd.Series("", index=df.index))
-    df["id"] = np.where(ids != "", ids, df["path"])
+    ids = df["id"].map(_text) if "id" in df.columns else pd.Series("", index=df.index)
+    df["id"] = [i or q or f"{path}:row {n + 2}" for n, (i, q) in enumerate(
+        zip(ids, df["path"], strict=True))]  # row numbers as a spreadsheet shows them
+    df["reason"] = [None if q else "no path given for this row" for q in df["path"]]
     for col in ("latitude", "longitude"):
         df[col] = (pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
                    if col in df.columns else np.nan)
@@ -49,57 +74,61 @@ def _read_table(path: Path) -> pd.DataFrame:
     labels = [c for c in [*OSV5M_KEY_COLUMNS.values(), *OSV5M_PART_COLUMNS.values()]
               if c in df.columns]
     extra = ["credit"] if "credit" in df.columns else []
-    return df[["id", "path", "latitude", "longitude", "truth_source", *labels, *extra]]
+    return df[["id", "path", "reason", "latitude", "longitude", "truth_source", *labels,
+               *extra]]
 
 
 def _image_files(folder: Path) -> list[str]:
     """Image files under ``folder``, sorted, following symlinked folders (each real folder
-    once). Names that are not valid UTF-8 cannot be written to a table: they are counted and
-    left out with a warning."""
-    found, seen, odd = [], set(), []
+    once)."""
+    found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        for name in files:
-            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            full = os.path.join(root, name)
-            try:
-                full.encode("utf-8")
-            except UnicodeEncodeError:
-                odd.append(full.encode("utf-8", "backslashreplace").decode())
-                continue
-            if os.path.isfile(full):
-                found.append(full)
-    if odd:
-        log.warning("%s: %d image files whose names are not valid UTF-8 were left out (e.g. "
-                    "%s); rename them to predict them", folder, len(odd), odd[0])
+        found += [os.path.join(root, name) for name in files
+                  if Path(name).suffix.lower() in IMAGE_SUFFIXES
+                  and os.path.isfile(os.path.join(root, name))]
     return sorted(found)
+
+
+def _file_rows(paths: list[str]) -> pd.DataFrame:
+    """Rows for files named on their own or found in folders: the id is the path; a name
+    that is not valid UTF-8 keeps a printable id and an empty path, and is skipped with its
+    reason."""
+    rows = []
+    for q in paths:
+        why = _utf8(q)
+        rows.append({"id": _printable(q), "path": "" if why else q, "reason": why,
+                     "_real": os.fsencode(os.path.realpath(q))})  # bytes: any name
+    return pd.DataFrame(rows, columns=["id", "path", "reason", "_real"])
 
 
 def collect_photos(items, gps: bool = True) -> pd.DataFrame:
     """One row per photo named by ``items`` (files, folders searched recursively, photo
-    tables, PIL images): ``id, path, image, latitude, longitude, truth_source`` (+ label
-    columns of tables). ``path`` is None for an image in memory, ``image`` None for a file;
-    coordinates are the truth (a table's, else with ``gps`` the file's EXIF GPS), NaN when
-    unknown. (:meth:`Geolocator.predict` passes ``gps=False`` and reads EXIF in its image
-    workers, so that a million photos start at once.)
+    tables, PIL images), in their order: ``id, path, image, reason, latitude, longitude,
+    truth_source`` (+ label columns of tables). ``path`` is None for an image in memory and
+    "" for a row that cannot be read (``reason`` says why: it is skipped), ``image`` None
+    for a file; coordinates are the truth (a table's, else with ``gps`` the file's EXIF
+    GPS), NaN when unknown. (:meth:`Geolocator.predict` passes ``gps=False`` and reads EXIF
+    in its image workers, so that a million photos start at once.)
 
-    The same file named twice (a photo and its folder) is kept once; two different photos
-    with one id are an error (ids name the output's rows)."""
+    A file found in a folder or named on its own is predicted once, and not at all when a
+    table names it (the table's row, with its id and truth, is kept); every table row is
+    kept. Two rows with one id are an error (ids name the output's rows)."""
     from PIL import Image
 
     from gazetteer import InputError
 
     if isinstance(items, (str, Path, Image.Image)):
         items = [items]
-    rows, tables = [], []
+    chunks = []
     for i, item in enumerate(items):
         if isinstance(item, Image.Image):
-            rows.append({"id": f"image-{i}", "path": None, "image": item})
+            chunks.append(pd.DataFrame({"id": [f"image-{i}"], "path": [None],
+                                        "reason": [None], "image": [item]}))
             continue
         p = Path(item)
         if is_store(p):
@@ -109,24 +138,32 @@ def collect_photos(items, gps: bool = True) -> pd.DataFrame:
             files = _image_files(p)
             if not files:
                 log.warning("%s: no image files (suffixes %s)", p, sorted(IMAGE_SUFFIXES))
-            rows += [{"id": f, "path": f, "image": None} for f in files]
+            chunks.append(_file_rows(files).assign(image=None))
         elif p.suffix.lower() in TABLE_SUFFIXES:
-            tables.append(_read_table(p).assign(image=None))
+            chunks.append(_read_table(p).assign(image=None, _table=True))
         else:
-            rows.append({"id": str(p), "path": str(p), "image": None})
-    files = pd.DataFrame(rows, columns=["id", "path", "image"]).assign(
-        latitude=np.nan, longitude=np.nan, truth_source="")
-    out = pd.concat([files, *tables], ignore_index=True) if tables else files
-    real = [os.path.realpath(q) if isinstance(q, str) and q else f"\0row {i}"
-            for i, q in enumerate(out["path"])]
-    dup = pd.Series(real).duplicated(keep="first").to_numpy()
-    if dup.any():  # the same file named twice (a file and its folder): keep the first
+            chunks.append(_file_rows([os.fsdecode(item)]).assign(image=None))
+    out = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(
+        columns=["id", "path", "reason", "image"])
+    for col, default in (("latitude", np.nan), ("longitude", np.nan), ("truth_source", ""),
+                         ("_table", False)):
+        out[col] = out[col].fillna(default) if col in out.columns else default
+    out["_table"] = out["_table"].astype(bool)
+    real = pd.Series([r if isinstance(r, bytes) else os.fsencode(os.path.realpath(q))
+                      if isinstance(q, str) and q else None for q, r in zip(
+                          out["path"], out.get("_real", [None] * len(out)), strict=True)],
+                     dtype=object)
+    in_table = set(real[out["_table"].to_numpy()].dropna())
+    named = real.notna() & ~out["_table"]
+    drop = (named & real.isin(in_table)) | (named & real.duplicated(keep="first"))
+    if drop.any():
         log.warning("%d photos named more than once (e.g. %s); each is predicted once",
-                    int(dup.sum()), out.loc[dup, "path"].iloc[0])
-        out = out[~dup].reset_index(drop=True)
+                    int(drop.sum()), out.loc[drop.to_numpy(), "id"].iloc[0])
+        out = out[~drop.to_numpy()].reset_index(drop=True)
+    out = out.drop(columns=[c for c in ("_table", "_real") if c in out.columns])
     clash = out["id"].duplicated(keep=False)
     if clash.any():
-        raise InputError(f"{int(clash.sum())} different photos share ids (e.g. id "
+        raise InputError(f"{int(clash.sum())} rows share ids (e.g. id "
                          f"{out.loc[clash, 'id'].iloc[0]!r}: "
                          f"{out.loc[clash, 'path'].head(2).tolist()}); give each table row "
                          "its own id, or leave the id column out to use the paths")
@@ -153,15 +190,21 @@ def set_gps(records: pd.DataFrame, i: int, gps) -> None:
 
 class PhotoRows(ImageRows):
     """:class:`~hiergeo.data.images.ImageRows` that also reads the EXIF GPS of the rows
-    ``want_gps`` marks, in the worker: items ``(image, row, reason, (lat, lon) or None)``."""
+    ``want_gps`` marks, in the worker, and skips the rows ``reasons`` gives a reason (None:
+    none): items ``(image, row, reason, (lat, lon) or None)``."""
 
-    def __init__(self, sources, transform, want_gps):
+    def __init__(self, sources, transform, want_gps, reasons=None):
         super().__init__(sources, transform)
         self.want_gps = want_gps
+        self.reasons = reasons
 
     def __getitem__(self, i):
-        if self.paths[i] is None or (isinstance(self.paths[i], str) and not self.paths[i]):
-            return None, int(i), "no path given for this row", None
+        why = self.reasons[i] if self.reasons is not None else None
+        if why is None and (self.paths[i] is None or isinstance(self.paths[i], str)
+                            and not self.paths[i]):
+            why = "no image and no path for this row"
+        if why is not None and not (isinstance(why, float) and np.isnan(why)):
+            return None, int(i), str(why), None
         x, row, why = super().__getitem__(i)
         return x, row, why, read_gps(self.paths[row]) if self.want_gps[row] else None
 
