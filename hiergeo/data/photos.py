@@ -46,7 +46,8 @@ def _utf8(path: str) -> str | None:
 
 
 def _printable(path: str) -> str:
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A file name as text whatever its bytes: ``caf\\xe9.jpg`` for Latin-1's café."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
