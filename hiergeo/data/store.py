@@ -2,8 +2,9 @@
 
 ::
 
-    STORE/store.json                    format, backbone, weights, dim, dtype, data config,
-                                        shard size, number of input rows, source
+    STORE/store.json                    format, backbone, weights (a local file's path and
+                                        sha256 too), dim, dtype, data config, shard size,
+                                        number of input rows, source
     STORE/shards/shard-00000.safetensors    {"features": [n, dim]} (float16 by default)
     STORE/shards/shard-00000.parquet        the n rows above, in order: id, latitude,
                                             longitude, any OSV-5M label columns
