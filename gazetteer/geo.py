@@ -33,15 +33,27 @@ def from_xyz(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km between points given in degrees (broadcasting)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dlat = p2 - p1
-    dlon = np.radians(np.asarray(lon2) - np.asarray(lon1))
-    a = np.sin(dlat / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlon / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+def haversine_km(lat1, lon1, lat2, lon2, xp=np):
+    """Great-circle distance in km between points given in degrees (broadcasting), in
+    OSV-5M's form: ``2 R atan2(sqrt(a), sqrt(1 - a))`` with ``R = 6371``, on radians. The
+    one haversine of the project: the metrics, the loss (``xp=torch``, float64 tensors) and
+    the gazetteer all call it.
+
+    ``xp``: ``numpy`` (inputs converted to float64 arrays) or ``torch`` (tensors, kept on
+    their device; pass float64 for metre-level precision)."""
+    if xp is np:
+        lat1, lon1, lat2, lon2 = (np.asarray(v, np.float64) for v in (lat1, lon1, lat2, lon2))
+    r = np.pi / 180
+    p1, p2 = lat1 * r, lat2 * r
+    a = xp.sin((p1 - p2) / 2) ** 2 + xp.cos(p1) * xp.cos(p2) * xp.sin((lon1 - lon2) * r / 2) ** 2
+    a = a.clip(0.0, 1.0)
+    return EARTH_RADIUS_KM * 2 * xp.arctan2(xp.sqrt(a), xp.sqrt(1 - a))
 
 
-def chord_to_km(chord: np.ndarray) -> np.ndarray:
-    """Great-circle km from the chord length between two unit vectors."""
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(chord) / 2, 0.0, 1.0))
+def chord_to_km(chord, xp=np):
+    """Great-circle km from the chord length between two unit vectors (``xp`` as in
+    :func:`haversine_km`): how a matrix of distances is computed from one product of unit
+    vectors, ``chord² = 2 - 2 p.q``."""
+    if xp is np:
+        chord = np.asarray(chord, np.float64)
+    return 2 * EARTH_RADIUS_KM * xp.arcsin((chord / 2).clip(0.0, 1.0))

@@ -180,3 +180,18 @@ def ancestors_table(entities: pd.DataFrame) -> np.ndarray:
             steps = steps - move
         out[at, d - 1] = node[at]
     return out
+
+
+def children_csr(parent: np.ndarray, keep: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Children of every node as CSR lists: those of node i are
+    ``order[start[i]:start[i + 1]]``, in id order; ``parent [n]`` (-1 for the root),
+    ``keep`` (bool ``[n]``, default all) the nodes that count as children. The one home of
+    this structure: the model's hierarchy (:mod:`hiergeo.model.hierarchy`) and the
+    embedding's evaluation both read it."""
+    parent = np.asarray(parent, np.int64)
+    ok = parent >= 0 if keep is None else (parent >= 0) & np.asarray(keep, bool)
+    kids = np.flatnonzero(ok)
+    order = kids[np.argsort(parent[kids], kind="stable")]
+    start = np.concatenate([[0], np.cumsum(np.bincount(parent[kids], minlength=len(parent)))])
+    return order, start.astype(np.int64)

@@ -23,20 +23,11 @@ import torch
 from scipy.stats import spearmanr
 
 from gazetteer.geo import haversine_km
+from gazetteer.tree import children_csr
 
 from ..geometry import dist, dist0, dist_matrix
 
 LEVEL_NAMES = ("root", "country", "region", "subregion", "city")
-
-
-def _neighbours(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Children as CSR lists: those of node i are ``order[start[i]:start[i + 1]]``."""
-    n = len(parent)
-    kids = np.flatnonzero(parent >= 0)
-    order = kids[np.argsort(parent[kids], kind="stable")]
-    counts = np.bincount(parent[kids], minlength=n)
-    start = np.r_[0, np.cumsum(counts)]
-    return order, start
 
 
 def mean_average_precision(points: torch.Tensor, parent: np.ndarray, depth: np.ndarray, c: float,
@@ -51,7 +42,7 @@ def mean_average_precision(points: torch.Tensor, parent: np.ndarray, depth: np.n
         left -= take[k]
     sample = np.concatenate([rng.choice(np.flatnonzero(depth == lv), size=t, replace=False)
                              for lv, t in zip(levels, take, strict=True)])
-    order, start = _neighbours(parent)
+    order, start = children_csr(parent)
     ap = np.empty(len(sample))
     for b0 in range(0, len(sample), batch):
         rows = sample[b0:b0 + batch]
@@ -98,7 +89,7 @@ def sibling_geography(points: torch.Tensor, parent: np.ndarray, depth: np.ndarra
                       lat: np.ndarray, lon: np.ndarray, c: float, min_group: int = 5,
                       max_members: int = 64, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed + 2)
-    order, start = _neighbours(parent)
+    order, start = children_csr(parent)
     rhos, lv = [], []
     for p in np.flatnonzero(np.diff(start) >= min_group):
         kids = order[start[p]:start[p + 1]]

@@ -22,7 +22,17 @@ import torch
 from .constants import MIN_NORM, max_dist0
 from .poincare import _norm, dist, dist_matrix, expmap0, logmap0, make_ball, project
 
-SPACES = ("poincare", "lorentz", "euclidean", "sphere")
+#: spaces by name, filled by :func:`register_space` (the registry style of the encoders,
+#: :func:`hiergeo.model.geolocator.register_encoder`)
+SPACE_CLASSES: dict = {}
+
+
+def register_space(name: str):
+    """Class decorator: make a :class:`Space` buildable by ``make_space(name)``."""
+    def deco(cls):
+        SPACE_CLASSES[name] = cls
+        return cls
+    return deco
 
 
 def lorentz_dist_from_inner(inner: torch.Tensor, c: float = 1.0) -> torch.Tensor:
@@ -105,6 +115,7 @@ class Space:
         return f"{type(self).__name__}(c={self.c:g}, max_radius={self.max_radius:.2f})"
 
 
+@register_space("poincare")
 class Poincare(Space):
     """Poincaré ball of curvature -c. Queries are ``expmap0`` of the tangent vector, whose
     norm is clipped so the point lies at most ``max_radius`` from the origin (the
@@ -128,6 +139,7 @@ class Poincare(Space):
         return dist_matrix(z.to(torch.float64), e.to(torch.float64), self.c)
 
 
+@register_space("lorentz")
 class Lorentz(Space):
     """The hyperboloid ``-x0² + |x|² = -1/c``, ``x0 > 0`` (geoopt's ``Lorentz(k=1/c)``).
     Same space as the ball, other coordinates: a check that results do not hinge on the
@@ -166,6 +178,7 @@ class Lorentz(Space):
         return lorentz_dist_from_inner(torch.cat([-z[:, :1], z[:, 1:]], dim=1) @ e.T, self.c)
 
 
+@register_space("euclidean")
 class Euclidean(Space):
     """Flat space. Entities start at ``2 logmap0`` of their ball points, so each keeps its
     distance from the origin and its direction; only the metric changes."""
@@ -192,6 +205,7 @@ class Euclidean(Space):
         return d2.clamp_min(MIN_NORM**2).sqrt()
 
 
+@register_space("sphere")
 class Sphere(Space):
     """The sphere of radius ``radius`` (distance = radius x angle). Entities start at the
     directions of their ball points; the radius sets the distance scale the temperatures see
@@ -231,13 +245,12 @@ class Sphere(Space):
 
 def make_space(name: str, c: float = 1.0, max_radius: float | None = None,
                sphere_radius: float = 7.5) -> Space:
-    """A space by name (one of :data:`SPACES`)."""
-    if name == "poincare":
-        return Poincare(c, max_radius)
-    if name == "lorentz":
-        return Lorentz(c, max_radius)
-    if name == "euclidean":
-        return Euclidean(c, max_radius)
-    if name == "sphere":
-        return Sphere(c, max_radius, radius=sphere_radius)
-    raise ValueError(f"geometry must be one of {SPACES}, not {name!r}")
+    """A space by name (one of :data:`SPACES`); ``sphere_radius`` is the sphere's only."""
+    if name not in SPACE_CLASSES:
+        raise ValueError(f"geometry must be one of {SPACES}, not {name!r}")
+    kwargs = {"radius": sphere_radius} if name == "sphere" else {}
+    return SPACE_CLASSES[name](c, max_radius, **kwargs)
+
+
+#: the spaces' names, in the order they are defined (the default first)
+SPACES = tuple(SPACE_CLASSES)

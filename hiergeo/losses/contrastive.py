@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from gazetteer.geo import EARTH_RADIUS_KM
+from gazetteer import geo
 
 from ..geometry.spaces import Poincare
 
@@ -44,12 +44,10 @@ PoincareDistance = Poincare
 
 
 def haversine_km_torch(lat1, lon1, lat2, lon2) -> torch.Tensor:
-    """Great-circle km between points in degrees (broadcasting), in float64."""
-    p1, p2 = torch.deg2rad(lat1.double()), torch.deg2rad(lat2.double())
-    dlat = p2 - p1
-    dlon = torch.deg2rad(lon2.double() - lon1.double())
-    a = torch.sin(dlat / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlon / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * torch.asin(a.clamp(0, 1).sqrt())
+    """Great-circle km between points in degrees (broadcasting), in float64: the project's
+    one haversine (:func:`gazetteer.geo.haversine_km`) on tensors."""
+    return geo.haversine_km(lat1.double(), lon1.double(), lat2.double(), lon2.double(),
+                            xp=torch)
 
 
 def _xyz(latlon: torch.Tensor) -> torch.Tensor:
@@ -60,11 +58,12 @@ def _xyz(latlon: torch.Tensor) -> torch.Tensor:
 
 def haversine_matrix_km(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Great-circle km between every row of ``a [B, 2]`` and of ``b [N, 2]`` (degrees), via
-    one matrix product of unit vectors: ``chord² = 2 - 2 p.q``. In float64 the chord of 1 km
-    keeps ~8 significant digits, plenty for loss weights; use :func:`haversine_km_torch`
-    where the last digit matters."""
+    one matrix product of unit vectors (:func:`gazetteer.geo.chord_to_km`): a ``B x N``
+    haversine would hold several ``B x N`` temporaries. In float64 the chord of 1 km keeps
+    ~8 significant digits, plenty for loss weights; use :func:`haversine_km_torch` where the
+    last digit matters."""
     chord2 = (2.0 - 2.0 * _xyz(a) @ _xyz(b).T).clamp_min(0.0)
-    return 2 * EARTH_RADIUS_KM * torch.asin((chord2.sqrt() / 2).clamp(max=1.0))
+    return geo.chord_to_km(chord2.sqrt(), xp=torch)
 
 
 #: The forms of the negative weights (see the module docstring).

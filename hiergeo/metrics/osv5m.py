@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gazetteer.geo import EARTH_RADIUS_KM
+from gazetteer import geo
 from gazetteer.keys import (
     LEVELS,
     MISSING_SPELLINGS,
@@ -61,13 +61,9 @@ def check_predictions(lat, lon) -> tuple[np.ndarray, np.ndarray]:
 
 
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle km between points in degrees, OSV-5M's formula (radius 6371 km)."""
-    p1, p2 = np.radians(np.asarray(lat1, np.float64)), np.radians(np.asarray(lat2, np.float64))
-    dlat = p1 - p2
-    dlon = np.radians(np.asarray(lon1, np.float64)) - np.radians(np.asarray(lon2, np.float64))
-    a = np.sin(dlat / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlon / 2) ** 2
-    a = np.clip(a, 0.0, 1.0)
-    return EARTH_RADIUS_KM * 2 * np.arctan2(np.sqrt(a), np.sqrt(1 - a))
+    """Great-circle km between points in degrees, OSV-5M's formula (radius 6371 km): the
+    project's one haversine, :func:`gazetteer.geo.haversine_km`."""
+    return geo.haversine_km(lat1, lon1, lat2, lon2)
 
 
 def geoscore(km) -> np.ndarray:

@@ -60,7 +60,7 @@ class Hierarchy:
         """From an entity table with the gazetteer's columns ``parent_id, depth, lat, lon,
         point_lat, point_lon`` (row i = entity id i, the root at depth 0): a gazetteer's, or
         an exported model's (:mod:`hiergeo.export`), which needs no gazetteer."""
-        from gazetteer.tree import ancestors_table
+        from gazetteer.tree import ancestors_table, children_csr
 
         parent = e["parent_id"].to_numpy(np.int64).copy()
         depth = e["depth"].to_numpy(np.int64).copy()
@@ -78,10 +78,8 @@ class Hierarchy:
             ids = np.flatnonzero((depth == d) & act)
             pos[ids] = np.arange(len(ids))
             level_ids.append(torch.from_numpy(ids))
-        kids = np.flatnonzero(act & (parent >= 0))
-        kids = kids[np.argsort(parent[kids], kind="stable")]
-        count = np.bincount(parent[kids], minlength=n).astype(np.int64)
-        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        kids, bounds = children_csr(parent, act)
+        start, count = bounds[:-1].copy(), np.diff(bounds)
         return cls(parent=torch.from_numpy(parent), depth=torch.from_numpy(depth),
                    latlon=torch.from_numpy(e[["lat", "lon"]].to_numpy(np.float64).copy()),
                    point_latlon=torch.from_numpy(
