@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from hiergeo.geometry import expmap0, project
-from hiergeo.losses import GeoWeightedContrastive, PoincareDistance
+from hiergeo.geometry.spaces import Poincare
+from hiergeo.losses import GeoWeightedContrastive
 
 
 def _haversine(a, b):
@@ -61,7 +62,7 @@ def _case(seed, dtype, B=5, K=7, D=4, c=1.0):
                                       ("page", 1.0)])
 def test_matches_plain_loop(dtype, seed, c, tau, sigma, form, lam):
     z, pts, cll, ll, valid = _case(seed, dtype, c=c)
-    loss = GeoWeightedContrastive(PoincareDistance(c), tau=tau, sigma_km=sigma, lam=lam,
+    loss = GeoWeightedContrastive(Poincare(c), tau=tau, sigma_km=sigma, lam=lam,
                                   form=form)
     got = loss(z, pts, cll, ll, valid)["loss"]
     assert got.dtype == dtype
@@ -78,7 +79,7 @@ def test_importance_weights_match_plain_loop(dtype, seed):
     z, pts, cll, ll, valid = _case(seed, dtype)
     share = torch.rand(valid.shape, generator=torch.Generator().manual_seed(seed),
                        dtype=torch.float64) * 50 + 1
-    loss = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=800.0, lam=2.0)
+    loss = GeoWeightedContrastive(Poincare(), tau=0.5, sigma_km=800.0, lam=2.0)
     got = loss(z, pts, cll, ll, valid, log_share=share.log())["loss"]
     ref = _reference(z.double().tolist(), pts.tolist(), cll.tolist(), ll.tolist(),
                      valid.tolist(), 1.0, 0.5, 800.0, 2.0, "paper", share.tolist())
@@ -100,9 +101,9 @@ def test_limits_that_are_infonce():
     inf = float("inf")
     for kw in ({"form": "page", "sigma_km": inf}, {"form": "paper", "lam": 0.0},
                {"form": "paper", "lam": 0.0, "sigma_km": inf}):
-        out = GeoWeightedContrastive(PoincareDistance(), tau=0.5, **kw)(z, pts, cll, ll)
+        out = GeoWeightedContrastive(Poincare(), tau=0.5, **kw)(z, pts, cll, ll)
         assert torch.allclose(out["loss"], _infonce(out["logits"])), kw
-    out = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=inf, lam=2.0)(
+    out = GeoWeightedContrastive(Poincare(), tau=0.5, sigma_km=inf, lam=2.0)(
         z, pts, cll, ll)
     assert torch.allclose(out["loss"], _infonce(out["logits"], math.log(3.0)))
 
@@ -112,7 +113,7 @@ def test_nearby_negatives_weigh_more(form):
     """Moving a confusable negative from far away to next door raises the loss."""
     z, pts, cll, ll, _ = _case(4, torch.float64, B=1, K=2)
     pts[0, 1] = pts[0, 0] * 0.99  # a negative as close to z as the positive
-    loss = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0, lam=3.0,
+    loss = GeoWeightedContrastive(Poincare(), tau=0.5, sigma_km=300.0, lam=3.0,
                                   form=form)
     cll[0, 1] = ll[0] + torch.tensor([0.0, 90.0], dtype=torch.float64)  # far
     far = loss(z, pts, cll, ll)["loss"]
@@ -127,8 +128,8 @@ def test_far_negatives_still_count_in_the_paper_form():
     z, pts, cll, ll, _ = _case(4, torch.float64, B=1, K=2)
     pts[0, 1] = pts[0, 0] * 0.99
     cll[0, 1] = ll[0] + torch.tensor([0.0, 90.0], dtype=torch.float64)
-    paper = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0)(z, pts, cll, ll)
-    page = GeoWeightedContrastive(PoincareDistance(), tau=0.5, sigma_km=300.0, form="page")(
+    paper = GeoWeightedContrastive(Poincare(), tau=0.5, sigma_km=300.0)(z, pts, cll, ll)
+    page = GeoWeightedContrastive(Poincare(), tau=0.5, sigma_km=300.0, form="page")(
         z, pts, cll, ll)
     assert torch.allclose(paper["loss"], _infonce(paper["logits"]))
     assert page["loss"] < 1e-6
@@ -138,7 +139,7 @@ def test_gradients_finite_and_reach_both_sides():
     z, pts, cll, ll, valid = _case(5, torch.float32)
     z = z.clone().requires_grad_(True)
     pts = pts.clone().requires_grad_(True)
-    out = GeoWeightedContrastive(PoincareDistance(), tau=0.1)(z, pts, cll, ll, valid)
+    out = GeoWeightedContrastive(Poincare(), tau=0.1)(z, pts, cll, ll, valid)
     out["loss"].backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     assert torch.isfinite(pts.grad).all() and pts.grad.abs().sum() > 0
@@ -146,17 +147,17 @@ def test_gradients_finite_and_reach_both_sides():
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        GeoWeightedContrastive(PoincareDistance(), tau=0.0)
+        GeoWeightedContrastive(Poincare(), tau=0.0)
     with pytest.raises(ValueError, match="lam"):
-        GeoWeightedContrastive(PoincareDistance(), lam=-1.0)
+        GeoWeightedContrastive(Poincare(), lam=-1.0)
     with pytest.raises(ValueError, match="form"):
-        GeoWeightedContrastive(PoincareDistance(), form="blog")
+        GeoWeightedContrastive(Poincare(), form="blog")
     with pytest.raises(ValueError):
-        PoincareDistance(c=-1.0)
+        Poincare(c=-1.0)
     z, pts, cll, ll, valid = _case(6, torch.float64)
     valid[0, 0] = False
     with pytest.raises(ValueError, match="positive"):
-        GeoWeightedContrastive(PoincareDistance())(z, pts, cll, ll, valid)
+        GeoWeightedContrastive(Poincare())(z, pts, cll, ll, valid)
 
 
 @pytest.mark.parametrize("form", ["paper", "page"])
@@ -187,7 +188,7 @@ def test_full_table_equals_per_row_candidates(name, form):
 def test_parent_hinge_is_zero_until_a_child_strays():
     from hiergeo.losses import parent_hinge
 
-    sp = PoincareDistance()
+    sp = Poincare()
     child = project(expmap0(torch.tensor([[0.5, 0.2], [1.0, -1.0]], dtype=torch.float64)))
     parent = project(expmap0(torch.tensor([[0.4, 0.1], [0.2, 0.0]], dtype=torch.float64)))
     margin = sp.pair(child, parent)
@@ -211,7 +212,7 @@ def test_grouped_pairs_match_plain_loop(dtype, seed):
         c2 += [cll[b, k] for k in cols]
         pos += [k == 0 for k in cols]
     assert sum(sizes.tolist()) == len(q)
-    fn = GeoWeightedContrastive(PoincareDistance(1.0), tau=0.5, sigma_km=500.0, lam=2.0)
+    fn = GeoWeightedContrastive(Poincare(1.0), tau=0.5, sigma_km=500.0, lam=2.0)
     out = fn.grouped(z, torch.stack(p), torch.stack(c2), ll, torch.tensor(q),
                      torch.tensor(pos))
     ref = _reference(z.double().tolist(), pts.tolist(), cll.tolist(), ll.tolist(),

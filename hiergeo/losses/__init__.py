@@ -3,10 +3,8 @@
 from .contrastive import (
     WEIGHT_FORMS,
     GeoWeightedContrastive,
-    PoincareDistance,
     haversine_km_torch,
     parent_hinge,
 )
 
-__all__ = ["WEIGHT_FORMS", "GeoWeightedContrastive", "PoincareDistance", "haversine_km_torch",
-           "parent_hinge"]
+__all__ = ["WEIGHT_FORMS", "GeoWeightedContrastive", "haversine_km_torch", "parent_hinge"]

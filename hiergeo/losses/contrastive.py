@@ -37,11 +37,6 @@ import torch
 
 from gazetteer import geo
 
-from ..geometry.spaces import Poincare
-
-#: The distance object of the default geometry (any :mod:`hiergeo.geometry.spaces` space works).
-PoincareDistance = Poincare
-
 
 def haversine_km_torch(lat1, lon1, lat2, lon2) -> torch.Tensor:
     """Great-circle km between points in degrees (broadcasting), in float64: the project's

@@ -48,7 +48,7 @@ LOG_COLUMNS = (["step", "epoch", "lr", "samples_per_s", "loss"]
 
 
 # -- setup ---------------------------------------------------------------------------------
-class Dist:
+class Processes:
     """Process-group facts: single process unless launched by torchrun."""
 
     def __init__(self, cfg: Config):
@@ -143,7 +143,7 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.run.out) / (cfg.run.id or cfg.preset)
 
 
-def _prepare_dir(cfg: Config, d: Path, resume: bool, dist: Dist) -> None:
+def _prepare_dir(cfg: Config, d: Path, resume: bool, procs: Processes) -> None:
     if resume:
         return
     busy = d.exists() and any((d / f).exists() for f in (checkpoint.NAME, "metrics.json",
@@ -152,11 +152,11 @@ def _prepare_dir(cfg: Config, d: Path, resume: bool, dist: Dist) -> None:
         raise FileExistsError(
             f"{d} already holds a run. Continue it with --resume {d}, replace it with "
             f"run.overwrite=true, or pick another folder with run.id=NAME")
-    if dist.main:
+    if procs.main:
         if busy:
             shutil.rmtree(d)
         d.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
+    procs.barrier()
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def _deferred_interrupt():
         raise KeyboardInterrupt
 
 
-def validate(model, split, hier, cfg: Config, rows: np.ndarray) -> dict:
+def validation_metrics(model, split, hier, cfg: Config, rows: np.ndarray) -> dict:
     """Top-1 per level from the descent's path and median km, on ``rows`` of ``split``."""
     from ..metrics import haversine_km
     from ..predict import predict
@@ -350,38 +350,38 @@ def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
         cfg = cfg or Config()
         d = run_dir_for(cfg)
         ckpt = None
-    dist = Dist(cfg)
+    procs = Processes(cfg)
     try:
-        return _run(cfg, d, ckpt, dist)
+        return _run(cfg, d, ckpt, procs)
     finally:
-        dist.close()
+        procs.close()
 
 
-def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
+def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
     from tqdm.auto import tqdm
 
     import gazetteer
 
     from .data import load_data
 
-    _prepare_dir(cfg, d, ckpt is not None, dist)
+    _prepare_dir(cfg, d, ckpt is not None, procs)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     torch.manual_seed(cfg.run.seed)
-    dev = dist.device
+    dev = procs.device
     t_start = time.perf_counter()
-    if cfg.optim.batch_size < dist.world:
+    if cfg.optim.batch_size < procs.world:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is smaller than the "
-                          f"{dist.world} processes: every process needs a sample of each batch")
+                          f"{procs.world} processes: every process needs a sample of each batch")
     gz = gazetteer.load()
-    if dist.world > 1 and cfg.data.train is None and cfg.data.images is None:
+    if procs.world > 1 and cfg.data.train is None and cfg.data.images is None:
         from .demo import demo_store
 
-        if dist.local_rank == 0:  # one writer of the demo store per machine
+        if procs.local_rank == 0:  # one writer of the demo store per machine
             demo_store(gz, cfg.data.demo)
-        dist.barrier()
+        procs.barrier()
     data = load_data(cfg, gz)
-    if dist.main:
+    if procs.main:
         log.info("data: %s; train %d, val %d", data.report["source"], len(data.train),
                  len(data.val))
     active = None
@@ -397,12 +397,12 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             raise ValueError("the checkpoint's entity table does not match this gazetteer "
                              f"({ckpt['meta']['n_entities']} vs {len(gz.entities)} entities)")
         active = ckpt["active"].numpy()
-    if ckpt is None and dist.world > 1:
+    if ckpt is None and procs.world > 1:
         # one process per machine (local rank 0) embeds the tree into the cache, the others
         # read it: a node's cache may not be another node's disk
-        if dist.local_rank == 0:
+        if procs.local_rank == 0:
             tree_embedding(cfg, gz)
-        dist.barrier()
+        procs.barrier()
     model, hier = build_model(cfg, gz, data.in_dim, dev, init=ckpt is None, active=active)
     with torch.no_grad():  # (a checkpoint, when resuming, overwrites this with its own)
         E0 = model.entities.detach()
@@ -426,7 +426,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                                               stabilize=cfg.optim.stabilize)
     B = cfg.optim.batch_size
     n = len(data.train)
-    step_rows = StepRows(cfg.run.seed, n, B, dist.rank, dist.world)
+    step_rows = StepRows(cfg.run.seed, n, B, procs.rank, procs.world)
     spe = step_rows.spe
     total = max(1, math.ceil(cfg.optim.epochs * spe))
     if cfg.optim.max_steps is not None:
@@ -444,31 +444,31 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
             ent_opt.load_state_dict(ckpt["ent_opt"])
             ent_sched.load_state_dict(ckpt["ent_sched"])
         step = int(ckpt["step"])
-        if dist.main:
+        if procs.main:
             log.info("resuming %s at step %d of %d", d, step, total)
             was = int(ckpt["meta"].get("world_size", 1))
-            if was != dist.world and steps_per_epoch(n, B, was) != spe:
+            if was != procs.world and steps_per_epoch(n, B, was) != spe:
                 log.warning("this run was started with %d processes and resumes with %d: an "
                             "epoch now has %d steps instead of %d, so the data order, the "
                             "run's length and its learning-rate schedule from here differ "
-                            "from an uninterrupted run's", was, dist.world, spe,
+                            "from an uninterrupted run's", was, procs.world, spe,
                             steps_per_epoch(n, B, was))
-    if dist.main:
+    if procs.main:
         atomic_write_text(d / "config.yaml", cfg.to_yaml())
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
 
     train_model = model
-    if dist.world > 1 and sparse_ent:
+    if procs.world > 1 and sparse_ent:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
                           "buckets cannot hold sparse tensors); use dense or auto")
-    if dist.world > 1:
+    if procs.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    full_levels = _full_levels(cfg, hier, dev, math.ceil(B / dist.world))
+    full_levels = _full_levels(cfg, hier, dev, math.ceil(B / procs.world))
     sampler = None
     if cfg.loss.scope == "level":  # loss.scope=siblings takes every sibling, never samples
         sampler = None if all(full_levels) else CandidateSampler(hier)
-        if dist.main:
+        if procs.main:
             log.info("candidates per level: %s", ", ".join(
                 f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
                                                                        strict=True)))
@@ -476,33 +476,33 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                                                 and dev.type == "cuda")
     val_rows = np.sort(np.random.default_rng([cfg.run.seed, 11]).permutation(len(data.val))[
         :cfg.run.val_max])
-    logger = _Log(d, step, cfg.run.tensorboard, dist.main)
+    logger = _Log(d, step, cfg.run.tensorboard, procs.main)
 
     def save_ckpt(at_step: int):
-        if not dist.main:
+        if not procs.main:
             return
         state = {"step": at_step, "model": model.state_dict(), "opt": opt.state_dict(),
                  "sched": sched.state_dict(), "active": hier.active.cpu(),
                  "config": cfg.to_yaml(),
                  "meta": {"in_dim": data.in_dim, "n_entities": len(gz.entities),
                           "gazetteer": json.dumps(gz.meta.get("sources", {}), default=str),
-                          "total_steps": total, "world_size": dist.world,
+                          "total_steps": total, "world_size": procs.world,
                           "saved": _dt.datetime.now().isoformat(timespec="seconds")}}
         if ent_opt is not None:
             state["ent_opt"], state["ent_sched"] = ent_opt.state_dict(), ent_sched.state_dict()
         checkpoint.save(d / checkpoint.NAME, state)
 
     bar = tqdm(total=total, initial=step, desc=f"train {d.name}", unit="step",
-               disable=not dist.main)
+               disable=not procs.main)
     window_t, window_n = time.perf_counter(), 0
     model.train()
     inputs = batches(data.train, step_rows, step, total, dev, cfg.hardware.workers)
     try:
         while step < total:
             idx, x = next(inputs)
-            torch.manual_seed(cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
+            torch.manual_seed(cfg.run.seed * 1_000_003 + step * 101 + procs.rank)
             gen = torch.Generator(device=dev).manual_seed(
-                cfg.run.seed * 1_000_003 + step * 101 + dist.rank)
+                cfg.run.seed * 1_000_003 + step * 101 + procs.rank)
             x = x.to(dev, non_blocking=True)
             ids = data.train.ids[idx].to(dev)
             ll = data.train.latlon[idx].to(dev)
@@ -533,7 +533,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                     if sparse_ent and (step + 1) % max(1, cfg.optim.stabilize) == 0:
                         model.project_entities_()  # what RiemannianAdam(stabilize=) does
                 step += 1
-            window_n += len(idx) * dist.world
+            window_n += len(idx) * procs.world
             bar.update(1)
             row = None
             if _due(step, cfg.run.log_every) or step == total:
@@ -545,12 +545,12 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
                 window_t, window_n = now, 0
                 bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
             if _due(step, cfg.run.val_every) and step < total:
-                if dist.main:
+                if procs.main:
                     row = {**(row or {"step": step, "epoch": round(step / spe, 4)}),
-                           **validate(model, data.val, hier, cfg, val_rows)}
+                           **validation_metrics(model, data.val, hier, cfg, val_rows)}
                     log.info("step %d: %s", step, ", ".join(
                         f"{k} {v:.3g}" for k, v in row.items() if k.startswith("val_")))
-                dist.barrier()
+                procs.barrier()
             if row is not None:
                 logger.write(row)
             if _due(step, cfg.run.checkpoint_every) or step == total:
@@ -564,10 +564,10 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         bar.close()
         logger.close()
     result = {"steps": total, "train_seconds": time.perf_counter() - t_start,
-              "world_size": dist.world, "run_dir": str(d)}
-    if dist.world > 1:
+              "world_size": procs.world, "run_dir": str(d)}
+    if procs.world > 1:
         result["ddp_params_in_sync"] = _params_in_sync(model)
-    if dist.main:
+    if procs.main:
         from ..evaluate import build_memory, evaluate_split
 
         memory = build_memory(cfg, data.train, model.entities.device)
@@ -581,7 +581,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, dist: Dist) -> dict:
         result["memory"] = memory is not None and model.uses_memory
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
-    dist.wait_for_main()
+    procs.wait_for_main()
     return result
 
 
