@@ -108,8 +108,8 @@ def _embed_child(args) -> None:
     import tempfile
 
     import gazetteer
+    from hiergeo.model.build import tree_embedding
     from hiergeo.train import load_config
-    from hiergeo.train.loop import tree_embedding
 
     gz = gazetteer.load()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -4,7 +4,7 @@ The geography lives in the sibling package :mod:`gazetteer` (no torch); this pac
 learning side: tree embedding, model, losses, training, prediction, metrics and reports.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Geolocator", "__version__"]
 

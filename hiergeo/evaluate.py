@@ -186,9 +186,9 @@ def load_run(run: str | Path, device: str = "auto"):
 
     import gazetteer
 
+    from .model.build import build_model
     from .train import checkpoint
     from .train.config import from_dict
-    from .train.loop import build_model
 
     run = Path(run)
     if not (run / "config.yaml").exists():

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from .version import __version__
 from .data.store import atomic_write_text, temporary_names
 
 log = logging.getLogger(__name__)

@@ -166,8 +166,9 @@ def test_sampled_loss_estimates_the_full_loss(world_hier, level):
 def test_level_losses_full_and_sampled_agree(small):
     """The trainer's loss terms are the same whether a level scores every entity or sampled
     candidates that cover it: what a GPU (full) and a CPU (sampled) optimise is one objective."""
+    from hiergeo.model.build import build_model
     from hiergeo.train import load_config
-    from hiergeo.train.loop import _level_losses, build_model
+    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", ["loss.scope=level", "loss.n_siblings=100",
                                 "loss.n_cousins=100", "loss.n_random=100"])

@@ -168,9 +168,9 @@ def test_fit_memory_weights_trusts_a_good_memory_and_ignores_noise(small):
     """A memory that knows the answer gets a weight (the smallest that makes every answer
     right) and lowers the likelihood loss; a memory that names random entities gets weight 0
     and temperature 1."""
+    from hiergeo.model.build import build_model
     from hiergeo.predict.calibration import fit_memory_weights
     from hiergeo.train import load_config
-    from hiergeo.train.loop import build_model
 
     cfg = load_config("smoke")
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))

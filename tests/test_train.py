@@ -323,7 +323,8 @@ def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope,
     """Two optimisation steps: every parameter gets a finite gradient, nothing is NaN."""
     import geoopt
 
-    from hiergeo.train.loop import _level_losses, build_model
+    from hiergeo.model.build import build_model
+    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", [f"model.geometry={geometry}", f"loss.scope={scope}",
                                 f"optim.entity_optimizer={entity_optimizer}",
@@ -447,7 +448,8 @@ def test_each_level_trains_its_own_query_point(small):
     """With per-level queries, level j's loss reaches only block j of the head's last layer
     (the outputs that make level j's point)."""
     from gazetteer.keys import LEVELS
-    from hiergeo.train.loop import _level_losses, build_model
+    from hiergeo.model.build import build_model
+    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", ["model.queries=per_level", "loss.parent_weight=0"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
