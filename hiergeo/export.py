@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .version import __version__
 from .data.store import atomic_write_text, temporary_names
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

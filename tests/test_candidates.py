@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hiergeo.geometry import expmap0, project
-from hiergeo.losses import GeoWeightedContrastive, PoincareDistance
+from hiergeo.geometry.spaces import Poincare
+from hiergeo.losses import GeoWeightedContrastive
 from hiergeo.model.hierarchy import Hierarchy
 from hiergeo.train.candidates import (
     CandidateSampler,
@@ -102,7 +103,7 @@ def _setup(hier, level, B=16, seed=0, tau=1.0):
     pos = _positives(hier, level, B, seed + 1)
     z = project(expmap0(torch.randn(B, 4, generator=g, dtype=torch.float64) * 0.6))
     latlon = hier.latlon[pos] + torch.randn(B, 2, generator=g, dtype=torch.float64) * 0.5
-    fn = GeoWeightedContrastive(PoincareDistance(), tau=tau, sigma_km=500.0, lam=2.0)
+    fn = GeoWeightedContrastive(Poincare(), tau=tau, sigma_km=500.0, lam=2.0)
     tbl = hier.level_ids[level]
     full = fn.full(z, pts[tbl], hier.latlon[tbl], latlon, hier.pos_in_level[pos])["per_sample"]
 
