@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -318,21 +319,62 @@ def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
 
 
 def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
-    from tqdm.auto import tqdm
-
-    import gazetteer
-
-    from .data import load_data
-
+    """Set up, train, then calibrate and evaluate (process 0) a run in ``d``."""
     _prepare_dir(cfg, d, ckpt is not None, procs)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     torch.manual_seed(cfg.run.seed)
-    dev = procs.device
     t_start = time.perf_counter()
     if cfg.optim.batch_size < procs.world:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is smaller than the "
                           f"{procs.world} processes: every process needs a sample of each batch")
+    tr = _setup(cfg, d, ckpt, procs)
+    _train(tr)
+    result = {"steps": tr.total, "train_seconds": time.perf_counter() - t_start,
+              "world_size": procs.world, "run_dir": str(d)}
+    if procs.world > 1:
+        result["ddp_params_in_sync"] = _params_in_sync(tr.model)
+    if procs.main:
+        result = _final_evaluation(tr, result, t_start)
+    procs.wait_for_main()
+    return result
+
+
+@dataclass
+class Training:
+    """Everything a run's steps read and change: built by :func:`_setup`, advanced by
+    :func:`train_step`, saved by :func:`save_checkpoint`."""
+
+    cfg: Config
+    d: Path
+    procs: Processes
+    gz: object
+    data: object                  # hiergeo.train.data.TrainData
+    model: torch.nn.Module        # GeoModel
+    hier: Hierarchy
+    train_model: torch.nn.Module  # the model, or its DDP wrapper
+    head_params: list
+    opt: torch.optim.Optimizer
+    sched: object
+    ent_opt: torch.optim.Optimizer | None
+    ent_sched: object | None
+    sparse_entities: bool
+    step_rows: StepRows
+    total: int
+    full_levels: list
+    sampler: CandidateSampler | None
+    bf16: bool
+    step: int = 0
+
+
+def _data_and_model(cfg: Config, ckpt: dict | None, procs: Processes):
+    """``(gz, data, model, hier)``: the gazetteer, the splits, and the model on the run's
+    device, its entity table embedded from the tree (or left for the checkpoint) and
+    restricted to the entities seen in training when ``data.prune_entities``."""
+    import gazetteer
+
+    from .data import load_data
+
     gz = gazetteer.load()
     if procs.world > 1 and cfg.data.train is None and cfg.data.images is None:
         from .demo import demo_store
@@ -363,67 +405,55 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
         if procs.local_rank == 0:
             tree_embedding(cfg, gz)
         procs.barrier()
-    model, hier = build_model(cfg, gz, data.in_dim, dev, init=ckpt is None, active=active)
+    model, hier = build_model(cfg, gz, data.in_dim, procs.device, init=ckpt is None,
+                              active=active)
     with torch.no_grad():  # (a checkpoint, when resuming, overwrites this with its own)
         E0 = model.entities.detach()
         kids = torch.nonzero(hier.parent >= 0).flatten()
         model.parent_margin[kids] = model.space.pair(E0[kids], E0[hier.parent[kids]])
+    return gz, data, model, hier
+
+
+def _optimisers(cfg: Config, model, total: int, device):
+    """``(head_params, opt, sched, ent_opt, ent_sched, sparse)``: AdamW on the head (and a
+    trained encoder), geoopt's Riemannian Adam on the entity table (sparse or dense, see
+    ``optim.entity_optimizer``), both on the warm-up + cosine schedule."""
+    import geoopt
 
     head_params = [p for n, p in model.named_parameters() if p.requires_grad
                    and n != "entities"]
     opt = torch.optim.AdamW(head_params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    import geoopt
-
     ent_opt = None
-    sparse_ent = sparse_entities(cfg, dev)
+    sparse = sparse_entities(cfg, device)
     # "auto" is settled once, at the start, and written to config.yaml: a resumed run keeps
     # its optimiser (whose state the checkpoint holds) on whatever hardware it resumes
-    cfg.optim.entity_optimizer = "sparse" if sparse_ent else "dense"
-    if model.entities.requires_grad and sparse_ent:
+    cfg.optim.entity_optimizer = "sparse" if sparse else "dense"
+    if model.entities.requires_grad and sparse:
         ent_opt = geoopt.optim.SparseRiemannianAdam([model.entities], lr=cfg.optim.entity_lr)
     elif model.entities.requires_grad:
         ent_opt = geoopt.optim.RiemannianAdam([model.entities], lr=cfg.optim.entity_lr,
                                               stabilize=cfg.optim.stabilize)
-    B = cfg.optim.batch_size
-    n = len(data.train)
-    step_rows = StepRows(cfg.run.seed, n, B, procs.rank, procs.world)
-    spe = step_rows.spe
-    total = max(1, math.ceil(cfg.optim.epochs * spe))
-    if cfg.optim.max_steps is not None:
-        total = min(total, cfg.optim.max_steps)
     lam = _lr_lambda(cfg, total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
     ent_sched = torch.optim.lr_scheduler.LambdaLR(ent_opt, lam) if ent_opt else None
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        model.project_entities_()
-        opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        if ent_opt is not None:
-            ent_opt.load_state_dict(ckpt["ent_opt"])
-            ent_sched.load_state_dict(ckpt["ent_sched"])
-        step = int(ckpt["step"])
-        if procs.main:
-            log.info("resuming %s at step %d of %d", d, step, total)
-            was = int(ckpt["meta"].get("world_size", 1))
-            if was != procs.world and steps_per_epoch(n, B, was) != spe:
-                log.warning("this run was started with %d processes and resumes with %d: an "
-                            "epoch now has %d steps instead of %d, so the data order, the "
-                            "run's length and its learning-rate schedule from here differ "
-                            "from an uninterrupted run's", was, procs.world, spe,
-                            steps_per_epoch(n, B, was))
-    if procs.main:
-        atomic_write_text(d / "config.yaml", cfg.to_yaml())
-        (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
+    return head_params, opt, sched, ent_opt, ent_sched, sparse
 
-    train_model = model
-    if procs.world > 1 and sparse_ent:
+
+def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Training:
+    """Data, model, optimisers and schedules, the checkpoint's state when resuming, the
+    DDP wrapper and the loss's candidates; writes ``config.yaml`` and ``data_report.json``."""
+    gz, data, model, hier = _data_and_model(cfg, ckpt, procs)
+    dev, B = procs.device, cfg.optim.batch_size
+    step_rows = StepRows(cfg.run.seed, len(data.train), B, procs.rank, procs.world)
+    total = max(1, math.ceil(cfg.optim.epochs * step_rows.spe))
+    if cfg.optim.max_steps is not None:
+        total = min(total, cfg.optim.max_steps)
+    head_params, opt, sched, ent_opt, ent_sched, sparse = _optimisers(cfg, model, total, dev)
+    if procs.world > 1 and sparse:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
                           "buckets cannot hold sparse tensors); use dense or auto")
-    if procs.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    train_model = model if procs.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[dev.index] if dev.type == "cuda" else None)
     full_levels = _full_levels(cfg, hier, dev, math.ceil(B / procs.world))
     sampler = None
     if cfg.loss.scope == "level":  # loss.scope=siblings takes every sibling, never samples
@@ -434,114 +464,175 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
                                                                        strict=True)))
     bf16 = cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto"
                                                 and dev.type == "cuda")
-    val_rows = np.sort(np.random.default_rng([cfg.run.seed, 11]).permutation(len(data.val))[
-        :cfg.run.val_max])
-    logger = _Log(d, step, cfg.run.tensorboard, procs.main)
+    tr = Training(cfg, d, procs, gz, data, model, hier, train_model, head_params, opt, sched,
+                  ent_opt, ent_sched, sparse, step_rows, total, full_levels, sampler, bf16)
+    if ckpt is not None:
+        _resume(tr, ckpt)
+    if procs.main:
+        atomic_write_text(d / "config.yaml", cfg.to_yaml())
+        (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
+    return tr
 
-    def save_ckpt(at_step: int):
-        if not procs.main:
-            return
-        state = {"step": at_step, "model": model.state_dict(), "opt": opt.state_dict(),
-                 "sched": sched.state_dict(), "active": hier.active.cpu(),
-                 "config": cfg.to_yaml(),
-                 "meta": {"in_dim": data.in_dim, "n_entities": len(gz.entities),
-                          "gazetteer": json.dumps(gz.meta.get("sources", {}), default=str),
-                          "total_steps": total, "world_size": procs.world,
-                          "saved": _dt.datetime.now().isoformat(timespec="seconds")}}
-        if ent_opt is not None:
-            state["ent_opt"], state["ent_sched"] = ent_opt.state_dict(), ent_sched.state_dict()
-        checkpoint.save(d / checkpoint.NAME, state)
 
-    bar = tqdm(total=total, initial=step, desc=f"train {d.name}", unit="step",
+def _resume(tr: Training, ckpt: dict) -> None:
+    """Load a checkpoint's model, optimisers, schedules and step into ``tr``."""
+    tr.model.load_state_dict(ckpt["model"])
+    tr.model.project_entities_()
+    tr.opt.load_state_dict(ckpt["opt"])
+    tr.sched.load_state_dict(ckpt["sched"])
+    if tr.ent_opt is not None:
+        tr.ent_opt.load_state_dict(ckpt["ent_opt"])
+        tr.ent_sched.load_state_dict(ckpt["ent_sched"])
+    tr.step = int(ckpt["step"])
+    if not tr.procs.main:
+        return
+    log.info("resuming %s at step %d of %d", tr.d, tr.step, tr.total)
+    was, now = int(ckpt["meta"].get("world_size", 1)), tr.procs.world
+    n, B, spe = len(tr.data.train), tr.cfg.optim.batch_size, tr.step_rows.spe
+    if was != now and steps_per_epoch(n, B, was) != spe:
+        log.warning("this run was started with %d processes and resumes with %d: an epoch now "
+                    "has %d steps instead of %d, so the data order, the run's length and its "
+                    "learning-rate schedule from here differ from an uninterrupted run's", was,
+                    now, spe, steps_per_epoch(n, B, was))
+
+
+def save_checkpoint(tr: Training, at_step: int) -> None:
+    """Write ``checkpoint.pt`` (process 0 only): model, optimisers, schedules, step, and what
+    the model was built on."""
+    if not tr.procs.main:
+        return
+    gz = tr.gz
+    state = {"step": at_step, "model": tr.model.state_dict(), "opt": tr.opt.state_dict(),
+             "sched": tr.sched.state_dict(), "active": tr.hier.active.cpu(),
+             "config": tr.cfg.to_yaml(),
+             "meta": {"in_dim": tr.data.in_dim, "n_entities": len(gz.entities),
+                      "gazetteer": json.dumps(gz.meta.get("sources", {}), default=str),
+                      "total_steps": tr.total, "world_size": tr.procs.world,
+                      "saved": _dt.datetime.now().isoformat(timespec="seconds")}}
+    if tr.ent_opt is not None:
+        state["ent_opt"], state["ent_sched"] = tr.ent_opt.state_dict(), tr.ent_sched.state_dict()
+    checkpoint.save(tr.d / checkpoint.NAME, state)
+
+
+def train_step(tr: Training, idx: torch.Tensor, x: torch.Tensor) -> dict:
+    """One optimisation step on the training rows ``idx`` (inputs ``x``): forward, the loss
+    terms, backward, clipping, the optimisers' and schedules' steps. Returns the named loss
+    terms; ``tr.step`` advances. Randomness is derived from (seed, step, rank), so a resumed
+    run takes exactly the steps an uninterrupted one would."""
+    cfg, dev, model = tr.cfg, tr.procs.device, tr.model
+    seed = cfg.run.seed * 1_000_003 + tr.step * 101 + tr.procs.rank
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    x = x.to(dev, non_blocking=True)
+    ids, ll = tr.data.train.ids[idx].to(dev), tr.data.train.latlon[idx].to(dev)
+    ac = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if tr.bf16
+          else contextlib.nullcontext())
+    with ac:
+        z = tr.train_model(x)
+    terms = _level_losses(cfg, model, z.to(torch.float64), ids, ll, tr.hier, gen,
+                          tr.full_levels, tr.sampler)
+    if not torch.isfinite(terms["loss"]):
+        save_checkpoint(tr, tr.step)
+        raise FloatingPointError(f"loss is {terms['loss'].item()} at step {tr.step}; the last "
+                                 f"good state is in {tr.d / checkpoint.NAME}")
+    tr.opt.zero_grad(set_to_none=True)
+    if tr.ent_opt is not None:
+        tr.ent_opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(tr.head_params, cfg.optim.grad_clip)
+        if tr.ent_opt is not None and not model.entities.grad.is_sparse:
+            torch.nn.utils.clip_grad_norm_([model.entities], cfg.optim.grad_clip)
+    with _deferred_interrupt():  # Ctrl-C never leaves a half-applied update
+        tr.opt.step()
+        tr.sched.step()
+        if tr.ent_opt is not None:
+            tr.ent_opt.step()
+            tr.ent_sched.step()
+            if tr.sparse_entities and (tr.step + 1) % max(1, cfg.optim.stabilize) == 0:
+                model.project_entities_()  # what RiemannianAdam(stabilize=) does
+        tr.step += 1
+    return terms
+
+
+def _train(tr: Training) -> None:
+    """Steps until ``tr.total``, with logging, validation and checkpoints at their
+    intervals (``run.log_every``, ``val_every``, ``checkpoint_every``) and at the end; a
+    Ctrl-C saves the last whole step."""
+    from tqdm.auto import tqdm
+
+    cfg, procs, total = tr.cfg, tr.procs, tr.total
+    val_rows = np.sort(np.random.default_rng([cfg.run.seed, 11]).permutation(
+        len(tr.data.val))[:cfg.run.val_max])
+    logger = _Log(tr.d, tr.step, cfg.run.tensorboard, procs.main)
+    bar = tqdm(total=total, initial=tr.step, desc=f"train {tr.d.name}", unit="step",
                disable=not procs.main)
-    window_t, window_n = time.perf_counter(), 0
-    model.train()
-    inputs = batches(data.train, step_rows, step, total, dev, cfg.hardware.workers)
+    window = [time.perf_counter(), 0]  # start of the logging window, samples in it
+    tr.model.train()
+    inputs = batches(tr.data.train, tr.step_rows, tr.step, total, procs.device,
+                     cfg.hardware.workers)
     try:
-        while step < total:
+        while tr.step < total:
             idx, x = next(inputs)
-            torch.manual_seed(cfg.run.seed * 1_000_003 + step * 101 + procs.rank)
-            gen = torch.Generator(device=dev).manual_seed(
-                cfg.run.seed * 1_000_003 + step * 101 + procs.rank)
-            x = x.to(dev, non_blocking=True)
-            ids = data.train.ids[idx].to(dev)
-            ll = data.train.latlon[idx].to(dev)
-            ac = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if bf16
-                  else contextlib.nullcontext())
-            with ac:
-                z = train_model(x)
-            terms = _level_losses(cfg, model, z.to(torch.float64), ids, ll, hier, gen,
-                                  full_levels, sampler)
-            if not torch.isfinite(terms["loss"]):
-                save_ckpt(step)
-                raise FloatingPointError(f"loss is {terms['loss'].item()} at step {step}; "
-                                         f"the last good state is in {d / checkpoint.NAME}")
-            opt.zero_grad(set_to_none=True)
-            if ent_opt is not None:
-                ent_opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(head_params, cfg.optim.grad_clip)
-                if ent_opt is not None and not model.entities.grad.is_sparse:
-                    torch.nn.utils.clip_grad_norm_([model.entities], cfg.optim.grad_clip)
-            with _deferred_interrupt():  # Ctrl-C never leaves a half-applied update
-                opt.step()
-                sched.step()
-                if ent_opt is not None:
-                    ent_opt.step()
-                    ent_sched.step()
-                    if sparse_ent and (step + 1) % max(1, cfg.optim.stabilize) == 0:
-                        model.project_entities_()  # what RiemannianAdam(stabilize=) does
-                step += 1
-            window_n += len(idx) * procs.world
+            terms = train_step(tr, idx, x)
+            window[1] += len(idx) * procs.world
             bar.update(1)
-            row = None
-            if _due(step, cfg.run.log_every) or step == total:
-                now = time.perf_counter()
-                row = {"step": step, "epoch": round(step / spe, 4),
-                       "lr": sched.get_last_lr()[0],
-                       "samples_per_s": window_n / max(now - window_t, 1e-9),
-                       **{k: float(v.detach()) for k, v in terms.items()}}
-                window_t, window_n = now, 0
-                bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
-            if _due(step, cfg.run.val_every) and step < total:
+            row = _log_row(tr, terms, window, bar)
+            if _due(tr.step, cfg.run.val_every) and tr.step < total:
                 if procs.main:
-                    row = {**(row or {"step": step, "epoch": round(step / spe, 4)}),
-                           **validation_metrics(model, data.val, hier, cfg, val_rows)}
-                    log.info("step %d: %s", step, ", ".join(
+                    row = {**(row or {"step": tr.step,
+                                      "epoch": round(tr.step / tr.step_rows.spe, 4)}),
+                           **validation_metrics(tr.model, tr.data.val, tr.hier, cfg, val_rows)}
+                    log.info("step %d: %s", tr.step, ", ".join(
                         f"{k} {v:.3g}" for k, v in row.items() if k.startswith("val_")))
                 procs.barrier()
             if row is not None:
                 logger.write(row)
-            if _due(step, cfg.run.checkpoint_every) or step == total:
-                save_ckpt(step)
+            if _due(tr.step, cfg.run.checkpoint_every) or tr.step == total:
+                save_checkpoint(tr, tr.step)
     except KeyboardInterrupt:
-        save_ckpt(step)  # the parameters are those of a whole step (see _deferred_interrupt)
-        log.warning("interrupted at step %d; continue with --resume %s", step, d)
+        save_checkpoint(tr, tr.step)  # a whole step's parameters (see _deferred_interrupt)
+        log.warning("interrupted at step %d; continue with --resume %s", tr.step, tr.d)
         raise
     finally:
         inputs.close()
         bar.close()
         logger.close()
-    result = {"steps": total, "train_seconds": time.perf_counter() - t_start,
-              "world_size": procs.world, "run_dir": str(d)}
-    if procs.world > 1:
-        result["ddp_params_in_sync"] = _params_in_sync(model)
-    if procs.main:
-        from ..evaluate import build_memory, evaluate_split
 
-        memory = build_memory(cfg, data.train, model.entities.device)
-        neighbours = None
-        if cfg.eval.calibrate:
-            result["temperatures"], neighbours = _calibrate(model, data.val, hier, cfg, d,
-                                                            memory)
-            save_ckpt(total)  # the stored model carries its calibration
-        result.update(evaluate_split(model, hier, data.val, cfg, gz, d, memory=memory,
-                                     neighbours=neighbours))
-        result["memory"] = memory is not None and model.uses_memory
-        result["seconds"] = time.perf_counter() - t_start
-        atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
-    procs.wait_for_main()
+
+def _log_row(tr: Training, terms: dict, window: list, bar) -> dict | None:
+    """The log row when one is due (every ``run.log_every`` steps and at the end): step,
+    epoch, learning rate, samples/s over the window since the last row, the loss terms."""
+    if not (_due(tr.step, tr.cfg.run.log_every) or tr.step == tr.total):
+        return None
+    now = time.perf_counter()
+    row = {"step": tr.step, "epoch": round(tr.step / tr.step_rows.spe, 4),
+           "lr": tr.sched.get_last_lr()[0],
+           "samples_per_s": window[1] / max(now - window[0], 1e-9),
+           **{k: float(v.detach()) for k, v in terms.items()}}
+    window[:] = [now, 0]
+    bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
+    return row
+
+
+def _final_evaluation(tr: Training, result: dict, t_start: float) -> dict:
+    """Process 0 after the last step: calibration (temperatures, the memory's weights) on
+    the validation split, the checkpoint again with it, then evaluation and
+    ``metrics.json``."""
+    from ..evaluate import build_memory, evaluate_split
+
+    cfg, model, d = tr.cfg, tr.model, tr.d
+    memory = build_memory(cfg, tr.data.train, model.entities.device)
+    neighbours = None
+    if cfg.eval.calibrate:
+        result["temperatures"], neighbours = _calibrate(model, tr.data.val, tr.hier, cfg, d,
+                                                        memory)
+        save_checkpoint(tr, tr.total)  # the stored model carries its calibration
+    result.update(evaluate_split(model, tr.hier, tr.data.val, cfg, tr.gz, d, memory=memory,
+                                 neighbours=neighbours))
+    result["memory"] = memory is not None and model.uses_memory
+    result["seconds"] = time.perf_counter() - t_start
+    atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
     return result
 
 
