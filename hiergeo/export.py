@@ -173,28 +173,12 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
 
     run = Path(run)
     cfg, model, hier, gz = load_run(run, device)
-    active = hier.active.cpu().numpy()
-    table, new = _compact(gz, active)
-    keep = torch.from_numpy(np.flatnonzero(active))
-    sd = model.state_dict()
-    weights = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")}
-    weights["entities"] = sd["entities"].detach().cpu()[keep].contiguous()
-    for name in PREDICT_BUFFERS[1:]:
-        weights[name] = sd[name].detach().cpu().clone()
     if store is not None:
         cfg.data.train = str(store)
-    bb = _backbone_meta(cfg, store, features_only)
-    backbone_state = None
-    if bb is not None and (bb["fine_tuned"] or bb.pop("must_travel", False)
-                           or include_backbone):
-        if cfg.model.encoder == "timm":
-            enc = model.encoder.model
-        else:
-            enc = backbone_from_meta(bb).model
-        backbone_state = {k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}
-        bb["included"] = True
-    elif bb is not None:
-        bb["included"] = False
+    active = hier.active.cpu().numpy()
+    table, new = _compact(gz, active)
+    weights = _predict_weights(model, np.flatnonzero(active))
+    bb, backbone_state = _backbone(cfg, model, store, features_only, include_backbone)
     mem = None
     if model.uses_memory and memory:
         try:
@@ -208,8 +192,42 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
         log.info("--no-memory: the exported model predicts without its retrieval memory "
                  "(memory weights set to 0)")
         weights["memory_weight"] = torch.zeros_like(weights["memory_weight"])
+    meta = _model_meta(cfg, model, run, bb, mem, len(table), gz)
+    files = {name: (run / name).read_text(encoding="utf-8")
+             for name in ("config.yaml", "calibration.json") if (run / name).exists()}
+    return Portable(meta=meta, weights=weights, entities=table, memory=mem,
+                    backbone=backbone_state, files=files)
+
+
+def _predict_weights(model, keep: np.ndarray) -> dict:
+    """The tensors prediction reads: the head, the rows ``keep`` of the entity table, the
+    fitted calibration (:data:`PREDICT_BUFFERS`); CPU, contiguous."""
+    sd = model.state_dict()
+    weights = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")}
+    weights["entities"] = sd["entities"].detach().cpu()[torch.from_numpy(keep)].contiguous()
+    for name in PREDICT_BUFFERS[1:]:
+        weights[name] = sd[name].detach().cpu().clone()
+    return weights
+
+
+def _backbone(cfg, model, store, features_only: bool, include: bool
+              ) -> tuple[dict | None, dict | None]:
+    """``model.json``'s ``backbone`` entry, and the backbone's weights when they travel
+    (fine-tuned, unpinnable, or ``include``)."""
+    bb = _backbone_meta(cfg, store, features_only)
+    if bb is None:
+        return None, None
+    bb["included"] = bool(bb["fine_tuned"] or bb.pop("must_travel", False) or include)
+    if not bb["included"]:
+        return bb, None
+    enc = model.encoder.model if cfg.model.encoder == "timm" else backbone_from_meta(bb).model
+    return bb, {k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}
+
+
+def _model_meta(cfg, model, run: Path, bb, mem, n_entities: int, gz) -> dict:
+    """``model.json``: what the model is, how it predicts, its backbone and memory."""
     m, ev = cfg.model, cfg.eval
-    meta = {
+    return {
         "format": FORMAT, "hiergeo": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source_run": str(run.resolve()),
@@ -223,16 +241,10 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
                                             "temperature": ev.memory_temperature,
                                             "n": int(len(mem["ids"]))},
         "backbone": bb,
-        "entities": {"n": int(len(table)), "gazetteer_entities": int(len(active)),
+        "entities": {"n": n_entities, "gazetteer_entities": len(gz.entities),
                      "gazetteer": json.loads(json.dumps(gz.meta.get("sources", {}),
                                                         default=str))},
     }
-    files = {}
-    for name in ("config.yaml", "calibration.json"):
-        if (run / name).exists():
-            files[name] = (run / name).read_text(encoding="utf-8")
-    return Portable(meta=meta, weights=weights, entities=table, memory=mem,
-                    backbone=backbone_state, files=files)
 
 
 def _collect_memory(cfg, gz, new: np.ndarray) -> dict:

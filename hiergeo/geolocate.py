@@ -309,24 +309,31 @@ class Geolocator:
             table.insert(2, "credit", truth["credit"].to_numpy(object))
         return table, truth, skipped
 
-    def _predict_photos(self, records, topk, batch_size, workers, bar):
+    def _loader(self, records, batch_size: int, workers: int | None):
+        """Batches of ``records``' photos, decoded and preprocessed for the backbone (with
+        their EXIF GPS) by ``workers`` processes (default: up to 4)."""
         from torch.utils.data import DataLoader
 
-        from .features import backbone_batches, cpu_count
+        from .features import cpu_count
+
+        # a list, not an array: numpy would turn PIL images into pixel arrays
+        sources = [img if img is not None else path for img, path in
+                   zip(records["image"], records["path"], strict=True)]
+        workers = min(4, cpu_count()) if workers is None else workers
+        rows = PhotoRows(sources, self._get_backbone().transform(), wants_gps(records),
+                         records["reason"].tolist())
+        return DataLoader(rows, batch_size=batch_size,
+                          num_workers=workers if len(records) > batch_size else 0,
+                          collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
+
+    def _predict_photos(self, records, topk, batch_size, workers, bar):
+        from .features import backbone_batches
 
         tm = self.timings
         bb = self._get_backbone()
         bb.model.to(self.device, memory_format=torch.channels_last).eval()
         encode = self.model.encoder if self.meta["model"]["encoder"] == "timm" else bb.features
-        # a list, not an array: numpy would turn PIL images into pixel arrays
-        sources = [img if img is not None else path for img, path in
-                   zip(records["image"], records["path"], strict=True)]
-        workers = min(4, cpu_count()) if workers is None else workers
-        loader = DataLoader(PhotoRows(sources, bb.transform(), wants_gps(records),
-                                      records["reason"].tolist()),
-                            batch_size=batch_size,
-                            num_workers=workers if len(records) > batch_size else 0,
-                            collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
+        loader = self._loader(records, batch_size, workers)
         parts, kept, skipped, waiting = [], [], [], []
 
         def descend(final: bool = False) -> None:
@@ -447,33 +454,13 @@ def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> 
             "part size": part_size}
 
 
-def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | None = None,
-                     batch_size: int = 64, workers: int | None = None,
-                     progress: bool | None = None, part_size: int = PART_SIZE,
-                     score: bool = True, restart: bool = False) -> pd.DataFrame:
-    """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
-    :func:`write_outputs`), that a crash does not lose: the photos are predicted
-    ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
-    to a temporary name and renamed), so that the same command run again skips the parts
-    already there. Parts of other photos, another model, settings or device are refused
-    (:class:`PartsMismatch` says what differs) unless ``restart``, which discards them. The
-    parts are joined, scored against the truth and written at the end, then removed.
-    Returns the table."""
+def _open_parts(parts_dir: Path, state: dict, restart: bool) -> None:
+    """Make ``parts_dir`` ready for the prediction ``state`` describes: kept when it holds
+    this prediction's parts, refused (or with ``restart`` emptied) when another's."""
     import shutil
 
-    from .data.store import atomic_write_text, temporary_names
+    from .data.store import atomic_write_text
 
-    if part_size < 1:
-        raise ValueError(f"part_size must be >= 1, not {part_size}")
-    tm = g.timings = Timings()
-    t0 = time.perf_counter()
-    records = collect_photos(photos, gps=False)
-    tm.stages["listing"] = time.perf_counter() - t0
-    if not len(records):
-        raise ValueError(f"no photos in {', '.join(map(str, photos))}")
-    g._get_backbone()  # a backbone that cannot load fails here, before any part is touched
-    parts_dir = Path(f"{outs[0]}.parts")
-    state = _fingerprint(g, records, topk, part_size)
     if parts_dir.exists():
         old = parts_dir / "parts.json"
         old = json.loads(old.read_text()) if old.exists() else {}
@@ -489,6 +476,45 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
             shutil.rmtree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(parts_dir / "parts.json", json.dumps(state, indent=2) + "\n")
+
+
+def _save_part(names: tuple[Path, Path], answers: pd.DataFrame, skipped: pd.DataFrame) -> None:
+    """One part's answers (with its truth columns) and skipped rows, each written under a
+    temporary name and renamed, the answers last: their file marks the part done."""
+    from .data.store import temporary_names
+
+    with temporary_names(*names) as (tmp, tmp_skip):
+        skipped.to_parquet(tmp_skip, index=False)
+        tmp_skip.replace(names[1])
+        answers.to_parquet(tmp, index=False)
+        tmp.replace(names[0])
+
+
+def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | None = None,
+                     batch_size: int = 64, workers: int | None = None,
+                     progress: bool | None = None, part_size: int = PART_SIZE,
+                     score: bool = True, restart: bool = False) -> pd.DataFrame:
+    """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
+    :func:`write_outputs`), that a crash does not lose: the photos are predicted
+    ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
+    to a temporary name and renamed), so that the same command run again skips the parts
+    already there. Parts of other photos, another model, settings or device are refused
+    (:class:`PartsMismatch` says what differs) unless ``restart``, which discards them. The
+    parts are joined, scored against the truth and written at the end, then removed.
+    Returns the table."""
+    import shutil
+
+    if part_size < 1:
+        raise ValueError(f"part_size must be >= 1, not {part_size}")
+    tm = g.timings = Timings()
+    t0 = time.perf_counter()
+    records = collect_photos(photos, gps=False)
+    tm.stages["listing"] = time.perf_counter() - t0
+    if not len(records):
+        raise ValueError(f"no photos in {', '.join(map(str, photos))}")
+    g._get_backbone()  # a backbone that cannot load fails here, before any part is touched
+    parts_dir = Path(f"{outs[0]}.parts")
+    _open_parts(parts_dir, _fingerprint(g, records, topk, part_size), restart)
     n_parts = -(-len(records) // part_size)
     names = [(parts_dir / f"part-{k:05d}.parquet", parts_dir / f"part-{k:05d}.skipped.parquet")
              for k in range(n_parts)]
@@ -496,21 +522,13 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     if done:
         log.info("%s: %d of %d parts already predicted, resuming", parts_dir, len(done),
                  n_parts)
-    initial = sum(min(part_size, len(records) - k * part_size) for k in done)
-    tm.resumed = initial
-    with _bar(len(records), progress, initial) as bar:
-        for k in range(n_parts):
-            if k in done:
-                continue
+    tm.resumed = sum(min(part_size, len(records) - k * part_size) for k in done)
+    with _bar(len(records), progress, tm.resumed) as bar:
+        for k in (k for k in range(n_parts) if k not in done):
             table, truth, skipped = g.predict_part(
                 records.iloc[k * part_size:(k + 1) * part_size], topk=topk,
                 batch_size=batch_size, workers=workers, bar=bar)
-            both = pd.concat([table, truth.add_prefix(TRUTH)], axis=1)
-            with temporary_names(*names[k]) as (tmp, tmp_skip):
-                skipped.to_parquet(tmp_skip, index=False)
-                tmp_skip.replace(names[k][1])
-                both.to_parquet(tmp, index=False)  # last: its presence marks the part done
-                tmp.replace(names[k][0])
+            _save_part(names[k], pd.concat([table, truth.add_prefix(TRUTH)], axis=1), skipped)
     t = time.perf_counter()
     both = pd.concat([pd.read_parquet(a) for a, _ in names], ignore_index=True)
     skipped = pd.concat([pd.read_parquet(b) for _, b in names], ignore_index=True)

@@ -119,9 +119,29 @@ def collect_photos(items, gps: bool = True) -> pd.DataFrame:
     A file found in a folder or named on its own is predicted once, and not at all when a
     table names it (the table's row, with its id and truth, is kept); every table row is
     kept. Two rows with one id are an error (ids name the output's rows)."""
-    from PIL import Image
-
     from gazetteer import InputError
+
+    out = _dedupe(_listed(items))
+    clash = out["id"].duplicated(keep=False)
+    if clash.any():
+        raise InputError(f"{int(clash.sum())} rows share ids (e.g. id "
+                         f"{out.loc[clash, 'id'].iloc[0]!r}: "
+                         f"{out.loc[clash, 'path'].head(2).tolist()}); give each table row "
+                         "its own id, or leave the id column out to use the paths")
+    bad = out["latitude"].notna() & ~(out["latitude"].abs().le(90)
+                                      & out["longitude"].abs().le(180))
+    out.loc[bad, ["latitude", "longitude"]] = np.nan
+    out.loc[bad, "truth_source"] = ""
+    if gps:
+        for i in np.flatnonzero(wants_gps(out)):
+            set_gps(out, i, read_gps(out.at[i, "path"]))
+    return out
+
+
+def _listed(items) -> pd.DataFrame:
+    """The rows of every item in order, each marked as a table's (``_table``) or not, with
+    its file's real path as bytes (``_real``) where there is one."""
+    from PIL import Image
 
     if isinstance(items, (str, Path, Image.Image)):
         items = [items]
@@ -150,10 +170,16 @@ def collect_photos(items, gps: bool = True) -> pd.DataFrame:
                          ("_table", False)):
         out[col] = out[col].fillna(default) if col in out.columns else default
     out["_table"] = out["_table"].astype(bool)
-    real = pd.Series([r if isinstance(r, bytes) else os.fsencode(os.path.realpath(q))
-                      if isinstance(q, str) and q else None for q, r in zip(
-                          out["path"], out.get("_real", [None] * len(out)), strict=True)],
-                     dtype=object)
+    out["_real"] = [r if isinstance(r, bytes) else os.fsencode(os.path.realpath(q))
+                    if isinstance(q, str) and q else None for q, r in zip(
+                        out["path"], out.get("_real", [None] * len(out)), strict=True)]
+    return out
+
+
+def _dedupe(out: pd.DataFrame) -> pd.DataFrame:
+    """Drop the rows of files found in folders or named on their own that a table names, or
+    that an earlier such row names; every table row stays."""
+    real = out["_real"]
     in_table = set(real[out["_table"].to_numpy()].dropna())
     named = real.notna() & ~out["_table"]
     drop = (named & real.isin(in_table)) | (named & real.duplicated(keep="first"))
@@ -161,21 +187,7 @@ def collect_photos(items, gps: bool = True) -> pd.DataFrame:
         log.warning("%d photos named more than once (e.g. %s); each is predicted once",
                     int(drop.sum()), out.loc[drop.to_numpy(), "id"].iloc[0])
         out = out[~drop.to_numpy()].reset_index(drop=True)
-    out = out.drop(columns=[c for c in ("_table", "_real") if c in out.columns])
-    clash = out["id"].duplicated(keep=False)
-    if clash.any():
-        raise InputError(f"{int(clash.sum())} rows share ids (e.g. id "
-                         f"{out.loc[clash, 'id'].iloc[0]!r}: "
-                         f"{out.loc[clash, 'path'].head(2).tolist()}); give each table row "
-                         "its own id, or leave the id column out to use the paths")
-    bad = out["latitude"].notna() & ~(out["latitude"].abs().le(90)
-                                      & out["longitude"].abs().le(180))
-    out.loc[bad, ["latitude", "longitude"]] = np.nan
-    out.loc[bad, "truth_source"] = ""
-    if gps:
-        for i in np.flatnonzero(wants_gps(out)):
-            set_gps(out, i, read_gps(out.at[i, "path"]))
-    return out
+    return out.drop(columns=["_table", "_real"])
 
 
 def wants_gps(records: pd.DataFrame) -> np.ndarray:
