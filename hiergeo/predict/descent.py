@@ -207,6 +207,59 @@ def topk_per_query(score: torch.Tensor, query: torch.Tensor, n_queries: int, k: 
     return pick, torch.isfinite(top.values)
 
 
+def _countries(z, entities, space, hier, tau: float, keep: int, mix):
+    """The first level: every active country scored, the best ``keep`` per query kept.
+    Returns the paths ``hist [B, W, 4]``, their levels' probabilities ``prob``, their
+    scores ``[B, W]`` and the comparisons made ``[B]``."""
+    memory, mw, mt = mix
+    dev, B, ids0 = entities.device, len(z), hier.level_ids[0]
+    logp = torch.log_softmax(-space.matrix(level_query(z, 0), entities[ids0]) / tau, dim=1)
+    if mw[0] > 0:
+        q0 = torch.arange(B, device=dev).repeat_interleave(len(ids0))
+        pm = memory_conditional(memory, q0, ids0.repeat(B), 0, hier).reshape(B, len(ids0))
+        logp = mix_level(logp, pm, mw[0], mt[0], torch.zeros_like(ids0), 1)
+    top = logp.topk(min(keep, len(ids0)), dim=1)
+    W = top.indices.shape[1]
+    hist = torch.full((B, W, NLEV), -1, dtype=torch.long, device=dev)
+    prob = torch.zeros((B, W, NLEV), dtype=torch.float64, device=dev)
+    hist[:, :, 0], prob[:, :, 0] = ids0[top.indices], top.values.exp()
+    comparisons = torch.full((B,), len(ids0), dtype=torch.long, device=dev)
+    return hist, prob, top.values, comparisons
+
+
+def _children_logp(z, entities, space, hier, tau: float, lvl: int, beam, child, query,
+                   n_beams: int, mix) -> torch.Tensor:
+    """``log P(child | parent)`` of each candidate ``child [T]`` of beam ``beam [T]`` (query
+    ``query [T]``) at level ``lvl``: a softmax over the beam's children (siblings share a
+    beam), mixed with the memory where it has weight; 0 for a stopped path's carry-over
+    candidate (-1)."""
+    memory, mw, mt = mix
+    real = child >= 0
+    logp = torch.zeros(len(child), dtype=torch.float64, device=entities.device)
+    logit = -space.pair(level_query(z, lvl)[query[real]], entities[child[real]]) / tau
+    logp[real] = log_softmax_groups(logit, beam[real], n_beams)
+    if mw[lvl] > 0:
+        pm = memory_conditional(memory, query[real], child[real], lvl, hier)
+        logp[real] = mix_level(logp[real], pm, mw[lvl], mt[lvl], beam[real], n_beams)
+    return logp
+
+
+def _keep_best(hist, prob, score, lvl: int, beam, child, query, logp, keep: int):
+    """Extend the paths ``hist``/``prob``/``score`` (``[B, W, ...]``) by their candidates
+    at level ``lvl`` and keep the ``keep`` best of each query by joint log-probability;
+    slots without a candidate are padding (-1, probability 0, score -inf)."""
+    B, W = hist.shape[:2]
+    cand_score = score.reshape(-1)[beam] + logp
+    pick, alive = topk_per_query(cand_score, query, B, keep)
+    src = beam[pick]
+    hist = hist.reshape(B * W, NLEV)[src].clone()
+    prob = prob.reshape(B * W, NLEV)[src].clone()
+    hist[:, :, lvl] = child[pick]
+    prob[:, :, lvl] = torch.where(child[pick] >= 0, logp[pick].exp(), 0.0)
+    hist[~alive], prob[~alive] = -1, 0.0
+    return hist, prob, torch.where(alive, cand_score[pick], -torch.inf)
+
+
 @torch.no_grad()
 def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5, 5, 5, 5),
             topk: int = 5, coords: str = "city", threshold: float = 0.5,
@@ -237,47 +290,23 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
     dev = entities.device
     z = z.to(device=dev, dtype=torch.float64)
     B = len(z)
-    ids0 = hier.level_ids[0]
     mw = [0.0] * NLEV if memory is None else [float(a) for a in memory_weight]
     mt = [1.0] * NLEV if mixture_temperature is None else [float(t) for t in
                                                             mixture_temperature]
-    if memory is not None:
-        memory = memory.to(dev)
-    logp = torch.log_softmax(-space.matrix(level_query(z, 0), entities[ids0]) / taus[0], dim=1)
-    if mw[0] > 0:
-        q0 = torch.arange(B, device=dev).repeat_interleave(len(ids0))
-        pm = memory_conditional(memory, q0, ids0.repeat(B), 0, hier).reshape(B, len(ids0))
-        logp = mix_level(logp, pm, mw[0], mt[0], torch.zeros_like(ids0), 1)
-    top = logp.topk(min(_keep(beams, 0, topk), len(ids0)), dim=1)
-    W = top.indices.shape[1]
-    hist = torch.full((B, W, NLEV), -1, dtype=torch.long, device=dev)
-    prob = torch.zeros((B, W, NLEV), dtype=torch.float64, device=dev)
-    hist[:, :, 0], prob[:, :, 0] = ids0[top.indices], top.values.exp()
-    score = top.values
-    comparisons = torch.full((B,), len(ids0), dtype=torch.long, device=dev)
+    mix = (None if memory is None else memory.to(dev), mw, mt)
+    hist, prob, score, comparisons = _countries(z, entities, space, hier, taus[0],
+                                                _keep(beams, 0, topk), mix)
     for lvl in range(1, NLEV):
         W = hist.shape[1]
+        # every live path's entity's children (or one carry-over candidate, -1)
         beam, child = expand_beams(hist[:, :, lvl - 1].reshape(-1),
                                    torch.isfinite(score).reshape(-1), hier)
         query = torch.div(beam, W, rounding_mode="floor")
-        real = child >= 0
-        # log P(child | parent); 0 for a stopped path's carry-over candidate
-        logp = torch.zeros(len(child), dtype=torch.float64, device=dev)
-        logit = -space.pair(level_query(z, lvl)[query[real]], entities[child[real]]) / taus[lvl]
-        logp[real] = log_softmax_groups(logit, beam[real], B * W)  # siblings share a beam
-        if mw[lvl] > 0:
-            pm = memory_conditional(memory, query[real], child[real], lvl, hier)
-            logp[real] = mix_level(logp[real], pm, mw[lvl], mt[lvl], beam[real], B * W)
-        comparisons += torch.bincount(query[real], minlength=B)
-        cand_score = score.reshape(-1)[beam] + logp
-        pick, alive = topk_per_query(cand_score, query, B, _keep(beams, lvl, topk))
-        src = beam[pick]
-        hist = hist.reshape(B * W, NLEV)[src].clone()
-        prob = prob.reshape(B * W, NLEV)[src].clone()
-        hist[:, :, lvl] = child[pick]
-        prob[:, :, lvl] = torch.where(child[pick] >= 0, logp[pick].exp(), 0.0)
-        hist[~alive], prob[~alive] = -1, 0.0
-        score = torch.where(alive, cand_score[pick], -torch.inf)
+        logp = _children_logp(z, entities, space, hier, taus[lvl], lvl, beam, child, query,
+                              B * W, mix)
+        comparisons += torch.bincount(query[child >= 0], minlength=B)
+        hist, prob, score = _keep_best(hist, prob, score, lvl, beam, child, query, logp,
+                                       _keep(beams, lvl, topk))
     return _finish(hist, score, prob, hier, topk, coords, threshold, comparisons)
 
 
