@@ -150,20 +150,8 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
                                 km, hits, names)
     table.to_csv(out_dir / "per_country.csv", index=False)
     (out_dir / "per_country.md").write_text(metrics.markdown_table(table), encoding="utf-8")
-    keys = gz.entities["key"].to_numpy(object)
-    rows = {"id": split.table["id"].astype(str).to_numpy() if "id" in split.table else
-            np.arange(len(split)).astype(str),
-            "latitude": truth["latitude"].to_numpy(float),
-            "longitude": truth["longitude"].to_numpy(float),
-            "pred_latitude": pred.lat, "pred_longitude": pred.lon, "km": km,
-            "confident_level": pred.confident_level, "comparisons": pred.comparisons}
-    for j, lvl in enumerate(LEVELS):
-        top = pred.paths[:, 0, j]
-        rows[f"true_{lvl}"] = np.where(truth_ids[:, j] >= 0, keys[truth_ids[:, j].clip(0)], None)
-        rows[f"pred_{lvl}"] = np.where(top >= 0, keys[top.clip(0)], None)
-        rows[f"prob_{lvl}"] = pred.level_prob[:, 0, j]
-        rows[f"hit_{lvl}"] = hits[metrics.osv5m.LEVEL_NAMES[lvl]].to_numpy()
-    pd.DataFrame(rows).to_parquet(out_dir / "predictions.parquet", index=False)
+    _predictions_frame(pred, split, truth, km, hits, gz).to_parquet(
+        out_dir / "predictions.parquet", index=False)
     if ev.maps:
         from .reports import error_curve, error_map, reliability_diagram
 
@@ -178,6 +166,26 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
               "confident_level_share": {
                   lvl: float((pred.confident_level >= j).mean()) for j, lvl in enumerate(LEVELS)}}
     return result
+
+
+def _predictions_frame(pred, split, truth: pd.DataFrame, km, hits, gz) -> pd.DataFrame:
+    """``predictions.parquet``: per sample its truth, predicted point and top path's keys,
+    their probabilities given the parent, and OSV-5M's hits."""
+    keys = gz.entities["key"].to_numpy(object)
+    truth_ids = split.ids.numpy()
+    rows = {"id": split.table["id"].astype(str).to_numpy() if "id" in split.table else
+            np.arange(len(split)).astype(str),
+            "latitude": truth["latitude"].to_numpy(float),
+            "longitude": truth["longitude"].to_numpy(float),
+            "pred_latitude": pred.lat, "pred_longitude": pred.lon, "km": km,
+            "confident_level": pred.confident_level, "comparisons": pred.comparisons}
+    for j, lvl in enumerate(LEVELS):
+        top = pred.paths[:, 0, j]
+        rows[f"true_{lvl}"] = np.where(truth_ids[:, j] >= 0, keys[truth_ids[:, j].clip(0)], None)
+        rows[f"pred_{lvl}"] = np.where(top >= 0, keys[top.clip(0)], None)
+        rows[f"prob_{lvl}"] = pred.level_prob[:, 0, j]
+        rows[f"hit_{lvl}"] = hits[metrics.osv5m.LEVEL_NAMES[lvl]].to_numpy()
+    return pd.DataFrame(rows)
 
 
 def load_run(run: str | Path, device: str = "auto"):

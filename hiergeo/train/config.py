@@ -365,6 +365,9 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
 
 
 def validate(cfg: Config) -> None:
+    """Refuse a config whose values cannot work together, naming the key. One flat list of
+    independent checks, one or two per key (longer than a screen on purpose: splitting it
+    would scatter the checks a reader looks for in one place)."""
     from ..geometry.spaces import SPACES
     from ..model.geolocator import QUERY_MODES
 
