@@ -448,21 +448,27 @@ def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_pat
     assert "missing file" in pd.read_csv(tmp_path / "t.skipped.csv")["reason"].item()
 
 
+def _with_memory(run_dir: Path, to: Path) -> Path:
+    """A copy of a run whose model mixes in its retrieval memory (weights 0.6 per level)."""
+    from hiergeo.train import checkpoint
+
+    shutil.copytree(run_dir, to)
+    ck = checkpoint.load(to / checkpoint.NAME)
+    ck["model"]["memory_weight"] = torch.full((4,), 0.6, dtype=torch.float64)
+    checkpoint.save(to / checkpoint.NAME, ck)
+    return to
+
+
 def test_the_memory_travels_and_predicts_as_the_run(photo_run, tmp_path):
     """A model whose memory weights are on: the streamed memory.safetensors, loaded back,
     gives the run's own descent with its memory, bit for bit; memory=False the model
     alone."""
     from hiergeo.evaluate import build_memory, load_run
     from hiergeo.predict import predict
-    from hiergeo.train import checkpoint
     from hiergeo.train.data import load_data, read_store_split
 
     store, run_dir, _ = photo_run
-    run2 = tmp_path / "run"
-    shutil.copytree(run_dir, run2)
-    ck = checkpoint.load(run2 / checkpoint.NAME)
-    ck["model"]["memory_weight"] = torch.full((4,), 0.6, dtype=torch.float64)
-    checkpoint.save(run2 / checkpoint.NAME, ck)
+    run2 = _with_memory(run_dir, tmp_path / "run")
     model = export.write(export.from_run(run2), tmp_path / "model")
     assert (model / "memory.safetensors").exists()
     cfg, m, hier, gz = load_run(run2)
@@ -629,14 +635,9 @@ def test_photos_descend_in_query_blocks(photo_run, photos, tmp_path, monkeypatch
     answers do not depend on the block size."""
     import hiergeo.geolocate as geolocate
     from hiergeo.predict.memory import Memory
-    from hiergeo.train import checkpoint
 
     _, run_dir, _ = photo_run
-    run2 = tmp_path / "run"
-    shutil.copytree(run_dir, run2)
-    ck = checkpoint.load(run2 / checkpoint.NAME)
-    ck["model"]["memory_weight"] = torch.full((4,), 0.6, dtype=torch.float64)
-    checkpoint.save(run2 / checkpoint.NAME, ck)
+    run2 = _with_memory(run_dir, tmp_path / "run")
     g = Geolocator(export.from_run(run2))
     searches = []
     real = Memory.search

@@ -19,20 +19,14 @@ import math
 
 import torch
 
+from ..registry import registrar
 from .constants import MIN_NORM, max_dist0
 from .poincare import _norm, dist, dist_matrix, expmap0, logmap0, make_ball, project
 
-#: spaces by name, filled by :func:`register_space` (the registry style of the encoders,
-#: :func:`hiergeo.model.geolocator.register_encoder`)
+#: spaces by name, filled by :func:`register_space` (:mod:`hiergeo.registry`'s style, as
+#: the encoders')
 SPACE_CLASSES: dict = {}
-
-
-def register_space(name: str):
-    """Class decorator: make a :class:`Space` buildable by ``make_space(name)``."""
-    def deco(cls):
-        SPACE_CLASSES[name] = cls
-        return cls
-    return deco
+register_space = registrar(SPACE_CLASSES)
 
 
 def lorentz_dist_from_inner(inner: torch.Tensor, c: float = 1.0) -> torch.Tensor:

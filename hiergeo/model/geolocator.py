@@ -12,15 +12,11 @@ import torch
 from torch import nn
 
 from ..geometry.spaces import Space
+from ..registry import registrar
 
+#: encoders by name, filled by :func:`register_encoder`
 ENCODERS: dict = {}
-
-
-def register_encoder(name: str):
-    def deco(fn):
-        ENCODERS[name] = fn
-        return fn
-    return deco
+register_encoder = registrar(ENCODERS)
 
 
 class FeatureEncoder(nn.Module):
