@@ -163,12 +163,12 @@ def test_optimisation_baseline_learns(tree):
 
 
 def test_cli_writes_metrics_points_and_picture(tree, tmp_path):
-    from hiergeo import embed
+    from hiergeo.embedding.__main__ import main as embed_main
 
     art = tmp_path / "gz"
     gazetteer.build(tree.meta["sources"]["places"]["path"], boundaries=False, out=art)
     out = tmp_path / "run"
-    assert embed.main(["--dim", "4", "--gazetteer", str(art), "--out", str(out)]) == 0
+    assert embed_main(["--dim", "4", "--gazetteer", str(art), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["map"] == 1.0 and metrics["dim"] == 4
     assert load_embedding(out).points.shape == (len(tree.entities), 4)

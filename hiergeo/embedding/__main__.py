@@ -1,6 +1,6 @@
-"""``python -m hiergeo.embed``: embed the gazetteer's tree and measure the embedding.
+"""``python -m hiergeo.embedding``: embed the gazetteer's tree and measure the embedding.
 
-Writes to ``--out``: ``metrics.json`` (see ``hiergeo.embedding.evaluate``), ``points.safetensors``
+Writes to ``--out``: ``metrics.json`` (see ``hiergeo.embedding.quality``), ``points.safetensors``
 and ``embedding.json`` (the points and how they were made), and ``disk.png``, a Poincaré-disk
 picture of countries and regions coloured by continent (from a 2-D construction when
 ``--dim`` is not 2).
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hiergeo.embed",
+    ap = argparse.ArgumentParser(prog="python -m hiergeo.embedding",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--c", type=float, default=1.0, help="curvature (positive)")
@@ -37,8 +37,8 @@ def run(dim: int = 16, c: float = 1.0, method: str = "construct",
         plot: bool = True) -> dict:
     import gazetteer
 
-    from .embedding import embed_tree, evaluate_embedding
-    from .embedding.plot import plot_disk
+    from . import embed_tree, evaluate_embedding
+    from .plot import plot_disk
 
     out = Path(out)
     gz = gazetteer.load(gazetteer_path)
