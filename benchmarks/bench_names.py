@@ -43,8 +43,8 @@ from gazetteer.keys import LEVELS
 from hiergeo import metrics
 from hiergeo.baselines import ConstantGuess, FlatSoftmax, KNNRetrieval
 from hiergeo.data.names import names_benchmark
+from hiergeo.data.splits import read_store_split
 from hiergeo.train import load_config, run
-from hiergeo.train.data import read_store_split
 
 ROOT = Path(__file__).resolve().parents[1]
 #: epochs tried for the flat softmax (best on val kept); each epoch of the linear one takes

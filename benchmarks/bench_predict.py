@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hiergeo.data.splits import load_data
 from hiergeo.evaluate import load_run
 from hiergeo.metrics import entity_accuracy, markdown_table
 from hiergeo.predict import predict
-from hiergeo.train.data import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ COLUMNS = ["acc_country", "acc_region", "acc_subregion", "acc_city", "median_km"
 
 def main(argv=None) -> int:
     from hiergeo.data.names import names_benchmark
+    from hiergeo.data.splits import read_store_split
     from hiergeo.evaluate import build_memory, evaluate_split, load_run
-    from hiergeo.train.data import read_store_split
     from hiergeo.train.loop import _calibrate
 
     ap = argparse.ArgumentParser(description=__doc__,

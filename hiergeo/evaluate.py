@@ -97,7 +97,7 @@ def predict_split(model, hier, split, cfg, *, method: str = "descent", beams=Non
     a, b = n * rank // world, n * (rank + 1) // world
     if a == b:
         return None, 0.0
-    from .train.data import _subset
+    from .data.splits import _subset
 
     t0 = time.perf_counter()
     share = split if (a, b) == (0, n) else _subset(split, np.arange(a, b))
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
 
 
 def _main(args, rank: int, world: int, device: str) -> int:
-    from .train.data import DataError, load_data, read_store_split
+    from .data.splits import DataError, load_data, read_store_split
 
     cfg, model, hier, gz = load_run(args.run, device)
     if args.coords:

@@ -250,7 +250,7 @@ def _model_meta(cfg, model, run: Path, bb, mem, n_entities: int, gz) -> dict:
 def _collect_memory(cfg, gz, new: np.ndarray) -> dict:
     """The run's retrieval memory (:func:`hiergeo.evaluate.build_memory`'s rows): the
     training split's features, still in the store, and their ids renumbered."""
-    from .train.data import load_data
+    from .data.splits import load_data
 
     train = load_data(cfg, gz).train
     ids = train.ids.numpy()

@@ -267,8 +267,8 @@ class Geolocator:
         return table
 
     def _predict_stores(self, stores, topk, batch_size):
+        from .data.splits import read_index_rows, store_features
         from .data.store import FeatureStore
-        from .train.data import read_index_rows, store_features
 
         tables, truths = [], []
         for p in stores:

@@ -359,7 +359,7 @@ import time
 from hiergeo.evaluate import load_run
 from hiergeo.metrics import entity_accuracy
 from hiergeo.predict import predict
-from hiergeo.train.data import load_data
+from hiergeo.data.splits import load_data
 
 cfg, model, hier, gz = load_run(run, device="cpu")
 val = load_data(cfg, gz).val

@@ -7,8 +7,8 @@ import torch
 
 from hiergeo.baselines import ConstantGuess, FlatSoftmax, KNNRetrieval
 from hiergeo.data.names import name_features, name_ngrams, split_rows
+from hiergeo.data.splits import Split
 from hiergeo.predict.calibration import fit_temperature, reliability
-from hiergeo.train.data import Split
 
 
 def test_name_ngrams_have_word_boundaries():

@@ -123,14 +123,14 @@ def test_export_holds_what_prediction_needs(photo_run):
 
 def test_exported_model_predicts_as_the_run(photo_run):
     """Bit-identical to the run's own descent (with its memory) on the training store."""
+    from hiergeo.data.splits import read_store_split
     from hiergeo.evaluate import build_memory, load_run
     from hiergeo.predict import predict
-    from hiergeo.train.data import read_store_split
 
     store, run_dir, model = photo_run
     cfg, m, hier, gz = load_run(run_dir)
     split, _, _ = read_store_split(store, cfg, gz, "test")
-    from hiergeo.train.data import load_data
+    from hiergeo.data.splits import load_data
 
     mem = build_memory(cfg, load_data(cfg, gz).train) if m.uses_memory else None
     want = predict(m, split.all_inputs(), hier, cfg.loss.tau, memory=mem, beams=cfg.eval.beams,
@@ -463,9 +463,9 @@ def test_the_memory_travels_and_predicts_as_the_run(photo_run, tmp_path):
     """A model whose memory weights are on: the streamed memory.safetensors, loaded back,
     gives the run's own descent with its memory, bit for bit; memory=False the model
     alone."""
+    from hiergeo.data.splits import load_data, read_store_split
     from hiergeo.evaluate import build_memory, load_run
     from hiergeo.predict import predict
-    from hiergeo.train.data import load_data, read_store_split
 
     store, run_dir, _ = photo_run
     run2 = _with_memory(run_dir, tmp_path / "run")

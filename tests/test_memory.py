@@ -119,8 +119,8 @@ def test_descent_with_memory(small):
 def test_a_run_fits_its_memory_and_evaluate_uses_it(smoke_run, cache_env):
     """The smoke run stores its memory weights; load_run + the run's memory reproduce its
     validation metrics, and the model alone scores differently."""
+    from hiergeo.data.splits import load_data
     from hiergeo.evaluate import build_memory, evaluate_split, load_run
-    from hiergeo.train.data import load_data
 
     run_dir, res = smoke_run
     cal = json.loads((run_dir / "calibration.json").read_text())

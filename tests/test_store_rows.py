@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from hiergeo.data import splits as train_data
 from hiergeo.data.rows import StoreFeatures
 from hiergeo.data.store import FeatureStore, shard_paths, write_store
-from hiergeo.train import data as train_data
 from hiergeo.train import load_config
 
 

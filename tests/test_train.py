@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
+from hiergeo.data.splits import DataError
 from hiergeo.data.store import FeatureStore, write_store
 from hiergeo.train import ConfigError, load_config, run
-from hiergeo.train.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared" / "images"
@@ -398,7 +398,7 @@ def test_undecodable_validation_images_are_left_out(tmp_path):
     dropped from the split up front, with their reasons."""
     from PIL import Image
 
-    from hiergeo.train.data import ImageInputs, Split, _decodable
+    from hiergeo.data.splits import ImageInputs, Split, _decodable
 
     paths = []
     for i in range(4):

@@ -7,7 +7,7 @@
 - :class:`ConstantGuess`: one fixed point for every query (the training location with the
   best mean GeoScore): any model must beat it.
 
-Each ``fit(train_split)`` takes a :class:`hiergeo.train.data.Split` (features, locations and
+Each ``fit(train_split)`` takes a :class:`hiergeo.data.splits.Split` (features, locations and
 entity ids, -1 where a level is missing) and ``predict(x)`` returns a
 :class:`hiergeo.predict.Prediction` with one path, so ``hiergeo.metrics`` scores every method
 the same way. ``python benchmarks/bench_names.py`` runs them all beside the model.

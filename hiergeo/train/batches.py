@@ -101,7 +101,7 @@ def batches(split, step_rows: StepRows, start: int, total: int, device, workers:
             if skipped <= 5:
                 log.warning("skipping %s: %s", split.images.paths[i], why)
         if x is None:  # skipping the step would leave DDP's other ranks waiting
-            from .data import DataError
+            from ..data.splits import DataError
 
             raise DataError(f"no image of a training batch could be decoded ({bad[:3]})")
         yield kept.numpy(), x

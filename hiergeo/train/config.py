@@ -29,7 +29,7 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 @dataclass
 class DemoConfig:
-    """The embedded demo's synthetic data (see :mod:`hiergeo.train.demo`)."""
+    """The embedded demo's synthetic data (see :mod:`hiergeo.data.demo`)."""
 
     n_places: int = 2000          # real GeoNames places the samples are drawn around
     samples_per_place: int = 10

@@ -349,7 +349,7 @@ class Training:
     d: Path
     procs: Processes
     gz: object
-    data: object                  # hiergeo.train.data.TrainData
+    data: object                  # hiergeo.data.splits.TrainData
     model: torch.nn.Module        # GeoModel
     hier: Hierarchy
     train_model: torch.nn.Module  # the model, or its DDP wrapper
@@ -373,11 +373,11 @@ def _data_and_model(cfg: Config, ckpt: dict | None, procs: Processes):
     restricted to the entities seen in training when ``data.prune_entities``."""
     import gazetteer
 
-    from .data import load_data
+    from ..data.splits import load_data
 
     gz = gazetteer.load()
     if procs.world > 1 and cfg.data.train is None and cfg.data.images is None:
-        from .demo import demo_store
+        from ..data.demo import demo_store
 
         if procs.local_rank == 0:  # one writer of the demo store per machine
             demo_store(gz, cfg.data.demo)

@@ -21,9 +21,9 @@ from gazetteer.errors import InputError
 from gazetteer.keys import LEVELS
 from gazetteer.validate import check_coordinates
 
-from ..data.labels import entity_ids
-from ..data.split import spatial_split
-from ..data.store import FeatureStore
+from .labels import entity_ids
+from .split import spatial_split
+from .store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class ImageInputs:
         return {**self.__dict__, "_pool": None}
 
     def _one(self, i):
-        from ..data.images import load_image
+        from .images import load_image
 
         res = load_image(self.paths[i])
         if res.image is None:
@@ -233,8 +233,8 @@ def store_features(store: Path, where: str):
     counts; ``where`` names the store in errors."""
     import pyarrow.parquet as pq
 
-    from ..data.rows import StoreFeatures
-    from ..data.store import shard_paths
+    from .rows import StoreFeatures
+    from .store import shard_paths
 
     shard_col = pq.read_table(Path(store) / "index.parquet", columns=["shard"]).column(
         "shard").to_numpy()
@@ -343,7 +343,7 @@ def _decodable(split: Split, where: str) -> tuple[Split, list]:
     ``(path, reason)``. Evaluation needs every row's prediction, so the held-out images are
     tried once up front, shared between the processes (training skips a failure in its batch
     instead)."""
-    from ..data.images import ImageRows
+    from .images import ImageRows
 
     rows = ImageRows(split.images.paths, split.images.transform)
     why = _map_shared(lambda i: rows[i][2], list(range(len(rows))),
@@ -357,9 +357,9 @@ def _decodable(split: Split, where: str) -> tuple[Split, list]:
 
 
 def _from_images(cfg, gz):
-    from ..data.images import probe_image
-    from ..data.records import read_records
     from ..model.backbones import EMBEDDED, create_backbone
+    from .images import probe_image
+    from .records import read_records
 
     records = read_records(cfg.data.images, cfg.data.image_dir).reset_index(drop=True)
     if cfg.data.max_samples is not None:

@@ -33,7 +33,7 @@ from gazetteer.artefact import default_cache_dir
 from gazetteer.geo import EARTH_RADIUS_KM, from_xyz, to_xyz
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS
 
-from ..data.store import write_store
+from .store import write_store
 
 log = logging.getLogger(__name__)
 DEMO_VERSION = 1
@@ -105,4 +105,4 @@ def demo_store(gz, cfg, root: str | Path | None = None) -> Path:
     x = demo_features(points, ids, cfg)
     return write_store(out, torch.from_numpy(x).to(torch.float16), points,
                        backbone="synthetic-demo", weights="none",
-                       source="hiergeo.train.demo", demo=settings)
+                       source="hiergeo.data.demo", demo=settings)
