@@ -194,8 +194,8 @@ def load_run(run: str | Path, device: str = "auto"):
 
     import gazetteer
 
+    from .model import checkpoint
     from .model.build import build_model
-    from .train import checkpoint
     from .train.config import from_dict
 
     run = Path(run)

@@ -450,7 +450,7 @@ def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_pat
 
 def _with_memory(run_dir: Path, to: Path) -> Path:
     """A copy of a run whose model mixes in its retrieval memory (weights 0.6 per level)."""
-    from hiergeo.train import checkpoint
+    from hiergeo.model import checkpoint
 
     shutil.copytree(run_dir, to)
     ck = checkpoint.load(to / checkpoint.NAME)

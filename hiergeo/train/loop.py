@@ -30,10 +30,10 @@ from gazetteer.keys import LEVELS
 from ..data.store import atomic_write_text
 from ..losses import GeoWeightedContrastive, parent_hinge
 from ..losses.contrastive import block_size
+from ..model import checkpoint
 from ..model.build import build_model, tree_embedding
 from ..model.geolocator import level_query
 from ..model.hierarchy import Hierarchy
-from . import checkpoint
 from .batches import StepRows, batches, steps_per_epoch
 from .candidates import CandidateSampler
 from .config import Config, ConfigError, from_dict
