@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo photos test lint install clean-venv
+.PHONY: demo photos notebooks test lint install clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hiergeo needs Python >= 3.11"'
@@ -35,6 +35,11 @@ photos: $(STAMP)
 	    $(SHARED)/exif_gps $(SHARED)/bad_inputs --out $(PHOTOS)/predictions.csv \
 	    --out $(PHOTOS)/predictions.geojson --map $(PHOTOS)/predictions.html
 	@echo "open $(PHOTOS)/predictions.html in a browser (it works offline)"
+
+# The notebooks' source is notebooks/*.py (Jupytext percent format); this writes the .ipynb
+# beside each, without outputs
+notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --to ipynb notebooks/*.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

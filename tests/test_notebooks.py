@@ -13,7 +13,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 def _execute(name: str, params: dict, tmp_path) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
-        f"{name}: outputs must be stripped in git (python scripts/make_notebooks.py)"
+        f"{name}: outputs must be stripped in git (make notebooks)"
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(at + 1, new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())))
     NotebookClient(nb, timeout=120, kernel_name="python3",
@@ -52,3 +52,18 @@ def test_03_errors_by_country(smoke_run, tmp_path, cache_env):
 def test_notebooks_use_only_the_public_api(name):
     src = "\n".join(c.source for c in nbformat.read(NOTEBOOKS / name, as_version=4).cells)
     assert "._" not in src  # no private attributes or modules
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in NOTEBOOKS.glob("*.py")))
+def test_each_notebook_is_its_jupytext_source(name):
+    """``notebooks/NAME.py`` (Jupytext percent format: linted, diffable, runnable as a
+    script) is the source; ``NAME.ipynb`` must hold the same cells (``make notebooks``)."""
+    import jupytext
+
+    src = jupytext.read(NOTEBOOKS / f"{name}.py")
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in nb.cells] == [
+        (c.cell_type, c.source) for c in src.cells], \
+        f"notebooks/{name}.ipynb differs from its source {name}.py: run make notebooks"
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert ["parameters"] in tags
