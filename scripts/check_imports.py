@@ -4,8 +4,11 @@ statement (function-local ones too, as they run when the function does).
     python scripts/check_imports.py        # prints the cycles, exits 1 if there are any
 
 ``from package import name`` counts as importing ``package.name`` when that is a module, and
-``package`` (its ``__init__``) otherwise. A package's ``__init__`` importing its own modules is
-an edge like any other.
+``package`` (its ``__init__``) otherwise; importing ``a.b.c`` also runs ``a`` and ``a.b``'s
+``__init__``, so it counts as importing them too (except the packages the importing module is
+in: those are already running). A package's ``__init__`` importing its own
+modules is an edge like any other, except inside a module ``__getattr__`` (the lazy-export
+pattern: it runs only when that name is asked for, never because a submodule was imported).
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ def graph(mods: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for m, (f, is_pkg) in mods.items():
         here = m.split(".") if is_pkg else m.split(".")[:-1]
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        lazy = {id(n) for fn in tree.body if is_pkg and isinstance(fn, ast.FunctionDef)
+                and fn.name == "__getattr__" for n in ast.walk(fn)}
+        for node in ast.walk(tree):
+            if id(node) in lazy:
+                continue
             if isinstance(node, ast.ImportFrom):
                 base = here[:len(here) - node.level + 1] if node.level else []
                 target = ".".join([*base, *([node.module] if node.module else [])])
@@ -44,7 +52,12 @@ def graph(mods: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
                 found = [a.name for a in node.names]
             else:
                 continue
-            edges[m].update(t for t in found if t in mods and t != m)
+            for t in found:  # a module and every package above it run (but m's own
+                parts = t.split(".")  # packages, which are running already)
+                edges[m].update(q for q in (".".join(parts[:i]) for i in range(1, len(parts)))
+                                if not m.startswith(q + "."))
+                edges[m].add(t)
+            edges[m] = {t for t in edges[m] if t in mods and t != m}
     return edges
 
 

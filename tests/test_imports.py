@@ -34,3 +34,33 @@ def test_the_checker_finds_a_cycle_through_a_function_local_import(tmp_path):
     (tmp_path / "gazetteer").mkdir()
     (tmp_path / "gazetteer" / "__init__.py").write_text("")
     assert ck.cycles(ck.graph(ck.modules(tmp_path))) == [["hiergeo.a", "hiergeo.b"]]
+
+
+def test_the_checker_counts_the_packages_an_import_runs(tmp_path):
+    """Importing pkg.mod runs pkg/__init__ too: a cycle through an __init__ is found (the
+    one evaluation had through hiergeo.train's __init__), while lazy exports in a module
+    __getattr__ are not edges."""
+    ck = _checker()
+    root = tmp_path / "hiergeo"
+    (root / "pkg").mkdir(parents=True)
+    (root / "__init__.py").write_text(
+        "def __getattr__(name):\n    from .x import X\n    return X\n")
+    (root / "x.py").write_text("from hiergeo.pkg.mod import f\nX = 1\n")
+    (root / "pkg" / "__init__.py").write_text("from .other import g\n")
+    (root / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (root / "pkg" / "other.py").write_text("def g():\n    from hiergeo import x\n    return x\n")
+    (tmp_path / "gazetteer").mkdir()
+    (tmp_path / "gazetteer" / "__init__.py").write_text("")
+    assert ck.cycles(ck.graph(ck.modules(tmp_path))) == [
+        ["hiergeo.pkg", "hiergeo.pkg.other", "hiergeo.x"]]
+
+
+def test_reading_a_runs_config_does_not_load_the_trainer():
+    import subprocess
+    import sys
+
+    code = ("import sys; import hiergeo.evaluate, hiergeo.train.config; "
+            "print('hiergeo.train.loop' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

@@ -4,47 +4,24 @@
     python -m hiergeo.train --resume results/<run_id>
     torchrun --nproc_per_node N -m hiergeo.train ...      # DDP: nccl on GPU, gloo on CPU
 
-``main`` only parses; notebooks and tests call :func:`run` with a :class:`Config`.
+``main`` (:mod:`hiergeo.train.cli`) only parses; notebooks and tests call :func:`run` with
+a :class:`Config`.
 """
 
 from .config import Config, ConfigError, load_config
-from .loop import run
 
 __all__ = ["Config", "ConfigError", "load_config", "main", "run"]
 
 
-def main(argv=None) -> int:
-    import argparse
-    import logging
+def __getattr__(name: str):
+    # the loop (which calls evaluation) loads on first use, so that reading a run's config
+    # (hiergeo.train.config, as evaluation does) does not load the trainer
+    if name == "run":
+        from .loop import run
 
-    ap = argparse.ArgumentParser(
-        prog="python -m hiergeo.train",
-        description="Train hiergeo: image features -> entities of the Poincaré ball.")
-    ap.add_argument("--config", help="preset name (demo, osv5m, smoke) or YAML file; "
-                    "default: demo")
-    ap.add_argument("--resume", metavar="RUN_DIR",
-                    help="continue the run in this folder from its last checkpoint")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=1e-3")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.resume:
-        bad = [o for o in args.overrides if not o.startswith("hardware.")]
-        if args.config or bad:
-            ap.error("--resume takes the run's own config; only hardware.* overrides are "
-                     f"allowed (got {args.config or ''} {' '.join(bad)})")
-        cfg = load_config(None, args.overrides) if args.overrides else None
-        res = run(cfg, resume=args.resume)
-    else:
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as exc:
-            ap.error(str(exc))
-        res = run(cfg)
-    if res:
-        keys = ["acc_country", "acc_region", "acc_subregion", "acc_city", "median_km",
-                "geoscore", "train_seconds"]
-        print("final: " + ", ".join(f"{k} {res[k]:.4g}" for k in keys if k in res))
-        if "run_dir" in res:
-            print(f"results in {res['run_dir']}/: metrics.json, per_country.md, error_map.png, "
-                  "log.csv (results/README.md explains each)")
-    return 0
+        return run
+    if name == "main":
+        from .cli import main
+
+        return main
+    raise AttributeError(f"module 'hiergeo.train' has no attribute {name!r}")
