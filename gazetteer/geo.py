@@ -40,12 +40,15 @@ def haversine_km(lat1, lon1, lat2, lon2, xp=np):
     the gazetteer all call it.
 
     ``xp``: ``numpy`` (inputs converted to float64 arrays) or ``torch`` (tensors, kept on
-    their device; pass float64 for metre-level precision)."""
+    their device, computed in float64)."""
     if xp is np:
         lat1, lon1, lat2, lon2 = (np.asarray(v, np.float64) for v in (lat1, lon1, lat2, lon2))
-    r = np.pi / 180
-    p1, p2 = lat1 * r, lat2 * r
-    a = xp.sin((p1 - p2) / 2) ** 2 + xp.cos(p1) * xp.cos(p2) * xp.sin((lon1 - lon2) * r / 2) ** 2
+    else:
+        lat1, lon1, lat2, lon2 = (v.double() for v in (lat1, lon1, lat2, lon2))
+    # OSV-5M's order of operations: radians first, then the differences
+    p1, p2 = xp.deg2rad(lat1), xp.deg2rad(lat2)
+    dlon = xp.deg2rad(lon1) - xp.deg2rad(lon2)
+    a = xp.sin((p1 - p2) / 2) ** 2 + xp.cos(p1) * xp.cos(p2) * xp.sin(dlon / 2) ** 2
     a = a.clip(0.0, 1.0)
     return EARTH_RADIUS_KM * 2 * xp.arctan2(xp.sqrt(a), xp.sqrt(1 - a))
 

@@ -1,20 +1,18 @@
 """Property tests (hypothesis): what examples miss. Distances in the ball are symmetric and
 obey the triangle inequality up to its edge, the exponential and logarithmic maps invert each
-other there, longitudes wrap into range, keys nest, and the one haversine agrees with itself
-in numpy and torch."""
+other there, longitudes wrap into range, and the one haversine agrees with the chord formula
+and with itself in torch."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import pandas as pd
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gazetteer.geo import EARTH_RADIUS_KM, haversine_km, wrap_lon
-from gazetteer.keys import make_keys
+from gazetteer.geo import EARTH_RADIUS_KM, chord_to_km, haversine_km, to_xyz, wrap_lon
 from hiergeo.geometry import dist, dist0
 from hiergeo.geometry.constants import max_dist0
 from hiergeo.geometry.poincare import expmap0, logmap0
@@ -74,22 +72,13 @@ def test_longitudes_wrap_into_range_and_stay_congruent(lon):
 
 
 @SETTINGS
-@given(st.lists(st.tuples(*[st.text(max_size=12)] * 4), min_size=1, max_size=5))
-def test_keys_nest_child_in_parent(rows):
-    """Whatever the parts (underscores included), each level's key ends with its parent's,
-    after an underscore: the tree is built on that."""
-    cc, a1, a2, name = (pd.Series([r[i] for r in rows], dtype=object) for i in range(4))
-    k = make_keys(cc, a1, a2, name)
-    for child, parent in (("region", "country"), ("subregion", "region"),
-                          ("city", "subregion")):
-        for ck, pk in zip(k[child], k[parent], strict=True):
-            assert ck.endswith("_" + pk)
-
-
-@SETTINGS
 @given(st.floats(-90, 90), st.floats(-180, 180), st.floats(-90, 90), st.floats(-180, 180))
-def test_haversine_is_one_function_in_numpy_and_torch(lat1, lon1, lat2, lon2):
+def test_haversine_agrees_with_the_chord_and_in_torch(lat1, lon1, lat2, lon2):
+    """The one haversine against an independent formula (the chord between unit vectors)
+    and itself in torch; symmetric, 0 on one point, at most half the circumference."""
     km = float(haversine_km(lat1, lon1, lat2, lon2))
+    chord = np.linalg.norm(to_xyz([lat1], [lon1])[0] - to_xyz([lat2], [lon2])[0])
+    assert math.isclose(km, float(chord_to_km(chord)), rel_tol=1e-9, abs_tol=1e-6)
     back = float(haversine_km(lat2, lon2, lat1, lon1))
     t = float(haversine_km(*(torch.tensor(v, dtype=torch.float64)
                              for v in (lat1, lon1, lat2, lon2)), xp=torch))

@@ -361,9 +361,9 @@ class Training:
     sparse_entities: bool
     step_rows: StepRows
     total: int
-    full_levels: list
-    sampler: CandidateSampler | None
-    bf16: bool
+    full_levels: list | None = None   # per level, whether every entity is a candidate
+    sampler: CandidateSampler | None = None
+    bf16: bool = False
     step: int = 0
 
 
@@ -449,28 +449,28 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
     if cfg.optim.max_steps is not None:
         total = min(total, cfg.optim.max_steps)
     head_params, opt, sched, ent_opt, ent_sched, sparse = _optimisers(cfg, model, total, dev)
+    tr = Training(cfg, d, procs, gz, data, model, hier, model, head_params, opt, sched,
+                  ent_opt, ent_sched, sparse, step_rows, total)
+    if ckpt is not None:
+        _resume(tr, ckpt)
+    if procs.main:  # written before anything below can refuse to start
+        atomic_write_text(d / "config.yaml", cfg.to_yaml())
+        (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
     if procs.world > 1 and sparse:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
                           "buckets cannot hold sparse tensors); use dense or auto")
-    train_model = model if procs.world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    full_levels = _full_levels(cfg, hier, dev, math.ceil(B / procs.world))
-    sampler = None
+    if procs.world > 1:
+        tr.train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    tr.full_levels = full_levels = _full_levels(cfg, hier, dev, math.ceil(B / procs.world))
     if cfg.loss.scope == "level":  # loss.scope=siblings takes every sibling, never samples
-        sampler = None if all(full_levels) else CandidateSampler(hier)
+        tr.sampler = None if all(full_levels) else CandidateSampler(hier)
         if procs.main:
             log.info("candidates per level: %s", ", ".join(
                 f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
                                                                        strict=True)))
-    bf16 = cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto"
-                                                and dev.type == "cuda")
-    tr = Training(cfg, d, procs, gz, data, model, hier, train_model, head_params, opt, sched,
-                  ent_opt, ent_sched, sparse, step_rows, total, full_levels, sampler, bf16)
-    if ckpt is not None:
-        _resume(tr, ckpt)
-    if procs.main:
-        atomic_write_text(d / "config.yaml", cfg.to_yaml())
-        (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
+    tr.bf16 = cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto"
+                                                   and dev.type == "cuda")
     return tr
 
 
