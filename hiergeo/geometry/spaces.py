@@ -241,10 +241,11 @@ def make_space(name: str, c: float = 1.0, max_radius: float | None = None,
                sphere_radius: float = 7.5) -> Space:
     """A space by name (one of :data:`SPACES`); ``sphere_radius`` is the sphere's only."""
     if name not in SPACE_CLASSES:
-        raise ValueError(f"geometry must be one of {SPACES}, not {name!r}")
+        raise ValueError(f"geometry must be one of {tuple(SPACE_CLASSES)}, not {name!r}")
     kwargs = {"radius": sphere_radius} if name == "sphere" else {}
     return SPACE_CLASSES[name](c, max_radius, **kwargs)
 
 
-#: the spaces' names, in the order they are defined (the default first)
+#: the shipped spaces' names, in the order they are defined (the default first); a space
+#: registered later is in SPACE_CLASSES, which make_space and the config read
 SPACES = tuple(SPACE_CLASSES)

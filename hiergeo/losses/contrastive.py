@@ -24,9 +24,10 @@ With one candidate table for the whole batch (every entity of a level),
 :meth:`GeoWeightedContrastive.full` can stream the table in blocks of entities: the same value
 and gradients in memory that grows with the block, not the level (:func:`block_size`).
 
-Following pytorch-metric-learning, the loss takes its distance as an object and turns distances
-into logits by negation. Entity points stay in float64 (see CONVENTIONS.md); logits are cast to
-the dtype of the query ``z``.
+As pytorch-metric-learning's losses take a distance object, this one takes the space (a
+:mod:`hiergeo.geometry.spaces` space: ``space(z, e)``, ``.pair``, ``.matrix``) and turns its
+distances into logits by negation. Entity points stay in float64; logits are cast to the dtype
+of the query ``z``.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ class GeoWeightedContrastive:
     """One level's loss; see the module docstring.
 
     Args:
-        distance: a callable ``(z [B, D], e [B, K, D]) -> [B, K]``.
+        space: a :mod:`hiergeo.geometry.spaces` space: called as ``space(z [B, D],
+            e [B, K, D]) -> [B, K]`` distances, and ``.pair`` / ``.matrix`` for
+            :meth:`full` and :meth:`grouped`.
         tau: temperature.
         sigma_km: distance scale of the negative weights (``float("inf")`` allowed).
         lam: how much a negative at distance 0 is up-weighted, ``form="paper"`` only;
@@ -125,7 +128,7 @@ class GeoWeightedContrastive:
             (``w = exp(-km/sigma)``).
     """
 
-    def __init__(self, distance, tau: float = 0.1, sigma_km: float = 1000.0,
+    def __init__(self, space, tau: float = 0.1, sigma_km: float = 1000.0,
                  lam: float = 1.0, form: str = "paper"):
         if not tau > 0 or not sigma_km > 0:
             raise ValueError(f"tau and sigma_km must be positive, got {tau}, {sigma_km}")
@@ -133,7 +136,7 @@ class GeoWeightedContrastive:
             raise ValueError(f"lam must be finite and >= 0, got {lam}")
         if form not in WEIGHT_FORMS:
             raise ValueError(f"form must be one of {', '.join(WEIGHT_FORMS)}, not {form!r}")
-        self.distance = distance
+        self.space = space
         self.tau = float(tau)
         self.sigma_km = float(sigma_km)
         self.lam = float(lam)
@@ -165,7 +168,7 @@ class GeoWeightedContrastive:
 
         See :meth:`full` for candidates shared by the whole batch.
         """
-        logits = (-self.distance(z, cand_points) / self.tau).to(z.dtype)
+        logits = (-self.space(z, cand_points) / self.tau).to(z.dtype)
         km = haversine_km_torch(latlon[:, None, 0], latlon[:, None, 1], cand_latlon[..., 0],
                                 cand_latlon[..., 1])
         log_w = self.log_weight(km)
@@ -185,14 +188,14 @@ class GeoWeightedContrastive:
              latlon: torch.Tensor, target: torch.Tensor, block: int | None = None) -> dict:
         """The same loss with one candidate table for the whole batch (all entities of a
         level): ``points [N, D]``, ``points_latlon [N, 2]``, ``target [B]`` the row of each
-        sample's positive. Needs ``distance.matrix``.
+        sample's positive. Needs ``space.matrix``.
 
         ``block=None`` scores the whole table at once: 7 float64 ``[B, N]`` tensors live
         until backward, 10 to 12 at the peak (``benchmarks/bench_loss_memory.py``).
         ``block=k`` streams the table ``k`` entities at a time (:class:`_StreamingLSE`): the
         same value and gradients in ``O(B x k)`` memory, for a second pass over the table in
         backward (:func:`block_size` picks ``k`` from memory). The positive's logit then comes
-        from ``distance.pair`` rather than the matrix form, which differ by rounding (see
+        from ``space.pair`` rather than the matrix form, which differ by rounding (see
         :meth:`~hiergeo.geometry.spaces.Space.matrix`).
 
         Returns:
@@ -203,11 +206,11 @@ class GeoWeightedContrastive:
             if block < 1:
                 raise ValueError(f"block must be >= 1, got {block}")
             lse = _StreamingLSE.apply(z, points, latlon, points_latlon, target, self, block)
-            pos = (-self.distance.pair(z.to(torch.float64), points[target].to(torch.float64))
+            pos = (-self.space.pair(z.to(torch.float64), points[target].to(torch.float64))
                    / self.tau).to(z.dtype)
             loss = lse - pos
             return {"loss": loss.mean(), "per_sample": loss}
-        logits = (-self.distance.matrix(z, points) / self.tau).to(z.dtype)
+        logits = (-self.space.matrix(z, points) / self.tau).to(z.dtype)
         km = haversine_matrix_km(latlon, points_latlon)
         log_w = self.log_weight(km).to(logits.dtype)
         rows = torch.arange(len(z), device=z.device)
@@ -229,7 +232,7 @@ class GeoWeightedContrastive:
 
     def _block_scores(self, z: torch.Tensor, points: torch.Tensor,
                       log_w: torch.Tensor) -> torch.Tensor:
-        return (-self.distance.matrix(z, points) / self.tau).to(z.dtype) + log_w
+        return (-self.space.matrix(z, points) / self.tau).to(z.dtype) + log_w
 
     def grouped(self, z: torch.Tensor, cand_points: torch.Tensor, cand_latlon: torch.Tensor,
                 latlon: torch.Tensor, query: torch.Tensor, positive: torch.Tensor,
@@ -245,7 +248,7 @@ class GeoWeightedContrastive:
         if check and (int(positive.sum()) != B or not bool(
                 torch.bincount(query[positive], minlength=B).eq(1).all())):
             raise ValueError("every query needs exactly one positive pair")
-        logits = (-self.distance.pair(z[query].to(torch.float64),
+        logits = (-self.space.pair(z[query].to(torch.float64),
                                       cand_points.to(torch.float64)) / self.tau).to(z.dtype)
         km = haversine_km_torch(latlon[query, 0], latlon[query, 1], cand_latlon[:, 0],
                                 cand_latlon[:, 1])

@@ -368,8 +368,8 @@ def validate(cfg: Config) -> None:
     """Refuse a config whose values cannot work together, naming the key. One flat list of
     independent checks, one or two per key (longer than a screen on purpose: splitting it
     would scatter the checks a reader looks for in one place)."""
-    from ..geometry.spaces import SPACES
-    from ..model.geolocator import QUERY_MODES
+    from ..geometry.spaces import SPACE_CLASSES
+    from ..model.geolocator import ENCODERS, QUERY_MODES
 
     def need(ok, msg):
         if not ok:
@@ -404,12 +404,12 @@ def validate(cfg: Config) -> None:
          f"{cfg.eval.memory_k}, {cfg.eval.memory_temperature}")
     need(cfg.model.queries in QUERY_MODES,
          f"model.queries must be shared or per_level, not {cfg.model.queries!r}")
-    need(cfg.model.geometry in SPACES,
-         f"model.geometry must be one of {', '.join(SPACES)}, not {cfg.model.geometry!r}")
+    need(cfg.model.geometry in SPACE_CLASSES, f"model.geometry must be one of "
+         f"{', '.join(SPACE_CLASSES)}, not {cfg.model.geometry!r}")
     need(cfg.model.dim >= 2, f"model.dim must be >= 2, got {cfg.model.dim}")
     need(cfg.model.c > 0, f"model.c (curvature) must be positive, got {cfg.model.c}")
-    need(cfg.model.encoder in ("features", "timm"),
-         f"model.encoder must be features or timm, not {cfg.model.encoder!r}")
+    need(cfg.model.encoder in ENCODERS,
+         f"model.encoder must be one of {', '.join(ENCODERS)}, not {cfg.model.encoder!r}")
     need(min(cfg.run.log_every, cfg.run.checkpoint_every, cfg.run.val_every) >= 0,
          "run.log_every, run.checkpoint_every and run.val_every must be >= 0 (0: only at the "
          f"end), got {cfg.run.log_every}, {cfg.run.checkpoint_every}, {cfg.run.val_every}")
