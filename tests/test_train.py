@@ -495,6 +495,20 @@ def test_numeric_looking_strings_and_zero_intervals(tmp_path, cache_env):
     assert from_dict(yaml.safe_load(cfg.to_yaml())).run.id == "2024"
     with pytest.raises(ConfigError, match="optim.lr: expected a number"):
         load_config("smoke", ["optim.lr=fast"])
+    # numbers as YAML writes them: the text for a string field, the value for a number field
+    odd = load_config("smoke", ["run.id=010", "model.max_radius=.inf", "run.seed=0x10",
+                                "data.feature_dim=1e3"])
+    assert (odd.run.id, odd.model.max_radius, odd.run.seed, odd.data.feature_dim) == (
+        "010", float("inf"), 16, 1000)
+    assert type(odd.run.id) is str  # a plain string (safe_dump writes config.yaml)
+    f.write_text("base: smoke\nrun:\n  id: 1.0e+3\n")
+    assert load_config(str(f)).run.id == "1.0e+3"
+    for bad in ("optim.grad_clip=.nan", "optim.max_steps=.inf"):
+        with pytest.raises(ConfigError):
+            load_config("smoke", [bad])
+    f.write_text("base: smoke\noptim:\n  grad_clip: nan\n")
+    with pytest.raises(ConfigError, match="NaN"):
+        load_config(str(f))
     with pytest.raises(ConfigError, match="must be >= 0"):
         load_config("smoke", ["run.log_every=-1"])
     res = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=zero", "run.log_every=0",

@@ -15,6 +15,7 @@ Hardware choices (device, precision, workers) are kept apart from experiment cho
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -254,22 +255,28 @@ def _coerce(value, tp, where: str):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp in (int, float) and isinstance(value, str) and _looks_numeric(value):
-        value = float(value)  # YAML 1.1 reads "1e-3" as a string; overrides keep their text
+    if tp in (int, float):
+        if isinstance(value, Number):
+            value = value.value
+        elif isinstance(value, str) and _looks_numeric(value):
+            value = float(value)  # YAML 1.1 reads "1e-3" as a string
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or int(value) != value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{where}: NaN is not a usable value")
         return float(value)
     if tp is str:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)  # a YAML file's unquoted run id: 2024
+            return str(value)  # a resolved config.yaml's unquoted number
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+        return str(value)  # a Number's text as written: run.id=010 stays "010"
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
@@ -305,12 +312,9 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override {text!r} is not key.sub=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.load(raw, Loader=_Loader) if raw != "" else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = raw.strip()  # the text as typed: run.id=2024 stays "2024", a number field
-        #                      converts it (_coerce)
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -318,6 +322,30 @@ def parse_override(text: str) -> dict:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
+
+
+class Number(str):
+    """A number as written in YAML (``010``, ``1.0e+3``, ``.inf``): its text, for string
+    fields (run.id=2024 is "2024"), and ``.value``, YAML's reading of it, for number
+    fields."""
+
+    value: int | float
+
+    def __new__(cls, text: str, value):
+        out = super().__new__(cls, text)
+        out.value = value
+        return out
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, keeping each number's text beside its value (:class:`Number`)."""
+
+
+for _tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+    _Loader.add_constructor(_tag, lambda loader, node, _tag=_tag: Number(
+        node.value, getattr(yaml.SafeLoader, {"tag:yaml.org,2002:int": "construct_yaml_int",
+                                              "tag:yaml.org,2002:float": "construct_yaml_float"}[
+            _tag])(loader, node)))
 
 
 def _looks_numeric(s: str) -> bool:
@@ -330,7 +358,7 @@ def _looks_numeric(s: str) -> bool:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(values, dict):
