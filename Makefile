@@ -37,9 +37,9 @@ photos: $(STAMP)
 	@echo "open $(PHOTOS)/predictions.html in a browser (it works offline)"
 
 # The notebooks' source is notebooks/*.py (Jupytext percent format); this writes the .ipynb
-# beside each, without outputs
+# beside each (or the .py from a newer .ipynb), keeping cell ids and outputs
 notebooks: $(STAMP)
-	$(VENV)/bin/jupytext --to ipynb notebooks/*.py
+	$(VENV)/bin/jupytext --sync notebooks/*.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
