@@ -173,3 +173,23 @@ def test_cli_writes_metrics_points_and_picture(tree, tmp_path):
     assert metrics["map"] == 1.0 and metrics["dim"] == 4
     assert load_embedding(out).points.shape == (len(tree.entities), 4)
     assert (out / "disk.png").stat().st_size > 10_000
+
+
+def test_sibling_retrieval_with_pytorch_metric_learning(tree):
+    """PML's AccuracyCalculator in the ball: a construction keeps siblings nearest each
+    other; points shuffled between entities of a level do not."""
+    from hiergeo.embedding.quality import sibling_retrieval
+
+    emb = embed_tree(tree, dim=8)
+    e = tree.entities
+    parent, depth = e["parent_id"].to_numpy(), e["depth"].to_numpy()
+    good = sibling_retrieval(emb.points.double(), parent, depth, emb.c)
+    assert set(good) == {"sibling_precision_at_1", "sibling_map_at_r"}
+    assert all(v >= 0.9 for v in good["sibling_precision_at_1"].values())
+    pts = emb.points.double().clone()
+    rng = np.random.default_rng(0)
+    for d in (2, 3, 4):
+        ids = np.flatnonzero(depth == d)
+        pts[ids] = pts[rng.permutation(ids)]
+    bad = sibling_retrieval(pts, parent, depth, emb.c)
+    assert bad["sibling_map_at_r"]["city"] < good["sibling_map_at_r"]["city"]

@@ -192,3 +192,25 @@ def test_sphere_distance_keeps_the_asin_form():
     y = _space_points(space, 200, 6, 1.0, 9)
     old = 2 * space.radius * torch.asin(((x - y).norm(dim=-1) / 2).clamp(max=1.0))
     assert (space.pair(x, y) - old).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("name", ["poincare", "lorentz", "euclidean", "sphere"])
+def test_spaces_as_pytorch_metric_learning_distances(name):
+    """SpaceDistance is the space's distance for PML: its matrix equals a plain loop of the
+    space's pair distance, and PML's own k-nearest-neighbour search ranks by it."""
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    from hiergeo.geometry.pml import SpaceDistance
+    from hiergeo.geometry.spaces import make_space
+
+    space = make_space(name, 1.0)
+    g = torch.Generator().manual_seed(0)
+    q = space.query(torch.randn(5, 4, generator=g, dtype=torch.float64))
+    r = space.query(torch.randn(7, 4, generator=g, dtype=torch.float64))
+    dist_fn = SpaceDistance(space)
+    mat = dist_fn(q, r)
+    loop = torch.stack([torch.stack([space.pair(q[i], r[j]) for j in range(len(r))])
+                        for i in range(len(q))])
+    assert torch.allclose(mat, loop, rtol=1e-10, atol=1e-10)
+    d, idx = CustomKNN(dist_fn)(q, 3, r, False)
+    assert torch.equal(idx, loop.topk(3, dim=1, largest=False).indices)

@@ -119,6 +119,40 @@ def norms(points: torch.Tensor, depth: np.ndarray, c: float) -> dict:
     return out
 
 
+def sibling_retrieval(pts: torch.Tensor, parent: np.ndarray, depth: np.ndarray, c: float,
+                      n_nodes: int = 2000, seed: int = 0) -> dict:
+    """pytorch-metric-learning's ``AccuracyCalculator`` in the ball
+    (:class:`~hiergeo.geometry.pml.SpaceDistance`): per level below the countries, for up
+    to ``n_nodes`` sampled nodes that have siblings, whether the nearest nodes of their
+    level are their siblings (label = parent): ``sibling_precision_at_1`` and
+    ``sibling_map_at_r`` (MAP@R, R = the node's siblings)."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    from ..geometry.pml import SpaceDistance
+    from ..geometry.spaces import make_space
+
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"),
+                              k="max_bin_count", device=torch.device("cpu"),
+                              knn_func=CustomKNN(SpaceDistance(make_space("poincare", c)),
+                                                 batch_size=256))
+    rng = np.random.default_rng([seed, 7])
+    p1, mapr = {}, {}
+    for d, name in ((2, "region"), (3, "subregion"), (4, "city")):
+        ids = np.flatnonzero(depth == d)
+        siblings = np.bincount(parent[ids], minlength=len(parent))[parent[ids]]
+        cand = ids[siblings >= 2]
+        if len(cand) == 0:
+            continue
+        q = np.sort(rng.choice(cand, size=min(n_nodes, len(cand)), replace=False))
+        ref = np.concatenate([q, np.setdiff1d(ids, q)])  # PML wants the queries first
+        res = calc.get_accuracy(pts[q], torch.from_numpy(parent[q]), pts[ref],
+                                torch.from_numpy(parent[ref]), ref_includes_query=True)
+        p1[name] = round(float(res["precision_at_1"]), 4)
+        mapr[name] = round(float(res["mean_average_precision_at_r"]), 4)
+    return {"sibling_precision_at_1": p1, "sibling_map_at_r": mapr}
+
+
 def evaluate_embedding(emb, gz, *, n_map_nodes: int = 2000, n_pairs: int = 100_000,
                        seed: int = 0) -> dict:
     """All quality figures of ``emb`` (an :class:`~hiergeo.embedding.Embedding`) on ``gz``."""
@@ -137,6 +171,7 @@ def evaluate_embedding(emb, gz, *, n_map_nodes: int = 2000, n_pairs: int = 100_0
     out.update(distortion(pts, gz.ancestors, depth, emb.c, n_pairs, seed))
     out.update(sibling_geography(pts, parent, depth, e["lat"].to_numpy(), e["lon"].to_numpy(),
                                  emb.c, seed=seed))
+    out.update(sibling_retrieval(pts, parent, depth, emb.c, n_map_nodes, seed))
     out["norms"] = norms(pts, depth, emb.c)
     out["embed_seconds"] = round(emb.seconds, 3)
     out["eval_seconds"] = round(time.perf_counter() - t0, 3)
