@@ -194,9 +194,9 @@ def load_run(run: str | Path, device: str = "auto"):
 
     import gazetteer
 
+    from .config import from_dict
     from .model import checkpoint
     from .model.build import build_model
-    from .train.config import from_dict
 
     run = Path(run)
     if not (run / "config.yaml").exists():

@@ -59,7 +59,7 @@ def test_reading_a_runs_config_does_not_load_the_trainer():
     import subprocess
     import sys
 
-    code = ("import sys; import hiergeo.evaluate, hiergeo.train.config; "
+    code = ("import sys; import hiergeo.evaluate, hiergeo.config; "
             "print('hiergeo.train.loop' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

@@ -35,7 +35,7 @@ def test_config_presets_and_overrides(tmp_path):
     cfg = load_config(f)
     assert cfg.optim.batch_size == 8 and cfg.model.hidden == 64 and cfg.preset == "mine"
     # the resolved config round-trips
-    from hiergeo.train.config import from_dict
+    from hiergeo.config import from_dict
 
     assert from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
@@ -468,7 +468,7 @@ def test_each_level_trains_its_own_query_point(small):
 
 
 def test_configs_from_before_per_level_queries_load_as_shared(tmp_path):
-    from hiergeo.train.config import from_dict
+    from hiergeo.config import from_dict
 
     old = load_config("smoke").to_dict()
     del old["model"]["queries"]
@@ -482,7 +482,7 @@ def test_numeric_looking_strings_and_zero_intervals(tmp_path, cache_env):
     """A string field takes a numeric-looking value as its text (run.id=2024, in an override
     and in a YAML file, and back from config.yaml); number fields still read "1e-3"; an
     interval of 0 means only at the end."""
-    from hiergeo.train.config import from_dict
+    from hiergeo.config import from_dict
 
     cfg = load_config("smoke", ["run.id=2024", "optim.lr=1e-3", "data.train=007",
                                 "loss.sigma_km=[.inf, 500, 150, 50]"])

@@ -1,4 +1,4 @@
-"""A model and its entity hierarchy from a run's config (``hiergeo.train.config.Config``,
+"""A model and its entity hierarchy from a run's config (``hiergeo.config.Config``,
 read here by attribute only): the trainer builds one to train, evaluation and export one to
 load a checkpoint into."""
 

@@ -8,14 +8,14 @@
 a :class:`Config`.
 """
 
-from .config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 
 __all__ = ["Config", "ConfigError", "load_config", "main", "run"]
 
 
 def __getattr__(name: str):
     # the loop (which calls evaluation) loads on first use, so that reading a run's config
-    # (hiergeo.train.config, as evaluation does) does not load the trainer
+    # (hiergeo.config, as evaluation does) does not load the trainer
     if name == "run":
         from .loop import run
 

@@ -7,7 +7,7 @@ def main(argv=None) -> int:
     import argparse
     import logging
 
-    from .config import ConfigError, load_config
+    from ..config import ConfigError, load_config
     from .loop import run as _run
 
     ap = argparse.ArgumentParser(

@@ -27,6 +27,7 @@ import yaml
 
 from gazetteer.keys import LEVELS
 
+from ..config import Config, ConfigError, from_dict
 from ..data.store import atomic_write_text
 from ..losses import GeoWeightedContrastive, parent_hinge
 from ..losses.contrastive import block_size
@@ -36,7 +37,6 @@ from ..model.geolocator import level_query
 from ..model.hierarchy import Hierarchy
 from .batches import StepRows, batches, steps_per_epoch
 from .candidates import CandidateSampler
-from .config import Config, ConfigError, from_dict
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A run's config is the defaults, then a preset or YAML file, then command-line overrides, in
 that order; the resolved config is written to ``results/<run_id>/config.yaml`` and is all a
-``--resume`` needs. Presets live in ``hiergeo/train/presets/``: ``demo`` (used when no
+``--resume`` needs. Presets live in ``hiergeo/presets/``: ``demo`` (used when no
 ``--config`` is given: the embedded synthetic demo), ``default`` (the dataclass defaults alone,
 for your own store; what the names benchmark trains), ``osv5m`` (the real benchmark layout),
 ``photos`` (a small model on the shared playset photos, for ``make photos``), ``smoke``
@@ -396,14 +396,14 @@ def validate(cfg: Config) -> None:
     """Refuse a config whose values cannot work together, naming the key. One flat list of
     independent checks, one or two per key (longer than a screen on purpose: splitting it
     would scatter the checks a reader looks for in one place)."""
-    from ..geometry.spaces import SPACE_CLASSES
-    from ..model.geolocator import ENCODERS, QUERY_MODES
+    from .geometry.spaces import SPACE_CLASSES
+    from .model.geolocator import ENCODERS, QUERY_MODES
 
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
 
-    from ..losses import WEIGHT_FORMS
+    from .losses import WEIGHT_FORMS
 
     n = len(LEVELS)
     for name in ("tau", "sigma_km", "lam", "weights"):
