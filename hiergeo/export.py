@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -47,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from gazetteer.sources import file_sha256
 
 from .data.store import atomic_write_text, temporary_names
 from .version import __version__
@@ -109,7 +110,7 @@ def _weights_ref(weights: str, pin: dict | None = None) -> dict:
             "export where the file is, or pass --features-only (a model that takes features, "
             "not photos)")
     return {"weights": str(path), "weights_bytes": path.stat().st_size,
-            "weights_sha256": _sha256(path)}
+            "weights_sha256": file_sha256(path)}
 
 
 def _backbone_meta(cfg, store: str | Path | None = None, features_only: bool = False
@@ -283,14 +284,6 @@ def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
 
 
 # -- writing and reading ---------------------------------------------------------------------
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``p`` into the folder ``out`` (created; an existing model folder is replaced
     only with ``overwrite``). Each file is written under a temporary name and renamed, and
@@ -327,7 +320,7 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
         put(name, lambda t, text=text: t.write_text(text, encoding="utf-8"))
     put("model.json", lambda t: t.write_text(json.dumps(p.meta, indent=2) + "\n",
                                              encoding="utf-8"))
-    sums = "".join(f"{_sha256(out / n)}  {n}\n" for n in sorted(written))
+    sums = "".join(f"{file_sha256(out / n)}  {n}\n" for n in sorted(written))
     atomic_write_text(out / SUMS, sums)
     return out
 
@@ -357,7 +350,7 @@ def verify(folder: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
         if not path.is_file():
             raise ModelFolderError(f"{path}: missing (listed in {SUMS})")
         try:
-            got = _sha256(path)
+            got = file_sha256(path)
         except OSError as exc:
             raise ModelFolderError(f"{path}: cannot read it ({exc})") from exc
         if got != digest:
@@ -373,7 +366,7 @@ def verify(folder: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
 def sums_digest(folder: str | Path) -> str:
     """sha256 of a model folder's ``SHA256SUMS``: one digest for the whole folder (the
     export prints it; ``read(expect_sha256=)`` pins a model to it)."""
-    return _sha256(Path(folder) / SUMS)
+    return file_sha256(Path(folder) / SUMS)
 
 
 def read(folder: str | Path, *, check: bool = True, memory: bool = True,
@@ -493,7 +486,7 @@ def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
                 f"on this disk: copy it there, pass backbone_weights=PATH "
                 f"(--backbone-weights), or export the model with --include-backbone")
         pinned = bb.get("weights_sha256")
-        if pinned and _sha256(path) != pinned:
+        if pinned and file_sha256(path) != pinned:
             raise WeightsError(
                 f"{path}: not the weights the model's features were extracted with (sha256 "
                 f"{pinned[:12]}..., {bb.get('weights_bytes')} bytes, was {ref}); other "

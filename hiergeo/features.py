@@ -64,6 +64,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from gazetteer.sources import file_sha256
+
 from .data.images import ImageRows, collate_images
 from .data.records import read_records
 from .data.store import (
@@ -196,11 +198,7 @@ def _weights_pin(weights: str) -> dict:
     path = Path(str(weights))
     if not path.is_file():
         return {}
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return {"weights_path": str(path.resolve()), "weights_sha256": h.hexdigest()}
+    return {"weights_path": str(path.resolve()), "weights_sha256": file_sha256(path)}
 
 
 def _write_meta(out: Path, meta: dict) -> None:

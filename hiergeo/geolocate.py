@@ -248,7 +248,7 @@ class Geolocator:
         if stores:
             if len(stores) != len(items):
                 raise ValueError("feature stores and photos cannot be mixed in one call")
-            table, records, skipped = self._predict_stores(stores, topk, batch_size)
+            table, records, skipped = self._predict_stores(stores, topk)
         else:
             t = time.perf_counter()
             photos = collect_photos(items, gps=False)
@@ -266,7 +266,7 @@ class Geolocator:
         tm.seconds = time.perf_counter() - t0
         return table
 
-    def _predict_stores(self, stores, topk, batch_size):
+    def _predict_stores(self, stores, topk):
         from .data.splits import read_index_rows, store_features
         from .data.store import FeatureStore
 

@@ -57,7 +57,7 @@ def graph(mods: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
                 edges[m].update(q for q in (".".join(parts[:i]) for i in range(1, len(parts)))
                                 if not m.startswith(q + "."))
                 edges[m].add(t)
-            edges[m] = {t for t in edges[m] if t in mods and t != m}
+        edges[m] = {t for t in edges[m] if t in mods and t != m}
     return edges
 
 
@@ -98,10 +98,11 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> int:
-    found = cycles(graph(modules()))
+    mods = modules()
+    found = cycles(graph(mods))
     for group in found:
         print("import cycle: " + " -> ".join(group))
-    print(f"{len(found)} import cycles among {len(modules())} modules")
+    print(f"{len(found)} import cycles among {len(mods)} modules")
     return 1 if found else 0
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gazetteer.sources import file_sha256
 from hiergeo import Geolocator, export
 from hiergeo.data.photos import collect_photos
 from hiergeo.export import ModelFolderError
@@ -527,7 +528,7 @@ def test_an_entity_table_that_is_not_a_tree_is_refused(photo_run, tmp_path):
     e.to_parquet(bad / "entities.parquet", index=False)
     sums = [line.split("  ") for line in (bad / "SHA256SUMS").read_text().splitlines()]
     (bad / "SHA256SUMS").write_text("".join(
-        f"{export._sha256(bad / n) if n == 'entities.parquet' else d}  {n}\n" for d, n in sums))
+        f"{file_sha256(bad / n) if n == 'entities.parquet' else d}  {n}\n" for d, n in sums))
     with pytest.raises(ModelFolderError, match="not a tree"):
         Geolocator.load(bad)
 
@@ -670,7 +671,7 @@ def test_backbone_weights_are_pinned_at_extraction(photos, tmp_path):
     extract(records, tmp_path / "store", backbone=create_backbone(EMBEDDED, weights=wfile),
             workers=0, progress=False)
     st = json.loads((tmp_path / "store" / "store.json").read_text())
-    digest = export._sha256(wfile)
+    digest = file_sha256(wfile)
     assert st["weights_sha256"] == digest and st["weights_path"] == str(wfile.resolve())
     assert _weights_ref("elsewhere.pth", st)["weights_sha256"] == digest
     assert _weights_ref(str(wfile))["weights_sha256"] == digest

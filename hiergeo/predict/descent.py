@@ -252,8 +252,8 @@ def _keep_best(hist, prob, score, lvl: int, beam, child, query, logp, keep: int)
     cand_score = score.reshape(-1)[beam] + logp
     pick, alive = topk_per_query(cand_score, query, B, keep)
     src = beam[pick]
-    hist = hist.reshape(B * W, NLEV)[src].clone()
-    prob = prob.reshape(B * W, NLEV)[src].clone()
+    hist = hist.reshape(B * W, NLEV)[src]  # indexing copies: safe to write below
+    prob = prob.reshape(B * W, NLEV)[src]
     hist[:, :, lvl] = child[pick]
     prob[:, :, lvl] = torch.where(child[pick] >= 0, logp[pick].exp(), 0.0)
     hist[~alive], prob[~alive] = -1, 0.0

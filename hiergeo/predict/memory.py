@@ -97,7 +97,8 @@ class Memory:
     """
 
     def __init__(self, features: torch.Tensor, ids: torch.Tensor, k: int = 20,
-                 temperature: float = 0.05, device="cpu", chunk: int = 65_536):
+                 temperature: float = 0.05, device="cpu", chunk: int = 65_536,
+                 unit: bool = False):
         if features.ndim != 2 or ids.shape != (len(features), NLEV):
             raise ValueError(f"need features [N, d] and ids [N, {NLEV}], got "
                              f"{tuple(features.shape)} and {tuple(ids.shape)}")
@@ -107,11 +108,16 @@ class Memory:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
         self.k, self.temperature = int(k), float(temperature)
         self.device = torch.device(device)
+        self.ids = ids.to(self.device, torch.long)
+        if unit:  # already as the memory keeps them (see from_unit)
+            if features.dtype != torch.float16:
+                raise ValueError(f"need float16 unit rows, got {features.dtype}")
+            self.features = features.to(self.device)
+            return
         # unit rows in float16, written a block at a time: the only full-size copy is this one
         self.features = torch.empty(features.shape, dtype=torch.float16, device=self.device)
         for s in range(0, len(features), chunk):
             self.features[s:s + chunk] = self.unit_rows(features[s:s + chunk]).to(self.device)
-        self.ids = ids.to(self.device, torch.long)
 
     @staticmethod
     def unit_rows(block: torch.Tensor) -> torch.Tensor:
@@ -127,20 +133,7 @@ class Memory:
         """A memory from rows already normalised and in float16 (``self.features`` of
         another memory, as :mod:`hiergeo.export` saves it), kept as they are: no second
         full-size copy."""
-        if features.dtype != torch.float16 or features.ndim != 2:
-            raise ValueError(f"need float16 unit rows [N, d], got {features.dtype} "
-                             f"{tuple(features.shape)}")
-        if ids.shape != (len(features), NLEV) or len(features) == 0:
-            raise ValueError(f"need ids [N, {NLEV}] for N = {len(features)} > 0 rows, got "
-                             f"{tuple(ids.shape)}")
-        if k < 1 or not temperature > 0:
-            raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
-        out = object.__new__(cls)
-        out.k, out.temperature = int(k), float(temperature)
-        out.device = torch.device(device)
-        out.features = features.to(out.device)
-        out.ids = ids.to(out.device, torch.long)
-        return out
+        return cls(features, ids, k, temperature, device, unit=True)
 
     @torch.no_grad()
     def search(self, f: torch.Tensor) -> Neighbours:

@@ -131,7 +131,8 @@ def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None,
         return table, {"n": 0}, pd.DataFrame()
     summary = metrics.osv5m_summary(table["pred_latitude"].to_numpy()[has],
                                     table["pred_longitude"].to_numpy()[has], t, hits=hits)
-    names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
+    countries = gz.level("country")
+    names = dict(zip(countries["key"], countries["name"], strict=True))
     per = metrics.per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
                               km[has], hits, names)
     return table, summary, per
@@ -162,11 +163,6 @@ def geojson_features(table: pd.DataFrame, chunk: int = 10_000):
                 "type": "Point",
                 "coordinates": [props["pred_longitude"], props["pred_latitude"]]},
                 "properties": props}
-
-
-def to_geojson(table: pd.DataFrame) -> dict:
-    """A FeatureCollection of :func:`geojson_features`."""
-    return {"type": "FeatureCollection", "features": list(geojson_features(table))}
 
 
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:

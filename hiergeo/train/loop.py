@@ -188,10 +188,11 @@ def sparse_entities(cfg: Config, device) -> bool:
 
 
 def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
-                  sampler: CandidateSampler | None = None) -> dict:
+                  sampler: CandidateSampler | None = None, sparse: bool | None = None) -> dict:
     """Named loss terms for one batch (see :mod:`hiergeo.losses`). Levels not in
     ``full_levels`` draw candidates with ``sampler`` (built here when None: slower)."""
-    sparse = sparse_entities(cfg, z.device)
+    if sparse is None:  # the trainer passes what _setup settled once
+        sparse = sparse_entities(cfg, z.device)
 
     def rows(idx):  # entity points, with a sparse gradient for the sparse optimiser
         return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
@@ -203,7 +204,7 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         pos = ids[:, j]
         keep = pos >= 0
         keep &= hier.active[pos.clamp_min(0)]
-        if not bool(keep.any()) or cfg.loss.weights[j] == 0:
+        if cfg.loss.weights[j] == 0 or not bool(keep.any()):  # the weight first: no sync
             continue
         zl, pl, ll = level_query(z, j)[keep], pos[keep], latlon[keep]
         fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j],
@@ -530,7 +531,7 @@ def train_step(tr: Training, idx: torch.Tensor, x: torch.Tensor) -> dict:
     with ac:
         z = tr.train_model(x)
     terms = _level_losses(cfg, model, z.to(torch.float64), ids, ll, tr.hier, gen,
-                          tr.full_levels, tr.sampler)
+                          tr.full_levels, tr.sampler, tr.sparse_entities)
     if not torch.isfinite(terms["loss"]):
         save_checkpoint(tr, tr.step)
         raise FloatingPointError(f"loss is {terms['loss'].item()} at step {tr.step}; the last "
