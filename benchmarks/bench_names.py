@@ -106,16 +106,17 @@ def softmax_rows(train, val, target, gz) -> list[dict]:
     return rows
 
 
-def hiergeo_rows(stores, train, target_name, geometries, overrides, out, gz
-                 ) -> tuple[list, dict]:
+def hiergeo_rows(stores, train, target_name, geometries, overrides, out, gz, *,
+                 flat: bool = True, tag: str = "") -> tuple[list, dict]:
     """One trained run per geometry, scored with its defaults (descent, with the retrieval
     memory at the weights it fitted); the first geometry also without the memory (the
-    model alone) and by flat search (the model alone, every path scored)."""
+    model alone) and, with ``flat``, by flat search (the model alone, every path scored).
+    ``tag`` names the runs and rows apart (``names-{geometry}{tag}``)."""
     from hiergeo.evaluate import build_memory, evaluate_split, load_run
 
     rows, extra = [], {}
     for geom in geometries:
-        rid = f"names-{geom}"
+        rid = f"names-{geom}{tag}"
         cfg = load_config("default", [f"data.train={stores['train']}",
                                       f"data.val={stores['val']}", f"run.out={out}",
                                       f"run.id={rid}", "run.overwrite=true",
@@ -131,12 +132,13 @@ def hiergeo_rows(stores, train, target_name, geometries, overrides, out, gz
         if geom == geometries[0]:
             if memory is not None:
                 variants.append(("descent", None, " (model alone)", "_model_alone"))
-            variants.append(("flat", None, " (flat search, model alone)", "_flat"))
+            if flat:
+                variants.append(("flat", None, " (flat search, model alone)", "_flat"))
         for method, mem, suffix, folder in variants:
             res = evaluate_split(model, hier, target, cfg, gz,
                                  Path(out) / rid / f"{target_name}{folder}",
                                  method=method, memory=mem)
-            rows.append({"method": f"hiergeo {geom}{suffix}", **{k: res[k] for k in COLUMNS},
+            rows.append({"method": f"hiergeo {geom}{tag}{suffix}", **{k: res[k] for k in COLUMNS},
                          "seconds": secs if suffix == "" else res["predict_seconds"]})
             if suffix == "" and "calibration" in res:
                 extra[geom] = res["calibration"]

@@ -123,6 +123,13 @@ class LossConfig:
     # against 0.532 / 0.078 / 0.053 for level, with the path scored by joint probability)
     scope: str = "siblings"
     parent_weight: float = 0.1
+    # geo = the loss above (HierLoc's; hiergeo.losses.contrastive). Ablations from
+    # pytorch-metric-learning over the same entities (hiergeo.losses.pml): proxy_anchor
+    # (ProxyAnchorLoss, alpha = 1 / tau), contrastive (ContrastiveLoss on the pairs of a
+    # MultiSimilarityMiner); sigma_km, lam and weight_form are the geo loss's only.
+    # Names benchmark, val: results/benchmarks/names_losses.md
+    function: str = "geo"
+    margin: float | None = None   # PML ablations, distance units (None: PML's default)
     # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
     # the level, importance-weighted) estimate the same loss as full ones, with more variance
     candidates: str = "auto"
@@ -403,7 +410,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    from .losses import WEIGHT_FORMS
+    from .losses import FUNCTIONS, WEIGHT_FORMS
 
     n = len(LEVELS)
     for name in ("tau", "sigma_km", "lam", "weights"):
@@ -423,6 +430,10 @@ def validate(cfg: Config) -> None:
          f"the rest of the level), got {cfg.loss.n_random}")
     need(all(w >= 0 for w in cfg.loss.weights) and sum(cfg.loss.weights) > 0,
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
+    need(cfg.loss.function in FUNCTIONS, f"loss.function must be one of "
+         f"{', '.join(FUNCTIONS)}, not {cfg.loss.function!r}")
+    need(cfg.loss.margin is None or cfg.loss.margin > 0,
+         f"loss.margin must be positive (or null), got {cfg.loss.margin}")
     need(cfg.loss.scope in ("level", "siblings"),
          f"loss.scope must be level or siblings, not {cfg.loss.scope!r}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),

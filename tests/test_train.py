@@ -357,6 +357,44 @@ def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope,
     assert not torch.equal(before, model.entities.detach())
 
 
+@pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])
+@pytest.mark.parametrize("scope,entity_optimizer", [("siblings", "sparse"), ("level", "dense")])
+def test_pml_ablations_reach_every_parameter(small, function, scope, entity_optimizer):
+    """loss.function's PML ablations: every level's term is finite, the entity table (sparse
+    or dense) and the head get gradients, and only the entities the loss saw get one."""
+    from hiergeo.model.build import build_model
+    from hiergeo.train.loop import _level_losses
+
+    cfg = load_config("smoke", [f"loss.function={function}", f"loss.scope={scope}",
+                                f"optim.entity_optimizer={entity_optimizer}",
+                                "loss.parent_weight=0"])
+    model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    cities = hier.level_ids[3][:3]
+    ids = torch.as_tensor(small.ancestors[cities.numpy()])
+    terms = _level_losses(cfg, model, model(torch.randn(len(ids), 12)), ids,
+                          hier.latlon[cities], hier, torch.Generator(), [True] * 4)
+    assert {f"loss_{lvl}" for lvl in ("country", "region", "subregion", "city")} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())
+    terms["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+    g = model.entities.grad
+    touched = (g.coalesce().indices()[0].unique() if g.is_sparse
+               else g.abs().sum(1).nonzero()[:, 0])
+    if scope == "siblings":  # the siblings of the three cities and of their ancestors
+        seen = torch.unique(torch.cat([hier.sibling_pairs(ids[:, j])[1] for j in range(4)]))
+        assert set(touched.tolist()) <= set(seen.tolist())
+
+
+def test_pml_ablation_run_end_to_end(tmp_path, cache_env):
+    """A whole run with a PML ablation: trained, calibrated, evaluated, the config kept."""
+    out = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=pa", "optim.max_steps=3",
+                                    "loss.function=proxy_anchor", "loss.margin=0.2"]))
+    assert (tmp_path / "pa" / "metrics.json").exists()
+    assert "function: proxy_anchor" in (tmp_path / "pa" / "config.yaml").read_text()
+    assert 0 <= out["acc_country"] <= 1
+
+
 # -- evaluation from the command line ------------------------------------------------------
 def test_evaluate_cli_flat_and_descent(smoke_run, tmp_path, cache_env):
     from hiergeo.evaluate import main

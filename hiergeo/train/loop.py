@@ -207,6 +207,11 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         if cfg.loss.weights[j] == 0 or not bool(keep.any()):  # the weight first: no sync
             continue
         zl, pl, ll = level_query(z, j)[keep], pos[keep], latlon[keep]
+        if cfg.loss.function != "geo":
+            out = _ablation_loss(cfg, j, space, zl, pl, hier, rows)
+            terms[f"loss_{lvl}"] = out
+            total = total + cfg.loss.weights[j] * out
+            continue
         fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j],
                                     cfg.loss.lam[j], cfg.loss.weight_form)
         if cfg.loss.scope == "siblings":
@@ -234,6 +239,26 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         total = total + cfg.loss.parent_weight * term
     terms["loss"] = total
     return terms
+
+
+def _ablation_loss(cfg: Config, j: int, space, zl, pl, hier: Hierarchy, rows) -> torch.Tensor:
+    """Level ``j``'s loss for a PML ablation (``loss.function``, :func:`hiergeo.losses.pml.
+    ablation`). Its reference entities: with ``loss.scope=siblings`` every sibling of the
+    batch's positives (the union of the groups the shipped loss scores one by one), with
+    ``level`` the whole level (``loss.candidates`` does not apply). PML scores every query
+    against every reference: several float64 ``[B, U]`` tensors, not streamed, so an ablation
+    for small runs, not for OSV-5M's 165k cities at a GPU's batch. On the names benchmark's
+    cities U reaches 31k for B = 256 (the shipped loss scores 51k pairs there): a step took
+    2.7 s against the shipped loss's 0.2 s (one CPU thread)."""
+    from ..losses.pml import ablation  # here: loading pytorch-metric-learning takes 0.7 s
+
+    if cfg.loss.scope == "siblings":
+        ref = torch.unique(hier.sibling_pairs(pl)[1])  # sorted, each positive among them
+        labels = torch.searchsorted(ref, pl)
+    else:
+        ref, labels = hier.level_ids[j], hier.pos_in_level[pl]
+    fn = ablation(cfg.loss.function, space, cfg.loss.tau[j], cfg.loss.margin)
+    return fn(zl, labels, rows(ref))
 
 
 def _full_levels(cfg: Config, hier: Hierarchy, device, batch: int) -> list[bool]:

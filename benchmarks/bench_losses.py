@@ -1,0 +1,92 @@
+"""The loss ablations on the names benchmark's validation split: the shipped geo-weighted loss
+against pytorch-metric-learning's proxy and pair losses (``loss.function``).
+
+Usage::
+
+    python benchmarks/bench_losses.py [--functions geo,proxy_anchor,contrastive]
+        [--override key=value ...] [--threads N] [--merge OLD.json ...]
+
+One ``--config default`` run per function (everything else the shipped defaults, the data the
+names benchmark's: :mod:`benchmarks.bench_names`), scored on ``val`` by beam descent with the
+retrieval memory (the shipped prediction) and by the model alone (descent without the memory,
+where the loss shows undiluted). Validation only: this is a choice of default, and the test
+split is for the published table. Writes ``results/benchmarks/names_losses.json/.md``;
+``--merge`` keeps rows of earlier runs (functions run in separate processes, two at a time on
+two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import gazetteer
+from hiergeo import metrics
+from hiergeo.config import load_config
+from hiergeo.data.names import names_benchmark
+from hiergeo.data.splits import read_store_split
+from hiergeo.losses import FUNCTIONS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_names import COLUMNS, hiergeo_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--functions", default=",".join(FUNCTIONS))
+    ap.add_argument("--override", action="append", default=[],
+                    help="applied to every run (e.g. loss.margin=0.5)")
+    ap.add_argument("--tag", default="", help="appended to run and row names")
+    ap.add_argument("--runs", default=str(ROOT / "results" / "names"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+    ap.add_argument("--threads", type=int, help="torch CPU threads (a hardware setting)")
+    ap.add_argument("--merge", nargs="*", default=[])
+    args = ap.parse_args(argv)
+    functions = [f for f in args.functions.split(",") if f]
+    if unknown := set(functions) - set(FUNCTIONS):
+        ap.error(f"unknown loss functions {sorted(unknown)}; one of {', '.join(FUNCTIONS)}")
+    hw = [f"hardware.threads={args.threads}"] if args.threads else []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    gz = gazetteer.load()
+    stores = names_benchmark(gz=gz)
+    train, _, _ = read_store_split(stores["train"], load_config("default"), gz, "train")
+    rows = []
+    for f in functions:
+        r, _ = hiergeo_rows(stores, train, "val", ["poincare"],
+                            [f"loss.function={f}", *args.override, *hw], args.runs, gz,
+                            flat=False, tag=f" {f}{args.tag}".replace(" ", "-"))
+        rows += [{**row, "function": f, "overrides": " ".join(args.override)} for row in r]
+    for path in args.merge:
+        done = {r["method"] for r in rows}
+        rows = [r for r in json.loads(Path(path).read_text())["rows"]
+                if r["method"] not in done] + rows
+    res = {"split": "val", "rows": rows,
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "torch": torch.__version__}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "names_losses.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    table = pd.DataFrame(rows)[["method", "overrides", *COLUMNS[:7], "seconds"]]
+    (out / "names_losses.md").write_text(
+        "Loss ablations, names benchmark, validation split (`python benchmarks/"
+        "bench_losses.py`); `seconds` is training for the shipped prediction's row, "
+        "prediction for the model alone's.\n\n" + metrics.markdown_table(table, ".4g"))
+    print(table.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""The PML losses on the entity table (hiergeo.losses.pml) against the shipped loss and PML's
+own classes; the trainer's ``loss.function`` ablations train."""
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses
+
+from hiergeo.config import ConfigError, load_config
+from hiergeo.geometry import expmap0, project
+from hiergeo.geometry.pml import SpaceDistance
+from hiergeo.geometry.spaces import Euclidean, Lorentz, Poincare
+from hiergeo.losses import GeoWeightedContrastive
+from hiergeo.losses.pml import EntityProxyAnchor, GeoWeightedProxyLoss, ablation
+
+
+def _case(seed, B=6, N=9, D=5):
+    g = torch.Generator().manual_seed(seed)
+    z = project(expmap0(torch.randn(B, D, generator=g, dtype=torch.float64) * 0.8, 1.0), 1.0)
+    pts = project(expmap0(torch.randn(N, D, generator=g, dtype=torch.float64) * 1.5, 1.0), 1.0)
+    ll = torch.stack([torch.rand(B, generator=g, dtype=torch.float64) * 120 - 60,
+                      torch.rand(B, generator=g, dtype=torch.float64) * 340 - 170], -1)
+    pll = torch.stack([torch.rand(N, generator=g, dtype=torch.float64) * 120 - 60,
+                       torch.rand(N, generator=g, dtype=torch.float64) * 340 - 170], -1)
+    target = torch.randint(0, N, (B,), generator=g)
+    return z, pts, ll, pll, target
+
+
+def _grads(loss, *inputs):
+    return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("space", [Poincare(), Lorentz(), Euclidean()], ids=lambda s: s.name)
+@pytest.mark.parametrize("form,lam,block", [("paper", 2.0, None), ("page", 0.0, 4),
+                                            ("paper", 0.5, 3)])
+def test_geo_proxy_loss_is_the_shipped_loss(space, form, lam, block):
+    z, pts, ll, pll, target = _case(0)
+    z, pts = space.init_entities(z), space.init_entities(pts)  # the ball's points, in its space
+    z.requires_grad_(True)
+    pts.requires_grad_(True)
+    shipped = GeoWeightedContrastive(space, tau=0.4, sigma_km=900.0, lam=lam, form=form).full(
+        z, pts, pll, ll, target)["loss"]
+    pml = GeoWeightedProxyLoss(tau=0.4, sigma_km=900.0, lam=lam, form=form, block=block,
+                               distance=SpaceDistance(space))(z, target, pts, ll, pll)
+    torch.testing.assert_close(pml, shipped)
+    for a, b in zip(_grads(pml, z, pts), _grads(shipped, z, pts), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_geo_proxy_loss_without_weights_is_pml_ntxent():
+    """lam = 0 leaves plain InfoNCE: PML's NTXentLoss in the same space, with the entity
+    table as its reference embeddings."""
+    z, pts, ll, pll, target = _case(1)
+    dist = SpaceDistance(Poincare())
+    ours = GeoWeightedProxyLoss(tau=0.3, lam=0.0, distance=dist)(z, target, pts, ll, pll)
+    theirs = pml_losses.NTXentLoss(temperature=0.3, distance=dist)(
+        z, target, ref_emb=pts, ref_labels=torch.arange(len(pts)))
+    torch.testing.assert_close(ours, theirs)
+    weighted = GeoWeightedProxyLoss(tau=0.3, lam=3.0, sigma_km=5000.0, distance=dist)(
+        z, target, pts, ll, pll)
+    assert weighted > ours  # near negatives weigh more: the weights are not ignored
+
+
+def test_geo_proxy_loss_refuses_what_it_cannot_use():
+    z, pts, ll, pll, target = _case(2)
+    with pytest.raises(TypeError, match="SpaceDistance"):
+        GeoWeightedProxyLoss(distance=pml_losses.NTXentLoss().distance)
+    loss = GeoWeightedProxyLoss()
+    with pytest.raises(ValueError, match="ref_latlon one per reference"):
+        loss(z, target, pts, ll, pll[:-1])
+    with pytest.raises(ValueError, match="no miner"):
+        loss(z, target, pts, ll, pll, indices_tuple=(target, target, target))
+
+
+def test_entity_proxy_anchor_is_pml_proxy_anchor():
+    """Proxies passed in give PML's ProxyAnchorLoss with those proxies as its own; the entity
+    table keeps its float64 and gets the gradient."""
+    z, pts, _, _, target = _case(3)
+    dist = SpaceDistance(Poincare())
+    theirs = pml_losses.ProxyAnchorLoss(len(pts), pts.shape[1], margin=0.2, alpha=4.0,
+                                        distance=dist).double()
+    with torch.no_grad():
+        theirs.proxies.copy_(pts)
+    pts = pts.clone().requires_grad_(True)
+    ours = EntityProxyAnchor(margin=0.2, alpha=4.0, distance=dist)
+    value = ours(z, target, ref_emb=pts)
+    torch.testing.assert_close(value, theirs(z, target))
+    (grad,) = _grads(value, pts)
+    assert pts.dtype == torch.float64 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert "proxies" not in dict(ours.named_parameters())
+
+
+@pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])
+def test_ablations_pull_samples_to_their_entities(function):
+    """A few hundred plain gradient steps on the queries alone: the distance to each sample's
+    own entity falls against the distance to the others."""
+    space = Poincare()
+    _, pts, _, _, target = _case(4, B=16, N=6)
+    v = torch.randn(16, pts.shape[1], dtype=torch.float64, requires_grad=True)
+    fn = ablation(function, space, tau=0.5)
+
+    def margin():
+        d = space.matrix(space.query(v), pts)
+        own = d.gather(1, target[:, None])[:, 0]
+        return (d.sum(1) - own) / (len(pts) - 1) - own
+
+    before = margin().mean().item()
+    opt = torch.optim.SGD([v], lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        fn(space.query(v), target, pts).backward()
+        opt.step()
+    assert margin().mean().item() > before + 0.5
+
+
+def test_ablation_names():
+    with pytest.raises(ValueError, match="no PML ablation 'geo'"):
+        ablation("geo", Poincare(), 0.1)
+    with pytest.raises(ConfigError, match="loss.function must be one of geo, proxy_anchor"):
+        load_config("smoke", ["loss.function=triplet"])
+    with pytest.raises(ConfigError, match="loss.margin must be positive"):
+        load_config("smoke", ["loss.margin=0"])
+    assert load_config("smoke", ["loss.margin=0.5"]).loss.margin == 0.5
