@@ -44,7 +44,7 @@ def check_coordinates(
         why = "outside [-90, 90]" if np.isfinite(value) else "not finite"
         where = f"{source}: " if source else ""
         raise InputError(
-            f"{where}row {row + row_offset} field {field!r} = {value!r} is {why} "
+            f"{where}row {row + row_offset} field {field!r} = {float(value)!r} is {why} "
             f"({int((~valid).sum())} invalid row(s) in all; pass on_invalid='mask' to mask them)"
         )
     lon = np.where(valid, wrap_lon(np.where(bad_lon, 0.0, lon)), np.nan)

@@ -82,11 +82,11 @@ class ModelConfig:
     embedding: str = "construct"  # tree embedding that initialises the entity table
     # construct: how far from the origin the tree's cities start (None: 11.5, the embedding's
     # own default, 94% of what float64 allows at c = 1). Smaller trains far better: near the
-    # edge, sibling cities are 3e-4 rad apart and a query must hit that angle (README)
+    # edge, sibling cities are 2.5e-4 rad apart and a query must hit that angle (README)
     radius_budget: float | None = 2.5
     # construct: push siblings apart to this multiple of the angle that keeps them further
     # from each other than from their parent (None: 1.25, the embedding's default). At radius
-    # 2.5 no 16-D layout meets 1.25 and trying costs 90 s; 0.75 takes 17 s (README)
+    # 2.5 no 16-D layout meets 1.25 and trying costs 81 s; 0.75 takes 17 s (README)
     sibling_margin: float | None = 0.75
     # the head (these three: the README's table of defaults says why)
     hidden: int = 1024
@@ -120,7 +120,7 @@ class LossConfig:
     # sampled candidates below); "siblings" = the children of the positive's parent only, so
     # the loss is -log P(entity | parent), what prediction reports and scores paths by
     # (names benchmark, val: siblings 0.529 / 0.097 / 0.055 country / region / subregion
-    # against 0.532 / 0.078 / 0.053 for level, with the path scored by joint probability)
+    # against 0.532 / 0.078 / 0.052 for level, with the path scored by joint probability)
     scope: str = "siblings"
     parent_weight: float = 0.1
     # geo = the loss above (HierLoc's; hiergeo.losses.contrastive). Ablations from

@@ -94,14 +94,15 @@ def test_polygon_mode_follows_the_border(tmp_path):
 
 
 # -- bad input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("lat,lon,field", [
-    ([0.0, float("nan")], [0.0, 0.0], "latitude"),
-    ([0.0, 0.0], [0.0, float("inf")], "longitude"),
-    ([0.0, 91.0], [0.0, 0.0], "latitude"),
-    ([0.0, -90.5], [0.0, 0.0], "latitude"),
+@pytest.mark.parametrize("lat,lon,field,value", [
+    ([0.0, float("nan")], [0.0, 0.0], "latitude", "nan"),
+    ([0.0, 0.0], [0.0, float("inf")], "longitude", "inf"),
+    ([0.0, 91.0], [0.0, 0.0], "latitude", "91.0"),
+    ([0.0, -90.5], [0.0, 0.0], "latitude", "-90.5"),
 ])
-def test_invalid_coordinates_raise_naming_row_and_field(small, lat, lon, field):
-    with pytest.raises(gazetteer.InputError, match=rf"row 1 field '{field}'"):
+def test_invalid_coordinates_raise_naming_row_and_field(small, lat, lon, field, value):
+    # the value as the user wrote it, not numpy's repr (np.float64(91.0))
+    with pytest.raises(gazetteer.InputError, match=rf"row 1 field '{field}' = {value} is "):
         small.label(lat, lon)
 
 

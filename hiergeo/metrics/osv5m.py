@@ -1,7 +1,7 @@
 """OSV-5M's metrics, value for value, with degrees at the interface.
 
-What OSV-5M's evaluation code (``metrics/utils.py`` and ``metrics/distance_based.py`` of the
-benchmark's repository) computes, and what we match:
+What OSV-5M's published evaluation computes, and what we match (the tests check each item on
+hand-made cases in tests/test_metrics.py):
 
 - distance: haversine on radians, ``2 * 6371 * arctan2(sqrt(a), sqrt(1 - a))`` km;
 - GeoScore (``Geoguessr`` there): ``5000 * exp(-km / 1492.7)``, averaged;

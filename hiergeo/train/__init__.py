@@ -1,6 +1,6 @@
 """``python -m hiergeo.train``: the geo-weighted hyperbolic contrastive trainer.
 
-    python -m hiergeo.train [--config demo|osv5m|smoke|FILE.yaml] [key.sub=value ...]
+    python -m hiergeo.train [--config default|demo|osv5m|photos|smoke|FILE.yaml] [key.sub=value ...]
     python -m hiergeo.train --resume results/<run_id>
     torchrun --nproc_per_node N -m hiergeo.train ...      # DDP: nccl on GPU, gloo on CPU
 

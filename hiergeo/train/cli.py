@@ -13,8 +13,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m hiergeo.train",
         description="Train hiergeo: image features -> entities of the Poincaré ball.")
-    ap.add_argument("--config", help="preset name (demo, osv5m, smoke) or YAML file; "
-                    "default: demo")
+    ap.add_argument("--config", help="preset name (default, demo, osv5m, photos, smoke) or "
+                    "YAML file; default: demo")
     ap.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in this folder from its last checkpoint")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=1e-3")
