@@ -1,5 +1,9 @@
 """Peak memory and time of one forward + backward of the full-candidate level loss.
 
+Also of the PML ablations (``--modes proxy_anchor,contrastive``: :func:`hiergeo.losses.pml.
+ablation`, ``B`` queries against ``N`` reference entities at once), whose peak bytes per
+(query, entity) pair are ``PEAK_BYTES_PER_PAIR`` in :mod:`hiergeo.losses.pml`.
+
 ``GeoWeightedContrastive.full`` scores a batch of ``B`` queries against all ``N`` entities of a
 level: at once (``oneshot``: about a dozen float64 ``[B, N]`` tensors at the peak) or ``N`` in
 blocks (``blocked``: the same value and gradients, ``O(B x block)`` memory). For each batch
@@ -9,7 +13,8 @@ forward + backward, and with ``--out`` writes them as JSON.
 Usage::
 
     python benchmarks/bench_loss_memory.py [--batches 256,1024,4096]
-        [--sizes 4000,40000,165000] [--cases 4096x165000,...] [--modes oneshot,blocked]
+        [--sizes 4000,40000,165000] [--cases 4096x165000,...]
+        [--modes oneshot,blocked,proxy_anchor,contrastive]
         [--geometry poincare] [--dim 16] [--block K | --budget-mb M] [--max-gb 12]
         [--device auto] [--out FILE.json]
     python benchmarks/bench_loss_memory.py --calibrate   # the temporaries behind block_size
@@ -46,6 +51,7 @@ import torch
 from hiergeo.geometry import expmap0, project
 from hiergeo.geometry.spaces import SPACES, make_space
 from hiergeo.losses.contrastive import BLOCK_TEMPS, GeoWeightedContrastive, block_size
+from hiergeo.losses.pml import PEAK_BYTES_PER_PAIR, ablation
 
 #: Float64 ``[B, N]`` temporaries at the peak of the one-shot path, per space (``--calibrate``).
 ONESHOT_TEMPS = {"poincare": 10, "lorentz": 11, "euclidean": 7, "sphere": 12}
@@ -76,17 +82,26 @@ def _rss() -> int:
 
 
 def _step(loss, z, points, cent, latlon, target, block):
-    loss.full(z, points, cent, latlon, target, block=block)["loss"].backward()
+    if isinstance(loss, GeoWeightedContrastive):
+        loss.full(z, points, cent, latlon, target, block=block)["loss"].backward()
+    else:  # a PML ablation
+        loss(z, target, points).backward()
+
+
+def _loss(space, function: str | None):
+    if function is not None:
+        return ablation(function, space, tau=0.25)
+    return GeoWeightedContrastive(space, tau=0.25, sigma_km=500.0, lam=1.0)
 
 
 def one_case(geometry: str, batch: int, n: int, dim: int, block: int | None,
-             device: str) -> dict:
-    """Peak bytes beyond the inputs and seconds of one forward + backward, in this process."""
+             device: str, function: str | None = None) -> dict:
+    """Peak bytes beyond the inputs and seconds of one forward + backward, in this process
+    (``function``: a PML ablation instead of the geo loss)."""
     warm = make_inputs(geometry, 8, 64, dim, device)
-    loss = GeoWeightedContrastive(warm[0], tau=0.25, sigma_km=500.0, lam=1.0)
-    _step(loss, *warm[1:], block=None if block is None else 16)  # kernels, thread pools
+    _step(_loss(warm[0], function), *warm[1:], block=None if block is None else 16)  # kernels
     space, z, points, cent, latlon, target = make_inputs(geometry, batch, n, dim, device)
-    loss = GeoWeightedContrastive(space, tau=0.25, sigma_km=500.0, lam=1.0)
+    loss = _loss(space, function)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -206,7 +221,10 @@ def main(argv=None) -> int:
         rows = []
         for b, n in _cases(args):
             for mode in args.modes.split(","):
-                if mode == "oneshot":
+                function = mode if mode in PEAK_BYTES_PER_PAIR else None
+                if function:
+                    blk, predicted = None, PEAK_BYTES_PER_PAIR[mode] * b * n
+                elif mode == "oneshot":
                     blk, predicted = None, ONESHOT_TEMPS[args.geometry] * 8 * b * n
                 else:
                     budget = None if args.budget_mb is None else int(args.budget_mb * 2**20)
@@ -214,11 +232,12 @@ def main(argv=None) -> int:
                     predicted = BLOCK_TEMPS * 8 * b * blk
                 row = {"batch": b, "n": n, "mode": mode, "block": blk, "dim": args.dim,
                        "geometry": args.geometry, "predicted_gb": predicted / GB}
-                if mode == "oneshot" and predicted > args.max_gb * GB:
+                if mode != "blocked" and predicted > args.max_gb * GB:
                     row["skipped"] = True
                 else:
                     out = run_case({"geometry": args.geometry, "batch": b, "n": n,
-                                    "dim": args.dim, "block": blk}, device)
+                                    "dim": args.dim, "block": blk, "function": function},
+                                   device)
                     row.update(out)
                     if "peak_bytes" in out:
                         row["peak_gb"] = out["peak_bytes"] / GB

@@ -12,7 +12,7 @@ retrieval memory (the shipped prediction) and by the model alone (descent withou
 where the loss shows undiluted). Validation only: this is a choice of default, and the test
 split is for the published table. Writes ``results/benchmarks/names_losses.json/.md``;
 ``--merge`` keeps rows of earlier runs (functions run in separate processes, two at a time on
-two cores).
+two cores); a row of a later file replaces one of the same name.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="*", default=[])
     args = ap.parse_args(argv)
     functions = [f for f in args.functions.split(",") if f]
+    if args.override and not args.tag:
+        ap.error("--override needs a --tag=-NAME, so that its runs and rows do not replace "
+                 "the defaults' (run ids names-poincare-<function><tag>)")
     if unknown := set(functions) - set(FUNCTIONS):
         ap.error(f"unknown loss functions {sorted(unknown)}; one of {', '.join(FUNCTIONS)}")
     hw = [f"hardware.threads={args.threads}"] if args.threads else []
@@ -69,10 +72,10 @@ def main(argv=None) -> int:
                             [f"loss.function={f}", *args.override, *hw], args.runs, gz,
                             flat=False, tag=f" {f}{args.tag}".replace(" ", "-"))
         rows += [{**row, "function": f, "overrides": " ".join(args.override)} for row in r]
+    merged = {}  # by row name: later files replace earlier ones, this run replaces them all
     for path in args.merge:
-        done = {r["method"] for r in rows}
-        rows = [r for r in json.loads(Path(path).read_text())["rows"]
-                if r["method"] not in done] + rows
+        merged.update({r["method"]: r for r in json.loads(Path(path).read_text())["rows"]})
+    rows = list({**merged, **{r["method"]: r for r in rows}}.values())
     res = {"split": "val", "rows": rows,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "torch": torch.__version__}}

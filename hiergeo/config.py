@@ -124,10 +124,12 @@ class LossConfig:
     scope: str = "siblings"
     parent_weight: float = 0.1
     # geo = the loss above (HierLoc's; hiergeo.losses.contrastive). Ablations from
-    # pytorch-metric-learning over the same entities (hiergeo.losses.pml): proxy_anchor
-    # (ProxyAnchorLoss, alpha = 1 / tau), contrastive (ContrastiveLoss on the pairs of a
-    # MultiSimilarityMiner); sigma_km, lam and weight_form are the geo loss's only.
-    # Names benchmark, val: results/benchmarks/names_losses.md
+    # pytorch-metric-learning (hiergeo.losses.pml): proxy_anchor (ProxyAnchorLoss,
+    # alpha = 1 / tau), contrastive (ContrastiveLoss on the pairs of a MultiSimilarityMiner).
+    # They score each level's queries against one reference set, with scope=siblings the
+    # union of the batch's sibling groups (cousins too), with level the whole level, at once:
+    # ~100 bytes per (query, entity) pair. sigma_km, lam, weight_form and the candidates
+    # settings are the geo loss's only. Names benchmark, val: results/benchmarks/names_losses.md
     function: str = "geo"
     margin: float | None = None   # PML ablations, distance units (None: PML's default)
     # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
@@ -432,8 +434,11 @@ def validate(cfg: Config) -> None:
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
     need(cfg.loss.function in FUNCTIONS, f"loss.function must be one of "
          f"{', '.join(FUNCTIONS)}, not {cfg.loss.function!r}")
-    need(cfg.loss.margin is None or cfg.loss.margin > 0,
-         f"loss.margin must be positive (or null), got {cfg.loss.margin}")
+    need(cfg.loss.margin is None or (cfg.loss.margin > 0 and cfg.loss.function != "geo"),
+         f"loss.margin is the PML ablations' (loss.function), positive, got "
+         f"{cfg.loss.margin} with loss.function={cfg.loss.function}")
+    need(cfg.loss.function == "geo" or cfg.loss.candidates != "sampled", "the PML ablations "
+         "score whole reference sets: loss.candidates=sampled is the geo loss's only")
     need(cfg.loss.scope in ("level", "siblings"),
          f"loss.scope must be level or siblings, not {cfg.loss.scope!r}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),

@@ -214,3 +214,6 @@ def test_spaces_as_pytorch_metric_learning_distances(name):
     assert torch.allclose(mat, loop, rtol=1e-10, atol=1e-10)
     d, idx = CustomKNN(dist_fn)(q, 3, r, False)
     assert torch.equal(idx, loop.topk(3, dim=1, largest=False).indices)
+    sim = SpaceDistance(space, similarity=True)  # -d, larger is closer: the same neighbours
+    assert sim.is_inverted and torch.equal(sim(q, r), -mat)
+    assert torch.equal(CustomKNN(sim)(q, 3, r, False)[1], idx)

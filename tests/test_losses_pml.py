@@ -40,7 +40,8 @@ def test_geo_proxy_loss_is_the_shipped_loss(space, form, lam, block):
     shipped = GeoWeightedContrastive(space, tau=0.4, sigma_km=900.0, lam=lam, form=form).full(
         z, pts, pll, ll, target)["loss"]
     pml = GeoWeightedProxyLoss(tau=0.4, sigma_km=900.0, lam=lam, form=form, block=block,
-                               distance=SpaceDistance(space))(z, target, pts, ll, pll)
+                               distance=SpaceDistance(space))(
+        z, target, ref_emb=pts, latlon=ll, ref_latlon=pll)
     torch.testing.assert_close(pml, shipped)
     for a, b in zip(_grads(pml, z, pts), _grads(shipped, z, pts), strict=True):
         torch.testing.assert_close(a, b)
@@ -51,12 +52,13 @@ def test_geo_proxy_loss_without_weights_is_pml_ntxent():
     table as its reference embeddings."""
     z, pts, ll, pll, target = _case(1)
     dist = SpaceDistance(Poincare())
-    ours = GeoWeightedProxyLoss(tau=0.3, lam=0.0, distance=dist)(z, target, pts, ll, pll)
+    ours = GeoWeightedProxyLoss(tau=0.3, lam=0.0, distance=dist)(
+        z, target, ref_emb=pts, latlon=ll, ref_latlon=pll)
     theirs = pml_losses.NTXentLoss(temperature=0.3, distance=dist)(
         z, target, ref_emb=pts, ref_labels=torch.arange(len(pts)))
     torch.testing.assert_close(ours, theirs)
     weighted = GeoWeightedProxyLoss(tau=0.3, lam=3.0, sigma_km=5000.0, distance=dist)(
-        z, target, pts, ll, pll)
+        z, target, ref_emb=pts, latlon=ll, ref_latlon=pll)
     assert weighted > ours  # near negatives weigh more: the weights are not ignored
 
 
@@ -64,52 +66,68 @@ def test_geo_proxy_loss_refuses_what_it_cannot_use():
     z, pts, ll, pll, target = _case(2)
     with pytest.raises(TypeError, match="SpaceDistance"):
         GeoWeightedProxyLoss(distance=pml_losses.NTXentLoss().distance)
+    with pytest.raises(TypeError, match="not a similarity"):
+        GeoWeightedProxyLoss(distance=SpaceDistance(Poincare(), similarity=True))
     loss = GeoWeightedProxyLoss()
     with pytest.raises(ValueError, match="ref_latlon one per reference"):
-        loss(z, target, pts, ll, pll[:-1])
+        loss(z, target, ref_emb=pts, latlon=ll, ref_latlon=pll[:-1])
     with pytest.raises(ValueError, match="no miner"):
-        loss(z, target, pts, ll, pll, indices_tuple=(target, target, target))
+        loss(z, target, (target, target, target), ref_emb=pts, latlon=ll, ref_latlon=pll)
+    with pytest.raises(ValueError, match="no ref_labels"):
+        loss(z, target, ref_emb=pts, ref_labels=target, latlon=ll, ref_latlon=pll)
 
 
 def test_entity_proxy_anchor_is_pml_proxy_anchor():
     """Proxies passed in give PML's ProxyAnchorLoss with those proxies as its own; the entity
     table keeps its float64 and gets the gradient."""
     z, pts, _, _, target = _case(3)
-    dist = SpaceDistance(Poincare())
+    sim = SpaceDistance(Poincare(), similarity=True)
     theirs = pml_losses.ProxyAnchorLoss(len(pts), pts.shape[1], margin=0.2, alpha=4.0,
-                                        distance=dist).double()
+                                        distance=sim).double()
     with torch.no_grad():
         theirs.proxies.copy_(pts)
     pts = pts.clone().requires_grad_(True)
-    ours = EntityProxyAnchor(margin=0.2, alpha=4.0, distance=dist)
+    ours = EntityProxyAnchor(margin=0.2, alpha=4.0, distance=sim)
     value = ours(z, target, ref_emb=pts)
     torch.testing.assert_close(value, theirs(z, target))
     (grad,) = _grads(value, pts)
     assert pts.dtype == torch.float64 and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert "proxies" not in dict(ours.named_parameters())
+    with pytest.raises(ValueError, match="no ref_labels"):
+        ours(z, target, ref_emb=pts, ref_labels=torch.arange(len(pts)))
+
+
+def _at(d, direction):
+    """A point of the ball at distance ``d`` from the origin (c = 1), along ``direction``."""
+    v = torch.tensor(direction, dtype=torch.float64)
+    return torch.tanh(torch.tensor(d / 2, dtype=torch.float64)) * v / v.norm()
 
 
 @pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])
-def test_ablations_pull_samples_to_their_entities(function):
-    """A few hundred plain gradient steps on the queries alone: the distance to each sample's
-    own entity falls against the distance to the others."""
-    space = Poincare()
-    _, pts, _, _, target = _case(4, B=16, N=6)
-    v = torch.randn(16, pts.shape[1], dtype=torch.float64, requires_grad=True)
-    fn = ablation(function, space, tau=0.5)
+def test_ablations_push_near_negatives_and_pull_positives(function):
+    """Queries at the origin, their entity at distance 1 and another entity further or nearer:
+    a nearer negative (or a further positive) costs more, as each loss is meant to. (Two
+    queries: PML's pair losses return 0 when every index tensor holds one pair or none.)"""
+    fn = ablation(function, Poincare(), tau=0.5)
+    z, label = torch.zeros(2, 2, dtype=torch.float64), torch.tensor([0, 0])
 
-    def margin():
-        d = space.matrix(space.query(v), pts)
-        own = d.gather(1, target[:, None])[:, 0]
-        return (d.sum(1) - own) / (len(pts) - 1) - own
+    def value(d_pos, d_neg):
+        return fn(z, label, torch.stack([_at(d_pos, [1, 0]), _at(d_neg, [0, 1])])).item()
 
-    before = margin().mean().item()
-    opt = torch.optim.SGD([v], lr=0.05)
-    for _ in range(200):
-        opt.zero_grad()
-        fn(space.query(v), target, pts).backward()
-        opt.step()
-    assert margin().mean().item() > before + 0.5
+    assert value(1.0, 0.5) > value(1.0, 3.0) + 0.1
+    # the positive beyond the negative (the miner keeps pairs only near such a confusion)
+    assert value(2.6, 2.5) > value(1.0, 2.5) + 0.1
+
+
+def test_proxy_anchor_margin_is_a_margin():
+    """A larger margin asks for more, so the loss rises with it (with PML's formulas applied
+    to a distance instead of a similarity it fell)."""
+    _, pts, _, _, target = _case(5, B=16, N=6)
+    z = Poincare().query(torch.randn(16, pts.shape[1], dtype=torch.float64,
+                                     generator=torch.Generator().manual_seed(5)))
+    values = [ablation("proxy_anchor", Poincare(), 0.5, m)(z, target, pts).item()
+              for m in (0.1, 0.5, 1.0)]
+    assert values[0] < values[1] < values[2]
 
 
 def test_ablation_names():
@@ -117,6 +135,11 @@ def test_ablation_names():
         ablation("geo", Poincare(), 0.1)
     with pytest.raises(ConfigError, match="loss.function must be one of geo, proxy_anchor"):
         load_config("smoke", ["loss.function=triplet"])
-    with pytest.raises(ConfigError, match="loss.margin must be positive"):
-        load_config("smoke", ["loss.margin=0"])
-    assert load_config("smoke", ["loss.margin=0.5"]).loss.margin == 0.5
+    with pytest.raises(ConfigError, match="loss.margin is the PML ablations'"):
+        load_config("smoke", ["loss.margin=0.5"])  # the geo loss has none
+    with pytest.raises(ConfigError, match="loss.margin is the PML ablations'"):
+        load_config("smoke", ["loss.function=contrastive", "loss.margin=0"])
+    with pytest.raises(ConfigError, match="candidates=sampled is the geo loss's only"):
+        load_config("smoke", ["loss.function=contrastive", "loss.candidates=sampled"])
+    cfg = load_config("smoke", ["loss.function=contrastive", "loss.margin=0.5"])
+    assert cfg.loss.margin == 0.5

@@ -386,6 +386,38 @@ def test_pml_ablations_reach_every_parameter(small, function, scope, entity_opti
         assert set(touched.tolist()) <= set(seen.tolist())
 
 
+@pytest.mark.parametrize("scope", ["siblings", "level"])
+def test_pml_ablation_references_and_labels(small, scope):
+    """Each level's reference entities and each query's label among them, against a list
+    built by hand: with siblings the union of the positives' sibling groups, with level the
+    whole level; the label is the row of the query's own entity."""
+    from hiergeo.losses.pml import ablation
+    from hiergeo.model.build import build_model
+    from hiergeo.train.loop import _ablation_loss
+
+    cfg = load_config("smoke", ["loss.function=proxy_anchor", f"loss.scope={scope}"])
+    model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    seen = []
+    for j in range(4):
+        pl = hier.level_ids[j][torch.tensor([0, -1, 0])]  # a repeat, first and last entity
+        if scope == "siblings":
+            groups = [hier.child_list[hier.child_start[p]:hier.child_start[p] + n].tolist()
+                      for p, n in zip(hier.parent[pl].tolist(),
+                                      hier.child_count[hier.parent[pl]].tolist(), strict=True)]
+            ref = sorted({e for g in groups for e in g})
+        else:
+            ref = hier.level_ids[j].tolist()
+        labels = torch.tensor([ref.index(e) for e in pl.tolist()])
+        zl = torch.randn(len(pl), model.entities.shape[1], dtype=torch.float64) * 0.1
+        want = ablation("proxy_anchor", model.space, cfg.loss.tau[j])(
+            zl, labels, model.entities[torch.tensor(ref)])
+        got = _ablation_loss(cfg, j, model.space, zl, pl, hier,
+                             lambda idx: model.entities[idx])
+        torch.testing.assert_close(got, want)
+        seen.append(len(ref))
+    assert max(seen) > 1  # some level had more than one reference to tell apart
+
+
 def test_pml_ablation_run_end_to_end(tmp_path, cache_env):
     """A whole run with a PML ablation: trained, calibrated, evaluated, the config kept."""
     out = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=pa", "optim.max_steps=3",

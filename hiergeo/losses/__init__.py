@@ -8,9 +8,12 @@ from .contrastive import (
     parent_hinge,
 )
 
-#: ``loss.function``: the shipped loss (``geo``) and the PML ablations
-#: (:func:`hiergeo.losses.pml.ablation`)
-FUNCTIONS = ("geo", "proxy_anchor", "contrastive")
+#: The PML ablations (:func:`hiergeo.losses.pml.ablation`) and each one's ``loss.margin`` when
+#: None: PML's own defaults (``ProxyAnchorLoss``'s margin, ``ContrastiveLoss``'s negative
+#: margin), in the space's distance units
+ABLATION_MARGINS = {"proxy_anchor": 0.1, "contrastive": 1.0}
+#: ``loss.function``: the shipped loss (``geo``) and the ablations
+FUNCTIONS = ("geo", *ABLATION_MARGINS)
 
-__all__ = ["FUNCTIONS", "WEIGHT_FORMS", "GeoWeightedContrastive", "haversine_km_torch",
-           "parent_hinge"]
+__all__ = ["ABLATION_MARGINS", "FUNCTIONS", "WEIGHT_FORMS", "GeoWeightedContrastive",
+           "haversine_km_torch", "parent_hinge"]

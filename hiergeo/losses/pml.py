@@ -1,10 +1,10 @@
 """pytorch-metric-learning losses with the entity table as proxies.
 
-A PML loss compares a batch's embeddings with reference embeddings (``ref_emb``, labelled
-``ref_labels``). Here the references are entity points, so the entity table plays the part of
-PML's proxies, and each sample's label is the row of its entity among them. Distances are the
-space's own (:class:`~hiergeo.geometry.pml.SpaceDistance`), so PML's losses, miners and
-reducers measure in the ball.
+A PML loss compares a batch's embeddings with reference embeddings (``ref_emb``). Here the
+references are entity points, so the entity table plays the part of PML's proxies, and each
+sample's label is the row of its entity among them. Distances are the space's own
+(:class:`~hiergeo.geometry.pml.SpaceDistance`), so PML's losses, miners and reducers measure
+in the ball.
 
 - :class:`GeoWeightedProxyLoss`: the shipped loss (HierLoc's, computed by
   :class:`~hiergeo.losses.contrastive.GeoWeightedContrastive`, its one home) through PML's
@@ -13,8 +13,13 @@ reducers measure in the ball.
   proxies instead of a table of its own.
 - :func:`ablation`: the losses ``loss.function`` selects in the trainer besides the shipped
   ``geo``: ``proxy_anchor`` and ``contrastive`` (PML's ``ContrastiveLoss`` on the pairs PML's
-  ``MultiSimilarityMiner`` keeps). Measured against the shipped loss on the names benchmark in
-  ``results/benchmarks/names_losses.md``.
+  ``MultiSimilarityMiner`` keeps). ``python benchmarks/bench_losses.py`` measures them
+  against the shipped loss on the names benchmark (``results/benchmarks/names_losses.md``).
+
+Memory: PML scores every query against every reference at once. Per level, at the peak of
+forward and backward, about :data:`PEAK_BYTES_PER_PAIR` bytes per (query, reference) pair,
+``B x U`` pairs for ``B`` queries and ``U`` references; the shipped loss streams its table in
+blocks instead (:func:`~hiergeo.losses.contrastive.block_size`).
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..geometry.pml import SpaceDistance
 from ..geometry.spaces import Poincare
+from . import ABLATION_MARGINS
 from .contrastive import GeoWeightedContrastive
 
-#: ``loss.margin`` when None, per PML function: PML's own defaults (``ProxyAnchorLoss``'s
-#: margin, ``ContrastiveLoss``'s negative margin), in the space's distance units
-DEFAULT_MARGIN = {"proxy_anchor": 0.1, "contrastive": 1.0}
+#: Peak bytes per (query, reference) pair of one level's ablation, forward and backward:
+#: float64 ``[B, U]`` tensors (distances, their autograd graph, PML's masks: one-hot labels in
+#: int64 for ``proxy_anchor``; the miner's sorted copies and pair indices for
+#: ``contrastive``). Peak RSS beyond the inputs on a CPU, Poincaré ball, B = 512, U = 2,000
+#: and 16,000: 107-110 and 80-82 (``MALLOC_MMAP_THRESHOLD_=131072 python
+#: benchmarks/bench_loss_memory.py --modes proxy_anchor,contrastive --cases
+#: 512x2000,512x16000``). What a level saves for backward stays until the step's backward,
+#: so a step's levels add up.
+PEAK_BYTES_PER_PAIR = {"proxy_anchor": 108, "contrastive": 81}
 
 
 class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
@@ -38,9 +50,10 @@ class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
 
     ``loss(z [B, D], labels [B], ref_emb=points [N, D], latlon=[B, 2], ref_latlon=[N, 2])``:
     ``labels`` are rows of ``ref_emb`` (each sample's entity), ``latlon`` the samples'
-    locations and ``ref_latlon`` the entities' centroids, in degrees. The value is
-    :meth:`GeoWeightedContrastive.full`'s, per sample, reduced by the PML reducer (the mean by
-    default, as the trainer's). With ``lam = 0`` it is PML's ``NTXentLoss`` in the same space.
+    locations and ``ref_latlon`` the entities' centroids, in degrees (keyword-only, after
+    PML's own arguments). The value is :meth:`GeoWeightedContrastive.full`'s, per sample,
+    reduced by the PML reducer (the mean by default, as the trainer's). With ``lam = 0`` it
+    is PML's ``NTXentLoss`` in the same space.
 
     Args:
         tau, sigma_km, lam, form: as :class:`GeoWeightedContrastive`.
@@ -52,9 +65,9 @@ class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
     def __init__(self, tau: float = 0.1, sigma_km: float = 1000.0, lam: float = 1.0,
                  form: str = "paper", block: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(self.distance, SpaceDistance):
-            raise TypeError("GeoWeightedProxyLoss needs a hiergeo SpaceDistance, not "
-                            f"{type(self.distance).__name__}")
+        if not isinstance(self.distance, SpaceDistance) or self.distance.is_inverted:
+            raise TypeError("GeoWeightedProxyLoss needs a hiergeo SpaceDistance (a distance, "
+                            f"not a similarity), not {self.distance!r}")
         self.geo = GeoWeightedContrastive(self.distance.space, tau, sigma_km, lam, form)
         self.block = block
         self._latlon = None
@@ -62,10 +75,14 @@ class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
     def get_default_distance(self):
         return SpaceDistance(Poincare())
 
-    def forward(self, embeddings, labels, ref_emb, latlon, ref_latlon, indices_tuple=None):
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None,
+                ref_labels=None, *, latlon, ref_latlon):
         if indices_tuple is not None:
             raise ValueError("GeoWeightedProxyLoss weighs every negative itself; it takes no "
                              "miner's indices_tuple")
+        if ref_emb is None or ref_labels is not None:
+            raise ValueError("GeoWeightedProxyLoss needs the entity points as ref_emb, and "
+                             "labels that are their rows (no ref_labels)")
         if len(ref_latlon) != len(ref_emb) or len(latlon) != len(embeddings):
             raise ValueError(f"latlon needs a row per embedding ({len(embeddings)}) and "
                              f"ref_latlon one per reference ({len(ref_emb)})")
@@ -86,10 +103,14 @@ class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
 
 class EntityProxyAnchor(pml_losses.ProxyAnchorLoss):
     """PML's ``ProxyAnchorLoss`` whose proxies are passed in: ``loss(z, labels,
-    ref_emb=points)``, ``labels`` the rows of ``ref_emb``. PML's class keeps a proxy
+    ref_emb=points)``, ``labels`` the rows of ``points``. PML's class keeps a proxy
     ``Parameter`` of its own and casts it to the batch's dtype; the entity table is trained by
-    its own optimiser and stays in float64, so this one holds none and casts nothing. ``alpha``
-    scales distances (PML's default 32 suits cosine similarities in [-1, 1]; pass 1 / tau)."""
+    its own optimiser and stays in float64, so this one holds none and casts nothing.
+
+    Give it ``SpaceDistance(space, similarity=True)``: PML's formulas are written for a
+    similarity ``s`` (here ``-d``), ``exp(-alpha (s - margin))`` for positives and
+    ``exp(alpha (s + margin))`` for negatives, and with a plain distance the margin would make
+    both easier. ``alpha`` scales distances (PML's 32 suits cosines in [-1, 1]; 1 / tau)."""
 
     def __init__(self, **kwargs):
         super().__init__(num_classes=1, embedding_size=1, **kwargs)
@@ -99,8 +120,9 @@ class EntityProxyAnchor(pml_losses.ProxyAnchorLoss):
         pass
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        if ref_emb is embeddings:
-            raise ValueError("EntityProxyAnchor needs the proxies as ref_emb")
+        if ref_emb is embeddings or ref_labels is not None:
+            raise ValueError("EntityProxyAnchor needs the proxies as ref_emb, and labels that "
+                             "are their rows (no ref_labels)")
         self.proxies, self.num_classes = ref_emb, len(ref_emb)
         try:  # PML's own computation, which reads self.proxies and takes no ref_emb
             return super().compute_loss(embeddings, labels, indices_tuple, embeddings, labels)
@@ -113,19 +135,45 @@ def ablation(function: str, space, tau: float, margin: float | None = None):
     labels [B], points [U, D]) -> scalar``, ``labels`` the rows of ``points`` (the level's
     reference entities). ``tau`` is the level's temperature (``proxy_anchor``'s
     ``alpha = 1 / tau``; ``contrastive`` has none); ``margin`` in distance units, None for
-    :data:`DEFAULT_MARGIN`."""
-    if function not in DEFAULT_MARGIN:
-        raise ValueError(f"no PML ablation {function!r}; one of {', '.join(DEFAULT_MARGIN)}")
-    margin = DEFAULT_MARGIN[function] if margin is None else float(margin)
-    distance = SpaceDistance(space)
-    if function == "proxy_anchor":
-        fn = EntityProxyAnchor(margin=margin, alpha=1.0 / tau, distance=distance)
-        return lambda z, labels, points: fn(z, labels, ref_emb=points)
-    fn = pml_losses.ContrastiveLoss(pos_margin=0.0, neg_margin=margin, distance=distance)
-    miner = pml_miners.MultiSimilarityMiner(distance=distance)
+    :data:`~hiergeo.losses.ABLATION_MARGINS`. On a GPU it refuses, naming the sizes, a level
+    whose :data:`PEAK_BYTES_PER_PAIR` would pass the device's free memory.
 
-    def contrastive(z, labels, points):
-        ref_labels = torch.arange(len(points), device=labels.device)
-        pairs = miner(z, labels, points, ref_labels)
-        return fn(z, labels, pairs, ref_emb=points, ref_labels=ref_labels)
-    return contrastive
+    The value always depends on every point (adding ``0 x`` their sum), so that a level whose
+    miner keeps no pair still reaches the entity table: DDP waits for every parameter."""
+    if function not in ABLATION_MARGINS:
+        raise ValueError(f"no PML ablation {function!r}; one of {', '.join(ABLATION_MARGINS)}")
+    margin = ABLATION_MARGINS[function] if margin is None else float(margin)
+    if function == "proxy_anchor":
+        fn = EntityProxyAnchor(margin=margin, alpha=1.0 / tau,
+                               distance=SpaceDistance(space, similarity=True))
+
+        def loss(z, labels, points):
+            return fn(z, labels, ref_emb=points)
+    else:
+        distance = SpaceDistance(space)
+        fn = pml_losses.ContrastiveLoss(pos_margin=0.0, neg_margin=margin, distance=distance)
+        miner = pml_miners.MultiSimilarityMiner(distance=distance)
+
+        def loss(z, labels, points):
+            ref_labels = torch.arange(len(points), device=labels.device)
+            pairs = miner(z, labels, points, ref_labels)
+            return fn(z, labels, pairs, ref_emb=points, ref_labels=ref_labels)
+
+    def checked(z, labels, points):
+        _check_memory(function, len(z), len(points), z.device)
+        return loss(z, labels, points) + 0.0 * points.sum()
+    return checked
+
+
+def _check_memory(function: str, batch: int, refs: int, device: torch.device) -> None:
+    if device.type != "cuda":
+        return
+    need = PEAK_BYTES_PER_PAIR[function] * batch * refs
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if need > free:
+        raise MemoryError(
+            f"loss.function={function} scores {batch} queries against {refs} entities at "
+            f"once: about {need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB are free. Use a "
+            "smaller optim.batch_size, loss.scope=siblings, or the shipped loss (geo), which "
+            "streams the table")

@@ -246,10 +246,11 @@ def _ablation_loss(cfg: Config, j: int, space, zl, pl, hier: Hierarchy, rows) ->
     ablation`). Its reference entities: with ``loss.scope=siblings`` every sibling of the
     batch's positives (the union of the groups the shipped loss scores one by one), with
     ``level`` the whole level (``loss.candidates`` does not apply). PML scores every query
-    against every reference: several float64 ``[B, U]`` tensors, not streamed, so an ablation
-    for small runs, not for OSV-5M's 165k cities at a GPU's batch. On the names benchmark's
-    cities U reaches 31k for B = 256 (the shipped loss scores 51k pairs there): a step took
-    2.7 s against the shipped loss's 0.2 s (one CPU thread)."""
+    against every reference at once, about 100 bytes per pair at the peak
+    (:data:`hiergeo.losses.pml.PEAK_BYTES_PER_PAIR`), not streamed: an ablation for small
+    runs, not for OSV-5M's 165k cities at a GPU's batch (4,096 x 165k pairs: 73 GB). On the
+    names benchmark's cities U reaches 31k for B = 256 (the shipped loss scores 51k pairs
+    there): a step took 2.7 s against the shipped loss's 0.2 s (one CPU thread)."""
     from ..losses.pml import ablation  # here: loading pytorch-metric-learning takes 0.7 s
 
     if cfg.loss.scope == "siblings":
@@ -489,7 +490,8 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
         tr.train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     tr.full_levels = full_levels = _full_levels(cfg, hier, dev, math.ceil(B / procs.world))
-    if cfg.loss.scope == "level":  # loss.scope=siblings takes every sibling, never samples
+    # loss.scope=siblings takes every sibling, never samples; the PML ablations never sample
+    if cfg.loss.scope == "level" and cfg.loss.function == "geo":
         tr.sampler = None if all(full_levels) else CandidateSampler(hier)
         if procs.main:
             log.info("candidates per level: %s", ", ".join(
