@@ -8,7 +8,7 @@ from pytorch_metric_learning import losses as pml_losses
 from hiergeo.config import ConfigError, load_config
 from hiergeo.geometry import expmap0, project
 from hiergeo.geometry.pml import SpaceDistance
-from hiergeo.geometry.spaces import Euclidean, Lorentz, Poincare
+from hiergeo.geometry.spaces import Euclidean, Lorentz, Poincare, Sphere
 from hiergeo.losses import GeoWeightedContrastive
 from hiergeo.losses.pml import EntityProxyAnchor, GeoWeightedProxyLoss, ablation
 
@@ -29,7 +29,8 @@ def _grads(loss, *inputs):
     return torch.autograd.grad(loss, inputs)
 
 
-@pytest.mark.parametrize("space", [Poincare(), Lorentz(), Euclidean()], ids=lambda s: s.name)
+@pytest.mark.parametrize("space", [Poincare(), Lorentz(), Euclidean(), Sphere()],
+                         ids=lambda s: s.name)
 @pytest.mark.parametrize("form,lam,block", [("paper", 2.0, None), ("page", 0.0, 4),
                                             ("paper", 0.5, 3)])
 def test_geo_proxy_loss_is_the_shipped_loss(space, form, lam, block):
