@@ -137,6 +137,8 @@ def run_case(spec: dict, device: str) -> dict:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return {"error": "out of memory"}
+        except MemoryError as e:  # an ablation's own guard (hiergeo.losses.pml), before any
+            return {"error": str(e)}  # allocation: raise --max-gb and measure on free memory
     return _in_child(spec)
 
 

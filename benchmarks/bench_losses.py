@@ -4,7 +4,17 @@ against pytorch-metric-learning's proxy and pair losses (``loss.function``).
 Usage::
 
     python benchmarks/bench_losses.py [--functions geo,proxy_anchor,contrastive]
-        [--override key=value ...] [--threads N] [--merge OLD.json ...]
+        [--override key=value ... --tag=-NAME] [--threads N] [--merge OLD.json ...]
+
+The committed table: the defaults, then one epoch each, then a second margin per ablation::
+
+    python benchmarks/bench_losses.py --functions geo --threads 1
+    python benchmarks/bench_losses.py --override optim.epochs=1 --tag=-1ep --threads 1
+    python benchmarks/bench_losses.py --functions proxy_anchor --override optim.epochs=1 \
+        --override loss.margin=0.5 --tag=-1ep-m0.5 --threads 1
+    python benchmarks/bench_losses.py --functions contrastive --override optim.epochs=1 \
+        --override loss.margin=2.0 --tag=-1ep-m2 --threads 1
+    (each with --out DIR, then --functions "" --merge DIR/names_losses.json ...)
 
 One ``--config default`` run per function (everything else the shipped defaults, the data the
 names benchmark's: :mod:`benchmarks.bench_names`), scored on ``val`` by beam descent with the
@@ -71,10 +81,16 @@ def main(argv=None) -> int:
         r, _ = hiergeo_rows(stores, train, "val", ["poincare"],
                             [f"loss.function={f}", *args.override, *hw], args.runs, gz,
                             flat=False, tag=f" {f}{args.tag}".replace(" ", "-"))
-        rows += [{**row, "function": f, "overrides": " ".join(args.override)} for row in r]
+        rows += [{**row, "function": f, "overrides": " ".join(args.override),
+                  "command": " ".join(["python benchmarks/bench_losses.py", *(argv or
+                                                                            sys.argv[1:])])}
+                 for row in r]
     merged = {}  # by row name: later files replace earlier ones, this run replaces them all
     for path in args.merge:
-        merged.update({r["method"]: r for r in json.loads(Path(path).read_text())["rows"]})
+        old = json.loads(Path(path).read_text())
+        if old.get("split", "val") != "val":
+            raise SystemExit(f"{path} scores the {old['split']} split, not val")
+        merged.update({r["method"]: r for r in old["rows"]})
     rows = list({**merged, **{r["method"]: r for r in rows}}.values())
     res = {"split": "val", "rows": rows,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -83,10 +99,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "names_losses.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     table = pd.DataFrame(rows)[["method", "overrides", *COLUMNS[:7], "seconds"]]
+    commands = sorted({r.get("command", "?") for r in rows})
     (out / "names_losses.md").write_text(
         "Loss ablations, names benchmark, validation split (`python benchmarks/"
-        "bench_losses.py`); `seconds` is training for the shipped prediction's row, "
-        "prediction for the model alone's.\n\n" + metrics.markdown_table(table, ".4g"))
+        "bench_losses.py`); `seconds` is training (with its final evaluation) for the "
+        "shipped prediction's row, prediction for the model alone's. Commands:\n\n"
+        + "".join(f"- `{c}`\n" for c in commands) + "\n"
+        + metrics.markdown_table(table, ".4g"))
     print(table.to_string())
     return 0
 

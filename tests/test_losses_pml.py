@@ -80,8 +80,10 @@ def test_geo_proxy_loss_refuses_what_it_cannot_use():
 
 def test_entity_proxy_anchor_is_pml_proxy_anchor():
     """Proxies passed in give PML's ProxyAnchorLoss with those proxies as its own; the entity
-    table keeps its float64 and gets the gradient."""
+    table keeps its float64 beside float32 queries (PML's class casts its proxies to the
+    queries' dtype) and gets the gradient."""
     z, pts, _, _, target = _case(3)
+    z = z.float()
     sim = SpaceDistance(Poincare(), similarity=True)
     theirs = pml_losses.ProxyAnchorLoss(len(pts), pts.shape[1], margin=0.2, alpha=4.0,
                                         distance=sim).double()
@@ -90,7 +92,7 @@ def test_entity_proxy_anchor_is_pml_proxy_anchor():
     pts = pts.clone().requires_grad_(True)
     ours = EntityProxyAnchor(margin=0.2, alpha=4.0, distance=sim)
     value = ours(z, target, ref_emb=pts)
-    torch.testing.assert_close(value, theirs(z, target))
+    torch.testing.assert_close(value, theirs(z, target), rtol=1e-5, atol=1e-5)
     (grad,) = _grads(value, pts)
     assert pts.dtype == torch.float64 and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert "proxies" not in dict(ours.named_parameters())
@@ -129,6 +131,16 @@ def test_proxy_anchor_margin_is_a_margin():
     values = [ablation("proxy_anchor", Poincare(), 0.5, m)(z, target, pts).item()
               for m in (0.1, 0.5, 1.0)]
     assert values[0] < values[1] < values[2]
+
+
+@pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])
+def test_ablation_labels_must_be_rows(function):
+    _, pts, _, _, _ = _case(6, B=4, N=5)
+    z = torch.zeros(3, pts.shape[1], dtype=torch.float64)
+    fn = ablation(function, Poincare(), 0.5)
+    for bad in ([0, 1, 5], [0, -1, 2]):
+        with pytest.raises(ValueError, match="rows of the 5 reference points"):
+            fn(z, torch.tensor(bad), pts)
 
 
 def test_ablation_names():

@@ -82,6 +82,14 @@ CPU_BLOCK_BUDGET = 64 * 2**20
 CUDA_BLOCK_SHARE = 0.5
 
 
+def cuda_budget(device: torch.device | str) -> int:
+    """Bytes a loss may take on a GPU: :data:`CUDA_BLOCK_SHARE` of the driver's free memory
+    plus what PyTorch has reserved but not allocated."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(CUDA_BLOCK_SHARE * (free + cached))
+
+
 def block_size(batch: int, n: int, device: torch.device | str,
                budget_bytes: int | None = None) -> int:
     """Entities per block for :meth:`GeoWeightedContrastive.full` over ``n`` entities.
@@ -104,9 +112,7 @@ def block_size(batch: int, n: int, device: torch.device | str,
     device = torch.device(device)
     if budget_bytes is None:
         if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            budget_bytes = int(CUDA_BLOCK_SHARE * (free + cached))
+            budget_bytes = cuda_budget(device)
         else:
             budget_bytes = CPU_BLOCK_BUDGET
     per_column = BLOCK_TEMPS * 8 * max(int(batch), 1)

@@ -8,7 +8,8 @@ in the ball.
 
 - :class:`GeoWeightedProxyLoss`: the shipped loss (HierLoc's, computed by
   :class:`~hiergeo.losses.contrastive.GeoWeightedContrastive`, its one home) through PML's
-  interface, for people who compose PML losses, miners and reducers.
+  interface, for use with PML's reducers and regularisers (it weighs every negative itself,
+  so it takes no miner).
 - :class:`EntityProxyAnchor`: PML's ``ProxyAnchorLoss`` (Kim et al., CVPR 2020) over given
   proxies instead of a table of its own.
 - :func:`ablation`: the losses ``loss.function`` selects in the trainer besides the shipped
@@ -32,12 +33,13 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from ..geometry.pml import SpaceDistance
 from ..geometry.spaces import Poincare
 from . import ABLATION_MARGINS
-from .contrastive import GeoWeightedContrastive
+from .contrastive import GeoWeightedContrastive, block_size, cuda_budget
 
 #: Peak bytes per (query, reference) pair of one level's ablation, forward and backward:
 #: float64 ``[B, U]`` tensors (distances, their autograd graph, PML's masks: one-hot labels in
 #: int64 for ``proxy_anchor``; the miner's sorted copies and pair indices for
-#: ``contrastive``). Peak RSS beyond the inputs on a CPU, Poincaré ball, B = 512, U = 2,000
+#: ``contrastive``). Measured on a CPU (no GPU measurement yet), used as the GPU's guard too:
+#: peak RSS beyond the inputs, Poincaré ball, B = 512, U = 2,000
 #: and 16,000: 107-110 and 80-82 (``MALLOC_MMAP_THRESHOLD_=131072 python
 #: benchmarks/bench_loss_memory.py --modes proxy_anchor,contrastive --cases
 #: 512x2000,512x16000``). What a level saves for backward stays until the step's backward,
@@ -57,7 +59,9 @@ class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
 
     Args:
         tau, sigma_km, lam, form: as :class:`GeoWeightedContrastive`.
-        block: entities per block (:meth:`GeoWeightedContrastive.full`); None: all at once.
+        block: entities per block (:meth:`GeoWeightedContrastive.full`); None: sized from
+            the device's memory (:func:`~hiergeo.losses.contrastive.block_size`); 0: all at
+            once.
         distance: a :class:`SpaceDistance` (default: the Poincaré ball, c = 1).
         **kwargs: PML's (``reducer``, ``embedding_regularizer``, ...).
     """
@@ -95,7 +99,10 @@ class GeoWeightedProxyLoss(pml_losses.BaseMetricLossFunction):
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_required(labels)
         latlon, ref_latlon = self._latlon
-        out = self.geo.full(embeddings, ref_emb, ref_latlon, latlon, labels, block=self.block)
+        block = self.block
+        if block is None:
+            block = block_size(len(embeddings), len(ref_emb), embeddings.device)
+        out = self.geo.full(embeddings, ref_emb, ref_latlon, latlon, labels, block=block or None)
         return {"loss": {"losses": out["per_sample"],
                          "indices": c_f.torch_arange_from_size(embeddings),
                          "reduction_type": "element"}}
@@ -136,7 +143,10 @@ def ablation(function: str, space, tau: float, margin: float | None = None):
     reference entities). ``tau`` is the level's temperature (``proxy_anchor``'s
     ``alpha = 1 / tau``; ``contrastive`` has none); ``margin`` in distance units, None for
     :data:`~hiergeo.losses.ABLATION_MARGINS`. On a GPU it refuses, naming the sizes, a level
-    whose :data:`PEAK_BYTES_PER_PAIR` would pass the device's free memory.
+    whose :data:`PEAK_BYTES_PER_PAIR` would pass half the device's free memory
+    (:func:`~hiergeo.losses.contrastive.cuda_budget`, as the geo loss's blocks); under DDP
+    that can happen on one rank mid-run, since the union differs per rank. Labels outside
+    ``[0, U)`` are refused (PML's pair losses would drop them without a word).
 
     The value always depends on every point (adding ``0 x`` their sum), so that a level whose
     miner keeps no pair still reaches the entity table: DDP waits for every parameter."""
@@ -160,6 +170,9 @@ def ablation(function: str, space, tau: float, margin: float | None = None):
             return fn(z, labels, pairs, ref_emb=points, ref_labels=ref_labels)
 
     def checked(z, labels, points):
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(points)):
+            raise ValueError(f"labels must be rows of the {len(points)} reference points, "
+                             f"got {int(labels.min())} .. {int(labels.max())}")
         _check_memory(function, len(z), len(points), z.device)
         return loss(z, labels, points) + 0.0 * points.sum()
     return checked
@@ -169,11 +182,11 @@ def _check_memory(function: str, batch: int, refs: int, device: torch.device) ->
     if device.type != "cuda":
         return
     need = PEAK_BYTES_PER_PAIR[function] * batch * refs
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if need > free:
+    budget = cuda_budget(device)
+    if need > budget:
         raise MemoryError(
             f"loss.function={function} scores {batch} queries against {refs} entities at "
-            f"once: about {need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB are free. Use a "
+            f"once: about {need / 2**30:.1f} GiB, and a loss may take {budget / 2**30:.1f} "
+            "GiB (half the free memory). Use a "
             "smaller optim.batch_size, loss.scope=siblings, or the shipped loss (geo), which "
             "streams the table")

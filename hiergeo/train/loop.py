@@ -251,8 +251,8 @@ def _ablation_loss(cfg: Config, j: int, space, zl, pl, hier: Hierarchy, rows) ->
     runs, not for OSV-5M's 165k cities at a GPU's batch (4,096 x 165k pairs: 73 GB). On the
     names benchmark's cities U reaches 31k for B = 256 (the shipped loss scores 51k pairs
     there): a step took 2.7 s against the shipped loss's 0.2 s (one CPU thread). The union
-    (``torch.unique``) and PML's miner wait on the device at each level, which the shipped
-    loss avoids."""
+    (``torch.unique``), the label check, PML's miner and ``ProxyAnchorLoss`` wait on the
+    device at each level, which the shipped loss avoids."""
     from ..losses.pml import ablation  # here: loading pytorch-metric-learning takes 0.7 s
 
     if cfg.loss.scope == "siblings":
