@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from hiergeo.losses import FUNCTIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_names import COLUMNS, hiergeo_rows  # noqa: E402
+from bench_train import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,8 +92,7 @@ def main(argv=None) -> int:
         merged.update({r["method"]: r for r in old["rows"]})
     rows = list({**merged, **{r["method"]: r for r in rows}}.values())
     res = {"split": "val", "rows": rows,
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                       "torch": torch.__version__}}
+           "machine": {**machine("cpu"), "threads": torch.get_num_threads()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "names_losses.json").write_text(json.dumps(res, indent=2, default=float) + "\n")

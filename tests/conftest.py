@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -66,3 +69,15 @@ def smoke_run(tmp_path_factory, cache_env):
     cfg = load_config("smoke", [f"run.out={out}", "run.id=base", "run.tensorboard=true"])
     res = run(cfg)
     return out / "base", res
+
+
+@pytest.fixture(scope="session")
+def scripts():
+    """Load one of the repo's ``scripts/NAME.py`` as a module: ``scripts("check_map")``."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _checker():
-    spec = importlib.util.spec_from_file_location("check_imports",
-                                                  ROOT / "scripts" / "check_imports.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_no_import_cycles():
-    ck = _checker()
+def test_no_import_cycles(scripts):
+    ck = scripts("check_imports")
     edges = ck.graph(ck.modules())
     assert edges["hiergeo.evaluate"] and "hiergeo.model.build" in edges["hiergeo.evaluate"]
     assert ck.cycles(edges) == []
 
 
-def test_the_checker_finds_a_cycle_through_a_function_local_import(tmp_path):
-    ck = _checker()
+def test_the_checker_finds_a_cycle_through_a_function_local_import(tmp_path, scripts):
+    ck = scripts("check_imports")
     pkg = tmp_path / "hiergeo"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -36,11 +23,11 @@ def test_the_checker_finds_a_cycle_through_a_function_local_import(tmp_path):
     assert ck.cycles(ck.graph(ck.modules(tmp_path))) == [["hiergeo.a", "hiergeo.b"]]
 
 
-def test_the_checker_counts_the_packages_an_import_runs(tmp_path):
+def test_the_checker_counts_the_packages_an_import_runs(tmp_path, scripts):
     """Importing pkg.mod runs pkg/__init__ too: a cycle through an __init__ is found (the
     one evaluation had through hiergeo.train's __init__), while lazy exports in a module
     __getattr__ are not edges."""
-    ck = _checker()
+    ck = scripts("check_imports")
     root = tmp_path / "hiergeo"
     (root / "pkg").mkdir(parents=True)
     (root / "__init__.py").write_text(

@@ -31,7 +31,7 @@ def _grads(loss, *inputs):
 
 @pytest.mark.parametrize("space", [Poincare(), Lorentz(), Euclidean(), Sphere()],
                          ids=lambda s: s.name)
-@pytest.mark.parametrize("form,lam,block", [("paper", 2.0, None), ("page", 0.0, 4),
+@pytest.mark.parametrize("form,lam,block", [("paper", 2.0, 0), ("page", 0.0, 4),
                                             ("paper", 0.5, 3)])
 def test_geo_proxy_loss_is_the_shipped_loss(space, form, lam, block):
     z, pts, ll, pll, target = _case(0)
@@ -101,9 +101,10 @@ def test_entity_proxy_anchor_is_pml_proxy_anchor():
 
 
 def _at(d, direction):
-    """A point of the ball at distance ``d`` from the origin (c = 1), along ``direction``."""
+    """A point of the ball at distance ``d`` from the origin (c = 1), along ``direction``
+    (``expmap0`` of a tangent vector of norm d / 2)."""
     v = torch.tensor(direction, dtype=torch.float64)
-    return torch.tanh(torch.tensor(d / 2, dtype=torch.float64)) * v / v.norm()
+    return expmap0(v / v.norm() * d / 2, 1.0)
 
 
 @pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])

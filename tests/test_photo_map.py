@@ -5,7 +5,6 @@ headless render that requests nothing off the machine and draws countries and ma
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import re
@@ -21,7 +20,6 @@ from hiergeo.reports import write_map
 from hiergeo.reports.photo_map import country_paths
 
 TRICKY = 'Cusco "quoted" </script><script>alert(1)</script> & São Paulo, Île-de-France'
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(i, lat, lon, level="city", name="Bolivia", path=None, truth=None, k=3):
@@ -176,18 +174,11 @@ def test_base_layer_is_small_and_cached():
 # Headless Chromium (skipped where there is none)
 
 
-def _check_module():
-    spec = importlib.util.spec_from_file_location("check_map", ROOT / "scripts" / "check_map.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def check_map():
+def check_map(scripts):
     if not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()):
         pytest.skip("no chromium")
-    return _check_module()
+    return scripts("check_map")
 
 
 THUMB_RGB = "#c85a1e"  # the colour of the test JPEG
@@ -231,8 +222,8 @@ def test_chromium_check_can_fail(check_map, tmp_path):
     assert not any("example.invalid" in u for u in report["chromium_internal"])
 
 
-def test_net_log_cut_short_still_parses(tmp_path):
-    mod = _check_module()
+def test_net_log_cut_short_still_parses(tmp_path, scripts):
+    mod = scripts("check_map")
     log = tmp_path / "net.json"
     constants = {"logEventTypes": {"URL_REQUEST_START_JOB": 1, "REQUEST_ALIVE": 2},
                  "logSourceType": {"URL_REQUEST": 7}}

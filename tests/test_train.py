@@ -359,21 +359,28 @@ def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope,
 
 @pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])
 @pytest.mark.parametrize("scope,entity_optimizer", [("siblings", "sparse"), ("level", "dense")])
-def test_pml_ablations_reach_every_parameter(small, function, scope, entity_optimizer):
-    """loss.function's PML ablations: every level's term is finite, the entity table (sparse
-    or dense) and the head get gradients, and only the entities the loss saw get one."""
+def test_pml_ablations_reach_every_parameter(small, function, scope, entity_optimizer,
+                                            monkeypatch):
+    """loss.function's PML ablations: every level's term is theirs and finite, the entity
+    table (sparse or dense) and the head get gradients, and only the entities the loss saw
+    get one."""
     from hiergeo.model.build import build_model
+    from hiergeo.train import loop
     from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", [f"loss.function={function}", f"loss.scope={scope}",
                                 f"optim.entity_optimizer={entity_optimizer}",
                                 "loss.parent_weight=0"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
+    calls = []
+    real = loop._ablation_loss
+    monkeypatch.setattr(loop, "_ablation_loss", lambda *a: calls.append(a[1]) or real(*a))
     cities = hier.level_ids[3][:3]
     ids = torch.as_tensor(small.ancestors[cities.numpy()])
     terms = _level_losses(cfg, model, model(torch.randn(len(ids), 12)), ids,
                           hier.latlon[cities], hier, torch.Generator(), [True] * 4)
     assert {f"loss_{lvl}" for lvl in ("country", "region", "subregion", "city")} <= set(terms)
+    assert calls == [0, 1, 2, 3]  # the ablation, not the geo loss, at every level
     assert all(torch.isfinite(v) for v in terms.values())
     terms["loss"].backward()
     for name, p in model.named_parameters():
@@ -419,13 +426,20 @@ def test_pml_ablation_references_and_labels(small, scope):
     assert max(seen) > 1  # some level had more than one reference to tell apart
 
 
-def test_pml_ablation_run_end_to_end(tmp_path, cache_env):
-    """A whole run with a PML ablation: trained, calibrated, evaluated, the config kept."""
+def test_pml_ablation_run_end_to_end(tmp_path, cache_env, monkeypatch):
+    """A whole run with a PML ablation: trained with it, calibrated, evaluated, the config
+    kept."""
+    from hiergeo.train import loop
+
+    calls = []
+    real = loop._ablation_loss
+    monkeypatch.setattr(loop, "_ablation_loss", lambda *a: calls.append(a[1]) or real(*a))
     out = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=pa", "optim.max_steps=3",
                                     "loss.function=proxy_anchor", "loss.margin=0.2"]))
     assert (tmp_path / "pa" / "metrics.json").exists()
     assert "function: proxy_anchor" in (tmp_path / "pa" / "config.yaml").read_text()
     assert 0 <= out["acc_country"] <= 1
+    assert len(calls) >= 3  # three steps, each through the ablation
 
 
 # -- evaluation from the command line ------------------------------------------------------

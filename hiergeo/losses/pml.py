@@ -40,10 +40,10 @@ from .contrastive import GeoWeightedContrastive, block_size, cuda_budget
 #: int64 for ``proxy_anchor``; the miner's sorted copies and pair indices for
 #: ``contrastive``). Measured on a CPU (no GPU measurement yet), used as the GPU's guard too:
 #: peak RSS beyond the inputs, Poincaré ball, B = 512, U = 2,000
-#: and 16,000: 107-110 and 80-82 (``MALLOC_MMAP_THRESHOLD_=131072 python
-#: benchmarks/bench_loss_memory.py --modes proxy_anchor,contrastive --cases
-#: 512x2000,512x16000``). What a level saves for backward stays until the step's backward,
-#: so a step's levels add up.
+#: and 16,000: 107 and 80 (``results/benchmarks/loss_memory_pml.json``:
+#: ``MALLOC_MMAP_THRESHOLD_=131072 python benchmarks/bench_loss_memory.py --modes
+#: proxy_anchor,contrastive --cases 512x2000,512x16000 --out ...``). What a level saves for
+#: backward stays until the step's backward, so a step's levels add up.
 PEAK_BYTES_PER_PAIR = {"proxy_anchor": 108, "contrastive": 81}
 
 

@@ -198,6 +198,9 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
 
     space = model.space
+    geo_sampled = cfg.loss.function == "geo" and cfg.loss.scope == "level"
+    if sampler is None and geo_sampled and not all(full_levels):
+        sampler = CandidateSampler(hier)
     terms = {}
     total = z.new_zeros((), dtype=torch.float64)
     for j, lvl in enumerate(LEVELS):
@@ -208,29 +211,12 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
             continue
         zl, pl, ll = level_query(z, j)[keep], pos[keep], latlon[keep]
         if cfg.loss.function != "geo":
-            out = _ablation_loss(cfg, j, space, zl, pl, hier, rows)
-            terms[f"loss_{lvl}"] = out
-            total = total + cfg.loss.weights[j] * out
-            continue
-        fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j],
-                                    cfg.loss.lam[j], cfg.loss.weight_form)
-        if cfg.loss.scope == "siblings":
-            q, cand, is_pos = hier.sibling_pairs(pl)
-            out = fn.grouped(zl, rows(cand), hier.latlon[cand], ll, q, is_pos, check=False)
-        elif full_levels[j]:
-            tbl = hier.level_ids[j]
-            # entity blocks sized from the device's free memory (16 x 8 x batch x block
-            # bytes): memory bounded whatever the level's size
-            out = fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl],
-                          block=block_size(len(zl), len(tbl), zl.device))
+            term = _ablation_loss(cfg, j, space, zl, pl, hier, rows)
         else:
-            if sampler is None:
-                sampler = CandidateSampler(hier)
-            cand, valid, log_share = sampler.sample(pl, j, cfg.loss.n_siblings,
-                                                    cfg.loss.n_cousins, cfg.loss.n_random, gen)
-            out = fn(zl, rows(cand), hier.latlon[cand], ll, valid, log_share)
-        terms[f"loss_{lvl}"] = out["loss"]
-        total = total + cfg.loss.weights[j] * out["loss"]
+            term = _geo_level_loss(cfg, j, space, zl, pl, ll, hier, rows, full_levels[j],
+                                   sampler, gen)
+        terms[f"loss_{lvl}"] = term
+        total = total + cfg.loss.weights[j] * term
     if cfg.loss.parent_weight > 0 and model.entities.requires_grad:
         kids = torch.unique(ids[:, 1:][ids[:, 1:] >= 0])
         par = hier.parent[kids]
@@ -239,6 +225,27 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         total = total + cfg.loss.parent_weight * term
     terms["loss"] = total
     return terms
+
+
+def _geo_level_loss(cfg: Config, j: int, space, zl, pl, ll, hier: Hierarchy, rows,
+                    full: bool, sampler: CandidateSampler | None, gen) -> torch.Tensor:
+    """Level ``j``'s geo-weighted loss (:class:`GeoWeightedContrastive`) over the negatives
+    ``loss.scope`` names: each positive's siblings, or the level, whole (``full``) or sampled
+    candidates."""
+    fn = GeoWeightedContrastive(space, cfg.loss.tau[j], cfg.loss.sigma_km[j], cfg.loss.lam[j],
+                                cfg.loss.weight_form)
+    if cfg.loss.scope == "siblings":
+        q, cand, is_pos = hier.sibling_pairs(pl)
+        return fn.grouped(zl, rows(cand), hier.latlon[cand], ll, q, is_pos, check=False)["loss"]
+    if full:
+        tbl = hier.level_ids[j]
+        # entity blocks sized from the device's free memory (16 x 8 x batch x block bytes):
+        # memory bounded whatever the level's size
+        return fn.full(zl, rows(tbl), hier.latlon[tbl], ll, hier.pos_in_level[pl],
+                       block=block_size(len(zl), len(tbl), zl.device))["loss"]
+    cand, valid, log_share = sampler.sample(pl, j, cfg.loss.n_siblings, cfg.loss.n_cousins,
+                                            cfg.loss.n_random, gen)
+    return fn(zl, rows(cand), hier.latlon[cand], ll, valid, log_share)["loss"]
 
 
 def _ablation_loss(cfg: Config, j: int, space, zl, pl, hier: Hierarchy, rows) -> torch.Tensor:
