@@ -99,12 +99,13 @@ def _file_rows(paths: list[str]) -> pd.DataFrame:
     """Rows for files named on their own or found in folders: the id is the path; a name
     that is not valid UTF-8 keeps a printable id and an empty path, and is skipped with its
     reason."""
-    rows = []
-    for q in paths:
-        why = _utf8(q)
-        rows.append({"id": _printable(q), "path": "" if why else q, "reason": why,
-                     "_real": os.fsencode(os.path.realpath(q))})  # bytes: any name
-    return pd.DataFrame(rows, columns=["id", "path", "reason", "_real"])
+    reasons = [_utf8(q) for q in paths]  # columns, not a dict per file (millions of files)
+    return pd.DataFrame({
+        "id": [_printable(q) for q in paths],
+        "path": ["" if why else q for q, why in zip(paths, reasons, strict=True)],
+        "reason": reasons,
+        "_real": [os.fsencode(os.path.realpath(q)) for q in paths]},  # bytes: any name
+        columns=["id", "path", "reason", "_real"])
 
 
 def collect_photos(items, gps: bool = True) -> pd.DataFrame:

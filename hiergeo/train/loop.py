@@ -198,9 +198,8 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         return torch.nn.functional.embedding(idx, model.entities, sparse=sparse)
 
     space = model.space
-    geo_sampled = cfg.loss.function == "geo" and cfg.loss.scope == "level"
-    if sampler is None and geo_sampled and not all(full_levels):
-        sampler = CandidateSampler(hier)
+    if sampler is None:
+        sampler = candidate_sampler(cfg, hier, full_levels)
     terms = {}
     total = z.new_zeros((), dtype=torch.float64)
     for j, lvl in enumerate(LEVELS):
@@ -225,6 +224,14 @@ def _level_losses(cfg: Config, model, z, ids, latlon, hier, gen, full_levels,
         total = total + cfg.loss.parent_weight * term
     terms["loss"] = total
     return terms
+
+
+def candidate_sampler(cfg: Config, hier: Hierarchy, full_levels) -> CandidateSampler | None:
+    """The sampler of the geo loss's sampled candidates; None where no level samples
+    (``loss.scope=siblings`` takes every sibling, the PML ablations never sample)."""
+    if cfg.loss.scope == "level" and cfg.loss.function == "geo" and not all(full_levels):
+        return CandidateSampler(hier)
+    return None
 
 
 def _geo_level_loss(cfg: Config, j: int, space, zl, pl, ll, hier: Hierarchy, rows,
@@ -499,13 +506,11 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
         tr.train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     tr.full_levels = full_levels = _full_levels(cfg, hier, dev, math.ceil(B / procs.world))
-    # loss.scope=siblings takes every sibling, never samples; the PML ablations never sample
-    if cfg.loss.scope == "level" and cfg.loss.function == "geo":
-        tr.sampler = None if all(full_levels) else CandidateSampler(hier)
-        if procs.main:
-            log.info("candidates per level: %s", ", ".join(
-                f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
-                                                                       strict=True)))
+    tr.sampler = candidate_sampler(cfg, hier, full_levels)
+    if cfg.loss.scope == "level" and cfg.loss.function == "geo" and procs.main:
+        log.info("candidates per level: %s", ", ".join(
+            f"{lvl} {'all' if f else 'sampled'}" for lvl, f in zip(LEVELS, full_levels,
+                                                                   strict=True)))
     tr.bf16 = cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto"
                                                    and dev.type == "cuda")
     return tr
