@@ -49,7 +49,8 @@ from torch.utils.data import DataLoader
 from hiergeo.data import read_records
 from hiergeo.data.images import ImageRows, collate_images
 from hiergeo.data.store import FeatureStore
-from hiergeo.features import cpu_count, extract, pick_device
+from hiergeo.devices import cpu_count, pick_device
+from hiergeo.features import extract
 from hiergeo.model import EMBEDDED, create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,8 @@
 """Peak memory and time of one forward + backward of the full-candidate level loss.
 
-Also of the PML ablations (``--modes proxy_anchor,contrastive``: :func:`hiergeo.losses.pml.
+Also of the PML ablations (``--modes proxy_anchor,contrastive``: :func:`hiergeo.losses.ablations.
 ablation`, ``B`` queries against ``N`` reference entities at once), whose peak bytes per
-(query, entity) pair are ``PEAK_BYTES_PER_PAIR`` in :mod:`hiergeo.losses.pml`.
+(query, entity) pair are ``PEAK_BYTES_PER_PAIR`` in :mod:`hiergeo.losses.ablations`.
 
 ``GeoWeightedContrastive.full`` scores a batch of ``B`` queries against all ``N`` entities of a
 level: at once (``oneshot``: about a dozen float64 ``[B, N]`` tensors at the peak) or ``N`` in
@@ -50,8 +50,8 @@ import torch
 
 from hiergeo.geometry import expmap0, project
 from hiergeo.geometry.spaces import SPACES, make_space
+from hiergeo.losses.ablations import PEAK_BYTES_PER_PAIR, ablation
 from hiergeo.losses.contrastive import BLOCK_TEMPS, GeoWeightedContrastive, block_size
-from hiergeo.losses.pml import PEAK_BYTES_PER_PAIR, ablation
 
 #: Float64 ``[B, N]`` temporaries at the peak of the one-shot path, per space (``--calibrate``).
 ONESHOT_TEMPS = {"poincare": 10, "lorentz": 11, "euclidean": 7, "sphere": 12}
@@ -137,7 +137,7 @@ def run_case(spec: dict, device: str) -> dict:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return {"error": "out of memory"}
-        except MemoryError as e:  # an ablation's own guard (hiergeo.losses.pml), before any
+        except MemoryError as e:  # an ablation's own guard (hiergeo.losses.ablations), before any
             return {"error": str(e)}  # allocation: raise --max-gb and measure on free memory
     return _in_child(spec)
 

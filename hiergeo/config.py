@@ -55,7 +55,7 @@ class DataConfig:
     images: str | None = None
     image_dir: str | None = None
     # when ``val`` is None: hold out whole spatial cells of about ``split_cell_km`` until this
-    # share of the samples is reached (hiergeo.data.split.spatial_split), then drop the
+    # share of the samples is reached (hiergeo.data.spatial_split.spatial_split), then drop the
     # training samples within ``split_min_km`` of a held-out one across cell borders
     # (0: drop none; the count is in data_report.json)
     val_fraction: float = 0.1
@@ -124,7 +124,7 @@ class LossConfig:
     scope: str = "siblings"
     parent_weight: float = 0.1
     # geo = the loss above (HierLoc's; hiergeo.losses.contrastive). Ablations from
-    # pytorch-metric-learning (hiergeo.losses.pml): proxy_anchor (ProxyAnchorLoss,
+    # pytorch-metric-learning (hiergeo.losses.ablations): proxy_anchor (ProxyAnchorLoss,
     # alpha = 1 / tau), contrastive (ContrastiveLoss on the pairs of a MultiSimilarityMiner).
     # They score each level's queries against one reference set, with scope=siblings the
     # union of the batch's sibling groups (cousins too), with level the whole level, at once:
@@ -406,7 +406,7 @@ def validate(cfg: Config) -> None:
     independent checks, one or two per key (longer than a screen on purpose: splitting it
     would scatter the checks a reader looks for in one place)."""
     from .geometry.spaces import SPACE_CLASSES
-    from .model.geolocator import ENCODERS, QUERY_MODES
+    from .model.geomodel import ENCODERS, QUERY_MODES
 
     def need(ok, msg):
         if not ok:

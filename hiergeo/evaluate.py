@@ -15,7 +15,6 @@ same split) and evaluated.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -29,7 +28,7 @@ import torch
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
 from . import metrics
-from .data.store import atomic_write_text
+from .files import atomic_write_text
 from .predict import predict
 
 log = logging.getLogger(__name__)
@@ -219,24 +218,6 @@ def load_run(run: str | Path, device: str = "auto"):
     return cfg, model, hier, gz
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hiergeo.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", "--run-dir", dest="run", required=True,
-                    help="run folder (results/<run_id>); under torchrun spell it --run-dir "
-                    "(torchrun reads --run as its own --run-path)")
-    ap.add_argument("--data", help="feature store to evaluate (default: the run's val split)")
-    ap.add_argument("--method", default="descent", choices=["descent", "flat"])
-    ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5")
-    ap.add_argument("--coords", choices=["city", "weighted"])
-    ap.add_argument("--out", help="output folder (default: the run folder)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-memory", action="store_true",
-                    help="descent with the model alone, without the run's retrieval memory "
-                    "(flat search never uses it)")
-    return ap
-
-
 def _process_group(device: str) -> tuple[int, int, str]:
     """``(rank, world, device)``: under torchrun, this process's place and device, with the
     process group started (NCCL on GPUs, gloo on CPUs); else ``(0, 1, device)``."""
@@ -257,45 +238,49 @@ def _process_group(device: str) -> tuple[int, int, str]:
     return torch.distributed.get_rank(), world, device
 
 
-def main(argv=None) -> int:
-    """Evaluate a run. Under ``torchrun --nproc_per_node G -m hiergeo.evaluate ...`` every
-    process predicts its share of the rows (each builds the retrieval memory it needs) and
-    process 0 gathers the predictions and writes the files."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rank, world, device = _process_group(args.device)
+def evaluate_run(run: str | Path, *, data: str | Path | None = None, method: str = "descent",
+                 beams: list[int] | None = None, coords: str | None = None,
+                 out: str | Path | None = None, device: str = "auto",
+                 memory: bool = True) -> dict | None:
+    """Evaluate a trained run on ``data`` (a feature store; default: the run's validation
+    split) and merge the figures into ``<out>/metrics.json`` under ``eval``. Under ``torchrun
+    --nproc_per_node G -m hiergeo.evaluate ...`` every process predicts its share of the rows
+    (each builds the retrieval memory it needs) and process 0 gathers the predictions and
+    writes the files; the others return None."""
+    rank, world, device = _process_group(device)
     try:
-        return _main(args, rank, world, device)
+        return _evaluate_run(run, data, method, beams, coords, out, device, memory, rank,
+                             world)
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
 
 
-def _main(args, rank: int, world: int, device: str) -> int:
+def _evaluate_run(run, data_path, method, beams, coords, out, device, use_memory, rank: int,
+                  world: int) -> dict | None:
     from .data.splits import DataError, load_data, read_store_split
 
-    cfg, model, hier, gz = load_run(args.run, device)
-    if args.coords:
-        cfg.eval.coords = args.coords
-    beams = [int(b) for b in args.beams.split(",")] if args.beams else None
+    cfg, model, hier, gz = load_run(run, device)
+    if coords:
+        cfg.eval.coords = coords
     data = None
-    if args.data:
-        split, _, dim = read_store_split(args.data, cfg, gz, "eval data")
+    if data_path:
+        split, _, dim = read_store_split(data_path, cfg, gz, "eval data")
         if dim != model.encoder.dim:
-            raise SystemExit(f"{args.data}: features are {dim}-d, the model takes "
+            raise ValueError(f"{data_path}: features are {dim}-d, the model takes "
                              f"{model.encoder.dim}-d")
     else:
         data = load_data(cfg, gz)
         split = data.val
     memory = None
-    if args.method == "descent" and not args.no_memory and model.uses_memory:
+    if method == "descent" and use_memory and model.uses_memory:
         try:
             memory = build_memory(cfg, (data or load_data(cfg, gz)).train,
                                   model.entities.device)
         except (FileNotFoundError, DataError) as e:
             log.warning("the run's retrieval memory needs its training data (%s): predicting "
                         "with the model alone", e)
-    pred, secs = predict_split(model, hier, split, cfg, method=args.method, beams=beams,
+    pred, secs = predict_split(model, hier, split, cfg, method=method, beams=beams,
                                memory=memory, rank=rank, world=world)
     if world > 1:
         from .predict import Prediction
@@ -303,21 +288,21 @@ def _main(args, rank: int, world: int, device: str) -> int:
         parts = [None] * world if rank == 0 else None
         torch.distributed.gather_object((pred, secs), parts, dst=0)
         if rank != 0:
-            return 0
+            return None
         pred = Prediction.concat([p for p, _ in parts if p is not None])
         secs = max(t for _, t in parts)  # wall time: the processes ran side by side
-    out = Path(args.out or args.run)
-    res = evaluate_split(model, hier, split, cfg, gz, out, method=args.method, beams=beams,
+    out = Path(out or run)
+    res = evaluate_split(model, hier, split, cfg, gz, out, method=method, beams=beams,
                          memory=memory, pred=pred, predict_seconds=secs)
     path = out / "metrics.json"
     allm = json.loads(path.read_text()) if path.exists() else {}
-    allm["eval"] = {**res, "data": args.data or "run's val split", "memory": memory is not None,
-                    "processes": world}
+    allm["eval"] = {**res, "data": str(data_path) if data_path else "run's val split",
+                    "memory": memory is not None, "processes": world}
     atomic_write_text(path, json.dumps(allm, indent=2, default=float) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2,
-                     default=float))
-    return 0
+    return res
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command lives in hiergeo.cli
+    from hiergeo.cli.evaluate import main
+
     sys.exit(main())

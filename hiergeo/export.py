@@ -34,7 +34,6 @@ alone.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -49,7 +48,7 @@ import torch
 
 from gazetteer.sources import file_sha256
 
-from .data.store import atomic_write_text, temporary_names
+from .files import atomic_write_text, temporary_names
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -512,46 +511,7 @@ def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
     return b
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hiergeo.export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", "--run-dir", dest="run", required=True,
-                    help="run folder written by python -m hiergeo.train (results/<run_id>)")
-    ap.add_argument("--out", required=True, help="model folder to write (models/<name>)")
-    ap.add_argument("--no-memory", action="store_true",
-                    help="leave the retrieval memory out (smaller; predicts with the model "
-                    "alone)")
-    ap.add_argument("--include-backbone", action="store_true",
-                    help="pack the backbone's weights even when frozen (a fine-tuned one "
-                    "always travels)")
-    ap.add_argument("--store", help="the run's training feature store, when it has moved "
-                    "(its store.json names the backbone)")
-    ap.add_argument("--features-only", action="store_true",
-                    help="no backbone: the model predicts from features, not photos")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    return ap
+if __name__ == "__main__":  # the command lives in hiergeo.cli
+    from hiergeo.cli.export import main
 
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .model.backbones import WeightsError
-
-    try:
-        p = from_run(args.run, memory=not args.no_memory,
-                     include_backbone=args.include_backbone, store=args.store,
-                     features_only=args.features_only)
-        out = write(p, args.out, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
-    print(json.dumps({"model": str(out), "sha256": sums_digest(out),
-                      "entities": p.meta["entities"]["n"],
-                      "memory": p.meta["memory"], "backbone": p.meta["backbone"],
-                      "bytes": sizes}, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -47,15 +47,12 @@ written, rerunning (with any number of processes) skips every finished shard and
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,93 +64,18 @@ from tqdm.auto import tqdm
 from gazetteer.sources import file_sha256
 
 from .data.images import ImageRows, collate_images
-from .data.records import read_records
 from .data.store import (
     FORMAT,
-    atomic_write_text,
     finalize,
     shard_done,
     shard_paths,
     write_shard,
 )
+from .devices import cpu_count, pick_device
+from .files import atomic_write_text
 from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process sits among the ones extracting together (one process: the default)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-
-
-def ranks_from_env(env=None) -> Ranks:
-    """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` as torchrun sets them.
-
-    Absent: one process. Without ``LOCAL_WORLD_SIZE`` every rank is taken to share this node.
-    """
-    env = os.environ if env is None else env
-
-    def num(name: str, default: int) -> int:
-        value = env.get(name, "")
-        if value == "":
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
-
-    world = num("WORLD_SIZE", 1)
-    ranks = Ranks(rank=num("RANK", 0), world=world, local_rank=num("LOCAL_RANK", 0),
-                  local_world=num("LOCAL_WORLD_SIZE", world))
-    if world < 1 or not 0 <= ranks.rank < world:
-        raise ValueError(f"RANK={ranks.rank} with WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
-    if ranks.local_world < 1 or not 0 <= ranks.local_rank < ranks.local_world:
-        raise ValueError(f"LOCAL_RANK={ranks.local_rank} with LOCAL_WORLD_SIZE="
-                         f"{ranks.local_world}: need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE")
-    return ranks
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def cpu_share(ranks: Ranks) -> int:
-    """This process's share of the node's CPUs."""
-    return max(1, cpu_count() // ranks.local_world)
-
-
-def _threads(requested: int | None, ranks: Ranks) -> int | None:
-    """torch threads to set, or None to keep torch's own choice (which reads OMP_NUM_THREADS)."""
-    if requested:
-        return requested
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    set_by_torchrun = omp == "1" and "TORCHELASTIC_RUN_ID" in os.environ
-    if ranks.local_world > 1 and (not omp or set_by_torchrun):
-        return cpu_share(ranks)
-    return None
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this process's GPU when there is CUDA, else the CPU; ``cuda``: this process's
-    GPU (``cuda:LOCAL_RANK``)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    dev = torch.device(name)
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {dev} asked for, but this machine has "
-                         f"{torch.cuda.device_count()} CUDA devices")
-    return dev
 
 
 def _ranges(ks: list[int]) -> str:
@@ -345,69 +267,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     return {**report, "finalized": True, "shards_written": todo}
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hiergeo.features",
-                                 description="Extract backbone features into a feature store.")
-    ap.add_argument("--data", type=Path, required=True,
-                    help="OSV-5M CSV, table with path/latitude/longitude, or folder (EXIF GPS)")
-    ap.add_argument("--image-dir", type=Path, default=None, help="OSV-5M images (default: "
-                    "the CSV's folder)")
-    ap.add_argument("--layout", choices=["auto", "osv5m", "table", "exif"], default="auto")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--backbone", default=EMBEDDED,
-                    help=f"timm model name, or {EMBEDDED} (offline ImageNet weights)")
-    w = ap.add_mutually_exclusive_group()
-    w.add_argument("--weights", type=Path, help="local checkpoint for --backbone")
-    w.add_argument("--allow-download", action="store_true",
-                   help="fetch timm's pretrained weights from the hub")
-    w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers per process (default: min(4, its CPU share))")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads per process (default: torch's, or the process's "
-                         "CPU share when several run on one node)")
-    ap.add_argument("--shard-size", type=int, default=10_000)
-    ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
-    ap.add_argument("--device", default="auto",
-                    help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")
-    return ap
+if __name__ == "__main__":  # the command lives in hiergeo.cli
+    from hiergeo.cli.features import main
 
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from gazetteer import InputError
-
-    from .model.backbones import WeightsError
-
-    try:
-        ranks = ranks_from_env()
-        threads = _threads(args.threads, ranks)
-        if threads:
-            torch.set_num_threads(threads)
-        dev = pick_device(args.device, ranks.local_rank)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers
-        if ranks.world > 1:
-            log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
-                     ranks.world, torch.get_num_threads(), workers, dev)
-        records = read_records(args.data, args.image_dir, args.layout)
-        backbone = create_backbone(args.backbone, weights=args.weights,
-                                   allow_download=args.allow_download,
-                                   random_weights=args.random_weights)
-        report = extract(records, args.out, backbone=backbone, batch_size=args.batch_size,
-                         workers=workers, shard_size=args.shard_size, dtype=args.dtype,
-                         device=str(dev), source={"data": str(args.data),
-                                                  "layout": args.layout},
-                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world)
-    except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -36,7 +36,6 @@ Python::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -53,10 +52,10 @@ import torch
 from gazetteer.keys import LEVELS
 
 from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
+from .devices import pick_device
 from .export import ModelFolderError, Portable, backbone_from_meta
-from .features import pick_device
 from .predict import Prediction, predict
-from .reports.answers import OUT_SUFFIXES, prediction_table, score_truth, write_outputs
+from .reports.answers import prediction_table, score_truth, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class Geolocator:
     """A trained model ready to answer: photos (or features) in, a table of paths out.
 
     Build it with :meth:`load`. Attributes: ``model`` (a
-    :class:`~hiergeo.model.geolocator.GeoModel` on ``device``), ``hier``, ``entities``
+    :class:`~hiergeo.model.geomodel.GeoModel` on ``device``), ``hier``, ``entities``
     (the entity table: key, name, level, ...), ``meta`` (``model.json``), ``memory`` (the
     retrieval memory or None), ``settings`` (how it predicts: ``tau``, ``beams``, ``coords``,
     ``threshold``, ``topk``; the run's, which may be changed, e.g. wider ``beams`` to see
@@ -102,7 +101,7 @@ class Geolocator:
     def __init__(self, portable: Portable, *, device: str = "auto", backbone_weights=None,
                  allow_download: bool = False):
         from .geometry.spaces import make_space
-        from .model.geolocator import GeoModel, create_encoder
+        from .model.geomodel import GeoModel, create_encoder
         from .model.hierarchy import Hierarchy
 
         self.meta = portable.meta
@@ -314,7 +313,7 @@ class Geolocator:
         their EXIF GPS) by ``workers`` processes (default: up to 4)."""
         from torch.utils.data import DataLoader
 
-        from .features import cpu_count
+        from .devices import cpu_count
 
         # a list, not an array: numpy would turn PIL images into pixel arrays
         sources = [img if img is not None else path for img, path in
@@ -412,7 +411,7 @@ def _bar(total: int, progress: bool | None, initial: int = 0):
 
 
 def _timm_encoder(backbone):
-    from .model.geolocator import TimmEncoder
+    from .model.geomodel import TimmEncoder
 
     return TimmEncoder(backbone, freeze=True)
 
@@ -466,7 +465,7 @@ def _open_parts(parts_dir: Path, state: dict, restart: bool) -> None:
     this prediction's parts, refused (or with ``restart`` emptied) when another's."""
     import shutil
 
-    from .data.store import atomic_write_text
+    from .files import atomic_write_text
 
     if parts_dir.exists():
         old = parts_dir / "parts.json"
@@ -488,7 +487,7 @@ def _open_parts(parts_dir: Path, state: dict, restart: bool) -> None:
 def _save_part(names: tuple[Path, Path], answers: pd.DataFrame, skipped: pd.DataFrame) -> None:
     """One part's answers (with its truth columns) and skipped rows, each written under a
     temporary name and renamed, the answers last: their file marks the part done."""
-    from .data.store import temporary_names
+    from .files import temporary_names
 
     with temporary_names(*names) as (tmp, tmp_skip):
         skipped.to_parquet(tmp_skip, index=False)
@@ -551,104 +550,3 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     tm.images, tm.skipped = len(table), len(skipped)
     tm.seconds = time.perf_counter() - t0
     return table
-
-
-# -- command line -------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hiergeo.predict", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True,
-                    help="model folder (python -m hiergeo.export) or run folder")
-    ap.add_argument("photos", nargs="+", help="photos, folders, photo tables or feature stores")
-    ap.add_argument("--out", action="append", default=None,
-                    help="output file, .csv/.parquet/.geojson; repeat for several "
-                    "(default predictions.csv)")
-    ap.add_argument("--topk", type=int, default=None, help="paths per photo (default: the "
-                    "model's, 5)")
-    ap.add_argument("--beams", help="beam widths per level, e.g. 5,3,1,1 (default: the "
-                    "model's; with width 1 at a level, the top-k paths share that level's "
-                    "entity)")
-    ap.add_argument("--map", help="also write this self-contained HTML map")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=None,
-                    help="image decoding processes (default: min(4, CPUs))")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--backbone-weights", help="local weights file for the model's backbone")
-    ap.add_argument("--allow-download", action="store_true",
-                    help="let timm reach the hub (hub weights, hf-hub: model names)")
-    ap.add_argument("--restart", action="store_true",
-                    help="discard the saved parts of an earlier, different prediction")
-    ap.add_argument("--no-memory", action="store_true",
-                    help="predict with the model alone, without reading its retrieval memory")
-    ap.add_argument("--model-sha256", help="refuse the model unless its SHA256SUMS has this "
-                    "sha256 (python -m hiergeo.export prints it)")
-    ap.add_argument("--no-check", action="store_true",
-                    help="skip checking the model folder's files against SHA256SUMS (it "
-                    "reads every file once: about 7 s per 10 GB)")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--part-size", type=int, default=PART_SIZE,
-                    help="photos predicted and saved at a time: a crash loses at most one "
-                    "part, and the same command run again resumes")
-    return ap
-
-
-def _beams(text: str) -> list[int]:
-    try:
-        beams = [int(b) for b in text.split(",")]
-    except ValueError:
-        beams = []
-    if len(beams) != len(LEVELS) or min(beams) < 1:
-        raise ValueError(f"--beams needs {len(LEVELS)} widths >= 1 such as 5,3,1,1, not "
-                         f"{text!r}")
-    return beams
-
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from gazetteer import InputError
-
-    from .model.backbones import WeightsError
-
-    outs = [Path(o) for o in (args.out or ["predictions.csv"])]
-    for o in outs:
-        if o.suffix.lower() not in OUT_SUFFIXES:
-            print(f"error: {o}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}",
-                  file=sys.stderr)
-            return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        g = Geolocator.load(args.model, device=args.device,
-                            backbone_weights=args.backbone_weights,
-                            allow_download=args.allow_download, check=not args.no_check,
-                            memory=not args.no_memory, expect_sha256=args.model_sha256)
-        if args.beams:
-            g.settings["beams"] = _beams(args.beams)
-        kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
-              "progress": not args.no_progress}
-        if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go
-            table = g.predict(args.photos, **kw)
-            write_outputs(table, outs)
-        else:
-            table = predict_to_files(g, args.photos, outs, part_size=args.part_size,
-                                     restart=args.restart, **kw)
-        if args.map:
-            from .reports import write_map
-
-            write_map(table, args.map)
-            log.info("wrote %s", args.map)
-    except (InputError, WeightsError, ModelFolderError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not len(table):
-        print(f"error: none of the {len(table.attrs.get('skipped', []))} photos could be read "
-              f"(see {outs[0].with_suffix('')}.skipped.csv)", file=sys.stderr)
-        return 1
-    report = {"photos": len(table), "skipped": len(table.attrs.get("skipped", [])),
-              "outputs": [str(o) for o in outs], **g.timings.report()}
-    if "summary" in table.attrs:
-        report["truth"] = table.attrs["summary"]
-    print(json.dumps(report, indent=2, default=float))
-    return 0

@@ -18,7 +18,7 @@ if __name__ == "__main__":
         return real(*args, **kwargs)
 
     hiergeo.evaluate.evaluate_split = slow  # the trainer imports it when it gets there
-    from hiergeo.train import main
+    from hiergeo.cli.train import main
 
     code = main(sys.argv[3:])
     done = Path(sys.argv[2]) / f"rank{os.environ.get('RANK', '0')}.done"

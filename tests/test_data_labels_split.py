@@ -6,7 +6,7 @@ import pytest
 
 from gazetteer.geo import haversine_km
 from hiergeo.data.labels import entity_ids
-from hiergeo.data.split import cell_ids, near_mask, point_split, spatial_split
+from hiergeo.data.spatial_split import cell_ids, near_mask, point_split, spatial_split
 
 
 def test_parts_nan_and_empty_name_the_same_placeholder(small):

@@ -163,7 +163,7 @@ def test_optimisation_baseline_learns(tree):
 
 
 def test_cli_writes_metrics_points_and_picture(tree, tmp_path):
-    from hiergeo.embedding.__main__ import main as embed_main
+    from hiergeo.cli.embedding import main as embed_main
 
     art = tmp_path / "gz"
     gazetteer.build(tree.meta["sources"]["places"]["path"], boundaries=False, out=art)

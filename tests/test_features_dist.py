@@ -17,8 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from hiergeo.cli.features import main
 from hiergeo.data.store import FeatureStore, shard_done, shard_paths, write_shard
-from hiergeo.features import Ranks, _threads, main, pick_device, ranks_from_env
+from hiergeo.devices import Ranks, pick_device, ranks_from_env
+from hiergeo.devices import torch_threads as _threads
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 4  # 14 rows -> shards of 4, 4, 4, 2: rank 0 of 2 takes 0 and 2, rank 1 takes 1 and 3

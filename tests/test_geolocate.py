@@ -19,9 +19,9 @@ from PIL import Image
 
 from gazetteer.sources import file_sha256
 from hiergeo import Geolocator, export
+from hiergeo.cli.predict import main
 from hiergeo.data.photos import collect_photos
 from hiergeo.export import ModelFolderError
-from hiergeo.geolocate import main
 from hiergeo.model.backbones import WeightsError
 from hiergeo.predict import Prediction
 from hiergeo.reports.answers import prediction_table
@@ -541,7 +541,7 @@ def test_export_names_a_training_store_that_moved(photo_run, tmp_path):
     shutil.copytree(run_dir, run2)
     cfg = (run2 / "config.yaml").read_text().replace(str(store), str(tmp_path / "gone"))
     (run2 / "config.yaml").write_text(cfg)
-    from hiergeo.export import main as export_main
+    from hiergeo.cli.export import main as export_main
 
     assert export_main(["--run", str(run2), "--out", str(tmp_path / "m")]) == 2
     with pytest.raises(FileNotFoundError, match="--store PATH"):

@@ -200,7 +200,7 @@ def test_spaces_as_pytorch_metric_learning_distances(name):
     space's pair distance, and PML's own k-nearest-neighbour search ranks by it."""
     from pytorch_metric_learning.utils.inference import CustomKNN
 
-    from hiergeo.geometry.pml import SpaceDistance
+    from hiergeo.geometry.pml_distance import SpaceDistance
     from hiergeo.geometry.spaces import make_space
 
     space = make_space(name, 1.0)

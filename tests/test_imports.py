@@ -51,3 +51,34 @@ def test_reading_a_runs_config_does_not_load_the_trainer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_no_module_imports_from_a_layer_above_its_own(scripts):
+    ck = scripts("check_imports")
+    edges = ck.graph(ck.modules())
+    for m in edges:  # every module has a layer (a new package must be placed in LAYERS)
+        ck.layer_of(m)
+    assert ck.upward(edges) == []
+    # the commands sit on top, the library never reaches them
+    assert ck.layer_of("hiergeo.cli.train") == len(ck.LAYERS) - 1
+    assert ck.layer_of("hiergeo.train.__main__") == len(ck.LAYERS) - 1
+    assert ck.layer_of("hiergeo.losses.contrastive") < ck.layer_of("hiergeo.train.loop")
+
+
+def test_the_checker_finds_an_upward_import_and_ignores_a_main_guard(tmp_path, scripts):
+    ck = scripts("check_imports")
+    root = tmp_path / "hiergeo"
+    (root / "geometry").mkdir(parents=True)
+    (root / "cli").mkdir()
+    for d in (root, root / "geometry", root / "cli"):
+        (d / "__init__.py").write_text("")
+    (root / "cli" / "tool.py").write_text("def main():\n    return 0\n")
+    (root / "geometry" / "ok.py").write_text(
+        "import sys\n\nif __name__ == '__main__':\n    from hiergeo.cli.tool import main\n"
+        "    sys.exit(main())\n")
+    (root / "geometry" / "bad.py").write_text("def f():\n    from hiergeo.cli import tool\n")
+    (tmp_path / "gazetteer").mkdir()
+    (tmp_path / "gazetteer" / "__init__.py").write_text("")
+    edges = ck.graph(ck.modules(tmp_path))
+    assert ck.upward(edges) == [("hiergeo.geometry.bad", "hiergeo.cli"),
+                                ("hiergeo.geometry.bad", "hiergeo.cli.tool")]

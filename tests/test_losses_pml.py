@@ -1,4 +1,4 @@
-"""The PML losses on the entity table (hiergeo.losses.pml) against the shipped loss and PML's
+"""The PML losses on the entity table (hiergeo.losses.ablations) against the shipped loss and PML's
 own classes; the trainer's ``loss.function`` ablations train."""
 
 import pytest
@@ -7,10 +7,10 @@ from pytorch_metric_learning import losses as pml_losses
 
 from hiergeo.config import ConfigError, load_config
 from hiergeo.geometry import expmap0, project
-from hiergeo.geometry.pml import SpaceDistance
+from hiergeo.geometry.pml_distance import SpaceDistance
 from hiergeo.geometry.spaces import Euclidean, Lorentz, Poincare, Sphere
 from hiergeo.losses import GeoWeightedContrastive
-from hiergeo.losses.pml import EntityProxyAnchor, GeoWeightedProxyLoss, ablation
+from hiergeo.losses.ablations import EntityProxyAnchor, GeoWeightedProxyLoss, ablation
 
 
 def _case(seed, B=6, N=9, D=5):

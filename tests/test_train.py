@@ -185,7 +185,7 @@ def test_ddp_last_batch_smaller_than_the_world(tmp_path, cache_env):
 def test_ddp_evaluation_gathers_the_same_predictions(smoke_run, tmp_path, cache_env):
     """Two processes predict half the rows each; process 0 gathers them and writes the same
     metrics and predictions as one process."""
-    from hiergeo.evaluate import main as evaluate_main
+    from hiergeo.cli.evaluate import main as evaluate_main
 
     run_dir, _ = smoke_run
     assert evaluate_main(["--run", str(run_dir), "--out", str(tmp_path / "one")]) == 0
@@ -399,7 +399,7 @@ def test_pml_ablation_references_and_labels(small, scope):
     """Each level's reference entities and each query's label among them, against a list
     built by hand: with siblings the union of the positives' sibling groups, with level the
     whole level; the label is the row of the query's own entity."""
-    from hiergeo.losses.pml import ablation
+    from hiergeo.losses.ablations import ablation
     from hiergeo.model.build import build_model
     from hiergeo.train.loop import _ablation_loss
 
@@ -444,7 +444,7 @@ def test_pml_ablation_run_end_to_end(tmp_path, cache_env, monkeypatch):
 
 # -- evaluation from the command line ------------------------------------------------------
 def test_evaluate_cli_flat_and_descent(smoke_run, tmp_path, cache_env):
-    from hiergeo.evaluate import main
+    from hiergeo.cli.evaluate import main
 
     d, res = smoke_run
     assert main(["--run", str(d), "--out", str(tmp_path / "flat"), "--method", "flat"]) == 0

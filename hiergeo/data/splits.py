@@ -22,7 +22,7 @@ from gazetteer.keys import LEVELS
 from gazetteer.validate import check_coordinates
 
 from .labels import entity_ids
-from .split import spatial_split
+from .spatial_split import spatial_split
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)

@@ -27,16 +27,14 @@ one killed outright (SIGKILL, power loss) can leave a ``*.tmp`` file, which noth
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+from ..files import atomic_write_text, temporary_names
 
 FORMAT = 1
 
@@ -49,29 +47,6 @@ def shard_paths(store: Path, k: int) -> dict[str, Path]:
 
 def shard_done(store: Path, k: int) -> bool:
     return all(p.exists() for p in shard_paths(store, k).values())
-
-
-@contextmanager
-def temporary_names(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary names beside ``paths``, unique to this process and call, removed on exit.
-
-    The caller writes each temporary file and renames it onto its path (``tmp.replace(path)``);
-    whatever is not renamed when the block ends, normally or by an exception, is deleted.
-    """
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmps = [Path(p).with_name(f"{Path(p).name}.{token}.tmp") for p in paths]
-    try:
-        yield tmps
-    finally:
-        for t in tmps:
-            t.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, safe against concurrent writers."""
-    with temporary_names(path) as (tmp,):
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
 
 
 def write_shard(store: Path, k: int, features: torch.Tensor, index: pd.DataFrame,

@@ -48,7 +48,7 @@ class Embedding:
         names unique to the process, so two processes may save the same folder at once)."""
         from safetensors.torch import save_file
 
-        from ..data.store import atomic_write_text, temporary_names
+        from ..files import atomic_write_text, temporary_names
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

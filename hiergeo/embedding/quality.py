@@ -122,14 +122,14 @@ def norms(points: torch.Tensor, depth: np.ndarray, c: float) -> dict:
 def sibling_retrieval(pts: torch.Tensor, parent: np.ndarray, depth: np.ndarray, c: float,
                       n_nodes: int = 2000, seed: int = 0) -> dict:
     """pytorch-metric-learning's ``AccuracyCalculator`` in the ball
-    (:class:`~hiergeo.geometry.pml.SpaceDistance`): per level below the countries, for up
+    (:class:`~hiergeo.geometry.pml_distance.SpaceDistance`): per level below the countries, for up
     to ``n_nodes`` sampled nodes that have siblings, whether the nearest nodes of their
     level are their siblings (label = parent): ``sibling_precision_at_1`` and
     ``sibling_map_at_r`` (MAP@R, R = the node's siblings)."""
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN
 
-    from ..geometry.pml import SpaceDistance
+    from ..geometry.pml_distance import SpaceDistance
     from ..geometry.spaces import make_space
 
     calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"),

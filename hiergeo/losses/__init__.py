@@ -1,5 +1,5 @@
 """Losses: the geo-weighted hyperbolic contrastive loss and its parent term; PML ablations in
-:mod:`hiergeo.losses.pml` (imported on demand: it loads pytorch-metric-learning)."""
+:mod:`hiergeo.losses.ablations` (imported on demand: it loads pytorch-metric-learning)."""
 
 from .contrastive import (
     WEIGHT_FORMS,
@@ -8,7 +8,7 @@ from .contrastive import (
     parent_hinge,
 )
 
-#: The PML ablations (:func:`hiergeo.losses.pml.ablation`) and each one's ``loss.margin`` when
+#: The PML ablations (:func:`hiergeo.losses.ablations.ablation`) and each one's ``loss.margin`` when
 #: None: PML's own defaults (``ProxyAnchorLoss``'s margin, ``ContrastiveLoss``'s negative
 #: margin), in the space's distance units
 ABLATION_MARGINS = {"proxy_anchor": 0.1, "contrastive": 1.0}

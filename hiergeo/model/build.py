@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..geometry.spaces import make_space
-from .geolocator import GeoModel, create_encoder
+from .geomodel import GeoModel, create_encoder
 from .hierarchy import Hierarchy
 
 

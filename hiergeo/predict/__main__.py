@@ -1,8 +1,7 @@
-"""``python -m hiergeo.predict``: geolocate photos with a trained model (see
-:mod:`hiergeo.geolocate`, where the command lives; this package holds the descent it uses)."""
+"""``python -m hiergeo.predict``: the command lives in :mod:`hiergeo.cli.predict`."""
 
 import sys
 
-from ..geolocate import main
+from ..cli.predict import main
 
 sys.exit(main())

@@ -18,7 +18,7 @@ import torch
 
 from gazetteer.keys import LEVELS
 
-from ..model.geolocator import level_query
+from ..model.geomodel import level_query
 from .descent import log_softmax_groups
 
 NLEV = len(LEVELS)

@@ -35,7 +35,7 @@ import torch
 from gazetteer.geo import from_xyz, to_xyz
 from gazetteer.keys import LEVELS
 
-from ..model.geolocator import level_query
+from ..model.geomodel import level_query
 from .memory import memory_conditional, mix_log_prob
 
 NLEV = len(LEVELS)

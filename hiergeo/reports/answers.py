@@ -167,7 +167,7 @@ def geojson_features(table: pd.DataFrame, chunk: int = 10_000):
 
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically)."""
-    from ..data.store import temporary_names
+    from ..files import temporary_names
 
     out = Path(out)
     suffix = out.suffix.lower()

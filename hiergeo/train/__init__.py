@@ -4,13 +4,13 @@
     python -m hiergeo.train --resume results/<run_id>
     torchrun --nproc_per_node N -m hiergeo.train ...      # DDP: nccl on GPU, gloo on CPU
 
-``main`` (:mod:`hiergeo.train.cli`) only parses; notebooks and tests call :func:`run` with
-a :class:`Config`.
+The command (:mod:`hiergeo.cli.train`) only parses; notebooks and tests call :func:`run`
+with a :class:`Config`.
 """
 
 from ..config import Config, ConfigError, load_config
 
-__all__ = ["Config", "ConfigError", "load_config", "main", "run"]
+__all__ = ["Config", "ConfigError", "load_config", "run"]
 
 
 def __getattr__(name: str):
@@ -20,8 +20,4 @@ def __getattr__(name: str):
         from .loop import run
 
         return run
-    if name == "main":
-        from .cli import main
-
-        return main
     raise AttributeError(f"module 'hiergeo.train' has no attribute {name!r}")

@@ -1,5 +1,7 @@
+"""``python -m hiergeo.train``: the command lives in :mod:`hiergeo.cli.train`."""
+
 import sys
 
-from .cli import main
+from ..cli.train import main
 
 sys.exit(main())

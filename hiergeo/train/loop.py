@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import threading
@@ -28,76 +27,22 @@ import yaml
 from gazetteer.keys import LEVELS
 
 from ..config import Config, ConfigError, from_dict
-from ..data.store import atomic_write_text
+from ..files import atomic_write_text
 from ..losses import GeoWeightedContrastive, parent_hinge
 from ..losses.contrastive import block_size
 from ..model import checkpoint
 from ..model.build import build_model, tree_embedding
-from ..model.geolocator import level_query
+from ..model.geomodel import level_query
 from ..model.hierarchy import Hierarchy
 from .batches import StepRows, batches, steps_per_epoch
 from .candidates import CandidateSampler
+from .processes import Processes
 
 log = logging.getLogger(__name__)
-
-#: How long the other processes wait for process 0's final calibration and evaluation.
-FINAL_WAIT = _dt.timedelta(days=7)
 
 LOG_COLUMNS = (["step", "epoch", "lr", "samples_per_s", "loss"]
                + [f"loss_{lvl}" for lvl in LEVELS] + ["loss_parent"]
                + [f"val_top1_{lvl}" for lvl in LEVELS] + ["val_median_km"])
-
-
-# -- setup ---------------------------------------------------------------------------------
-class Processes:
-    """Process-group facts: single process unless launched by torchrun."""
-
-    def __init__(self, cfg: Config):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = cfg.hardware.device
-        if dev == "auto":
-            dev = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        elif dev == "cuda" and self.world > 1:
-            dev = f"cuda:{local}"
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"hardware.device={cfg.hardware.device} but CUDA is not available")
-        self.device = torch.device(dev)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.started = False
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            kw = {}
-            if cfg.hardware.dist_timeout_s is not None:
-                kw["timeout"] = _dt.timedelta(seconds=cfg.hardware.dist_timeout_s)
-            torch.distributed.init_process_group(backend=backend, **kw)
-            self.started = True
-        # the end of a run: the others wait for process 0's calibration and evaluation (at
-        # scale, longer than any collective's timeout) on a group of their own
-        self.final = (torch.distributed.new_group(backend="gloo", timeout=FINAL_WAIT)
-                      if self.world > 1 else None)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def wait_for_main(self):
-        """Every process returns when process 0 has finished: a machine whose processes all
-        left early would end its torchrun agent, and with the c10d rendezvous that can stop
-        process 0 on another machine (torchrun ranks by host name, so process 0 may be on
-        any). Waits without a practical timeout (:data:`FINAL_WAIT`), idle."""
-        if self.final is not None:
-            torch.distributed.barrier(group=self.final)
-
-    def close(self):
-        if self.started:
-            torch.distributed.destroy_process_group()
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -256,18 +201,18 @@ def _geo_level_loss(cfg: Config, j: int, space, zl, pl, ll, hier: Hierarchy, row
 
 
 def _ablation_loss(cfg: Config, j: int, space, zl, pl, hier: Hierarchy, rows) -> torch.Tensor:
-    """Level ``j``'s loss for a PML ablation (``loss.function``, :func:`hiergeo.losses.pml.
+    """Level ``j``'s loss for a PML ablation (``loss.function``, :func:`hiergeo.losses.ablations.
     ablation`). Its reference entities: with ``loss.scope=siblings`` every sibling of the
     batch's positives (the union of the groups the shipped loss scores one by one), with
     ``level`` the whole level (``loss.candidates`` does not apply). PML scores every query
     against every reference at once, about 100 bytes per pair at the peak
-    (:data:`hiergeo.losses.pml.PEAK_BYTES_PER_PAIR`), not streamed: an ablation for small
+    (:data:`hiergeo.losses.ablations.PEAK_BYTES_PER_PAIR`), not streamed: an ablation for small
     runs, not for OSV-5M's 165k cities at a GPU's batch (4,096 x 165k pairs: 73 GB). On the
     names benchmark's cities U reaches 31k for B = 256 (the shipped loss scores 51k pairs
     there): a step took 2.7 s against the shipped loss's 0.2 s (one CPU thread). The union
     (``torch.unique``), the label check, PML's miner and ``ProxyAnchorLoss`` wait on the
     device at each level, which the shipped loss avoids."""
-    from ..losses.pml import ablation  # here: loading pytorch-metric-learning takes 0.7 s
+    from ..losses.ablations import ablation  # here: loading pytorch-metric-learning takes 0.7 s
 
     if cfg.loss.scope == "siblings":
         ref = torch.unique(hier.sibling_pairs(pl)[1])  # sorted, each positive among them

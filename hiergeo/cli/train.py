@@ -1,15 +1,13 @@
-"""The command line of ``python -m hiergeo.train`` (see :mod:`hiergeo.train`)."""
+"""``python -m hiergeo.train``: train (or continue) a run (:func:`hiergeo.train.run`)."""
 
 from __future__ import annotations
 
+import argparse
 
-def main(argv=None) -> int:
-    import argparse
-    import logging
+from .common import setup_logging
 
-    from ..config import ConfigError, load_config
-    from .loop import run as _run
 
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m hiergeo.train",
         description="Train hiergeo: image features -> entities of the Poincaré ball.")
@@ -18,8 +16,16 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in this folder from its last checkpoint")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=1e-3")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
+    from ..config import ConfigError, load_config
+    from ..train.loop import run as _run
+
     if args.resume:
         bad = [o for o in args.overrides if not o.startswith("hardware.")]
         if args.config or bad:

@@ -3,8 +3,8 @@
 A PML loss compares a batch's embeddings with reference embeddings (``ref_emb``). Here the
 references are entity points, so the entity table plays the part of PML's proxies, and each
 sample's label is the row of its entity among them. Distances are the space's own
-(:class:`~hiergeo.geometry.pml.SpaceDistance`), so PML's losses, miners and reducers measure
-in the ball.
+(:class:`~hiergeo.geometry.pml_distance.SpaceDistance`), so PML's losses, miners and
+reducers measure in the ball.
 
 - :class:`GeoWeightedProxyLoss`: the shipped loss (HierLoc's, computed by
   :class:`~hiergeo.losses.contrastive.GeoWeightedContrastive`, its one home) through PML's
@@ -30,7 +30,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from ..geometry.pml import SpaceDistance
+from ..geometry.pml_distance import SpaceDistance
 from ..geometry.spaces import Poincare
 from . import ABLATION_MARGINS
 from .contrastive import GeoWeightedContrastive, block_size, cuda_budget

@@ -1,0 +1,48 @@
+"""``python -m hiergeo.evaluate``: a trained run on a feature store, OSV-5M's metrics and the
+per-country reports (:func:`hiergeo.evaluate.evaluate_run`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import library_doc, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hiergeo.evaluate",
+                                 description=library_doc("evaluate"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", "--run-dir", dest="run", required=True,
+                    help="run folder (results/<run_id>); under torchrun spell it --run-dir "
+                    "(torchrun reads --run as its own --run-path)")
+    ap.add_argument("--data", help="feature store to evaluate (default: the run's val split)")
+    ap.add_argument("--method", default="descent", choices=["descent", "flat"])
+    ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5")
+    ap.add_argument("--coords", choices=["city", "weighted"])
+    ap.add_argument("--out", help="output folder (default: the run folder)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="descent with the model alone, without the run's retrieval memory "
+                    "(flat search never uses it)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    from ..evaluate import evaluate_run
+
+    beams = [int(b) for b in args.beams.split(",")] if args.beams else None
+    try:
+        res = evaluate_run(args.run, data=args.data, method=args.method, beams=beams,
+                           coords=args.coords, out=args.out, device=args.device,
+                           memory=not args.no_memory)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if res is not None:
+        print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2,
+                         default=float))
+    return 0

@@ -1,0 +1,84 @@
+"""``python -m hiergeo.features``: extract backbone features into a feature store
+(:func:`hiergeo.features.extract`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..model.backbones import EMBEDDED
+from .common import setup_logging
+
+log = logging.getLogger("hiergeo.features")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hiergeo.features",
+                                 description="Extract backbone features into a feature store.")
+    ap.add_argument("--data", type=Path, required=True,
+                    help="OSV-5M CSV, table with path/latitude/longitude, or folder (EXIF GPS)")
+    ap.add_argument("--image-dir", type=Path, default=None, help="OSV-5M images (default: "
+                    "the CSV's folder)")
+    ap.add_argument("--layout", choices=["auto", "osv5m", "table", "exif"], default="auto")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--backbone", default=EMBEDDED,
+                    help=f"timm model name, or {EMBEDDED} (offline ImageNet weights)")
+    w = ap.add_mutually_exclusive_group()
+    w.add_argument("--weights", type=Path, help="local checkpoint for --backbone")
+    w.add_argument("--allow-download", action="store_true",
+                   help="fetch timm's pretrained weights from the hub")
+    w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers per process (default: min(4, its CPU share))")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads per process (default: torch's, or the process's "
+                         "CPU share when several run on one node)")
+    ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
+    ap.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    import torch
+
+    from gazetteer import InputError
+
+    from ..data.records import read_records
+    from ..devices import cpu_share, pick_device, ranks_from_env, torch_threads
+    from ..features import extract
+    from ..model.backbones import WeightsError, create_backbone
+
+    try:
+        ranks = ranks_from_env()
+        threads = torch_threads(args.threads, ranks)
+        if threads:
+            torch.set_num_threads(threads)
+        dev = pick_device(args.device, ranks.local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers
+        if ranks.world > 1:
+            log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
+                     ranks.world, torch.get_num_threads(), workers, dev)
+        records = read_records(args.data, args.image_dir, args.layout)
+        backbone = create_backbone(args.backbone, weights=args.weights,
+                                   allow_download=args.allow_download,
+                                   random_weights=args.random_weights)
+        report = extract(records, args.out, backbone=backbone, batch_size=args.batch_size,
+                         workers=workers, shard_size=args.shard_size, dtype=args.dtype,
+                         device=str(dev), source={"data": str(args.data),
+                                                  "layout": args.layout},
+                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world)
+    except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0

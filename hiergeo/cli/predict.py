@@ -1,0 +1,123 @@
+"""``python -m hiergeo.predict``: geolocate photos with a trained model
+(:class:`hiergeo.geolocate.Geolocator`, :func:`hiergeo.geolocate.predict_to_files`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gazetteer.keys import LEVELS
+
+from ..geolocate import PART_SIZE
+from .common import library_doc, setup_logging
+
+log = logging.getLogger("hiergeo.predict")
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hiergeo.predict",
+                                 description=library_doc("geolocate"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True,
+                    help="model folder (python -m hiergeo.export) or run folder")
+    ap.add_argument("photos", nargs="+", help="photos, folders, photo tables or feature stores")
+    ap.add_argument("--out", action="append", default=None,
+                    help="output file, .csv/.parquet/.geojson; repeat for several "
+                    "(default predictions.csv)")
+    ap.add_argument("--topk", type=int, default=None, help="paths per photo (default: the "
+                    "model's, 5)")
+    ap.add_argument("--beams", help="beam widths per level, e.g. 5,3,1,1 (default: the "
+                    "model's; with width 1 at a level, the top-k paths share that level's "
+                    "entity)")
+    ap.add_argument("--map", help="also write this self-contained HTML map")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="image decoding processes (default: min(4, CPUs))")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--backbone-weights", help="local weights file for the model's backbone")
+    ap.add_argument("--allow-download", action="store_true",
+                    help="let timm reach the hub (hub weights, hf-hub: model names)")
+    ap.add_argument("--restart", action="store_true",
+                    help="discard the saved parts of an earlier, different prediction")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="predict with the model alone, without reading its retrieval memory")
+    ap.add_argument("--model-sha256", help="refuse the model unless its SHA256SUMS has this "
+                    "sha256 (python -m hiergeo.export prints it)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="skip checking the model folder's files against SHA256SUMS (it "
+                    "reads every file once: about 7 s per 10 GB)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--part-size", type=int, default=PART_SIZE,
+                    help="photos predicted and saved at a time: a crash loses at most one "
+                    "part, and the same command run again resumes")
+    return ap
+
+
+def _beams(text: str) -> list[int]:
+    try:
+        beams = [int(b) for b in text.split(",")]
+    except ValueError:
+        beams = []
+    if len(beams) != len(LEVELS) or min(beams) < 1:
+        raise ValueError(f"--beams needs {len(LEVELS)} widths >= 1 such as 5,3,1,1, not "
+                         f"{text!r}")
+    return beams
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    import torch
+
+    from gazetteer import InputError
+
+    from ..data.photos import is_store
+    from ..export import ModelFolderError
+    from ..geolocate import Geolocator, predict_to_files
+    from ..model.backbones import WeightsError
+    from ..reports.answers import OUT_SUFFIXES, write_outputs
+
+    outs = [Path(o) for o in (args.out or ["predictions.csv"])]
+    for o in outs:
+        if o.suffix.lower() not in OUT_SUFFIXES:
+            print(f"error: {o}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}",
+                  file=sys.stderr)
+            return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        g = Geolocator.load(args.model, device=args.device,
+                            backbone_weights=args.backbone_weights,
+                            allow_download=args.allow_download, check=not args.no_check,
+                            memory=not args.no_memory, expect_sha256=args.model_sha256)
+        if args.beams:
+            g.settings["beams"] = _beams(args.beams)
+        kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
+              "progress": not args.no_progress}
+        if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go
+            table = g.predict(args.photos, **kw)
+            write_outputs(table, outs)
+        else:
+            table = predict_to_files(g, args.photos, outs, part_size=args.part_size,
+                                     restart=args.restart, **kw)
+        if args.map:
+            from ..reports import write_map
+
+            write_map(table, args.map)
+            log.info("wrote %s", args.map)
+    except (InputError, WeightsError, ModelFolderError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not len(table):
+        print(f"error: none of the {len(table.attrs.get('skipped', []))} photos could be read "
+              f"(see {outs[0].with_suffix('')}.skipped.csv)", file=sys.stderr)
+        return 1
+    report = {"photos": len(table), "skipped": len(table.attrs.get("skipped", [])),
+              "outputs": [str(o) for o in outs], **g.timings.report()}
+    if "summary" in table.attrs:
+        report["truth"] = table.attrs["summary"]
+    print(json.dumps(report, indent=2, default=float))
+    return 0

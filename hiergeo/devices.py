@@ -1,0 +1,88 @@
+"""Which device and how many CPU threads a process uses: one home for the hardware choices
+every command makes (training, features, prediction, evaluation, the benchmarks).
+
+Device spellings: ``auto`` (this process's GPU when there is CUDA, else the CPU), ``cpu``,
+``cuda`` (this process's GPU, ``cuda:LOCAL_RANK``) and ``cuda:N``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits among the ones extracting together (one process: the default)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+
+def ranks_from_env(env=None) -> Ranks:
+    """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` as torchrun sets them.
+
+    Absent: one process. Without ``LOCAL_WORLD_SIZE`` every rank is taken to share this node.
+    """
+    env = os.environ if env is None else env
+
+    def num(name: str, default: int) -> int:
+        value = env.get(name, "")
+        if value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+    world = num("WORLD_SIZE", 1)
+    ranks = Ranks(rank=num("RANK", 0), world=world, local_rank=num("LOCAL_RANK", 0),
+                  local_world=num("LOCAL_WORLD_SIZE", world))
+    if world < 1 or not 0 <= ranks.rank < world:
+        raise ValueError(f"RANK={ranks.rank} with WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    if ranks.local_world < 1 or not 0 <= ranks.local_rank < ranks.local_world:
+        raise ValueError(f"LOCAL_RANK={ranks.local_rank} with LOCAL_WORLD_SIZE="
+                         f"{ranks.local_world}: need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE")
+    return ranks
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_share(ranks: Ranks) -> int:
+    """This process's share of the node's CPUs."""
+    return max(1, cpu_count() // ranks.local_world)
+
+
+def torch_threads(requested: int | None, ranks: Ranks) -> int | None:
+    """torch threads to set, or None to keep torch's own choice (which reads OMP_NUM_THREADS)."""
+    if requested:
+        return requested
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    set_by_torchrun = omp == "1" and "TORCHELASTIC_RUN_ID" in os.environ
+    if ranks.local_world > 1 and (not omp or set_by_torchrun):
+        return cpu_share(ranks)
+    return None
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU when there is CUDA, else the CPU; ``cuda``: this process's
+    GPU (``cuda:LOCAL_RANK``)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {dev} asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA devices")
+    return dev
