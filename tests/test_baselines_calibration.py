@@ -165,7 +165,7 @@ def test_calibration_is_stored_with_the_model_and_applied(smoke_run, cache_env):
     import json
 
     from hiergeo.evaluate import load_run
-    from hiergeo.predict import descend, predict
+    from hiergeo.predict import Search, descend, predict
 
     run_dir, res = smoke_run
     fit = json.loads((run_dir / "calibration.json").read_text())["levels"]
@@ -181,7 +181,7 @@ def test_calibration_is_stored_with_the_model_and_applied(smoke_run, cache_env):
     with torch.no_grad():
         want = descend(model(x), model.entities.detach(), model.space, hier,
                        [t * c for t, c in zip(cfg.loss.tau, temps, strict=True)],
-                       beams=[3, 3, 3, 3], topk=2)
+                       Search(beams=(3, 3, 3, 3), topk=2))
     assert np.array_equal(got.paths, want.paths)
     assert np.allclose(got.level_prob, want.level_prob)
     assert "calibration" in res and 0 <= res["calibration"]["country"]["ece"] <= 1

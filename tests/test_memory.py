@@ -9,7 +9,7 @@ from hiergeo.embedding import embed_tree
 from hiergeo.geometry import expmap0, project
 from hiergeo.geometry.spaces import make_space
 from hiergeo.model.hierarchy import Hierarchy
-from hiergeo.predict import descend
+from hiergeo.predict import MemoryMix, Search, descend
 from hiergeo.predict.memory import Memory, Neighbours, memory_conditional, mix_log_prob
 
 TAUS = [0.7, 1.3, 0.5, 2.0]
@@ -76,15 +76,15 @@ def test_descent_with_memory(small):
     emb, hier, mem, z, f = _setup(small)
     space = make_space("poincare")
     nb = mem.search(f)
-    alone = descend(z, emb.points, space, hier, TAUS, beams=(3, 3, 3, 3), topk=3)
-    zero = descend(z, emb.points, space, hier, TAUS, beams=(3, 3, 3, 3), topk=3, memory=nb,
-                   memory_weight=[0.0] * 4)
+    alone = descend(z, emb.points, space, hier, TAUS, Search(beams=(3, 3, 3, 3), topk=3))
+    zero = descend(z, emb.points, space, hier, TAUS, Search(beams=(3, 3, 3, 3), topk=3),
+                   mix=MemoryMix(nb, [0.0] * 4))
     assert np.array_equal(alone.paths, zero.paths) and np.allclose(alone.score, zero.score)
     a, mt = [0.3, 0.5, 0.2, 0.6], [1.0, 0.7, 1.5, 1.0]
-    wide = descend(z, emb.points, space, hier, TAUS, beams=(50,) * 4, topk=50, memory=nb,
-                   memory_weight=a, mixture_temperature=mt)
-    narrow = descend(z, emb.points, space, hier, TAUS, beams=(2, 2, 2, 2), topk=2,
-                     memory=nb, memory_weight=a, mixture_temperature=mt)
+    wide = descend(z, emb.points, space, hier, TAUS, Search(beams=(50,) * 4, topk=50),
+                   mix=MemoryMix(nb, a, mt))
+    narrow = descend(z, emb.points, space, hier, TAUS, Search(beams=(2, 2, 2, 2), topk=2),
+                     mix=MemoryMix(nb, a, mt))
     for i in range(len(z)):
         paths = [tuple(p) for p in wide.paths[i]]
         for k in range(2):
@@ -111,8 +111,8 @@ def test_descent_with_memory(small):
     path = hier.ancestors[hier.level_ids[3][0]]
     sure = Neighbours(path.expand(len(z), 3, 4).clone(), torch.ones(len(z), 3,
                                                                     dtype=torch.float64))
-    got = descend(z, emb.points, space, hier, TAUS, beams=(1, 1, 1, 1), topk=1, memory=sure,
-                  memory_weight=[0.999] * 4)
+    got = descend(z, emb.points, space, hier, TAUS, Search(beams=(1, 1, 1, 1), topk=1),
+                  mix=MemoryMix(sure, [0.999] * 4))
     assert (got.paths[:, 0] == path.numpy()).all()
 
 

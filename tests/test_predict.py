@@ -10,7 +10,7 @@ from hiergeo.embedding import embed_tree
 from hiergeo.geometry import dist, expmap0, project
 from hiergeo.geometry.spaces import SPACES, make_space
 from hiergeo.model.hierarchy import Hierarchy
-from hiergeo.predict import descend, flat_search
+from hiergeo.predict import Search, descend, flat_search
 
 TAUS = [1.0] * 4
 
@@ -25,7 +25,7 @@ def test_descent_recovers_every_leaf_of_a_small_tree(small):
     hier = Hierarchy.from_gazetteer(small)
     space = make_space("poincare")
     leaves = hier.level_ids[3]
-    p = descend(emb.points[leaves], emb.points, space, hier, TAUS, beams=(1, 1, 1, 1))
+    p = descend(emb.points[leaves], emb.points, space, hier, TAUS, Search(beams=(1, 1, 1, 1)))
     assert (p.paths[:, 0, 3] == leaves.numpy()).all()
     assert (p.paths[:, 0, :] == hier.ancestors[leaves].numpy()).all()
 
@@ -36,7 +36,7 @@ def test_descent_recovers_world_leaves_at_beam_1(world):
     leaves = hier.level_ids[3][torch.randperm(len(hier.level_ids[3]),
                                               generator=torch.Generator().manual_seed(0))[:3000]]
     p = descend(emb.points[leaves], emb.points, make_space("poincare"), hier, TAUS,
-                beams=(1, 1, 1, 1))
+                Search(beams=(1, 1, 1, 1)))
     assert (p.paths[:, 0, 3] == leaves.numpy()).all()
     assert p.comparisons.max() < 5000  # a few hundred, not 165k
     # the city's prediction point (a place of its own, not its centroid) is the predicted point
@@ -50,8 +50,8 @@ def test_wide_beams_equal_flat_search(small):
     space = make_space("poincare")
     z = _random_queries(40)
     taus = [0.7, 1.3, 0.5, 2.0]
-    d = descend(z, emb.points, space, hier, taus, beams=(100, 100, 100, 100), topk=3)
-    f = flat_search(z, emb.points, space, hier, taus, topk=3, chunk=7)
+    d = descend(z, emb.points, space, hier, taus, Search(beams=(100, 100, 100, 100), topk=3))
+    f = flat_search(z, emb.points, space, hier, taus, Search(topk=3), chunk=7)
     assert (d.paths == f.paths).all()
     assert np.allclose(d.score, f.score) and np.allclose(d.level_prob, f.level_prob)
     # scores are sums of log-probabilities: the best path's equals the sum of its levels'
@@ -67,20 +67,20 @@ def test_per_level_queries_score_each_level_with_its_own_point(small):
     z = _random_queries(30, seed=5)
     taus = [0.7, 1.3, 0.5, 2.0]
     wide = (100, 100, 100, 100)
-    one = descend(z, emb.points, space, hier, taus, beams=wide, topk=3)
-    four = descend(z[:, None].expand(-1, 4, -1), emb.points, space, hier, taus, beams=wide,
-                   topk=3)
+    one = descend(z, emb.points, space, hier, taus, Search(beams=wide, topk=3))
+    four = descend(z[:, None].expand(-1, 4, -1), emb.points, space, hier, taus,
+                   Search(beams=wide, topk=3))
     assert (one.paths == four.paths).all() and np.allclose(one.score, four.score)
     # the leaves' own points as city queries: every path above the city keeps its
     # conditional probabilities, the city's are those of the new point
     leaves = hier.level_ids[3][torch.arange(30) % len(hier.level_ids[3])]
     mixed = z[:, None].repeat(1, 4, 1)
     mixed[:, 3] = emb.points[leaves]
-    f_mixed = flat_search(mixed, emb.points, space, hier, taus, topk=3)
-    d_mixed = descend(mixed, emb.points, space, hier, taus, beams=wide, topk=3)
+    f_mixed = flat_search(mixed, emb.points, space, hier, taus, Search(topk=3))
+    d_mixed = descend(mixed, emb.points, space, hier, taus, Search(beams=wide, topk=3))
     assert (f_mixed.paths == d_mixed.paths).all()
     assert np.allclose(f_mixed.level_prob, d_mixed.level_prob)
-    f_one = flat_search(z, emb.points, space, hier, taus, topk=len(hier.level_ids[3]))
+    f_one = flat_search(z, emb.points, space, hier, taus, Search(topk=len(hier.level_ids[3])))
     for i in range(5):  # the country probability of the best path is the shared point's
         c = d_mixed.paths[i, 0, 0]
         k = int(np.flatnonzero(f_one.paths[i, :, 0] == c)[0])
@@ -93,16 +93,16 @@ def test_weighted_coordinates_and_confident_level(small):
     hier = Hierarchy.from_gazetteer(small)
     space = make_space("poincare")
     leaf = hier.level_ids[3][:1]
-    sharp = descend(emb.points[leaf], emb.points, space, hier, [0.01] * 4, beams=(3,) * 4,
-                    coords="weighted")
+    sharp = descend(emb.points[leaf], emb.points, space, hier, [0.01] * 4,
+                    Search(beams=(3,) * 4, coords="weighted"))
     assert sharp.confident_level[0] == 3  # a point on the entity: sure at every level
     ll = hier.point_latlon[leaf].numpy()[0]
     assert abs(sharp.lat[0] - ll[0]) < 1e-6
-    vague = descend(torch.zeros(1, 4, dtype=torch.float64), emb.points, space, hier,
-                    [50.0] * 4, beams=(3,) * 4, coords="weighted")
+    vague = descend(torch.zeros(1, 4, dtype=torch.float64), emb.points, space, hier, [50.0] * 4,
+                    Search(beams=(3,) * 4, coords="weighted"))
     assert vague.confident_level[0] == -1
     with pytest.raises(ValueError, match="coords"):
-        descend(emb.points[leaf], emb.points, space, hier, TAUS, coords="centroid")
+        descend(emb.points[leaf], emb.points, space, hier, TAUS, Search(coords="centroid"))
     with pytest.raises(ValueError, match="temperatures"):
         descend(emb.points[leaf], emb.points, space, hier, [1.0, 1.0])
 
@@ -136,8 +136,8 @@ def test_path_probabilities_do_not_depend_on_beam_width(small):
     z = _random_queries(40)
     taus = [0.7, 1.3, 0.5, 2.0]
     n_paths = len(hier.level_ids[3])  # every path of the small tree ends in a city
-    wide = descend(z, emb.points, space, hier, taus, beams=(100,) * 4, topk=100)
-    flat = flat_search(z, emb.points, space, hier, taus, topk=100, chunk=7)
+    wide = descend(z, emb.points, space, hier, taus, Search(beams=(100,) * 4, topk=100))
+    flat = flat_search(z, emb.points, space, hier, taus, Search(topk=100), chunk=7)
     assert wide.paths.shape[1] == flat.paths.shape[1] == n_paths
     assert (wide.paths == flat.paths).all()
     assert np.abs(wide.score - flat.score).max() < 1e-12
@@ -148,7 +148,7 @@ def test_path_probabilities_do_not_depend_on_beam_width(small):
     assert np.allclose(wide.path_prob[..., -1], np.exp(wide.score), atol=1e-12)
     compared = 0
     for b in (1, 3):
-        d = descend(z, emb.points, space, hier, taus, beams=(b,) * 4, topk=3)
+        d = descend(z, emb.points, space, hier, taus, Search(beams=(b,) * 4, topk=3))
         for i in range(len(z)):
             for k in np.flatnonzero(np.isfinite(d.score[i])):
                 j = _same_path(wide, i, d.paths[i, k])
@@ -165,7 +165,7 @@ def test_level_probability_is_conditional_on_the_parent(small):
     space = make_space("poincare")
     z = _random_queries(5, seed=7)
     taus = [0.7, 1.3, 0.5, 2.0]
-    p = descend(z, emb.points, space, hier, taus, beams=(2, 2, 2, 2), topk=2)
+    p = descend(z, emb.points, space, hier, taus, Search(beams=(2, 2, 2, 2), topk=2))
     parent = hier.parent.numpy()
     pts = emb.points
     for i in range(len(z)):
@@ -182,7 +182,7 @@ def test_confident_level_uses_the_joint_prefix_probability(small):
     emb = embed_tree(small, dim=4)
     hier = Hierarchy.from_gazetteer(small)
     z = _random_queries(200, seed=11)
-    p = descend(z, emb.points, make_space("poincare"), hier, [0.3] * 4, beams=(3,) * 4)
+    p = descend(z, emb.points, make_space("poincare"), hier, [0.3] * 4, Search(beams=(3,) * 4))
     prefix = p.path_prob[:, 0, :]
     assert np.allclose(prefix, np.exp(np.cumsum(np.log(p.level_prob[:, 0, :]), axis=1)))
     want = (prefix >= 0.5).sum(1) - 1  # the prefix probability only falls with depth
@@ -210,8 +210,9 @@ def test_a_path_stops_where_its_entity_has_no_active_children(small, coords):
     jp, khomas = small.id_of("JP"), small.id_of("Khomas_NA")
     z = emb.points[[jp, khomas]]
     for beams in [(1, 1, 1, 1), (3, 3, 3, 3)]:
-        p = descend(z, emb.points, space, hier, [0.05] * 4, beams=beams, topk=3, coords=coords)
-        f = flat_search(z, emb.points, space, hier, [0.05] * 4, topk=3, coords=coords)
+        p = descend(z, emb.points, space, hier, [0.05] * 4,
+                    Search(beams=beams, topk=3, coords=coords))
+        f = flat_search(z, emb.points, space, hier, [0.05] * 4, Search(topk=3, coords=coords))
         for pred in (p, f):
             assert pred.paths[0, 0].tolist() == [jp, -1, -1, -1]
             assert pred.paths[1, 0].tolist() == [small.id_of("NA"), khomas, -1, -1]
@@ -227,7 +228,7 @@ def test_a_path_stops_where_its_entity_has_no_active_children(small, coords):
     # a region of a stopped country is never invented: beams of one that all stop still
     # give the stopped path, not entity 0
     only_jp = _pruned(small, ["JP"])
-    p = descend(emb.points[[jp]], emb.points, space, only_jp, TAUS, beams=(1, 1, 1, 1))
+    p = descend(emb.points[[jp]], emb.points, space, only_jp, TAUS, Search(beams=(1, 1, 1, 1)))
     assert p.paths[0].tolist() == [[jp, -1, -1, -1]]
     assert p.score[0, 0] == 0.0 and p.level_prob[0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
 

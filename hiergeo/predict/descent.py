@@ -41,6 +41,50 @@ from .memory import memory_conditional, mix_log_prob
 NLEV = len(LEVELS)
 
 
+@dataclass(frozen=True)
+class Search:
+    """How queries are searched (the same for :func:`descend` and :func:`flat_search`, which
+    ignores ``beams``).
+
+    Attributes:
+        beams: beam width per level (countries kept, regions kept, ...). Widths change which
+            paths are found, never a found path's probabilities or score.
+        topk: paths returned (the last level keeps ``max(beams[-1], topk)``).
+        coords: ``"city"`` (the best path's prediction point: its city's, or its deepest
+            entity's where it stops) or ``"weighted"`` (the mean on the sphere of the top-k
+            paths' prediction points, weighted by their joint probabilities).
+        threshold: joint (prefix) probability a level needs for ``confident_level``.
+    """
+
+    beams: tuple[int, ...] = (5, 5, 5, 5)
+    topk: int = 5
+    coords: str = "city"
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class MemoryMix:
+    """The retrieval memory in a descent (:mod:`hiergeo.predict.memory`): its neighbours of
+    the queries (a :class:`~hiergeo.predict.memory.Neighbours`, row i for query i), and per
+    level the mixture's weight ``a_l`` (0: the model alone at that level) and temperature
+    ``T'_l``."""
+
+    neighbours: object
+    weight: tuple[float, ...]
+    temperature: tuple[float, ...] = (1.0,) * NLEV
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", tuple(float(a) for a in self.weight))
+        object.__setattr__(self, "temperature", tuple(float(t) for t in self.temperature))
+
+    def at(self, lvl: int) -> bool:
+        """Whether the memory has weight at level ``lvl``."""
+        return self.weight[lvl] > 0
+
+    def to(self, device) -> MemoryMix:
+        return MemoryMix(self.neighbours.to(device), self.weight, self.temperature)
+
+
 @dataclass
 class Prediction:
     """Top-k paths per query, best first.
@@ -141,8 +185,9 @@ def _deepest(paths: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, last, -1)
 
 
-def _finish(paths, score, prob, hier, topk, coords, threshold, comparisons) -> Prediction:
+def _finish(paths, score, prob, hier, search: Search, comparisons) -> Prediction:
     """Coordinates and confident level from the top paths (tensors -> numpy)."""
+    topk, coords, threshold = search.topk, search.coords, search.threshold
     paths, score, prob = paths[:, :topk], score[:, :topk], prob[:, :topk]
     # padding paths have no entity; their coordinates get weight 0 (or are never the best)
     ll = hier.point_latlon[_deepest(paths).clamp_min(0)].cpu().numpy()
@@ -207,17 +252,18 @@ def topk_per_query(score: torch.Tensor, query: torch.Tensor, n_queries: int, k: 
     return pick, torch.isfinite(top.values)
 
 
-def _countries(z, entities, space, hier, tau: float, keep: int, mix):
+def _countries(z, entities, space, hier, tau: float, keep: int, mix: MemoryMix | None):
     """The first level: every active country scored, the best ``keep`` per query kept.
     Returns the paths ``hist [B, W, 4]``, their levels' probabilities ``prob``, their
     scores ``[B, W]`` and the comparisons made ``[B]``."""
-    memory, mw, mt = mix
     dev, B, ids0 = entities.device, len(z), hier.level_ids[0]
     logp = torch.log_softmax(-space.matrix(level_query(z, 0), entities[ids0]) / tau, dim=1)
-    if mw[0] > 0:
+    if mix is not None and mix.at(0):
         q0 = torch.arange(B, device=dev).repeat_interleave(len(ids0))
-        pm = memory_conditional(memory, q0, ids0.repeat(B), 0, hier).reshape(B, len(ids0))
-        logp = mix_level(logp, pm, mw[0], mt[0], torch.zeros_like(ids0), 1)
+        pm = memory_conditional(mix.neighbours, q0, ids0.repeat(B), 0, hier).reshape(
+            B, len(ids0))
+        logp = mix_level(logp, pm, mix.weight[0], mix.temperature[0], torch.zeros_like(ids0),
+                         1)
     top = logp.topk(min(keep, len(ids0)), dim=1)
     W = top.indices.shape[1]
     hist = torch.full((B, W, NLEV), -1, dtype=torch.long, device=dev)
@@ -228,19 +274,19 @@ def _countries(z, entities, space, hier, tau: float, keep: int, mix):
 
 
 def _children_logp(z, entities, space, hier, tau: float, lvl: int, beam, child, query,
-                   n_beams: int, mix) -> torch.Tensor:
+                   n_beams: int, mix: MemoryMix | None) -> torch.Tensor:
     """``log P(child | parent)`` of each candidate ``child [T]`` of beam ``beam [T]`` (query
     ``query [T]``) at level ``lvl``: a softmax over the beam's children (siblings share a
     beam), mixed with the memory where it has weight; 0 for a stopped path's carry-over
     candidate (-1)."""
-    memory, mw, mt = mix
     real = child >= 0
     logp = torch.zeros(len(child), dtype=torch.float64, device=entities.device)
     logit = -space.pair(level_query(z, lvl)[query[real]], entities[child[real]]) / tau
     logp[real] = log_softmax_groups(logit, beam[real], n_beams)
-    if mw[lvl] > 0:
-        pm = memory_conditional(memory, query[real], child[real], lvl, hier)
-        logp[real] = mix_level(logp[real], pm, mw[lvl], mt[lvl], beam[real], n_beams)
+    if mix is not None and mix.at(lvl):
+        pm = memory_conditional(mix.neighbours, query[real], child[real], lvl, hier)
+        logp[real] = mix_level(logp[real], pm, mix.weight[lvl], mix.temperature[lvl],
+                               beam[real], n_beams)
     return logp
 
 
@@ -261,9 +307,8 @@ def _keep_best(hist, prob, score, lvl: int, beam, child, query, logp, keep: int)
 
 
 @torch.no_grad()
-def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5, 5, 5, 5),
-            topk: int = 5, coords: str = "city", threshold: float = 0.5,
-            memory=None, memory_weight=None, mixture_temperature=None) -> Prediction:
+def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus,
+            search: Search = Search(), mix: MemoryMix | None = None) -> Prediction:
     """Hierarchical beam descent for query points ``z [B, D]``, or ``[B, 4, D]`` with one
     point per level (see the module docstring).
 
@@ -272,28 +317,17 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
         space: the :mod:`~hiergeo.geometry.spaces` space of ``z`` and ``entities``.
         hier: a :class:`~hiergeo.model.hierarchy.Hierarchy` on the same device.
         taus: temperature per level.
-        beams: beam width per level (countries kept, regions kept, ...). Widths change which
-            paths are found, never a found path's probabilities or score.
-        topk: paths returned (the last level keeps ``max(beams[-1], topk)``).
-        coords: ``"city"`` (the best path's prediction point: its city's, or its deepest
-            entity's where it stops) or ``"weighted"`` (the mean on the sphere of the top-k
-            paths' prediction points, weighted by their joint probabilities).
-        threshold: joint (prefix) probability a level needs for ``confident_level``.
-        memory, memory_weight, mixture_temperature: the retrieval memory's neighbours of
-            these queries (a :class:`~hiergeo.predict.memory.Neighbours`, row i for query i),
-            and per level the weight ``a_l`` and temperature ``T'_l`` of the mixture
-            (:mod:`hiergeo.predict.memory`; temperatures default to 1). None: the model
-            alone.
+        search: beams, paths returned, coordinates, confidence threshold (:class:`Search`).
+        mix: the retrieval memory's neighbours and mixture (:class:`MemoryMix`); None: the
+            model alone.
     """
+    beams, topk = search.beams, search.topk
     _check(taus, beams)
     _check_hierarchy(hier)
     dev = entities.device
     z = z.to(device=dev, dtype=torch.float64)
     B = len(z)
-    mw = [0.0] * NLEV if memory is None else [float(a) for a in memory_weight]
-    mt = [1.0] * NLEV if mixture_temperature is None else [float(t) for t in
-                                                            mixture_temperature]
-    mix = (None if memory is None else memory.to(dev), mw, mt)
+    mix = None if mix is None else mix.to(dev)
     hist, prob, score, comparisons = _countries(z, entities, space, hier, taus[0],
                                                 _keep(beams, 0, topk), mix)
     for lvl in range(1, NLEV):
@@ -307,7 +341,7 @@ def descend(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, beams=(5
         comparisons += torch.bincount(query[child >= 0], minlength=B)
         hist, prob, score = _keep_best(hist, prob, score, lvl, beam, child, query, logp,
                                        _keep(beams, lvl, topk))
-    return _finish(hist, score, prob, hier, topk, coords, threshold, comparisons)
+    return _finish(hist, score, prob, hier, search, comparisons)
 
 
 # -- flat search --------------------------------------------------------------------------
@@ -332,13 +366,13 @@ def _leaf_paths(hier) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk: int = 5,
-                coords: str = "city", threshold: float = 0.5,
-                chunk: int = 64) -> Prediction:
+def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus,
+                search: Search = Search(), chunk: int = 64) -> Prediction:
     """Score every active entity of every level, normalise within sibling groups, and rank
     every country-to-leaf path by the sum of its entities' conditional log-probabilities.
-    Arguments as :func:`descend`; queries are processed ``chunk`` at a time to bound
-    memory."""
+    Arguments as :func:`descend` (``search.beams`` unused); queries are processed ``chunk``
+    at a time to bound memory."""
+    topk = search.topk
     _check(taus)
     _check_hierarchy(hier)
     dev = entities.device
@@ -363,7 +397,7 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
                                         lp.gather(1, tpos[..., j].clamp_min(0)).exp(), 0.0)
                             for j, lp in enumerate(logps)], dim=-1)
         comps = torch.full((len(zc),), n_total, dtype=torch.long, device=dev)
-        parts.append(_finish(paths, top.values, prob, hier, topk, coords, threshold, comps))
+        parts.append(_finish(paths, top.values, prob, hier, search, comps))
     if not parts:
         raise ValueError("no queries")
     return Prediction.concat(parts)
@@ -372,7 +406,7 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus, topk
 @torch.no_grad()
 def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
             batch_size: int = 1024, memory=None, neighbours=None, from_features: bool = False,
-            **kwargs) -> Prediction:
+            **search) -> Prediction:
     """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``.
 
     ``taus`` are the training temperatures; the model's calibration
@@ -384,10 +418,12 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     memory's :class:`~hiergeo.predict.memory.Neighbours` for every row of ``x`` when already
     searched (a search is the costly part at scale); None: searched a batch at a time.
     ``from_features``: ``x`` are already the encoder's output (a timm encoder's features,
-    computed elsewhere), so the encoder is not run."""
+    computed elsewhere), so the encoder is not run. ``search``: the :class:`Search` fields
+    (``beams``, ``topk``, ``coords``, ``threshold``) as keywords."""
     if method not in ("descent", "flat"):
         raise ValueError(f"method must be 'descent' or 'flat', not {method!r}")
-    fn = descend if method == "descent" else flat_search
+    settings = Search(**{k: tuple(v) if k == "beams" else v for k, v in search.items()
+                         if v is not None})
     taus = [float(t) * float(c) for t, c in zip(taus, model.level_temperature, strict=True)]
     was = model.training
     model.eval()
@@ -401,12 +437,16 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
             f = x[s:s + batch_size].to(dev)
             f = f.float() if from_features else model.encoder(f)
             z = model.query_from_features(f)
+            table = (z, model.entities.detach(), model.space, hier, taus)
+            if method == "flat":
+                parts.append(flat_search(*table, settings))
+                continue
+            mix = None
             if use_memory:
                 nb = (memory.search(f) if neighbours is None
                       else neighbours[s:s + batch_size])
-                kwargs.update(memory=nb, memory_weight=model.memory_weight,
-                              mixture_temperature=model.mixture_temperature)
-            parts.append(fn(z, model.entities.detach(), model.space, hier, taus, **kwargs))
+                mix = MemoryMix(nb, model.memory_weight, model.mixture_temperature)
+            parts.append(descend(*table, settings, mix))
     finally:
         model.train(was)
     if not parts:
