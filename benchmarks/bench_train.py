@@ -15,7 +15,7 @@ Ablation: the demo preset as ``make demo`` runs it (same seed, data, steps), onc
 geometry; per-level accuracy and median km. Writes ``results/benchmarks/geometry_ablation.json``
 and ``.md``.
 
-Sweep (``--sweep``): the figures behind the trainer's defaults in the README. The demo run
+Sweep (``--sweep``): the demo figures of results/benchmarks/README.md#defaults-and-why. The demo run
 once per setting of the start radius, the sibling margin, the temperature and the entity
 learning rate (about 20 minutes on 2 cores), plus what the settings act on: the median angle
 between sibling cities seen from the origin, the starting tree's MAP, and the spacing of

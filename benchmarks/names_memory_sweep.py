@@ -7,7 +7,7 @@ at each beam width given. Prints one JSON line per setting; nothing is written t
     python benchmarks/names_memory_sweep.py --run results/names/names-poincare \\
         --settings 0,1 20,0.1 20,0.05 50,0.05 --beams 1 5
 
-The runs of the README's table of defaults were rescored this way
+The runs behind results/benchmarks/README.md#defaults-and-why were rescored this way
 (``results/benchmarks/names_tuning.md``).
 """
 

@@ -62,9 +62,8 @@ class DataConfig:
     split_cell_km: float = 5.0
     split_min_km: float = 1.0
     label_mode: str = "osv5m"     # gazetteer.label mode when the data has no unique_* columns
-    # restrict the entity set to entities seen in training (and their ancestors). Names
-    # benchmark (val, dim 32): subregion 0.055 vs 0.045 without; country 0.529 vs 0.529,
-    # GeoScore 2,254 vs 2,275
+    # restrict the entity set to entities seen in training (and their ancestors); a label
+    # naming another entity counts as a miss (results/benchmarks/README.md#defaults-and-why)
     prune_entities: bool = True
     feature_dim: int | None = None  # expected feature dimension; None: take the store's
     max_samples: int | None = None  # use only the first N rows (quick experiments)
@@ -81,14 +80,15 @@ class ModelConfig:
     #                                  what float64 allows, 11.96 / sqrt(c))
     embedding: str = "construct"  # tree embedding that initialises the entity table
     # construct: how far from the origin the tree's cities start (None: 11.5, the embedding's
-    # own default, 94% of what float64 allows at c = 1). Smaller trains far better: near the
-    # edge, sibling cities are 2.5e-4 rad apart and a query must hit that angle (README)
+    # own default, 94% of what float64 allows at c = 1). Nearer the edge, sibling cities are
+    # closer in angle seen from the origin, and a query must hit that angle
+    # (results/benchmarks/README.md#defaults-and-why)
     radius_budget: float | None = 2.5
     # construct: push siblings apart to this multiple of the angle that keeps them further
-    # from each other than from their parent (None: 1.25, the embedding's default). At radius
-    # 2.5 no 16-D layout meets 1.25 and trying costs 81 s; 0.75 takes 17 s (README)
+    # from each other than from their parent (None: 1.25, the embedding's default). A larger
+    # margin takes longer to construct (results/benchmarks/README.md#defaults-and-why)
     sibling_margin: float | None = 0.75
-    # the head (these three: the README's table of defaults says why)
+    # the head (results/benchmarks/README.md#defaults-and-why)
     hidden: int = 1024
     layers: int = 3
     dropout: float = 0.0
@@ -119,17 +119,16 @@ class LossConfig:
     # the negatives of a level: "level" = every entity of the level (HierLoc's loss; full or
     # sampled candidates below); "siblings" = the children of the positive's parent only, so
     # the loss is -log P(entity | parent), what prediction reports and scores paths by
-    # (names benchmark, val: siblings 0.529 / 0.097 / 0.055 country / region / subregion
-    # against 0.532 / 0.078 / 0.052 for level, with the path scored by joint probability)
+    # (results/benchmarks/README.md#defaults-and-why)
     scope: str = "siblings"
     parent_weight: float = 0.1
     # geo = the loss above (HierLoc's; hiergeo.losses.contrastive). Ablations from
     # pytorch-metric-learning (hiergeo.losses.ablations): proxy_anchor (ProxyAnchorLoss,
     # alpha = 1 / tau), contrastive (ContrastiveLoss on the pairs of a MultiSimilarityMiner).
     # They score each level's queries against one reference set, with scope=siblings the
-    # union of the batch's sibling groups (cousins too), with level the whole level, at once:
-    # ~100 bytes per (query, entity) pair. sigma_km, lam, weight_form and the candidates
-    # settings are the geo loss's only. Names benchmark, val: results/benchmarks/names_losses.md
+    # union of the batch's sibling groups (cousins too), with level the whole level, at once,
+    # not streamed: for comparison, not for OSV-5M's size. sigma_km, lam, weight_form and the
+    # candidates settings are the geo loss's only (results/benchmarks/README.md#loss-ablations)
     function: str = "geo"
     margin: float | None = None   # PML ablations, distance units (None: PML's default)
     # auto | full | sampled. Sampled candidates (distinct siblings, cousins and the rest of
@@ -144,8 +143,8 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     batch_size: int = 256
-    # names benchmark (117k samples): validation top-1 country 0.516 / 0.538 after 1.1 / 2.2
-    # epochs (2,000 samples), 0.529 at the end of 3 (all 13k): the cosine schedule plateaus
+    # passes over the training split; the cosine schedule spans them
+    # (results/benchmarks/README.md#defaults-and-why)
     epochs: float = 3.0
     max_steps: int | None = None  # stop earlier than ``epochs`` (None: no limit)
     lr: float = 2e-3              # head (and encoder when fine-tuned), AdamW
@@ -159,9 +158,8 @@ class OptimConfig:
     # entity table optimiser: "dense" = geoopt RiemannianAdam over the whole table every step;
     # "sparse" = geoopt SparseRiemannianAdam, which updates only the rows a batch touched
     # (lazy moments, like torch's SparseAdam); "auto" = sparse in a single CPU process, else
-    # dense (DDP cannot reduce sparse gradients). On a CPU the dense step over 165k rows
-    # dominates: about 70% of a step at dim 32 on the names benchmark (py-spy, once); 1,913 vs
-    # 2,172 samples/s on the demo at dim 16 (results/benchmarks/train.json)
+    # dense (DDP cannot reduce sparse gradients). On a CPU the dense step over the whole table
+    # dominates a step (results/benchmarks/README.md#defaults-and-why)
     entity_optimizer: str = "auto"
 
 
@@ -180,9 +178,9 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    # beam width per level: 1 keeps each level's most probable child (names benchmark, see
-    # the README's table of defaults: better at every level than 5, which finds more
-    # probable whole paths through less probable countries)
+    # beam width per level: 1 keeps each level's most probable child; wider beams find more
+    # probable whole paths, which may run through less probable countries
+    # (results/benchmarks/README.md#defaults-and-why)
     beams: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     topk: int = 5
     coords: str = "city"          # city | weighted
@@ -198,7 +196,7 @@ class EvalConfig:
     # with a per-level weight fitted on the validation split with the temperatures (0 where
     # it does not help). Needs eval.calibrate and encoder=features; keeps the training
     # features in memory at prediction (float16, N x d x 2 bytes)
-    # (measured on the names benchmark: the README's table of defaults)
+    # (results/benchmarks/README.md#defaults-and-why)
     memory: bool = True
     memory_k: int = 20
     memory_temperature: float = 0.05
