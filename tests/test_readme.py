@@ -6,8 +6,8 @@ hiergeo.<cmd>`` by that command's parser (``hiergeo.cli.<cmd>.build_parser()``),
 ``hiergeo.train`` its ``--config`` and ``key.sub=value`` overrides by ``load_config``;
 ``python -m gazetteer`` by gazetteer's parser; ``make X`` against the Makefile's targets;
 ``pip install -e '.[extra]'`` against pyproject's extras; ``python path.py`` by the file
-existing. A line of a kind the checker does not know fails, so a new kind of command gets a
-rule rather than a free pass.
+existing and spelling each ``--option`` given. A line of a kind the checker does not know
+fails, so a new kind of command gets a rule rather than a free pass.
 """
 
 from __future__ import annotations
@@ -108,6 +108,17 @@ def _check_module(module: str, args: list[str], what: str) -> None:
         _check_train(ns, what)
 
 
+def _check_script(path: str, args: list[str], what: str) -> None:
+    """A script of the repository, each of whose ``--options`` its source spells."""
+    script = ROOT / path
+    if not script.is_file():
+        raise CommandError(f"{what}: no script {path} in the repository")
+    source = script.read_text(encoding="utf-8")
+    for opt in (a.split("=", 1)[0] for a in args if a.startswith("--")):
+        if f'"{opt}"' not in source and f"'{opt}'" not in source:
+            raise CommandError(f"{what}: {path} has no option {opt}")
+
+
 def make_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
     return {m.group(1) for m in re.finditer(r"^([A-Za-z0-9_.-]+)\s*:(?!=)", text, re.M)}
@@ -150,8 +161,7 @@ def check_command(line: str) -> None:
                 raise CommandError(f"{what}: python options before -m are not checked")
             _check_module(args[i + 1], args[i + 2:], what)
         elif prog != "torchrun" and args and args[0].endswith(".py"):
-            if not (ROOT / args[0]).is_file():
-                raise CommandError(f"{what}: no script {args[0]} in the repository")
+            _check_script(args[0], args[1:], what)
         else:
             raise CommandError(f"{what}: neither -m MODULE nor a script")
     else:
@@ -192,6 +202,7 @@ def test_documented_command_parses(line):
     "make no-such-target",
     "pip install -e '.[no-such-extra]'",
     "python scripts/no_such_script.py",
+    "python benchmarks/bench_names.py --no-such-option",
     "curl https://example.org",
 ])
 def test_checker_refuses_what_would_not_run(line):
