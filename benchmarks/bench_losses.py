@@ -41,7 +41,7 @@ from hiergeo import metrics
 from hiergeo.config import load_config
 from hiergeo.data.names import names_benchmark
 from hiergeo.data.splits import read_store_split
-from hiergeo.losses import FUNCTIONS
+from hiergeo.losses import LOSS_CLASSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_names import COLUMNS, hiergeo_rows  # noqa: E402
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--functions", default=",".join(FUNCTIONS))
+    ap.add_argument("--functions", default=",".join(LOSS_CLASSES))
     ap.add_argument("--override", action="append", default=[],
                     help="applied to every run (e.g. loss.margin=0.5)")
     ap.add_argument("--tag", default="", help="appended to run and row names")
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     if args.override and not args.tag:
         ap.error("--override needs a --tag=-NAME, so that its runs and rows do not replace "
                  "the defaults' (run ids names-poincare-<function><tag>)")
-    if unknown := set(functions) - set(FUNCTIONS):
-        ap.error(f"unknown loss functions {sorted(unknown)}; one of {', '.join(FUNCTIONS)}")
+    if unknown := set(functions) - set(LOSS_CLASSES):
+        ap.error(f"unknown loss functions {sorted(unknown)}; one of {', '.join(LOSS_CLASSES)}")
     hw = [f"hardware.threads={args.threads}"] if args.threads else []
     if args.threads:
         torch.set_num_threads(args.threads)

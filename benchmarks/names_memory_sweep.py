@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     from hiergeo.data.names import names_benchmark
     from hiergeo.data.splits import read_store_split
     from hiergeo.evaluate import build_memory, evaluate_split, load_run
-    from hiergeo.train.loop import _calibrate
+    from hiergeo.predict.calibration import calibrate as _calibrate
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

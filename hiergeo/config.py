@@ -410,7 +410,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    from .losses import FUNCTIONS, WEIGHT_FORMS
+    from .losses import LOSS_CLASSES, WEIGHT_FORMS
 
     n = len(LEVELS)
     for name in ("tau", "sigma_km", "lam", "weights"):
@@ -430,13 +430,15 @@ def validate(cfg: Config) -> None:
          f"the rest of the level), got {cfg.loss.n_random}")
     need(all(w >= 0 for w in cfg.loss.weights) and sum(cfg.loss.weights) > 0,
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
-    need(cfg.loss.function in FUNCTIONS, f"loss.function must be one of "
-         f"{', '.join(FUNCTIONS)}, not {cfg.loss.function!r}")
-    need(cfg.loss.margin is None or (cfg.loss.margin > 0 and cfg.loss.function != "geo"),
-         f"loss.margin is the PML ablations' (loss.function), positive, got "
-         f"{cfg.loss.margin} with loss.function={cfg.loss.function}")
-    need(cfg.loss.function == "geo" or cfg.loss.candidates != "sampled", "the PML ablations "
-         "score whole reference sets: loss.candidates=sampled is the geo loss's only")
+    kind = LOSS_CLASSES.get(cfg.loss.function)
+    need(kind is not None, f"loss.function must be one of {', '.join(LOSS_CLASSES)}, not "
+         f"{cfg.loss.function!r}")
+    need(cfg.loss.margin is None or (cfg.loss.margin > 0 and kind.default_margin is not None),
+         f"loss.margin is for the loss functions that take one (the PML ablations), "
+         f"positive, got {cfg.loss.margin} with loss.function={cfg.loss.function}")
+    need(kind.samples_candidates or cfg.loss.candidates != "sampled",
+         f"loss.function={cfg.loss.function} scores whole reference sets: "
+         "loss.candidates=sampled is for the loss functions that sample them (geo)")
     need(cfg.loss.scope in ("level", "siblings"),
          f"loss.scope must be level or siblings, not {cfg.loss.scope!r}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),

@@ -167,6 +167,45 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
     return result
 
 
+def validation_metrics(model, split, hier, cfg, rows: np.ndarray) -> dict:
+    """Top-1 per level from the descent's path and median km, on ``rows`` of ``split``."""
+    x = split.inputs(rows)
+    pred = predict(model, x, hier, cfg.loss.tau, beams=cfg.eval.beams, topk=1,
+                   coords=cfg.eval.coords)
+    truth = split.ids[rows].numpy()
+    out = {}
+    for j, lvl in enumerate(LEVELS):
+        present = truth[:, j] >= 0
+        hit = pred.paths[:, 0, j] == truth[:, j]
+        out[f"val_top1_{lvl}"] = float(hit[present].mean()) if present.any() else float("nan")
+    ll = split.latlon[rows].numpy()
+    out["val_median_km"] = float(np.median(metrics.haversine_km(pred.lat, pred.lon, ll[:, 0],
+                                                        ll[:, 1])))
+    return out
+
+
+def final_evaluation(model, hier, data, cfg, gz, out_dir: Path, *, on_calibrated=None
+                     ) -> dict:
+    """A trained model at the end of its run: calibration (temperatures, the memory's
+    weights) on the validation split (:func:`hiergeo.predict.calibration.calibrate`),
+    ``on_calibrated()`` (the trainer saves its checkpoint again, with the calibration), then
+    :func:`evaluate_split` on the validation split. Returns the figures; ``temperatures``
+    and ``memory`` (whether the retrieval memory was used) among them."""
+    from .predict.calibration import calibrate
+
+    memory = build_memory(cfg, data.train, model.entities.device)
+    neighbours, result = None, {}
+    if cfg.eval.calibrate:
+        result["temperatures"], neighbours = calibrate(model, data.val, hier, cfg, out_dir,
+                                                       memory)
+        if on_calibrated is not None:
+            on_calibrated()
+    result.update(evaluate_split(model, hier, data.val, cfg, gz, out_dir, memory=memory,
+                                 neighbours=neighbours))
+    result["memory"] = memory is not None and model.uses_memory
+    return result
+
+
 def _predictions_frame(pred, split, truth: pd.DataFrame, km, hits, gz) -> pd.DataFrame:
     """``predictions.parquet``: per sample its truth, predicted point and top path's keys,
     their probabilities given the parent, and OSV-5M's hits."""

@@ -81,3 +81,18 @@ def scripts():
         spec.loader.exec_module(mod)
         return mod
     return load
+
+
+@pytest.fixture
+def loss_terms():
+    """``loss_terms(cfg, model, hier, z, ids, latlon, gen, full)``: the trainer's loss terms
+    for one batch (its :class:`~hiergeo.losses.Objective`, with ``full`` per level)."""
+    from hiergeo.losses import Objective
+    from hiergeo.train.optim import sparse_entities
+
+    def terms(cfg, model, hier, z, ids, latlon, gen, full):
+        objective = Objective.build(cfg.loss, model.space, hier, device="cpu", batch=len(ids),
+                                    sparse=sparse_entities(cfg, "cpu"), full=full)
+        return objective(model.entities, z, ids, latlon, gen,
+                         parent_margin=model.parent_margin)
+    return terms

@@ -10,12 +10,12 @@ import torch
 from hiergeo.geometry import expmap0, project
 from hiergeo.geometry.spaces import Poincare
 from hiergeo.losses import GeoWeightedContrastive
-from hiergeo.model.hierarchy import Hierarchy
-from hiergeo.train.candidates import (
+from hiergeo.losses.candidates import (
     CandidateSampler,
     distinct_uniform,
     sample_candidates,
 )
+from hiergeo.model.hierarchy import Hierarchy
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +164,11 @@ def test_sampled_loss_estimates_the_full_loss(world_hier, level):
     assert (torch.stack(plain).mean() - full.mean()).abs() > 10 * tol
 
 
-def test_level_losses_full_and_sampled_agree(small):
+def test_level_losses_full_and_sampled_agree(small, loss_terms):
     """The trainer's loss terms are the same whether a level scores every entity or sampled
     candidates that cover it: what a GPU (full) and a CPU (sampled) optimise is one objective."""
     from hiergeo.model.build import build_model
     from hiergeo.train import load_config
-    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", ["loss.scope=level", "loss.n_siblings=100",
                                 "loss.n_cousins=100", "loss.n_random=100"])
@@ -178,8 +177,8 @@ def test_level_losses_full_and_sampled_agree(small):
     ll = hier.latlon[hier.level_ids[3]]
     z = model(torch.randn(len(ids), 12, generator=torch.Generator().manual_seed(0)))
     gen = torch.Generator().manual_seed(0)
-    full = _level_losses(cfg, model, z.double(), ids, ll, hier, gen, [True] * 4)
-    samp = _level_losses(cfg, model, z.double(), ids, ll, hier, gen, [False] * 4)
+    full = loss_terms(cfg, model, hier, z.double(), ids, ll, gen, [True] * 4)
+    samp = loss_terms(cfg, model, hier, z.double(), ids, ll, gen, [False] * 4)
     for k in full:
         assert torch.allclose(full[k], samp[k], rtol=1e-10), k
 

@@ -65,7 +65,7 @@ def test_config_errors_name_the_key(override, match):
 
 def test_warmup_follows_the_run_length():
     """The warm-up is a share of the run: 5% of 100 steps or of 100,000 steps."""
-    from hiergeo.train.loop import _lr_lambda
+    from hiergeo.train.optim import lr_lambda as _lr_lambda
 
     cfg = load_config("smoke", ["optim.warmup=0.05", "optim.min_lr_ratio=0.0"])
     for total in (100, 100_000):
@@ -319,12 +319,12 @@ def test_empty_split(tmp_path, cache_env):
     ("dense", "level", "shared"), ("sparse", "level", "shared"),
     ("dense", "siblings", "shared"), ("sparse", "siblings", "shared"),
     ("dense", "level", "per_level"), ("sparse", "siblings", "per_level")])
-def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope, queries):
+def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope, queries,
+                                       loss_terms):
     """Two optimisation steps: every parameter gets a finite gradient, nothing is NaN."""
     import geoopt
 
     from hiergeo.model.build import build_model
-    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", [f"model.geometry={geometry}", f"loss.scope={scope}",
                                 f"optim.entity_optimizer={entity_optimizer}",
@@ -342,8 +342,8 @@ def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope,
     before = model.entities.detach().clone()
     for step in range(2):
         gen = torch.Generator().manual_seed(step)
-        terms = _level_losses(cfg, model, model(x), ids, ll, hier, gen, [True, True, False,
-                                                                          False])
+        terms = loss_terms(cfg, model, hier, model(x), ids, ll, gen,
+                           [True, True, False, False])
         opt.zero_grad()
         ent.zero_grad()
         terms["loss"].backward()
@@ -360,25 +360,25 @@ def test_backward_smoke_every_geometry(small, geometry, entity_optimizer, scope,
 @pytest.mark.parametrize("function", ["proxy_anchor", "contrastive"])
 @pytest.mark.parametrize("scope,entity_optimizer", [("siblings", "sparse"), ("level", "dense")])
 def test_pml_ablations_reach_every_parameter(small, function, scope, entity_optimizer,
-                                            monkeypatch):
+                                            monkeypatch, loss_terms):
     """loss.function's PML ablations: every level's term is theirs and finite, the entity
     table (sparse or dense) and the head get gradients, and only the entities the loss saw
     get one."""
+    from hiergeo.losses import LOSS_CLASSES
     from hiergeo.model.build import build_model
-    from hiergeo.train import loop
-    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", [f"loss.function={function}", f"loss.scope={scope}",
                                 f"optim.entity_optimizer={entity_optimizer}",
                                 "loss.parent_weight=0"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
     calls = []
-    real = loop._ablation_loss
-    monkeypatch.setattr(loop, "_ablation_loss", lambda *a: calls.append(a[1]) or real(*a))
+    kind = LOSS_CLASSES[function]
+    real = kind.__call__
+    monkeypatch.setattr(kind, "__call__", lambda self, q: calls.append(q.level) or real(self, q))
     cities = hier.level_ids[3][:3]
     ids = torch.as_tensor(small.ancestors[cities.numpy()])
-    terms = _level_losses(cfg, model, model(torch.randn(len(ids), 12)), ids,
-                          hier.latlon[cities], hier, torch.Generator(), [True] * 4)
+    terms = loss_terms(cfg, model, hier, model(torch.randn(len(ids), 12)), ids,
+                       hier.latlon[cities], torch.Generator(), [True] * 4)
     assert {f"loss_{lvl}" for lvl in ("country", "region", "subregion", "city")} <= set(terms)
     assert calls == [0, 1, 2, 3]  # the ablation, not the geo loss, at every level
     assert all(torch.isfinite(v) for v in terms.values())
@@ -399,9 +399,10 @@ def test_pml_ablation_references_and_labels(small, scope):
     """Each level's reference entities and each query's label among them, against a list
     built by hand: with siblings the union of the positives' sibling groups, with level the
     whole level; the label is the row of the query's own entity."""
+    from hiergeo.losses import LevelQueries, LevelSetup
     from hiergeo.losses.ablations import ablation
+    from hiergeo.losses.levels import ProxyAnchorLevel
     from hiergeo.model.build import build_model
-    from hiergeo.train.loop import _ablation_loss
 
     cfg = load_config("smoke", ["loss.function=proxy_anchor", f"loss.scope={scope}"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
@@ -419,8 +420,10 @@ def test_pml_ablation_references_and_labels(small, scope):
         zl = torch.randn(len(pl), model.entities.shape[1], dtype=torch.float64) * 0.1
         want = ablation("proxy_anchor", model.space, cfg.loss.tau[j])(
             zl, labels, model.entities[torch.tensor(ref)])
-        got = _ablation_loss(cfg, j, model.space, zl, pl, hier,
-                             lambda idx: model.entities[idx])
+        level = ProxyAnchorLevel(LevelSetup(cfg=cfg.loss, level=j, space=model.space,
+                                            hier=hier, full=True))
+        got = level(LevelQueries(level=j, z=zl, positive=pl, latlon=hier.latlon[pl],
+                                 rows=lambda idx: model.entities[idx], gen=torch.Generator()))
         torch.testing.assert_close(got, want)
         seen.append(len(ref))
     assert max(seen) > 1  # some level had more than one reference to tell apart
@@ -429,11 +432,12 @@ def test_pml_ablation_references_and_labels(small, scope):
 def test_pml_ablation_run_end_to_end(tmp_path, cache_env, monkeypatch):
     """A whole run with a PML ablation: trained with it, calibrated, evaluated, the config
     kept."""
-    from hiergeo.train import loop
+    from hiergeo.losses.levels import ProxyAnchorLevel
 
     calls = []
-    real = loop._ablation_loss
-    monkeypatch.setattr(loop, "_ablation_loss", lambda *a: calls.append(a[1]) or real(*a))
+    real = ProxyAnchorLevel.__call__
+    monkeypatch.setattr(ProxyAnchorLevel, "__call__",
+                        lambda self, q: calls.append(q.level) or real(self, q))
     out = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=pa", "optim.max_steps=3",
                                     "loss.function=proxy_anchor", "loss.margin=0.2"]))
     assert (tmp_path / "pa" / "metrics.json").exists()
@@ -529,12 +533,11 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, cache_env, smoke_run):
 
 
 
-def test_each_level_trains_its_own_query_point(small):
+def test_each_level_trains_its_own_query_point(small, loss_terms):
     """With per-level queries, level j's loss reaches only block j of the head's last layer
     (the outputs that make level j's point)."""
     from gazetteer.keys import LEVELS
     from hiergeo.model.build import build_model
-    from hiergeo.train.loop import _level_losses
 
     cfg = load_config("smoke", ["model.queries=per_level", "loss.parent_weight=0"])
     model, hier = build_model(cfg, small, 12, torch.device("cpu"))
@@ -545,8 +548,8 @@ def test_each_level_trains_its_own_query_point(small):
     dim = cfg.model.dim
     for j, lvl in enumerate(LEVELS):
         model.zero_grad()
-        terms = _level_losses(cfg, model, model(x), ids, ll, hier,
-                              torch.Generator().manual_seed(0), [True] * 4)
+        terms = loss_terms(cfg, model, hier, model(x), ids, ll,
+                           torch.Generator().manual_seed(0), [True] * 4)
         terms[f"loss_{lvl}"].backward()
         rows = last.grad.abs().sum(1).reshape(4, dim).sum(1)
         assert rows[j] > 0 and all(rows[i] == 0 for i in range(4) if i != j), (lvl, rows)

@@ -32,8 +32,8 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..geometry.pml_distance import SpaceDistance
 from ..geometry.spaces import Poincare
-from . import ABLATION_MARGINS
 from .contrastive import GeoWeightedContrastive, block_size, cuda_budget
+from .objective import LOSS_CLASSES
 
 #: Peak bytes per (query, reference) pair of one level's ablation, forward and backward:
 #: float64 ``[B, U]`` tensors (distances, their autograd graph, PML's masks: one-hot labels in
@@ -137,22 +137,27 @@ class EntityProxyAnchor(pml_losses.ProxyAnchorLoss):
             del self.proxies
 
 
+#: the PML ablations this module builds (each registered in :mod:`hiergeo.losses.levels`)
+ABLATIONS = ("proxy_anchor", "contrastive")
+
+
 def ablation(function: str, space, tau: float, margin: float | None = None):
     """The loss of one level for ``loss.function`` (not ``geo``): a callable ``(z [B, D],
     labels [B], points [U, D]) -> scalar``, ``labels`` the rows of ``points`` (the level's
     reference entities). ``tau`` is the level's temperature (``proxy_anchor``'s
     ``alpha = 1 / tau``; ``contrastive`` has none); ``margin`` in distance units, None for
-    :data:`~hiergeo.losses.ABLATION_MARGINS`. On a GPU it refuses, naming the sizes, a level
-    whose :data:`PEAK_BYTES_PER_PAIR` would pass half the device's free memory
+    the loss class's ``default_margin`` (:mod:`hiergeo.losses.levels`: PML's own defaults).
+    On a GPU it refuses, naming the sizes, a level whose :data:`PEAK_BYTES_PER_PAIR` would
+    pass half the device's free memory
     (:func:`~hiergeo.losses.contrastive.cuda_budget`, as the geo loss's blocks); under DDP
     that can happen on one rank mid-run, since the union differs per rank. Labels outside
     ``[0, U)`` are refused (PML's pair losses would drop them without a word).
 
     The value always depends on every point (adding ``0 x`` their sum), so that a level whose
     miner keeps no pair still reaches the entity table: DDP waits for every parameter."""
-    if function not in ABLATION_MARGINS:
-        raise ValueError(f"no PML ablation {function!r}; one of {', '.join(ABLATION_MARGINS)}")
-    margin = ABLATION_MARGINS[function] if margin is None else float(margin)
+    if function not in ABLATIONS:
+        raise ValueError(f"no PML ablation {function!r}; one of {', '.join(ABLATIONS)}")
+    margin = LOSS_CLASSES[function].default_margin if margin is None else float(margin)
     if function == "proxy_anchor":
         fn = EntityProxyAnchor(margin=margin, alpha=1.0 / tau,
                                distance=SpaceDistance(space, similarity=True))

@@ -17,7 +17,7 @@ Two forms of ``w_j`` (``form=``):
 
 Computed stably as ``-s_0 + logsumexp([s_0, s_j + log w_j + log n_j])``, where ``n_j`` is the
 number of negatives a sampled candidate stands for (1 when every negative is a candidate; see
-:mod:`hiergeo.train.candidates`, whose importance weights make the sum an unbiased estimate of
+:mod:`hiergeo.losses.candidates`, whose importance weights make the sum an unbiased estimate of
 the full one). Columns flagged invalid (padding) are left out.
 
 With one candidate table for the whole batch (every entity of a level),

@@ -11,15 +11,21 @@ problem in ``1 / T_l``), given the true parent. The fitted ``T`` is stored in th
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gazetteer.keys import LEVELS
 
+from ..files import atomic_write_text
 from ..model.geomodel import level_query
 from .descent import log_softmax_groups
+
+log = logging.getLogger(__name__)
 
 NLEV = len(LEVELS)
 
@@ -82,7 +88,7 @@ def fit_temperature(logits, query, is_true, lo: float = 1e-2, hi: float = 1e2,
 @torch.no_grad()
 def fit_temperatures(model, z: torch.Tensor, true_ids: torch.Tensor, hier, taus) -> dict:
     """Fit ``T_l`` for each level on held-out query points ``z [n, D]`` (the model's, e.g.
-    from :func:`hiergeo.train.loop.query_points`) with true ids ``[n, 4]``; stores them in
+    from :func:`query_points`) with true ids ``[n, 4]``; stores them in
     ``model.level_temperature`` and returns ``{level: {"T", "nll", "nll_before", "n"}}``."""
     ent = model.entities.detach()
     report = {}
@@ -195,3 +201,56 @@ def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict:
             "n_at_least_0.5": int(sure.sum()),
             "accuracy_at_least_0.5": float(correct[sure].mean()) if sure.any() else float("nan"),
             "bins": rows}
+
+
+# -- calibrating a trained model on its validation split --------------------------------
+@torch.no_grad()
+def query_points(model, split, rows: np.ndarray, batch_size: int = 1024,
+                 features: bool = False):
+    """The model's query points for ``rows`` of ``split``, inputs loaded a batch at a time
+    (images are decoded per batch, never all at once); with ``features``, ``(points,
+    encoder features)``, from one pass of the encoder."""
+    was = model.training
+    model.eval()
+    dev = model.entities.device
+    zs, fs = [], []
+    try:
+        for s in range(0, len(rows), batch_size):
+            f = model.encoder(split.inputs(rows[s:s + batch_size]).to(dev))
+            zs.append(model.query_from_features(f))
+            if features:
+                fs.append(f)
+    finally:
+        model.train(was)
+    z = torch.cat(zs)
+    return (z, torch.cat(fs)) if features else z
+
+
+def calibrate(model, split, hier, cfg, d: Path, memory=None):
+    """Fit the per-level temperatures on (a random subset of) the validation split, then
+    the memory's weights if there is a memory, and write them to ``calibration.json``.
+    Returns the temperatures' report and, when the subset is the whole split, the memory's
+    neighbours of every row (evaluation reuses them instead of searching again), else
+    None."""
+    n = len(split)
+    rows = np.sort(np.random.default_rng([cfg.run.seed, 13]).permutation(n)[
+        :cfg.eval.calibration_max])
+    z, f = query_points(model, split, rows, features=True) if memory is not None else (
+        query_points(model, split, rows), None)
+    rep = fit_temperatures(model, z, split.ids[rows].to(model.entities.device), hier,
+                           cfg.loss.tau)
+    log.info("calibration on %d validation samples: %s", len(rows), ", ".join(
+        f"{lvl} T={r['T']:.3g} (nll {r['nll_before']:.3f} -> {r['nll']:.3f})"
+        for lvl, r in rep.items()))
+    out = {"samples": len(rows), "levels": rep}
+    nb = None
+    if memory is not None:
+        nb = memory.search(f)
+        out["memory"] = fit_memory_weights(model, z, nb, split.ids[rows].to(
+            model.entities.device), hier, cfg.loss.tau)
+        log.info("memory on the same samples: %s", ", ".join(
+            f"{lvl} a={r['a']:.3g} T'={r['T']:.3g} (accuracy given the parent "
+            f"{r['accuracy_model']:.3f} -> {r['accuracy']:.3f})"
+            for lvl, r in out["memory"].items() if r["n"]))
+    atomic_write_text(d / "calibration.json", json.dumps(out, indent=2) + "\n")
+    return rep, (nb if len(rows) == n else None)
