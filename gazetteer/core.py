@@ -297,8 +297,9 @@ def load(path: str | Path | None = None, *, rebuild: bool = False) -> Gazetteer:
     """Load a built gazetteer.
 
     With no ``path``: the bundled world tree, cached under :func:`default_cache_dir`; built on
-    first call (about 10 s) and rebuilt when its sources, the package's format or a file's
-    checksum no longer match. With a ``path``: that artefact, verified, never rebuilt.
+    first call (seconds: results/benchmarks/README.md#gazetteer) and rebuilt when its sources,
+    the package's format or a file's checksum no longer match. With a ``path``: that artefact,
+    verified, never rebuilt.
     """
     if path is not None:
         ent, places, polys, meta = artefact.read(Path(path))

@@ -30,7 +30,8 @@ RG_LEAFSIZE = 30
 
 def spatial_order(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """A permutation that groups nearby points (0.5-degree cells): k-d tree queries in this
-    order touch the same nodes one after another and run about twice as fast."""
+    order touch the same nodes one after another, so those nodes stay in the CPU's caches
+    (labelling speed: results/benchmarks/README.md#gazetteer)."""
     cell = np.floor((lat + 90.0) * 2).astype(np.int32) * 721 + np.floor((lon + 180.0) * 2).astype(
         np.int32)
     return np.argsort(cell)

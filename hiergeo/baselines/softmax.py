@@ -36,8 +36,9 @@ class FlatSoftmax:
     (``hidden=None``) or one hidden layer. Each level answers on its own (no tree); the
     location is the deepest level's answer's point (:func:`~.common.medoid_points`).
 
-    A city-level softmax over ~110k classes cost about 5 s a step (timed once, no script) at
-    batch 1024 on a 2-core CPU, so the default stops at subregions.
+    A city-level softmax has one class per training city (~110k on the names benchmark), and
+    its output layer makes each step too slow to train on a CPU, so the default stops at
+    subregions (see results/benchmarks/README.md#names-benchmark).
     """
 
     def __init__(self, levels=(0, 1, 2), hidden: int | None = None, epochs: float = 10,

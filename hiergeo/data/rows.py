@@ -11,8 +11,9 @@ Why reads and not ``mmap``: a mapped page that a batch touches is counted in the
 resident memory until the kernel needs it back, so over an epoch a mapped store shows up in
 RSS whole (and in every DDP rank's). Reads go through the page cache, which the kernel
 shares between processes and frees on its own; the process keeps only the batch. Cost: one
-system call per run of consecutive rows, about 1 ms for a random batch of 1,024 rows from
-the page cache.
+system call per run of consecutive rows, served from the page cache once the store has been
+read (training steps, reads included, are timed in
+results/benchmarks/README.md#training-at-scale).
 
 Memory: ``rows`` (8 bytes per row of the view) and nothing else that grows with the store.
 Files: one descriptor per shard file and process, shared by all views (OSV-5M's store at

@@ -140,8 +140,9 @@ def cached_embed_tree(gz, dim: int = 16, c: float = 1.0, method: str = "construc
                       seed: int = 0, cache_dir: str | Path | None = None,
                       **options) -> Embedding:
     """:func:`embed_tree`, kept on disk by :func:`embedding_key` (under
-    ``$HIERGEO_CACHE/embeddings/``): the first call of a setting embeds (90 s for the
-    OSV-5M preset's tree), later ones, and every other process of a run, read it back."""
+    ``$HIERGEO_CACHE/embeddings/``): the first call of a setting embeds (the OSV-5M preset's
+    tree's time and memory: results/benchmarks/README.md#training-at-scale), later ones, and
+    every other process of a run, read it back."""
     if cache_dir is None:
         from gazetteer.artefact import default_cache_dir
 

@@ -182,7 +182,9 @@ def separate(u: np.ndarray, group: np.ndarray, min_angle: float, cos_cone: float
         del pairs
         delta = np.zeros_like(u)
         # a chunk of pairs at a time: the full sibling separation finds tens of millions of
-        # close pairs in the first rounds, and [pairs, dim] float64 temporaries took 12 GiB.
+        # close pairs in the first rounds, and [pairs, dim] float64 temporaries for all of them
+        # at once (pairs x dim x 8 bytes each) would set the embedding's peak memory
+        # (see results/benchmarks/README.md#training-at-scale).
         # All the pushes to the i's, then all those to the j's, as one np.add.at each did:
         # the same additions in the same order, so the same result to the bit
         for side in (0, 1):

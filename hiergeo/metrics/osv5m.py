@@ -13,9 +13,8 @@ hand-made cases in tests/test_metrics.py):
   that level's count.
 
 We reverse-geocode with the gazetteer's ``osv5m`` mode, which returns reverse_geocoder's own
-answer (100% agreement measured on 100k points, ties included; see
-``results/benchmarks/gazetteer.json``) about 4x faster; ``geocoder="reverse_geocoder"`` calls
-the library itself.
+answer, ties included, faster (agreement and speed: results/benchmarks/README.md#gazetteer);
+``geocoder="reverse_geocoder"`` calls the library itself.
 
 Differences, on inputs where the official code has no sensible answer: we clip the haversine
 term ``a`` to [0, 1] (rounding can push it past 1 for near-antipodal points, where the official

@@ -15,18 +15,19 @@ joint probability, the same at every beam width. Both ``a_l`` and ``T'_l`` are f
 level on the validation split after training
 (:func:`hiergeo.predict.calibration.fit_memory_weights`): ``a_l`` on a grid, for the
 accuracy of the true entity given its true parent (the likelihood would choose a smaller
-weight, about 0.2 against 0.25-0.45 on the names benchmark, and lose accuracy: a memory's
-probabilities are often exactly 0 or 1); then ``T'_l`` in [0.1, 10], which keeps the
+weight and lose accuracy, since a memory's probabilities are often exactly 0 or 1: see
+results/benchmarks/README.md#retrieval-memory); then ``T'_l`` in [0.1, 10], which keeps the
 mixture's ranking, by likelihood, so that the probabilities are calibrated. They are stored
 in the model (``GeoModel.memory_weight``, ``mixture_temperature``); weight 0 (the default,
 and the fit where the memory does not help) is the model alone.
 
 This is nearest-neighbour retrieval (OSV-5M's retrieval baseline; see
 :class:`hiergeo.baselines.KNNRetrieval`) used inside the hierarchy, as kNN-LM mixes a
-language model with a datastore. Names benchmark (validation): see the README's table of
-defaults. Memory: the features are kept in float16, ``N x d x 2`` bytes (5M samples of
-1024-d: 10 GiB); a search costs ``N x d`` multiply-adds per query, tiled so that its
-working memory is bounded (:func:`chunked_topk_cosine`).
+language model with a datastore. Why it is on by default, and what it adds on the names
+benchmark: results/benchmarks/README.md#defaults-and-why. Memory: the features are kept in
+float16, ``N x d x 2`` bytes (OSV-5M's 4.9M training images of 1024-d: 10 GB); a search
+costs ``N x d`` multiply-adds per query, tiled so that its working memory is bounded
+(:func:`chunked_topk_cosine`).
 """
 
 from __future__ import annotations
