@@ -184,13 +184,12 @@ def validation_metrics(model, split, hier, cfg, rows: np.ndarray) -> dict:
     return out
 
 
-def final_evaluation(model, hier, data, cfg, gz, out_dir: Path, *, on_calibrated=None
-                     ) -> dict:
+def final_evaluation(model, hier, data, cfg, gz, out_dir: Path) -> dict:
     """A trained model at the end of its run: calibration (temperatures, the memory's
-    weights) on the validation split (:func:`hiergeo.predict.calibration.calibrate`),
-    ``on_calibrated()`` (the trainer saves its checkpoint again, with the calibration), then
-    :func:`evaluate_split` on the validation split. Returns the figures; ``temperatures``
-    and ``memory`` (whether the retrieval memory was used) among them."""
+    weights, stored in the model) on the validation split
+    (:func:`hiergeo.predict.calibration.calibrate`), then :func:`evaluate_split` on the
+    validation split. Returns the figures; ``temperatures`` and ``memory`` (whether the
+    retrieval memory was used) among them."""
     from .predict.calibration import calibrate
 
     memory = build_memory(cfg, data.train, model.entities.device)
@@ -198,8 +197,6 @@ def final_evaluation(model, hier, data, cfg, gz, out_dir: Path, *, on_calibrated
     if cfg.eval.calibrate:
         result["temperatures"], neighbours = calibrate(model, data.val, hier, cfg, out_dir,
                                                        memory)
-        if on_calibrated is not None:
-            on_calibrated()
     result.update(evaluate_split(model, hier, data.val, cfg, gz, out_dir, memory=memory,
                                  neighbours=neighbours))
     result["memory"] = memory is not None and model.uses_memory

@@ -120,8 +120,9 @@ class Geolocator:
             encoder = create_encoder("features", in_dim=m["in_dim"])
         space = make_space(m["geometry"], m["c"], m["max_radius"], m["sphere_radius"])
         ent = portable.weights["entities"]
-        self.model = GeoModel(encoder, space, ent, m["dim"], m["hidden"], m["layers"], 0.0,
-                              False, m["queries"])
+        self.model = GeoModel(encoder, space, ent, dim=m["dim"], hidden=m["hidden"],
+                              layers=m["layers"], dropout=0.0, train_entities=False,
+                              queries=m["queries"])
         state = self.model.state_dict()
         got = dict(portable.weights)
         for k in state:

@@ -353,3 +353,32 @@ def test_block_size():
     with pytest.raises(ValueError, match="block"):
         space, z, pts, ell, ll, target = _level("poincare")
         GeoWeightedContrastive(space).full(z, pts, ell, ll, target, block=0)
+
+
+def test_a_new_loss_function_is_one_registered_class(tmp_path, cache_env):
+    """Adding a loss function is one class, registered by name, in one file: the config
+    accepts its name and the trainer trains with it at every level (hiergeo.losses.objective
+    shows the same example)."""
+    from hiergeo.losses import LOSS_CLASSES, LevelLoss, LevelQueries, register_loss
+    from hiergeo.train import ConfigError, load_config, run
+
+    calls = []
+
+    @register_loss("toy_nearest")
+    class Nearest(LevelLoss):
+        def __call__(self, q: LevelQueries) -> torch.Tensor:
+            calls.append(q.level)
+            return self.space.pair(q.z, q.rows(q.positive)).mean()
+
+    try:
+        with pytest.raises(ConfigError, match="loss.margin is for the loss functions"):
+            load_config("smoke", ["loss.function=toy_nearest", "loss.margin=0.5"])
+        out = run(load_config("smoke", [f"run.out={tmp_path}", "run.id=toy", "optim.max_steps=2",
+                                        "loss.function=toy_nearest"]))
+        assert calls[:4] == [0, 1, 2, 3] and len(calls) >= 8  # every level, both steps
+        assert 0 <= out["acc_country"] <= 1
+        assert "function: toy_nearest" in (tmp_path / "toy" / "config.yaml").read_text()
+    finally:
+        del LOSS_CLASSES["toy_nearest"]
+    with pytest.raises(ConfigError, match="loss.function must be one of"):
+        load_config("smoke", ["loss.function=toy_nearest"])

@@ -46,7 +46,8 @@ def build_model(cfg, gz, in_dim: int, device, *, init: bool = True,
                   allow_download=m.allow_download, random_weights=m.random_weights,
                   freeze=m.freeze_backbone)
     encoder = create_encoder(m.encoder, **kw)
-    model = GeoModel(encoder, space, points, m.dim, m.hidden, m.layers, m.dropout,
-                     m.train_entities, m.queries).to(device)
+    model = GeoModel(encoder, space, points, dim=m.dim, hidden=m.hidden, layers=m.layers,
+                     dropout=m.dropout, train_entities=m.train_entities,
+                     queries=m.queries).to(device)
     hier = Hierarchy.from_gazetteer(gz, active).to(device)
     return model, hier

@@ -129,8 +129,8 @@ class GeoModel(nn.Module):
         queries: ``"shared"`` or ``"per_level"`` (see above).
     """
 
-    def __init__(self, encoder: nn.Module, space: Space, entity_init: torch.Tensor, dim: int,
-                 hidden: int = 512, layers: int = 2, dropout: float = 0.0,
+    def __init__(self, encoder: nn.Module, space: Space, entity_init: torch.Tensor, *,
+                 dim: int, hidden: int = 512, layers: int = 2, dropout: float = 0.0,
                  train_entities: bool = True, queries: str = "shared"):
         import geoopt
 

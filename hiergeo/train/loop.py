@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
@@ -34,53 +33,12 @@ from .batches import StepRows, batches, steps_per_epoch
 from .log import RunLog
 from .optim import Optimisers, build_optimisers
 from .processes import Processes
+from .run_dir import prepare_dir, run_dir_for
 
 log = logging.getLogger(__name__)
 
-def run_dir_for(cfg: Config) -> Path:
-    return Path(cfg.run.out) / (cfg.run.id or cfg.preset)
 
-
-def _prepare_dir(cfg: Config, d: Path, resume: bool, procs: Processes) -> None:
-    if resume:
-        return
-    busy = d.exists() and any((d / f).exists() for f in (checkpoint.NAME, "metrics.json",
-                                                          "log.csv"))
-    if busy and not cfg.run.overwrite:
-        raise FileExistsError(
-            f"{d} already holds a run. Continue it with --resume {d}, replace it with "
-            f"run.overwrite=true, or pick another folder with run.id=NAME")
-    if procs.main:
-        if busy:
-            shutil.rmtree(d)
-        d.mkdir(parents=True, exist_ok=True)
-    procs.barrier()
-
-
-# -- the loop ------------------------------------------------------------------------------
-def _due(step: int, every: int) -> bool:
-    """Whether something done every ``every`` steps (0: never, only at the end) is due."""
-    return every > 0 and step % every == 0
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """A SIGINT (Ctrl-C) during the block is raised as KeyboardInterrupt at its end, so the
-    optimiser steps inside it are applied whole or not at all (main thread only; elsewhere
-    signals cannot be caught and the block runs as is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-    if caught:
-        raise KeyboardInterrupt
-
-
+# -- the run and its setup ------------------------------------------------------------------
 def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
     """Train (or continue) a run; returns its final metrics (also in ``metrics.json``)."""
     if resume is not None:
@@ -105,7 +63,7 @@ def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
 
 def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
     """Set up, train, then calibrate and evaluate (process 0) a run in ``d``."""
-    _prepare_dir(cfg, d, ckpt is not None, procs)
+    prepare_dir(cfg, d, ckpt is not None, procs)
     if cfg.hardware.threads:
         torch.set_num_threads(cfg.hardware.threads)
     torch.manual_seed(cfg.run.seed)
@@ -118,10 +76,11 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
     result = {"steps": tr.total, "train_seconds": time.perf_counter() - t_start,
               "world_size": procs.world, "run_dir": str(d)}
     if procs.world > 1:
-        result["ddp_params_in_sync"] = _params_in_sync(tr.model)
+        result["ddp_params_in_sync"] = procs.params_in_sync(tr.model)
     if procs.main:
-        result.update(final_evaluation(tr.model, tr.hier, tr.data, cfg, tr.gz, d,
-                                       on_calibrated=lambda: save_checkpoint(tr, tr.total)))
+        result.update(final_evaluation(tr.model, tr.hier, tr.data, cfg, tr.gz, d))
+        if cfg.eval.calibrate:
+            save_checkpoint(tr, tr.total)  # the stored model carries its calibration
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
     procs.wait_for_main()
@@ -276,6 +235,30 @@ def save_checkpoint(tr: Training, at_step: int) -> None:
     checkpoint.save(tr.d / checkpoint.NAME, state)
 
 
+# -- the loop ------------------------------------------------------------------------------
+def _due(step: int, every: int) -> bool:
+    """Whether something done every ``every`` steps (0: never, only at the end) is due."""
+    return every > 0 and step % every == 0
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """A SIGINT (Ctrl-C) during the block is raised as KeyboardInterrupt at its end, so the
+    optimiser steps inside it are applied whole or not at all (main thread only; elsewhere
+    signals cannot be caught and the block runs as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def train_step(tr: Training, idx: torch.Tensor, x: torch.Tensor) -> dict:
     """One optimisation step on the training rows ``idx`` (inputs ``x``): forward, the loss
     terms, backward, clipping, the optimisers' and schedules' steps. Returns the named loss
@@ -371,11 +354,3 @@ def _log_row(tr: Training, terms: dict, window: list, bar) -> dict | None:
     window[:] = [now, 0]
     bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.0f}")
     return row
-
-
-def _params_in_sync(model) -> bool:
-    """Every rank holds the same parameters (DDP's whole point): compare checksums."""
-    s = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    got = [torch.zeros_like(s) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(got, s)
-    return all(torch.equal(got[0], g) for g in got[1:])

@@ -63,3 +63,10 @@ class Processes:
     def close(self):
         if self.started:
             torch.distributed.destroy_process_group()
+
+    def params_in_sync(self, model) -> bool:
+        """Every rank holds the same parameters (DDP's whole point): compare checksums."""
+        s = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+        got = [torch.zeros_like(s) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(got, s)
+        return all(torch.equal(got[0], g) for g in got[1:])
