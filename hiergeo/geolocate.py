@@ -5,6 +5,7 @@
     python -m hiergeo.predict --model MODEL PHOTOS... [--out predictions.csv] [--topk 5]
         [--map predictions.html] [--batch-size 64] [--device auto] [--workers N]
         [--beams 5,3,1,1] [--backbone-weights PATH | --allow-download] [--part-size 10000]
+        [--within FR,DE | --within Bavaria_DE | --within region.geojson]
 
 MODEL is a folder written by ``python -m hiergeo.export`` or a run folder
 (``results/<run_id>``). PHOTOS are image files, folders (searched recursively), CSV/Parquet
@@ -26,11 +27,17 @@ per-country table is written beside the output (``<out>.per_country.csv`` / ``.m
 Unreadable files are skipped with their reason (``<out>.skipped.csv``); they never stop the
 batch.
 
+``--within`` answers inside a region the user already knows (ISO country codes, country
+names, OSV-5M region keys, or a GeoJSON polygon; :mod:`hiergeo.predict.within`): the descent
+runs over those subtrees alone, probabilities renormalised over what is allowed, the retrieval
+memory's neighbours outside ignored. An unknown code is refused with the nearest known ones.
+
 Python::
 
     from hiergeo import Geolocator
     g = Geolocator.load("models/my-model")
     df = g.predict(["a.jpg", pil_image, "photos/"])
+    df = g.predict("photos/", within="FR,DE")   # or ["Bavaria_DE"], "alps.geojson"
     g.predict_features(features)          # encoder features already computed
 """
 
@@ -203,24 +210,39 @@ class Geolocator:
         return self._get_backbone()
 
     # -- prediction ------------------------------------------------------------------
-    def _predict(self, f: torch.Tensor, topk: int | None) -> Prediction:
+    def region(self, within=None):
+        """The hierarchy descended for ``within`` (:mod:`hiergeo.predict.within`: codes such
+        as ``"FR,DE"`` or ``["Bavaria_DE"]``, a ``.geojson`` file or a shapely polygon); the
+        whole model's for None. Unknown codes raise
+        :class:`~hiergeo.predict.within.RegionError` naming the nearest known ones."""
+        if within is None:
+            return self.hier
+        from .predict.within import restrict
+
+        return restrict(self.hier, self.entities, within)
+
+    def _predict(self, f: torch.Tensor, topk: int | None, hier=None) -> Prediction:
         s = self.settings
-        return predict(self.model, f, self.hier, s["tau"], method="descent",
+        return predict(self.model, f, self.hier if hier is None else hier, s["tau"],
+                       method="descent",
                        memory=self.memory, from_features=True, batch_size=max(len(f), 1),
                        beams=s["beams"],
                        topk=topk or s["topk"], coords=s["coords"], threshold=s["threshold"])
 
     @torch.no_grad()
     def predict_features(self, x, *, ids=None, truth: pd.DataFrame | None = None,
-                         topk: int | None = None, batch_size: int = 4096) -> pd.DataFrame:
+                         topk: int | None = None, batch_size: int = 4096,
+                         within=None) -> pd.DataFrame:
         """The answer table for encoder features ``x [n, in_dim]`` (what the model's encoder
         returns: the backbone's features for a model trained on a feature store). ``ids``
-        name the rows (default 0..n-1); ``truth``: see :func:`score_truth`."""
+        name the rows (default 0..n-1); ``truth``: see :func:`score_truth`; ``within``: see
+        :meth:`region`."""
         x = torch.as_tensor(x) if not hasattr(x, "shape") else x
         want = self.meta["model"]["in_dim"]
         if len(x.shape) != 2 or x.shape[1] != want:
             raise ValueError(f"features must be [n, {want}], got {tuple(x.shape)}")
-        parts = [self._predict(x[s:s + batch_size].float(), topk)
+        hier = self.region(within)
+        parts = [self._predict(x[s:s + batch_size].float(), topk, hier)
                  for s in range(0, len(x), batch_size)]
         if not parts:
             raise ValueError("no features to predict")
@@ -234,21 +256,23 @@ class Geolocator:
     @torch.no_grad()
     def predict(self, photos, *, topk: int | None = None, batch_size: int = 64,
                 workers: int | None = None, progress: bool | None = None,
-                score: bool = True) -> pd.DataFrame:
+                score: bool = True, within=None) -> pd.DataFrame:
         """The answer table for ``photos``: files, folders, photo tables, PIL images, or
-        feature stores (see the module docstring). Skipped photos are in
+        feature stores (see the module docstring). ``within`` restricts the answers to a
+        region (:meth:`region`: ``"FR,DE"``, region keys, a polygon). Skipped photos are in
         ``table.attrs["skipped"]`` (id, path, reason); with ``score`` and any known
         position, the summary and per-country table are in ``table.attrs["summary"]`` and
         ``["per_country"]``. ``self.timings`` has the seconds per stage."""
         t0 = time.perf_counter()
         self.timings = tm = Timings()
+        hier = self.region(within)  # bad codes fail before any photo is read
         items = [photos] if isinstance(photos, (str, Path)) or not hasattr(
             photos, "__iter__") else list(photos)
         stores = [Path(p) for p in items if isinstance(p, (str, Path)) and is_store(Path(p))]
         if stores:
             if len(stores) != len(items):
                 raise ValueError("feature stores and photos cannot be mixed in one call")
-            table, records, skipped = self._predict_stores(stores, topk)
+            table, records, skipped = self._predict_stores(stores, topk, hier)
         else:
             t = time.perf_counter()
             photos = collect_photos(items, gps=False)
@@ -256,7 +280,8 @@ class Geolocator:
             with _bar(len(photos), progress) as bar:
                 table, records, skipped = self.predict_part(photos, topk=topk,
                                                             batch_size=batch_size,
-                                                            workers=workers, bar=bar)
+                                                            workers=workers, bar=bar,
+                                                            hier=hier)
         t = time.perf_counter()
         if score:
             table = _scored(table, records, self.geocoder)
@@ -266,7 +291,7 @@ class Geolocator:
         tm.seconds = time.perf_counter() - t0
         return table
 
-    def _predict_stores(self, stores, topk):
+    def _predict_stores(self, stores, topk, hier=None):
         from .data.splits import read_index_rows, store_features
         from .data.store import FeatureStore
 
@@ -282,7 +307,7 @@ class Geolocator:
                 continue
             index = read_index_rows(p, None)
             t = time.perf_counter()
-            part = [self._predict(x[s:s + QUERY_BLOCK].float(), topk)
+            part = [self._predict(x[s:s + QUERY_BLOCK].float(), topk, hier)
                     for s in range(0, len(x), QUERY_BLOCK)]
             pred = Prediction.concat(part)
             self.timings.stages["descent"] += time.perf_counter() - t
@@ -295,14 +320,15 @@ class Geolocator:
                 pd.DataFrame(columns=["id", "path", "reason"]))
 
     def predict_part(self, records: pd.DataFrame, *, topk: int | None = None,
-                     batch_size: int = 64, workers: int | None = None, bar=None
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                     batch_size: int = 64, workers: int | None = None, bar=None,
+                     hier=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Predict the photos of ``records`` (:func:`collect_photos`' rows, any index),
         unscored: ``(table, truth, skipped)``, ``truth`` the records of the table's rows
         (positions, label columns; no images). Adds to ``self.timings``; ``bar`` (tqdm) is
-        advanced per photo."""
+        advanced per photo; ``hier``: the hierarchy to descend (:meth:`region`; default the
+        whole model's)."""
         records = records.reset_index(drop=True)
-        table, skipped = self._predict_photos(records, topk, batch_size, workers, bar)
+        table, skipped = self._predict_photos(records, topk, batch_size, workers, bar, hier)
         truth = records.iloc[table.pop("_row").to_numpy()].drop(columns=["image", "reason"])
         truth = truth.reset_index(drop=True)
         if "credit" in truth.columns:  # a photo table's attribution travels with it
@@ -326,7 +352,7 @@ class Geolocator:
                           num_workers=workers if len(records) > batch_size else 0,
                           collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
 
-    def _predict_photos(self, records, topk, batch_size, workers, bar):
+    def _predict_photos(self, records, topk, batch_size, workers, bar, hier=None):
         from .features import backbone_batches
 
         tm = self.timings
@@ -342,7 +368,7 @@ class Geolocator:
             n = sum(len(f) for f in waiting)
             if n and (final or n >= QUERY_BLOCK):
                 t = time.perf_counter()
-                parts.append(self._predict(torch.cat(waiting), topk))
+                parts.append(self._predict(torch.cat(waiting), topk, hier))
                 waiting.clear()
                 tm.stages["descent"] += time.perf_counter() - t
 
@@ -429,7 +455,8 @@ PART_SIZE = 10_000
 TRUTH = "truth."  # prefix of the truth columns a part keeps beside its answers
 
 
-def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> dict:
+def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int,
+                 within=None) -> dict:
     """What a part's answers depend on: the photos (ids, files' sizes and times, truth), in
     order; the model (its ``SHA256SUMS`` digest, or a run's checkpoint size and time), its
     backbone's weights, its settings and the device type (bf16 on a GPU)."""
@@ -456,9 +483,20 @@ def _fingerprint(g: Geolocator, records: pd.DataFrame, topk, part_size: int) -> 
         h.update(b"\\n" + line if k else line)
     h.update(b'"')
     return {"photos": {"n": len(records), "sha256": h.hexdigest()},
-            "model": digest(meta), "settings": {**g.settings, "topk": topk},
+            "model": digest(meta), "settings": {**g.settings, "topk": topk,
+                                                **({"within": _within_text(within)}
+                                                   if within is not None else {})},
             "backbone weights": str(g._backbone_args["weights"]), "device": g.device.type,
             "part size": part_size}
+
+
+def _within_text(within) -> str:
+    """``within`` as text for a fingerprint: the codes, or the polygon's WKT."""
+    if hasattr(within, "wkt"):
+        return within.wkt
+    if isinstance(within, Path) or (isinstance(within, str) and Path(within).is_file()):
+        return Path(within).read_text(encoding="utf-8")
+    return ",".join(within) if isinstance(within, (list, tuple)) else str(within)
 
 
 def _open_parts(parts_dir: Path, state: dict, restart: bool) -> None:
@@ -500,7 +538,7 @@ def _save_part(names: tuple[Path, Path], answers: pd.DataFrame, skipped: pd.Data
 def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | None = None,
                      batch_size: int = 64, workers: int | None = None,
                      progress: bool | None = None, part_size: int = PART_SIZE,
-                     score: bool = True, restart: bool = False) -> pd.DataFrame:
+                     score: bool = True, restart: bool = False, within=None) -> pd.DataFrame:
     """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
     :func:`write_outputs`), that a crash does not lose: the photos are predicted
     ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
@@ -508,11 +546,13 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     already there. Parts of other photos, another model, settings or device are refused
     (:class:`PartsMismatch` says what differs) unless ``restart``, which discards them. The
     parts are joined, scored against the truth and written at the end, then removed.
-    Returns the table."""
+    ``within``: answers restricted to a region (:meth:`Geolocator.region`). Returns the
+    table."""
     import shutil
 
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, not {part_size}")
+    hier = g.region(within)  # bad codes fail before any photo is read
     tm = g.timings = Timings()
     t0 = time.perf_counter()
     records = collect_photos(photos, gps=False)
@@ -521,7 +561,7 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
         raise ValueError(f"no photos in {', '.join(map(str, photos))}")
     g._get_backbone()  # a backbone that cannot load fails here, before any part is touched
     parts_dir = Path(f"{outs[0]}.parts")
-    _open_parts(parts_dir, _fingerprint(g, records, topk, part_size), restart)
+    _open_parts(parts_dir, _fingerprint(g, records, topk, part_size, within), restart)
     n_parts = -(-len(records) // part_size)
     names = [(parts_dir / f"part-{k:05d}.parquet", parts_dir / f"part-{k:05d}.skipped.parquet")
              for k in range(n_parts)]
@@ -534,7 +574,7 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
         for k in (k for k in range(n_parts) if k not in done):
             table, truth, skipped = g.predict_part(
                 records.iloc[k * part_size:(k + 1) * part_size], topk=topk,
-                batch_size=batch_size, workers=workers, bar=bar)
+                batch_size=batch_size, workers=workers, bar=bar, hier=hier)
             _save_part(names[k], pd.concat([table, truth.add_prefix(TRUTH)], axis=1), skipped)
     t = time.perf_counter()
     both = pd.concat([pd.read_parquet(a) for a, _ in names], ignore_index=True)

@@ -40,7 +40,7 @@ LAYERS = (
     ("data and prediction", ("hiergeo.data", "hiergeo.predict")),
     ("features, reports, baselines", ("hiergeo.features", "hiergeo.reports",
                                       "hiergeo.baselines")),
-    ("evaluation", ("hiergeo.evaluate",)),
+    ("evaluation", ("hiergeo.evaluate", "hiergeo.score")),
     ("training and export", ("hiergeo.train", "hiergeo.export")),
     ("the Python API", ("hiergeo.geolocate",)),
     ("commands", ("hiergeo.cli",)),

@@ -48,6 +48,14 @@ def test_03_errors_by_country(smoke_run, tmp_path, cache_env):
     assert "top1_city" in _text(nb)
 
 
+def test_04_compare_models(tmp_path, cache_env):
+    nb = _execute("04_compare_models.ipynb", {"OUT": str(tmp_path / "cmp"), "N": 120,
+                                              "RESAMPLES": 100}, tmp_path)
+    text = _text(nb)
+    assert "ci_low" in text and "radians detected" in text
+    assert (tmp_path / "cmp" / "compare.html").exists()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
 def test_notebooks_use_only_the_public_api(name):
     src = "\n".join(c.source for c in nbformat.read(NOTEBOOKS / name, as_version=4).cells)

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--beams", help="beam widths per level, e.g. 5,3,1,1 (default: the "
                     "model's; with width 1 at a level, the top-k paths share that level's "
                     "entity)")
+    ap.add_argument("--within", help="answer only inside this region: ISO country codes "
+                    "(FR,DE), country names, OSV-5M region keys (Bavaria_DE), or a .geojson "
+                    "polygon file")
     ap.add_argument("--map", help="also write this self-contained HTML map")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None,
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
         if args.beams:
             g.settings["beams"] = _beams(args.beams)
         kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
-              "progress": not args.no_progress}
+              "progress": not args.no_progress, "within": args.within}
         if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go
             table = g.predict(args.photos, **kw)
             write_outputs(table, outs)

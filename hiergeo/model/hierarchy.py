@@ -60,34 +60,65 @@ class Hierarchy:
         """From an entity table with the gazetteer's columns ``parent_id, depth, lat, lon,
         point_lat, point_lon`` (row i = entity id i, the root at depth 0): a gazetteer's, or
         an exported model's (:mod:`hiergeo.export`), which needs no gazetteer."""
-        from gazetteer.tree import ancestors_table, children_csr
+        from gazetteer.tree import ancestors_table
 
         parent = e["parent_id"].to_numpy(np.int64).copy()
-        depth = e["depth"].to_numpy(np.int64).copy()
         n = len(parent)
         act = np.ones(n, bool) if active is None else np.asarray(active, bool).copy()
         if len(act) != n:
             raise ValueError(f"active mask has {len(act)} rows for {n} entities")
-        act[depth == 0] = True
+        return cls._build(
+            torch.from_numpy(parent), torch.from_numpy(e["depth"].to_numpy(np.int64).copy()),
+            torch.from_numpy(e[["lat", "lon"]].to_numpy(np.float64).copy()),
+            torch.from_numpy(e[["point_lat", "point_lon"]].to_numpy(np.float64).copy()),
+            torch.from_numpy(ancestors_table(e).astype(np.int64)), act)
+
+    @classmethod
+    def _build(cls, parent: torch.Tensor, depth: torch.Tensor, latlon: torch.Tensor,
+               point_latlon: torch.Tensor, ancestors: torch.Tensor, act: np.ndarray
+               ) -> Hierarchy:
+        """The per-level tables and children lists of the entities ``act`` (bool ``[N]``,
+        numpy; the root and every active entity's ancestors are made active too)."""
+        from gazetteer.tree import children_csr
+
+        par, dep = parent.cpu().numpy(), depth.cpu().numpy()
+        n = len(par)
+        act = act.copy()
+        act[dep == 0] = True
         # an active entity keeps its ancestors active, or descent could never reach it
         for _ in range(len(LEVELS)):
-            up = parent[act & (parent >= 0)]
+            up = par[act & (par >= 0)]
             act[up] = True
         level_ids, pos = [], np.full(n, -1, np.int64)
         for d in range(1, len(LEVELS) + 1):
-            ids = np.flatnonzero((depth == d) & act)
+            ids = np.flatnonzero((dep == d) & act)
             pos[ids] = np.arange(len(ids))
             level_ids.append(torch.from_numpy(ids))
-        kids, bounds = children_csr(parent, act)
+        kids, bounds = children_csr(par, act)
         start, count = bounds[:-1].copy(), np.diff(bounds)
-        return cls(parent=torch.from_numpy(parent), depth=torch.from_numpy(depth),
-                   latlon=torch.from_numpy(e[["lat", "lon"]].to_numpy(np.float64).copy()),
-                   point_latlon=torch.from_numpy(
-                       e[["point_lat", "point_lon"]].to_numpy(np.float64).copy()),
-                   ancestors=torch.from_numpy(ancestors_table(e).astype(np.int64)),
-                   active=torch.from_numpy(act), level_ids=level_ids,
-                   pos_in_level=torch.from_numpy(pos), child_start=torch.from_numpy(start),
-                   child_count=torch.from_numpy(count), child_list=torch.from_numpy(kids))
+        dev = parent.device
+        return cls(parent=parent, depth=depth, latlon=latlon, point_latlon=point_latlon,
+                   ancestors=ancestors, active=torch.from_numpy(act).to(dev),
+                   level_ids=[t.to(dev) for t in level_ids],
+                   pos_in_level=torch.from_numpy(pos).to(dev),
+                   child_start=torch.from_numpy(start).to(dev),
+                   child_count=torch.from_numpy(count).to(dev),
+                   child_list=torch.from_numpy(kids).to(dev))
+
+    def restricted(self, allowed) -> Hierarchy:
+        """This hierarchy with only the active entities of ``allowed`` (bool ``[N]``) and
+        their ancestors active, on the same device: every sibling softmax of a descent in it
+        runs over the allowed children alone, so its probabilities are renormalised over
+        what is allowed (:mod:`hiergeo.predict.within`). Raises ``ValueError`` when no
+        active entity is allowed."""
+        allowed = torch.as_tensor(allowed, dtype=torch.bool).cpu().numpy()
+        if allowed.shape != (self.n,):
+            raise ValueError(f"allowed mask has shape {allowed.shape} for {self.n} entities")
+        act = self.active.cpu().numpy() & allowed
+        if not act[self.depth.cpu().numpy() > 0].any():
+            raise ValueError("no entity the model knows is allowed: nothing to predict")
+        return self._build(self.parent, self.depth, self.latlon, self.point_latlon,
+                           self.ancestors, act)
 
     def sibling_pairs(self, pos: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -51,6 +51,40 @@ def error_map(table: pd.DataFrame, gz, path: str | Path, column: str = "median_k
     return path
 
 
+def difference_map(diffs: pd.DataFrame, gz, path: str | Path, title: str) -> Path:
+    """World map of a difference between two models per true country (``diffs``:
+    ``country, diff, ci_low, ci_high``, as :func:`hiergeo.score.compare.country_differences`
+    writes it): blue where the model is better (positive), red where worse, pale where the
+    confidence interval includes 0, grey without photos."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    plt = _pyplot()
+    shapes = gz.polygons_frame("country")
+    merged = shapes.merge(diffs, how="left", left_on="key", right_on="country")
+    fig, ax = plt.subplots(figsize=(12, 6))
+    shapes.plot(ax=ax, color="#dddddd", edgecolor="white", linewidth=0.3)
+    have = merged[merged["diff"].notna()]
+    if len(have):
+        span = float(np.nanmax(np.abs(have["diff"]))) or 1.0
+        norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
+        sure = (have["ci_low"] > 0) | (have["ci_high"] < 0)
+        if sure.any():
+            have[sure].plot(ax=ax, column="diff", cmap="RdBu", norm=norm, edgecolor="white",
+                            linewidth=0.3, legend=True,
+                            legend_kwds={"label": "difference", "shrink": 0.6})
+        if (~sure).any():
+            have[~sure].plot(ax=ax, column="diff", cmap="RdBu", norm=norm, alpha=0.35,
+                             edgecolor="white", linewidth=0.3)
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-60, 85)
+    ax.set_axis_off()
+    ax.set_title(title + "\n(pale: the 95% interval includes 0; grey: no photos)")
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def error_curve(km, path: str | Path, label: str = "model") -> Path:
     """Share of samples within each distance (log x), with OSV-5M's 1/25/200/750/2500 km."""
     plt = _pyplot()

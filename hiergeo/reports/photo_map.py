@@ -86,6 +86,13 @@ def country_paths(tolerance: float = SIMPLIFY_DEG) -> tuple[tuple[str, str], ...
     Countries that cross the antimeridian are already split in Natural Earth, so a plain
     equirectangular projection draws them correctly.
     """
+    return tuple((name, d) for _, name, d in country_shapes(tolerance))
+
+
+@lru_cache(maxsize=4)
+def country_shapes(tolerance: float = SIMPLIFY_DEG) -> tuple[tuple[str, str, str], ...]:
+    """``(ISO alpha-2 code, name, path data)`` per Natural Earth country (the gazetteer's
+    country keys; ``""`` where Natural Earth has none), as :func:`country_paths`."""
     import shapely
 
     from gazetteer.boundaries import BoundarySource
@@ -109,7 +116,7 @@ def country_paths(tolerance: float = SIMPLIFY_DEG) -> tuple[tuple[str, str], ...
                 rings.append(_ring_path(np.asarray(ring.coords)))
         d = "".join(rings)
         if d:
-            out.append((name, d))
+            out.append((_text(code) or "", name, d))
     return tuple(out)
 
 
