@@ -11,8 +11,9 @@ hiergeo.features   :mod:`hiergeo.cli.features`   :func:`hiergeo.features.extract
 hiergeo.predict    :mod:`hiergeo.cli.predict`    :class:`hiergeo.geolocate.Geolocator`
 hiergeo.export     :mod:`hiergeo.cli.export`     :func:`hiergeo.export.from_run`, ``write``
 hiergeo.evaluate   :mod:`hiergeo.cli.evaluate`   :func:`hiergeo.evaluate.evaluate_run`
-hiergeo.embedding  :mod:`hiergeo.cli.embedding`  :func:`hiergeo.embedding.run`
+hiergeo.embedding  :mod:`hiergeo.cli.embedding`  :func:`hiergeo.embedding.run.run`
+hiergeo.score      :mod:`hiergeo.cli.score`      :func:`hiergeo.score.score_files`
 =================  ============================  =========================================
 """
 
-COMMANDS = ("train", "features", "predict", "export", "evaluate", "embedding")
+COMMANDS = ("train", "features", "predict", "export", "evaluate", "embedding", "score")
