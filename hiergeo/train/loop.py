@@ -30,10 +30,9 @@ from ..model import checkpoint
 from ..model.build import build_model, tree_embedding
 from ..model.hierarchy import Hierarchy
 from .batches import StepRows, batches, steps_per_epoch
-from .log import RunLog
 from .optim import Optimisers, build_optimisers
 from .processes import Processes
-from .run_dir import prepare_dir, run_dir_for
+from .run_folder import RunLog, prepare_dir, run_dir_for
 
 log = logging.getLogger(__name__)
 

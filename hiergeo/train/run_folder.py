@@ -1,12 +1,19 @@
-"""A run's training log: ``log.csv`` (appended, flushed per row) and TensorBoard."""
+"""A run's folder: where it is (``run.out / (run.id or the preset)``), made or replaced before
+training, and the training log written into it (``log.csv``, appended and flushed per row, and
+TensorBoard)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from pathlib import Path
 
 from gazetteer.keys import LEVELS
+
+from ..config import Config
+from ..model import checkpoint
+from .processes import Processes
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +60,23 @@ class RunLog:
     def close(self):
         if self.tb is not None:
             self.tb.close()
+
+
+def run_dir_for(cfg: Config) -> Path:
+    return Path(cfg.run.out) / (cfg.run.id or cfg.preset)
+
+
+def prepare_dir(cfg: Config, d: Path, resume: bool, procs: Processes) -> None:
+    if resume:
+        return
+    busy = d.exists() and any((d / f).exists() for f in (checkpoint.NAME, "metrics.json",
+                                                          "log.csv"))
+    if busy and not cfg.run.overwrite:
+        raise FileExistsError(
+            f"{d} already holds a run. Continue it with --resume {d}, replace it with "
+            f"run.overwrite=true, or pick another folder with run.id=NAME")
+    if procs.main:
+        if busy:
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+    procs.barrier()
