@@ -399,10 +399,12 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
     return cfg
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, *, loss_registered: bool = True) -> None:
     """Refuse a config whose values cannot work together, naming the key. One flat list of
     independent checks, one or two per key (longer than a screen on purpose: splitting it
-    would scatter the checks a reader looks for in one place)."""
+    would scatter the checks a reader looks for in one place). ``loss_registered=False``
+    (a finished run's config, read to evaluate or export it) lets ``loss.function`` name a
+    loss class this process has not registered: only training builds the loss."""
     from .geometry.spaces import SPACE_CLASSES
     from .model.geomodel import ENCODERS, QUERY_MODES
 
@@ -431,12 +433,14 @@ def validate(cfg: Config) -> None:
     need(all(w >= 0 for w in cfg.loss.weights) and sum(cfg.loss.weights) > 0,
          f"loss.weights must be >= 0 and not all 0, got {cfg.loss.weights}")
     kind = LOSS_CLASSES.get(cfg.loss.function)
-    need(kind is not None, f"loss.function must be one of {', '.join(LOSS_CLASSES)}, not "
-         f"{cfg.loss.function!r}")
-    need(cfg.loss.margin is None or (cfg.loss.margin > 0 and kind.default_margin is not None),
+    need(kind is not None or not loss_registered, f"loss.function must be one of "
+         f"{', '.join(LOSS_CLASSES)}, not {cfg.loss.function!r} (a loss of your own: import "
+         "the module that registers it before loading the config)")
+    need(cfg.loss.margin is None or (cfg.loss.margin > 0 and (
+        kind is None or kind.default_margin is not None)),
          f"loss.margin is for the loss functions that take one (the PML ablations), "
          f"positive, got {cfg.loss.margin} with loss.function={cfg.loss.function}")
-    need(kind.samples_candidates or cfg.loss.candidates != "sampled",
+    need(kind is None or kind.samples_candidates or cfg.loss.candidates != "sampled",
          f"loss.function={cfg.loss.function} scores whole reference sets: "
          "loss.candidates=sampled is for the loss functions that sample them (geo)")
     need(cfg.loss.scope in ("level", "siblings"),
@@ -483,12 +487,15 @@ def validate(cfg: Config) -> None:
 
 
 def from_dict(values: dict) -> Config:
-    """A config from a resolved ``config.yaml`` (e.g. on ``--resume``). A run written
-    before ``model.queries`` existed had one shared query point, whatever today's default."""
+    """A config from a resolved ``config.yaml`` (a run's: to resume, evaluate or export it).
+    A run written before ``model.queries`` existed had one shared query point, whatever
+    today's default. Its ``loss.function`` may be a loss this process has not registered
+    (evaluation and export do not need the loss; resuming refuses it when it builds the
+    loss)."""
     cfg = Config()
     values = dict(values)
     if isinstance(values.get("model"), dict) and "queries" not in values["model"]:
         values["model"] = {**values["model"], "queries": "shared"}
     _merge(cfg, values)
-    validate(cfg)
+    validate(cfg, loss_registered=False)
     return cfg

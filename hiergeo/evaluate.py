@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
     ``memory``: the run's retrieval memory (:func:`build_memory`; used by descent when the
     model's fitted ``memory_weight`` is not 0); ``neighbours``: its answer for every row of
     ``split`` if already searched (see :func:`hiergeo.predict.predict`); ``pred``: the
-    predictions when already made (by several processes: :func:`main`), with
+    predictions when already made (by several processes: :func:`evaluate_run`), with
     ``predict_seconds``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,9 +131,9 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
     predict_s = float(predict_seconds or 0.0)
     truth = _truth_table(split, gz)
     geocoder = "reverse_geocoder" if ev.geocoder == "reverse_geocoder" else gz
-    pk = metrics.predicted_keys(pred.lat, pred.lon, geocoder)
-    hits = metrics.hits_from_keys(pk, truth)
-    summary = metrics.osv5m_summary(pred.lat, pred.lon, truth, hits=hits)
+    names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
+    sc = metrics.score_points(pred.lat, pred.lon, truth, geocoder, names)
+    hits, summary, km, table = sc.hits, sc.summary, sc.km, sc.per_country
     truth_ids = split.ids.numpy()
     ent = metrics.entity_accuracy(pred.paths, truth_ids)
     active = hier.active.cpu().numpy()
@@ -142,11 +143,6 @@ def evaluate_split(model, hier, split, cfg, gz, out_dir: str | Path, *,
         log.warning("labels naming entities the model does not have (pruned), per level: %s; "
                     "they count as misses in top1_*/top5_*", absent)
     calib = calibration_report(pred, truth_ids)
-    km = metrics.haversine_km(pred.lat, pred.lon, truth["latitude"], truth["longitude"])
-    names = dict(zip(gz.level("country")["key"], gz.level("country")["name"], strict=True))
-    tkeys = metrics.truth_keys(truth)
-    table = metrics.per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
-                                km, hits, names)
     table.to_csv(out_dir / "per_country.csv", index=False)
     (out_dir / "per_country.md").write_text(metrics.markdown_table(table), encoding="utf-8")
     _predictions_frame(pred, split, truth, km, hits, gz).to_parquet(
@@ -184,22 +180,40 @@ def validation_metrics(model, split, hier, cfg, rows: np.ndarray) -> dict:
     return out
 
 
-def final_evaluation(model, hier, data, cfg, gz, out_dir: Path) -> dict:
-    """A trained model at the end of its run: calibration (temperatures, the memory's
-    weights, stored in the model) on the validation split
-    (:func:`hiergeo.predict.calibration.calibrate`), then :func:`evaluate_split` on the
-    validation split. Returns the figures; ``temperatures`` and ``memory`` (whether the
-    retrieval memory was used) among them."""
+@dataclass(frozen=True)
+class Calibrated:
+    """What :func:`final_calibration` leaves for :func:`final_evaluation`: the run's retrieval
+    memory (None without one), the calibration report (None when ``eval.calibrate`` is off),
+    and the memory's neighbours of every validation row when the calibration searched them
+    all (evaluation reuses them instead of searching again)."""
+
+    memory: object
+    temperatures: dict | None
+    neighbours: object
+
+
+def final_calibration(model, hier, data, cfg, out_dir: Path) -> Calibrated:
+    """The first half of a run's end: calibration (temperatures, the memory's weights,
+    stored in the model, ``calibration.json``) on the validation split
+    (:func:`hiergeo.predict.calibration.calibrate`). The trainer saves its checkpoint after
+    this, so the stored model carries its calibration before the (long) evaluation starts."""
     from .predict.calibration import calibrate
 
     memory = build_memory(cfg, data.train, model.entities.device)
-    neighbours, result = None, {}
-    if cfg.eval.calibrate:
-        result["temperatures"], neighbours = calibrate(model, data.val, hier, cfg, out_dir,
-                                                       memory)
-    result.update(evaluate_split(model, hier, data.val, cfg, gz, out_dir, memory=memory,
-                                 neighbours=neighbours))
-    result["memory"] = memory is not None and model.uses_memory
+    if not cfg.eval.calibrate:
+        return Calibrated(memory=memory, temperatures=None, neighbours=None)
+    temperatures, neighbours = calibrate(model, data.val, hier, cfg, out_dir, memory)
+    return Calibrated(memory=memory, temperatures=temperatures, neighbours=neighbours)
+
+
+def final_evaluation(model, hier, data, cfg, gz, out_dir: Path, cal: Calibrated) -> dict:
+    """The second half of a run's end: :func:`evaluate_split` on the validation split, with
+    the memory and neighbours :func:`final_calibration` left. Returns the figures;
+    ``temperatures`` and ``memory`` (whether the retrieval memory was used) among them."""
+    result = {} if cal.temperatures is None else {"temperatures": cal.temperatures}
+    result.update(evaluate_split(model, hier, data.val, cfg, gz, out_dir, memory=cal.memory,
+                                 neighbours=cal.neighbours))
+    result["memory"] = cal.memory is not None and model.uses_memory
     return result
 
 
@@ -303,8 +317,8 @@ def _evaluate_run(run, data_path, method, beams, coords, out, device, use_memory
     if data_path:
         split, _, dim = read_store_split(data_path, cfg, gz, "eval data")
         if dim != model.encoder.dim:
-            raise ValueError(f"{data_path}: features are {dim}-d, the model takes "
-                             f"{model.encoder.dim}-d")
+            raise DataError(f"{data_path}: features are {dim}-d, the model takes "
+                            f"{model.encoder.dim}-d")
     else:
         data = load_data(cfg, gz)
         split = data.val

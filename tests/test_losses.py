@@ -382,3 +382,9 @@ def test_a_new_loss_function_is_one_registered_class(tmp_path, cache_env):
         del LOSS_CLASSES["toy_nearest"]
     with pytest.raises(ConfigError, match="loss.function must be one of"):
         load_config("smoke", ["loss.function=toy_nearest"])
+    # a process that has not registered it still evaluates the run; resuming refuses by name
+    from hiergeo.evaluate import load_run
+
+    assert load_run(tmp_path / "toy")[0].loss.function == "toy_nearest"
+    with pytest.raises(ConfigError, match="toy_nearest is not registered in this process"):
+        run(resume=tmp_path / "toy")

@@ -193,6 +193,22 @@ def test_compare_is_seeded_per_country_and_overall():
     assert fr.better == "a" and fr.ci_high < 0
 
 
+def test_a_small_country_names_no_winner():
+    """Percentile intervals from a few photos are too narrow (one photo: a point): below
+    MIN_ROWS a country's difference is reported but names no better model."""
+    from hiergeo.score.compare import MIN_ROWS
+
+    n = MIN_ROWS + 1
+    country = np.array(["FR"] * n + ["LU"])  # Luxembourg: one photo, a sure-looking loss
+    a, b = np.ones(n + 1, bool), np.zeros(n + 1, bool)
+    km = np.full(n + 1, 100.0)
+    t = compare([_synthetic("a", a, km, country), _synthetic("b", b, km, country)],
+                resamples=100, seed=0)
+    acc = t[t["metric"] == "acc_country"].set_index("name")
+    assert acc.loc["LU", "ci_low"] == acc.loc["LU", "ci_high"] == -1.0
+    assert acc.loc["LU", "better"] == "" and acc.loc["FR", "better"] == "a"
+
+
 def test_two_models_compare_through_the_command(gz, world_rows, tmp_path, capsys):
     truth, ids, good, bad = world_rows
     pd.DataFrame({"id": ids, "lat": good[0], "lon": good[1]}).to_csv(tmp_path / "good.csv",
@@ -294,3 +310,27 @@ def test_python_m_hiergeo_score_help():
     r = subprocess.run([sys.executable, "-m", "hiergeo.score", "--help"], capture_output=True,
                        text=True, check=True)
     assert "--truth" in r.stdout and "OSV-5M" in r.stdout
+
+
+def test_degrees_near_the_origin_are_not_taken_for_radians():
+    """A weak model's degrees that happen to fit radians' ranges (points near (0, 0)) scored
+    on a European truth: reading them as radians would flatter it, but not by the margin
+    --units auto needs, so it refuses and asks; true radians are converted."""
+    from hiergeo.score.read import Predictions, check_units
+
+    rng = np.random.default_rng(0)
+    n = 50
+    truth = pd.DataFrame({"id": [str(i) for i in range(n)],
+                          "latitude": rng.uniform(43, 52, n), "longitude": rng.uniform(0, 12, n)})
+    # read as radians these land around Europe (median 2,500 km off, against 5,300 as degrees)
+    near_origin = pd.DataFrame({"id": truth["id"], "lat": rng.uniform(0.4, 1.4, n),
+                                "lon": rng.uniform(-0.6, 0.8, n)})
+    with pytest.raises(ScoreInputError, match="--units degrees or --units radians"):
+        check_units(Predictions("weak", near_origin, "weak.csv", []), truth)
+    kept = check_units(Predictions("weak", near_origin, "weak.csv", []), truth, "degrees")
+    assert np.array_equal(kept.table["lat"], near_origin["lat"])
+    radians = pd.DataFrame({"id": truth["id"], "lat": np.radians(truth["latitude"] + 0.1),
+                            "lon": np.radians(truth["longitude"] - 0.1)})
+    got = check_units(Predictions("rad", radians, "rad.csv", []), truth)
+    assert np.allclose(got.table["lat"], truth["latitude"] + 0.1)
+    assert any("radians detected" in n for n in got.notes)

@@ -111,11 +111,14 @@ def test_memory_neighbours_outside_the_region_are_ignored(tree):
     n = len(z)
     fiji = torch.as_tensor(hier.ancestors[gz.id_of("East__Northern_FJ")]).repeat(n, 3, 1)
     outside = Neighbours(fiji, torch.ones(n, 3, dtype=torch.float64))
-    mix = MemoryMix(outside, (0.9,) * 4)
     alone = descend(z, pts, space, sub, TAUS, WIDE)
-    with_mem = descend(z, pts, space, sub, TAUS, WIDE, mix)
-    assert (alone.paths == with_mem.paths).all()
-    assert np.allclose(alone.level_prob, with_mem.level_prob)
+    # a mixture temperature other than 1: with 1, renormalising within the siblings would
+    # hide a vote for an outside entity even if memory_conditional counted it
+    for temperature in ((1.0,) * 4, (0.5,) * 4):
+        with_mem = descend(z, pts, space, sub, TAUS, WIDE,
+                           MemoryMix(outside, (0.9,) * 4, temperature))
+        assert (alone.paths == with_mem.paths).all()
+        assert np.allclose(alone.level_prob, with_mem.level_prob)
     # a neighbour inside does vote: the memory is not simply switched off
     timaru = torch.as_tensor(hier.ancestors[gz.id_of("Timaru_Timaru District_Canterbury_NZ")])
     both = Neighbours(torch.cat([fiji[:, :2], timaru.repeat(n, 1, 1)], 1),

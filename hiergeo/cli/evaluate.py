@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    from ..config import ConfigError
+    from ..data.splits import DataError
     from ..evaluate import evaluate_run
 
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
         res = evaluate_run(args.run, data=args.data, method=args.method, beams=beams,
                            coords=args.coords, out=args.out, device=args.device,
                            memory=not args.no_memory)
-    except ValueError as exc:
+    except (DataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if res is not None:

@@ -141,6 +141,8 @@ class Objective:
         self.cfg, self.levels, self.space, self.hier = loss_cfg, levels, space, hier
         self.sparse = sparse
         self.kind = LOSS_CLASSES[loss_cfg.function]
+        #: per level: every entity a candidate (True) or sampled ones; None: weight 0
+        self.full = [None if lv is None else lv.setup.full for lv in levels]
 
     @classmethod
     def build(cls, loss_cfg, space, hier, *, device, batch: int, sparse: bool,
@@ -148,6 +150,10 @@ class Objective:
         """The run's objective: each level's loss (``loss.function``) with its candidates,
         built once. ``full``: per level, every entity a candidate or sampled ones (None:
         :func:`full_levels` for a process's ``batch`` on ``device``)."""
+        if loss_cfg.function not in LOSS_CLASSES:
+            raise ValueError(f"loss.function={loss_cfg.function} is not registered here (one "
+                             f"of {', '.join(LOSS_CLASSES)}): import the module that "
+                             "registers it (@register_loss) before training or resuming")
         kind = LOSS_CLASSES[loss_cfg.function]
         if full is None:
             full = full_levels(loss_cfg, hier, device, batch)
@@ -166,9 +172,9 @@ class Objective:
         return self.kind.samples_candidates and self.cfg.scope == "level"
 
     def describe_candidates(self) -> str:
-        """``"country all, region all, subregion sampled, city sampled"``."""
-        return ", ".join(f"{lvl} {'all' if lv is not None and lv.setup.full else 'sampled'}"
-                         for lvl, lv in zip(LEVELS, self.levels, strict=True))
+        """``"country all, region all, subregion sampled, city off"`` (off: weight 0)."""
+        word = {True: "all", False: "sampled", None: "off"}
+        return ", ".join(f"{lvl} {word[f]}" for lvl, f in zip(LEVELS, self.full, strict=True))
 
     def __call__(self, entities: torch.Tensor, z: torch.Tensor, ids: torch.Tensor,
                  latlon: torch.Tensor, gen: torch.Generator,

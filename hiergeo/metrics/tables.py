@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from gazetteer.keys import LEVELS
 
-from .osv5m import LEVEL_NAMES, geoscore
+from .osv5m import (
+    LEVEL_NAMES,
+    geoscore,
+    haversine_km,
+    hits_from_keys,
+    osv5m_summary,
+    predicted_keys,
+    truth_keys,
+)
 
 
 def entity_accuracy(paths: np.ndarray, truth_ids: np.ndarray, ks=(1, 5)) -> dict:
@@ -79,3 +89,40 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class PointScores:
+    """Predicted points scored against the truth, OSV-5M's way (:func:`score_points`).
+
+    Attributes:
+        keys: the predicted points' keys per level (reverse-geocoded).
+        hits: OSV-5M's hits per level.
+        summary: every OSV-5M metric (:func:`~hiergeo.metrics.osv5m_summary`).
+        km: ``[n]`` the error of each point.
+        truth_keys: the truth's keys per level.
+        per_country: the per-country table (:func:`per_country`).
+    """
+
+    keys: pd.DataFrame
+    hits: pd.DataFrame
+    summary: dict
+    km: np.ndarray
+    truth_keys: pd.DataFrame
+    per_country: pd.DataFrame
+
+
+def score_points(lat, lon, truth: pd.DataFrame, geocoder,
+                 country_names: dict | None = None) -> PointScores:
+    """Score predicted points against ``truth`` (coordinates and OSV-5M key columns): the one
+    sequence ``hiergeo.evaluate`` and ``hiergeo.score`` both use, so their figures agree.
+    ``geocoder`` as :func:`~hiergeo.metrics.predicted_keys` takes it."""
+    pk = predicted_keys(lat, lon, geocoder)
+    hits = hits_from_keys(pk, truth)
+    summary = osv5m_summary(lat, lon, truth, hits=hits)
+    km = haversine_km(lat, lon, truth["latitude"], truth["longitude"])
+    tkeys = truth_keys(truth)
+    table = per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
+                        km, hits, country_names)
+    return PointScores(keys=pk, hits=hits, summary=summary, km=np.asarray(km), truth_keys=tkeys,
+                       per_country=table)

@@ -406,7 +406,7 @@ def flat_search(z: torch.Tensor, entities: torch.Tensor, space, hier, taus,
 @torch.no_grad()
 def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
             batch_size: int = 1024, memory=None, neighbours=None, from_features: bool = False,
-            **search) -> Prediction:
+            chunk: int = 64, **search) -> Prediction:
     """Run ``model`` on inputs ``x`` in batches and predict by ``descent`` or ``flat``.
 
     ``taus`` are the training temperatures; the model's calibration
@@ -418,12 +418,12 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
     memory's :class:`~hiergeo.predict.memory.Neighbours` for every row of ``x`` when already
     searched (a search is the costly part at scale); None: searched a batch at a time.
     ``from_features``: ``x`` are already the encoder's output (a timm encoder's features,
-    computed elsewhere), so the encoder is not run. ``search``: the :class:`Search` fields
-    (``beams``, ``topk``, ``coords``, ``threshold``) as keywords."""
+    computed elsewhere), so the encoder is not run. ``chunk``: flat search's queries at a
+    time. ``search``: the :class:`Search` fields (``beams``, ``topk``, ``coords``,
+    ``threshold``) as keywords."""
     if method not in ("descent", "flat"):
         raise ValueError(f"method must be 'descent' or 'flat', not {method!r}")
-    settings = Search(**{k: tuple(v) if k == "beams" else v for k, v in search.items()
-                         if v is not None})
+    settings = Search(**{k: tuple(v) if k == "beams" else v for k, v in search.items()})
     taus = [float(t) * float(c) for t, c in zip(taus, model.level_temperature, strict=True)]
     was = model.training
     model.eval()
@@ -439,7 +439,7 @@ def predict(model, x: torch.Tensor, hier, taus, *, method: str = "descent",
             z = model.query_from_features(f)
             table = (z, model.entities.detach(), model.space, hier, taus)
             if method == "flat":
-                parts.append(flat_search(*table, settings))
+                parts.append(flat_search(*table, settings, chunk=chunk))
                 continue
             mix = None
             if use_memory:

@@ -6,9 +6,14 @@ The bootstrap resamples *rows* (photos) with replacement, the same rows for ever
 resample (paired: the photos' own difficulty cancels out of the difference), ``resamples``
 times from a seeded generator, and takes the ``(1 - level) / 2`` and ``(1 + level) / 2``
 percentiles of the resampled differences (percentile interval). Per country, the rows of
-that country are resampled. A difference whose interval excludes 0 names the better model in
-``better``; otherwise ``better`` is empty. Intervals from a handful of photos (a small
-country) are wide, as they should be.
+that country are resampled. A difference whose interval excludes 0, on at least
+:data:`MIN_ROWS` photos, names the better model in ``better``; otherwise ``better`` is empty.
+
+Two cautions. Percentile intervals from few photos are too narrow (one photo gives an
+interval of one point), hence :data:`MIN_ROWS`: a smaller country's difference is shown but
+names no winner. And each country's interval is a 95% interval on its own: among a couple of
+hundred countries about 5% of the verdicts can be wrong by chance (no correction for
+multiple comparisons is made), so read a single country's verdict as a pointer, not a result.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ..metrics import THRESHOLDS_KM, geoscore
 from ..reports.compare_page import country_differences
 from .scoring import Scored
 
-__all__ = ["COUNTRY_METRICS", "METRICS", "compare", "country_differences",
+__all__ = ["COUNTRY_METRICS", "METRICS", "MIN_ROWS", "compare", "country_differences",
            "paired_bootstrap"]
 
 #: metric -> True when higher is better. Overall, every OSV-5M figure; per country, these.
@@ -30,6 +35,9 @@ METRICS = {"geoscore": True, "mean_km": False, "median_km": False,
            **{f"acc_{r}km": True for r in THRESHOLDS_KM},
            **{f"acc_{lvl}": True for lvl in LEVELS}}
 COUNTRY_METRICS = ("geoscore", "median_km", *(f"acc_{lvl}" for lvl in LEVELS))
+#: fewest photos in a scope for ``better`` to name a winner (below it, percentile intervals are
+#: too narrow to trust)
+MIN_ROWS = 30
 #: bootstrap index entries drawn at a time (resamples x rows), bounding memory (~160 MB)
 BLOCK = 20_000_000
 
@@ -100,7 +108,7 @@ def _scope_rows(scope: str, name: str, rows: np.ndarray, models: list[Scored], c
             lo, hi = _interval(boot[m][:, j] - boot[m][:, reference], level)
             up = METRICS[m]
             better = ""
-            if lo > 0 or hi < 0:
+            if len(rows) >= MIN_ROWS and (lo > 0 or hi < 0):
                 better = s.name if (lo > 0) == up else models[reference].name
             out.append({"scope": scope, "name": name, "n": len(rows), "metric": m,
                         **{t.name: point[m][k] for k, t in enumerate(models)},
@@ -120,7 +128,8 @@ def compare(models: list[Scored], *, reference: int = 0, resamples: int = 1000,
     one column per model with its value, ``model`` and ``reference`` (the two compared),
     ``diff`` (model minus reference, on every row of the scope), ``ci_low, ci_high`` (the
     paired bootstrap interval at ``level``), ``better`` (the model the interval favours, or
-    empty). ``mean_km`` and ``median_km``: lower is better; the rest higher.
+    empty: the interval holds 0, or fewer than :data:`MIN_ROWS` rows). ``mean_km`` and
+    ``median_km``: lower is better; the rest higher.
     """
     if len(models) < 2:
         raise ValueError("comparing needs at least two models")

@@ -334,38 +334,24 @@ def check_range(lat: np.ndarray, lon: np.ndarray, path, what: str = "coordinates
             "[-180, 180] degrees: are latitude and longitude swapped, or in another unit?")
 
 
+#: ``--units auto`` converts radians only when reading them as radians cuts the median error
+#: at least this many times (a weak model's degrees near (0, 0) must not pass for radians)
+RADIANS_EVIDENCE = 10.0
+
+
 def check_units(pred: Predictions, truth: pd.DataFrame, units: str = "auto") -> Predictions:
     """``pred`` in degrees. ``units``: ``degrees`` (as given), ``radians`` (converted) or
-    ``auto``: coordinates that all fit radians' ranges are read as radians when that puts
-    them nearer the truth (median great-circle error over the joined rows) than degrees do;
-    then they are converted, with a warning. Out-of-range degrees are refused."""
-    from gazetteer.geo import haversine_km
-
+    ``auto``: coordinates that all fit radians' ranges, scored on a truth that does not, are
+    converted (with a warning) when reading them as radians makes the median great-circle
+    error over the joined rows at least :data:`RADIANS_EVIDENCE` times smaller; when the
+    evidence is weaker they are refused, asking for ``--units``. Out-of-range degrees are
+    refused."""
     if units not in UNITS:
         raise ScoreInputError(f"units must be one of {UNITS}, not {units!r}")
     t = pred.table
     lat, lon = t["lat"].to_numpy(), t["lon"].to_numpy()
     if units == "auto":
-        fits = bool((np.abs(lat) <= np.pi / 2).all() and (np.abs(lon) <= np.pi).all())
-        if fits:
-            j = truth.set_index("id").reindex(t["id"])
-            ok = j["latitude"].notna().to_numpy()
-            if ok.any():
-                tl, tn = j["latitude"].to_numpy()[ok], j["longitude"].to_numpy()[ok]
-                as_deg = np.median(haversine_km(lat[ok], lon[ok], tl, tn))
-                as_rad = np.median(haversine_km(np.degrees(lat[ok]), np.degrees(lon[ok]),
-                                                tl, tn))
-                units = "radians" if as_rad < as_deg else "degrees"
-                if units == "radians":
-                    log.warning("%s: coordinates look like radians (median error %.0f km read "
-                                "as radians, %.0f km as degrees): converted to degrees; pass "
-                                "--units degrees to refuse", pred.source or pred.name,
-                                as_rad, as_deg)
-                    pred.notes.append(f"radians detected and converted (median error "
-                                      f"{as_rad:,.0f} km as radians, {as_deg:,.0f} km as "
-                                      "degrees)")
-        else:
-            units = "degrees"
+        units = _guess_units(pred, truth, lat, lon)
     elif units == "radians":
         pred.notes.append("radians converted to degrees (--units radians)")
     if units == "radians":
@@ -373,6 +359,43 @@ def check_units(pred: Predictions, truth: pd.DataFrame, units: str = "auto") -> 
     check_range(t["lat"].to_numpy(), t["lon"].to_numpy(), pred.source or pred.name,
                 "predicted coordinates")
     return Predictions(pred.name, t, pred.source, pred.notes)
+
+
+def _fits_radians(lat, lon) -> bool:
+    return bool((np.abs(lat) <= np.pi / 2).all() and (np.abs(lon) <= np.pi).all())
+
+
+def _guess_units(pred: Predictions, truth: pd.DataFrame, lat, lon) -> str:
+    """``degrees`` or ``radians`` for ``--units auto`` (see :func:`check_units`)."""
+    from gazetteer.geo import haversine_km
+
+    where = pred.source or pred.name
+    if _fits_radians(truth["latitude"].to_numpy(), truth["longitude"].to_numpy()):
+        log.warning("the truth's coordinates all fit radians' ranges: if they are radians, "
+                    "convert the truth table to degrees (hiergeo.score reads it as degrees)")
+        return "degrees"
+    if not _fits_radians(lat, lon):
+        return "degrees"
+    j = truth.set_index("id").reindex(pred.table["id"])
+    ok = j["latitude"].notna().to_numpy()
+    if not ok.any():
+        return "degrees"
+    tl, tn = j["latitude"].to_numpy()[ok], j["longitude"].to_numpy()[ok]
+    as_deg = float(np.median(haversine_km(lat[ok], lon[ok], tl, tn)))
+    as_rad = float(np.median(haversine_km(np.degrees(lat[ok]), np.degrees(lon[ok]), tl, tn)))
+    if as_rad * RADIANS_EVIDENCE <= as_deg:
+        log.warning("%s: coordinates look like radians (median error %.0f km read as radians, "
+                    "%.0f km as degrees): converted to degrees; pass --units degrees to refuse",
+                    where, as_rad, as_deg)
+        pred.notes.append(f"radians detected and converted (median error {as_rad:,.0f} km as "
+                          f"radians, {as_deg:,.0f} km as degrees)")
+        return "radians"
+    if as_rad < as_deg:
+        raise ScoreInputError(
+            f"{where}: every coordinate fits radians' ranges and reading them as radians "
+            f"gives a median error of {as_rad:,.0f} km against {as_deg:,.0f} km as degrees: "
+            "not clear enough to decide. Pass --units degrees or --units radians")
+    return "degrees"
 
 
 @dataclass

@@ -71,13 +71,9 @@ def score(pred: Predictions, truth: pd.DataFrame, geocoder, country_names: dict 
     if not np.array_equal(t["id"].to_numpy(object), truth["id"].to_numpy(object)):
         raise ValueError(f"{pred.name}: rows are not aligned with the truth (join them first)")
     lat, lon = t["lat"].to_numpy(np.float64), t["lon"].to_numpy(np.float64)
-    pk = metrics.predicted_keys(lat, lon, geocoder)
-    hits = metrics.hits_from_keys(pk, truth)
-    summary = metrics.osv5m_summary(lat, lon, truth, hits=hits)
-    km = metrics.haversine_km(lat, lon, truth["latitude"], truth["longitude"])
-    tkeys = metrics.truth_keys(truth)
-    per = metrics.per_country(tkeys["country"].to_numpy(object),
-                              pk["country"].to_numpy(object), km, hits, country_names)
+    sc = metrics.score_points(lat, lon, truth, geocoder, country_names)
+    pk, hits, summary, km, tkeys, per = (sc.keys, sc.hits, sc.summary, sc.km, sc.truth_keys,
+                                         sc.per_country)
     rows = pd.DataFrame({"id": t["id"].to_numpy(object),
                          "true_country": tkeys["country"].fillna("").to_numpy(object),
                          "pred_country": pk["country"].to_numpy(object), "km": km})

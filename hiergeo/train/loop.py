@@ -23,9 +23,9 @@ import torch
 import yaml
 
 from ..config import Config, ConfigError, from_dict
-from ..evaluate import final_evaluation, validation_metrics
+from ..evaluate import final_calibration, final_evaluation, validation_metrics
 from ..files import atomic_write_text
-from ..losses import Objective
+from ..losses import LOSS_CLASSES, Objective
 from ..model import checkpoint
 from ..model.build import build_model, tree_embedding
 from ..model.hierarchy import Hierarchy
@@ -77,9 +77,10 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
     if procs.world > 1:
         result["ddp_params_in_sync"] = procs.params_in_sync(tr.model)
     if procs.main:
-        result.update(final_evaluation(tr.model, tr.hier, tr.data, cfg, tr.gz, d))
+        cal = final_calibration(tr.model, tr.hier, tr.data, cfg, d)
         if cfg.eval.calibrate:
             save_checkpoint(tr, tr.total)  # the stored model carries its calibration
+        result.update(final_evaluation(tr.model, tr.hier, tr.data, cfg, tr.gz, d, cal))
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
     procs.wait_for_main()
@@ -182,6 +183,10 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
     if procs.world > 1 and optim.sparse:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
                           "buckets cannot hold sparse tensors); use dense or auto")
+    if cfg.loss.function not in LOSS_CLASSES:  # a run of a loss registered elsewhere
+        raise ConfigError(f"loss.function={cfg.loss.function} is not registered in this "
+                          f"process (one of {', '.join(LOSS_CLASSES)}): import the module "
+                          "that registers it (@register_loss) before training or resuming")
     objective = Objective.build(cfg.loss, model.space, hier, device=dev,
                                 batch=math.ceil(B / procs.world), sparse=optim.sparse)
     if procs.main and objective.uses_candidates:
