@@ -71,7 +71,7 @@ from .data.store import (
     shard_paths,
     write_shard,
 )
-from .devices import cpu_count, pick_device
+from .devices import cpu_count, resolve_device
 from .files import atomic_write_text
 from .model.backbones import EMBEDDED, create_backbone
 
@@ -214,7 +214,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
         raise ValueError(f"rank {rank} of world {world}: need 0 <= rank < world")
     out = Path(out)
     backbone = backbone or create_backbone(EMBEDDED)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     workers = min(4, cpu_count()) if workers is None else workers
     _write_meta(out, {
         "format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,

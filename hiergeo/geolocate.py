@@ -52,7 +52,7 @@ import torch
 from gazetteer.keys import LEVELS
 
 from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
-from .devices import pick_device
+from .devices import resolve_device
 from .export import ModelFolderError, Portable, backbone_from_meta
 from .predict import Prediction, predict
 from .reports.answers import prediction_table, score_truth, write_outputs
@@ -105,7 +105,7 @@ class Geolocator:
         from .model.hierarchy import Hierarchy
 
         self.meta = portable.meta
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         m = self.meta["model"]
         self.entities = portable.entities.reset_index(drop=True)
         self._backbone_args = {"weights": backbone_weights, "allow_download": allow_download,

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from gazetteer import InputError
 
     from ..data.records import read_records
-    from ..devices import cpu_share, pick_device, ranks_from_env, torch_threads
+    from ..devices import cpu_share, ranks_from_env, torch_threads, use_device
     from ..features import extract
     from ..model.backbones import WeightsError, create_backbone
 
@@ -61,9 +61,7 @@ def main(argv=None) -> int:
         threads = torch_threads(args.threads, ranks)
         if threads:
             torch.set_num_threads(threads)
-        dev = pick_device(args.device, ranks.local_rank)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
+        dev = use_device(args.device, ranks.local_rank)
         workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers
         if ranks.world > 1:
             log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
