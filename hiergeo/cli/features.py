@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
     ap.add_argument("--device", default="auto",
                     help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")
+    ap.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+                    help="where JPEGs are decoded: DataLoader workers (cpu), nvJPEG on the "
+                         "GPU (gpu), or auto (hiergeo.features.AUTO_DECODE on a GPU)")
     return ap
 
 
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
                          workers=workers, shard_size=args.shard_size, dtype=args.dtype,
                          device=str(dev), source={"data": str(args.data),
                                                   "layout": args.layout},
-                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world)
+                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world,
+                         decode=args.decode)
     except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
