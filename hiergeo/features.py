@@ -15,9 +15,10 @@ Several processes
 Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``),
 rank r extracts the shards k with ``k % WORLD_SIZE == r``, on ``cuda:LOCAL_RANK`` when
 ``--device`` is ``auto`` or ``cuda`` and CUDA is there. Each process takes its share of the
-node's CPUs (CPUs / processes on the node) for torch threads and, up to 4, DataLoader workers,
-unless ``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it
-is unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
+node's CPUs (CPUs / processes on the node) for torch threads and DataLoader workers (on a GPU
+all but 2 of its share, on a CPU up to 4: :func:`hiergeo.devices.loader_workers`), unless
+``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it is
+unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
 
 ::
 
@@ -72,7 +73,7 @@ from .data.store import (
     shard_paths,
     write_shard,
 )
-from .devices import cpu_count, resolve_device
+from .devices import loader_workers, resolve_device
 from .files import atomic_write_text
 from .model.backbones import EMBEDDED, create_backbone
 
@@ -274,7 +275,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     out = Path(out)
     backbone = backbone or create_backbone(EMBEDDED)
     dev = resolve_device(device)
-    workers = min(4, cpu_count()) if workers is None else workers
+    workers = loader_workers(dev) if workers is None else workers
     _write_meta(out, {
         "format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,
         **_weights_pin(backbone.weights),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hiergeo.config import ConfigError, load_config
-from hiergeo.devices import parse_device, resolve_device, use_device
+from hiergeo.devices import loader_workers, parse_device, resolve_device, use_device
 
 
 @pytest.fixture
@@ -107,3 +107,12 @@ def test_loss_memory_gb_is_validated():
     for bad in ("0", "-1", ".inf"):
         with pytest.raises(ConfigError, match="hardware.loss_memory_gb must be a positive"):
             load_config("smoke", [f"hardware.loss_memory_gb={bad}"])
+
+
+def test_loader_workers_feed_a_gpu():
+    """A GPU gets all but 2 of the CPU share as decoding workers; a CPU, which runs the
+    model too, at most 4."""
+    assert loader_workers(torch.device("cuda", 0), 16) == 14
+    assert loader_workers(torch.device("cuda", 0), 2) == 1
+    assert loader_workers(torch.device("cpu"), 16) == 4
+    assert loader_workers(torch.device("cpu"), 1) == 1

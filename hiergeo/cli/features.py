@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers per process (default: min(4, its CPU share))")
+                    help="DataLoader workers per process (default: on a GPU its CPU share "
+                         "less 2, on a CPU min(4, its share))")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads per process (default: torch's, or the process's "
                          "CPU share when several run on one node)")
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     from gazetteer import InputError
 
     from ..data.records import read_records
-    from ..devices import cpu_share, ranks_from_env, torch_threads, use_device
+    from ..devices import cpu_share, loader_workers, ranks_from_env, torch_threads, use_device
     from ..features import extract
     from ..model.backbones import WeightsError, create_backbone
 
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
         if threads:
             torch.set_num_threads(threads)
         dev = use_device(args.device, ranks.local_rank)
-        workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers
+        workers = (loader_workers(dev, cpu_share(ranks)) if args.workers is None
+                   else args.workers)
         if ranks.world > 1:
             log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
                      ranks.world, torch.get_num_threads(), workers, dev)
