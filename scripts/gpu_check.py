@@ -550,6 +550,16 @@ def _headline(name: str, r: dict) -> str:
     return ""
 
 
+def write(report: dict, out_dir: Path, t_all: float) -> None:
+    from hiergeo.files import atomic_write_text
+
+    report["seconds"] = time.perf_counter() - t_all
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "gpu.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "gpu.md", markdown(report))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -612,13 +622,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
         print(f"[{name}] {'ok' if res['ok'] else 'FAILED'} in {res['seconds']:.1f} s: "
               f"{headline(name, res)}", flush=True)
-    report["seconds"] = time.perf_counter() - t_all
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    from hiergeo.files import atomic_write_text
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "gpu.json", json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write_text(out_dir / "gpu.md", markdown(report))
+        write(report, out_dir, t_all)  # after each stage: a run stopped from outside keeps it
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     ok = all(r["ok"] for r in report["stages"].values())
