@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo photos notebooks test lint install clean-venv
+.PHONY: demo photos notebooks test lint install clean-venv gpu-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hiergeo needs Python >= 3.11"'
@@ -40,6 +40,13 @@ photos: $(STAMP)
 # beside each (or the .py from a newer .ipynb), keeping cell ids and outputs
 notebooks: $(STAMP)
 	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+# Every CUDA path in about 4 minutes on one GPU (scripts/gpu_check.py): device spellings, bf16
+# extraction and its throughput, training on an OSV-5M-sized store, export, predict with a
+# map, torchrun on every GPU, the loss-memory table. Writes results/benchmarks/gpu.json and
+# gpu.md; on a machine without a GPU it says so and exits 0
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

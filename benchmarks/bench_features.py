@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from hiergeo.data import read_records
 from hiergeo.data.images import ImageRows, collate_images
 from hiergeo.data.store import FeatureStore
-from hiergeo.devices import cpu_count, pick_device
+from hiergeo.devices import cpu_count, resolve_device
 from hiergeo.features import extract
 from hiergeo.model import EMBEDDED, create_backbone
 
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     args.batch_size = args.batch_size or 64
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
-    dev = pick_device(args.device)
+    dev = resolve_device(args.device)
     bb = create_backbone(args.backbone, random_weights=args.random_weights)
     bb.model.to(dev, memory_format=torch.channels_last).eval()
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -15,8 +15,8 @@ Usage::
     python benchmarks/bench_loss_memory.py [--batches 256,1024,4096]
         [--sizes 4000,40000,165000] [--cases 4096x165000,...]
         [--modes oneshot,blocked,proxy_anchor,contrastive]
-        [--geometry poincare] [--dim 16] [--block K | --budget-mb M] [--max-gb 12]
-        [--device auto] [--out FILE.json]
+        [--geometry poincare] [--dim 16] [--block K | --budget-mb M | --budgets-gb 2,8,32]
+        [--max-gb 12] [--device auto] [--out FILE.json]
     python benchmarks/bench_loss_memory.py --calibrate   # the temporaries behind block_size
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated once the inputs
@@ -24,8 +24,10 @@ were built. On a CPU each case runs in a fresh process and reports its peak RSS
 (``ru_maxrss``) minus its RSS once the inputs were built, which includes what glibc keeps of
 freed memory (about twice the live tensors for small blocks); one-shot cases predicted to need
 more than ``--max-gb`` are skipped, not run. The blocked cases use ``block_size(B, N,
-device)`` unless ``--block`` or ``--budget-mb`` says otherwise; "predicted" is
-``BLOCK_TEMPS x 8 x B x block`` (blocked) or the calibrated one-shot count ``x 8 x B x N``.
+device)`` unless ``--block`` or ``--budget-mb`` says otherwise; ``--budgets-gb`` runs the
+blocked case once per budget (GiB, as ``hardware.loss_memory_gb`` gives it): the time a smaller
+budget costs. "predicted" is ``BLOCK_TEMPS x 8 x B x block`` (blocked) or the calibrated
+one-shot count ``x 8 x B x N``.
 
 ``--calibrate`` measures, per space, how many float64 ``[B, cols]`` temporaries are alive at
 the peak of each path: peak RSS with ``MALLOC_MMAP_THRESHOLD_`` set so that glibc returns every
@@ -48,6 +50,7 @@ from pathlib import Path
 
 import torch
 
+from hiergeo.devices import resolve_device
 from hiergeo.geometry import expmap0, project
 from hiergeo.geometry.spaces import SPACES, make_space
 from hiergeo.losses.ablations import PEAK_BYTES_PER_PAIR, ablation
@@ -178,8 +181,9 @@ def _fmt_row(r: dict) -> str:
         mem = f"{r['peak_gb']:.3f} GB"
     secs = "" if r.get("seconds") is None else f"{r['seconds']:.2f}"
     block = "" if r["block"] is None else str(r["block"])
-    return (f"| {r['batch']} | {r['n']} | {r['mode']} | {block} | {r['predicted_gb']:.3f} | "
-            f"{mem} | {secs} |")
+    budget = "" if r.get("budget_gib") is None else f"{r['budget_gib']:g}"
+    return (f"| {r['batch']} | {r['n']} | {r['mode']} | {budget} | {block} | "
+            f"{r['predicted_gb']:.3f} | {mem} | {secs} |")
 
 
 def main(argv=None) -> int:
@@ -193,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=16, help="space dimension (model.dim: 16)")
     ap.add_argument("--block", type=int, help="entities per block (default: block_size)")
     ap.add_argument("--budget-mb", type=float, help="block_size's budget (default: its own)")
+    ap.add_argument("--budgets-gb", help="blocked rows at each of these budgets, in GiB "
+                    "(hardware.loss_memory_gb), e.g. 2,8,32")
     ap.add_argument("--max-gb", type=float, default=12.0,
                     help="skip one-shot cases predicted to need more")
     ap.add_argument("--device", default="auto")
@@ -205,35 +211,37 @@ def main(argv=None) -> int:
         spec = json.loads(args.child)
         print(json.dumps(one_case(**spec, device="cpu")))
         return 0
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(args.device))
     meta = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
             "device": device, "threads": torch.get_num_threads()}
     if device.startswith("cuda"):
-        meta["gpu"] = torch.cuda.get_device_name(0)
+        meta["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if args.calibrate:
         rows = calibrate()
         result = {"machine": meta, "calibration": rows}
     else:
         print(f"{args.geometry}, dim {args.dim}, {device}; peak memory beyond the inputs, "
               "seconds per forward + backward")
-        print("| batch | entities | mode | block | predicted GB | peak | s |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| batch | entities | mode | budget GiB | block | predicted GB | peak | s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         rows = []
+        budgets = ([None if args.budget_mb is None else int(args.budget_mb * 2**20)]
+                   if not args.budgets_gb else
+                   [int(float(g) * 2**30) for g in args.budgets_gb.split(",")])
         for b, n in _cases(args):
-            for mode in args.modes.split(","):
+            for mode, budget in [(m, bud) for m in args.modes.split(",")
+                                 for bud in (budgets if m == "blocked" else [None])]:
                 function = mode if mode in PEAK_BYTES_PER_PAIR else None
                 if function:
                     blk, predicted = None, PEAK_BYTES_PER_PAIR[mode] * b * n
                 elif mode == "oneshot":
                     blk, predicted = None, ONESHOT_TEMPS[args.geometry] * 8 * b * n
                 else:
-                    budget = None if args.budget_mb is None else int(args.budget_mb * 2**20)
                     blk = args.block or block_size(b, n, device, budget)
                     predicted = BLOCK_TEMPS * 8 * b * blk
                 row = {"batch": b, "n": n, "mode": mode, "block": blk, "dim": args.dim,
-                       "geometry": args.geometry, "predicted_gb": predicted / GB}
+                       "geometry": args.geometry, "predicted_gb": predicted / GB,
+                       "budget_gib": None if budget is None else budget / 2**30}
                 if mode != "blocked" and predicted > args.max_gb * GB:
                     row["skipped"] = True
                 else:

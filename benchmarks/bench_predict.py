@@ -82,7 +82,7 @@ def main(argv=None) -> int:
           and r["city_vs_flat"] >= 0.99]
     summary = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "device": str(dev),
-                           **({"gpu": torch.cuda.get_device_name(0)} if dev.type == "cuda"
+                           **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda"
                               else {})},
                "run": str(args.run), "queries": len(rows), "entities": int(hier.active.sum()),
                "curve": res,

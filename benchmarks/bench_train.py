@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from hiergeo.devices import resolve_device
 from hiergeo.metrics import markdown_table
 from hiergeo.train import load_config, run
 
@@ -46,7 +47,7 @@ def machine(device: str) -> dict:
     out = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
            "device": device}
     if device.startswith("cuda"):
-        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out
 
 
@@ -192,8 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     args = ap.parse_args(argv)
-    device = args.device if args.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.sweep:

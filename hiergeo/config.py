@@ -213,6 +213,16 @@ class HardwareConfig:
     # default, 10 min on NCCL, 30 on gloo). Raise it when validation (run.val_every, on
     # process 0 alone) takes longer than that
     dist_timeout_s: int | None = None
+    # GiB the blocked full-candidate loss's temporaries may take (its blocks are sized to
+    # fit); None: the default, on a GPU min(8 GiB, half its free memory), on a CPU 64 MiB
+    # (hiergeo.losses.contrastive.block_size). Smaller leaves room for a fine-tuned
+    # backbone or a second job, at a small cost in time (results/benchmarks/README.md)
+    loss_memory_gb: float | None = None
+
+    @property
+    def loss_memory_bytes(self) -> int | None:
+        """``loss_memory_gb`` in bytes, for ``block_size(..., budget_bytes=...)``."""
+        return None if self.loss_memory_gb is None else int(self.loss_memory_gb * 2**30)
 
 
 @dataclass
@@ -405,6 +415,7 @@ def validate(cfg: Config, *, loss_registered: bool = True) -> None:
     would scatter the checks a reader looks for in one place). ``loss_registered=False``
     (a finished run's config, read to evaluate or export it) lets ``loss.function`` name a
     loss class this process has not registered: only training builds the loss."""
+    from .devices import parse_device
     from .geometry.spaces import SPACE_CLASSES
     from .model.geomodel import ENCODERS, QUERY_MODES
 
@@ -482,6 +493,13 @@ def validate(cfg: Config, *, loss_registered: bool = True) -> None:
          f"hardware.dist_timeout_s must be > 0, not {cfg.hardware.dist_timeout_s}")
     need(cfg.hardware.precision in ("auto", "fp32", "bf16"),
          f"hardware.precision must be auto, fp32 or bf16, not {cfg.hardware.precision!r}")
+    try:
+        parse_device(cfg.hardware.device)
+    except ValueError as exc:
+        raise ConfigError(f"hardware.device: {exc}") from None
+    need(cfg.hardware.loss_memory_gb is None or 0 < cfg.hardware.loss_memory_gb < math.inf,
+         "hardware.loss_memory_gb must be a positive number of GiB (null: the default), "
+         f"not {cfg.hardware.loss_memory_gb}")
     need(cfg.data.images is None or cfg.model.encoder == "timm",
          "data.images needs model.encoder=timm")
 

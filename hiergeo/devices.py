@@ -1,8 +1,8 @@
 """Which device and how many CPU threads a process uses: one home for the hardware choices
 every command makes (training, features, prediction, evaluation, the benchmarks).
 
-Device spellings: ``auto`` (this process's GPU when there is CUDA, else the CPU), ``cpu``,
-``cuda`` (this process's GPU, ``cuda:LOCAL_RANK``) and ``cuda:N``.
+Device spellings (:func:`resolve_device`): ``auto`` (this process's GPU when there is CUDA,
+else the CPU), ``cpu``, ``cuda`` (this process's GPU, ``cuda:LOCAL_RANK``) and ``cuda:N``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,18 @@ def cpu_share(ranks: Ranks) -> int:
     return max(1, cpu_count() // ranks.local_world)
 
 
+def loader_workers(device: torch.device, share: int | None = None) -> int:
+    """Default DataLoader workers decoding images for a backbone on ``device``, given this
+    process's CPU share (default: every CPU it may use). On a CPU the model needs the cores
+    too: up to 4. On a GPU the workers are what feeds it: all but 2 of the share (the main
+    process and the pinning thread), at least 1; one H200 with 16 CPUs took a ViT-L/14 at
+    bf16 past 1,500 images/s only with about a dozen (results/benchmarks/gpu.md)."""
+    share = cpu_count() if share is None else share
+    if torch.device(device).type == "cuda":
+        return max(1, share - 2)
+    return max(1, min(4, share))
+
+
 def torch_threads(requested: int | None, ranks: Ranks) -> int | None:
     """torch threads to set, or None to keep torch's own choice (which reads OMP_NUM_THREADS)."""
     if requested:
@@ -74,15 +86,59 @@ def torch_threads(requested: int | None, ranks: Ranks) -> int | None:
     return None
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this process's GPU when there is CUDA, else the CPU; ``cuda``: this process's
-    GPU (``cuda:LOCAL_RANK``)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    dev = torch.device(name)
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {dev} asked for, but this machine has "
-                         f"{torch.cuda.device_count()} CUDA devices")
+#: The device spellings every command takes (``--device``, ``hardware.device``).
+DEVICE_SPELLINGS = "auto, cpu, cuda (this process's GPU: cuda:LOCAL_RANK) or cuda:N"
+
+
+def parse_device(spelling: str | torch.device) -> tuple[str, int | None]:
+    """``(kind, index)`` of a device spelling, the machine not consulted: ``("auto", None)``,
+    ``("cpu", None)``, ``("cuda", None)`` or ``("cuda", N)``. Raises ValueError for anything
+    else (``tpu``, ``cuda:x``, ``mps``)."""
+    text = str(spelling).strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text, None
+    kind, _, index = text.partition(":")
+    if kind == "cuda" and index.isdigit():
+        return "cuda", int(index)
+    raise ValueError(f"device {str(spelling)!r} is not a device spelling: use "
+                     f"{DEVICE_SPELLINGS}")
+
+
+def resolve_device(spelling: str | torch.device, local_rank: int = 0) -> torch.device:
+    """The device a spelling names, always with an index for CUDA (``torch.cuda.set_device``
+    and NCCL need one).
+
+    ``auto``: this process's GPU when there is CUDA, else the CPU; ``cuda``: this process's
+    GPU, ``cuda:local_rank``; ``cuda:N``: GPU N; ``cpu``. Raises ValueError, naming the
+    problem and the fix, for another spelling (``tpu``), CUDA asked for where there is none,
+    or an index past the GPUs there are.
+    """
+    kind, index = parse_device(spelling)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {str(spelling)!r} asked for, but CUDA is not available here "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use "
+                         "cpu, or auto to take a GPU only where there is one")
+    count = torch.cuda.device_count()
+    index = int(local_rank) if index is None else index
+    if index >= count:
+        raise ValueError(f"device {str(spelling)!r} is cuda:{index}, but this machine has "
+                         f"{count} CUDA device{'s' if count != 1 else ''} (cuda:0 to "
+                         f"cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def use_device(spelling: str | torch.device, local_rank: int = 0) -> torch.device:
+    """:func:`resolve_device`, made this process's current CUDA device when it is a GPU
+    (what collectives and ``torch.cuda`` calls without a device then use)."""
+    dev = resolve_device(spelling, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     return dev
+
+
+#: The former name of :func:`resolve_device`.
+pick_device = resolve_device

@@ -29,6 +29,7 @@ import torch
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
 from . import metrics
+from .devices import resolve_device, use_device
 from .files import atomic_write_text
 from .predict import predict
 
@@ -258,8 +259,7 @@ def load_run(run: str | Path, device: str = "auto"):
         raise ValueError(f"{run}: the model has {ckpt['meta']['n_entities']} entities, this "
                          f"gazetteer {len(gz.entities)}: evaluate with the gazetteer it was "
                          "trained on")
-    dev = torch.device(device if device != "auto" else
-                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model, hier = build_model(cfg, gz, ckpt["meta"]["in_dim"], dev, init=False,
                               active=ckpt["active"].numpy())
     model.load_state_dict(ckpt["model"])
@@ -275,13 +275,8 @@ def _process_group(device: str) -> tuple[int, int, str]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    elif device == "auto":
-        device = "cpu"
+        return 0, 1, str(resolve_device(device))
+    device = str(use_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(
             "nccl" if device.startswith("cuda") else "gloo")

@@ -3,6 +3,7 @@
     python -m hiergeo.features --data DATA --out STORE [--backbone efficientnet_lite0-embedded]
         [--weights PATH | --allow-download | --random-weights] [--batch-size 64] [--workers N]
         [--threads N] [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
+        [--decode auto]
 
 DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder), a table with
 ``path, latitude, longitude``, or a folder of photos with EXIF GPS. Rerunning with the same
@@ -14,9 +15,10 @@ Several processes
 Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``),
 rank r extracts the shards k with ``k % WORLD_SIZE == r``, on ``cuda:LOCAL_RANK`` when
 ``--device`` is ``auto`` or ``cuda`` and CUDA is there. Each process takes its share of the
-node's CPUs (CPUs / processes on the node) for torch threads and, up to 4, DataLoader workers,
-unless ``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it
-is unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
+node's CPUs (CPUs / processes on the node) for torch threads and DataLoader workers (on a GPU
+all but 2 of its share, on a CPU up to 4: :func:`hiergeo.devices.loader_workers`), unless
+``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it is
+unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
 
 ::
 
@@ -71,11 +73,16 @@ from .data.store import (
     shard_paths,
     write_shard,
 )
-from .devices import cpu_count, pick_device
+from .devices import loader_workers, resolve_device
 from .files import atomic_write_text
 from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
+
+#: Where ``decode="auto"`` decodes JPEGs on a GPU machine. On one H200 with 16 CPUs the
+#: CPU path (workers, reduced decoding) kept up with a ViT-L/14 at bf16 and nvJPEG did not
+#: beat it (scripts/gpu_check.py, results/benchmarks/gpu.md).
+AUTO_DECODE = "cpu"
 
 
 def _ranges(ks: list[int]) -> str:
@@ -141,13 +148,26 @@ def _write_meta(out: Path, meta: dict) -> None:
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
 
+#: Images the backbone takes at a time on a CPU, whatever the loader's batch: a convnet's
+#: activations for a few images stay in the caches, and the embedded backbone ran 1.8 to 2.7
+#: times faster on 4 images at a time than on 64 on a 2-core machine (results/benchmarks/
+#: README.md). The loader's batch size still sets how much is decoded ahead.
+CPU_MICRO_BATCH = 4
+
+
+def _encode_in_chunks(encode, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    if len(x) <= chunk:
+        return encode(x)
+    return torch.cat([encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
 def backbone_batches(loader, encode, dev: torch.device):
     """Run ``encode`` (a backbone's ``features``) on each batch ``(images or None, rows,
     skipped, ...)`` of ``loader``: the images moved to ``dev`` in channels_last (faster
     convolutions for convnets such as the embedded one; harmless for ViTs), in inference
-    mode, in bf16 autocast on a GPU. Yields ``(features float32 or None, batch, seconds
-    waiting for the batch, seconds encoding it)``; the caller's own code runs outside those
-    modes."""
+    mode, in bf16 autocast on a GPU, :data:`CPU_MICRO_BATCH` images at a time on a CPU.
+    Yields ``(features float32 or None, batch, seconds waiting for the batch, seconds
+    encoding it)``; the caller's own code runs outside those modes."""
     cuda = dev.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
                 else torch.autocast("cpu", enabled=False))
@@ -163,20 +183,55 @@ def backbone_batches(loader, encode, dev: torch.device):
         if batch[0] is not None:
             x = batch[0].to(dev, non_blocking=True, memory_format=torch.channels_last)
             with torch.inference_mode(), autocast:
-                f = encode(x).float()
+                f = (encode(x) if cuda else _encode_in_chunks(encode, x, CPU_MICRO_BATCH)).float()
             if cuda:
                 torch.cuda.synchronize(dev)
         yield f, batch, waited, time.perf_counter() - t
 
 
+def _loader(paths: np.ndarray, transform, rows, valid, dev: torch.device, *, batch_size: int,
+            workers: int, decode: str):
+    """Batches ``(images or None, rows, skipped)`` of ``paths[rows]``: decoded and
+    preprocessed by ``workers`` processes (``decode="cpu"``), or read by them and decoded on
+    the GPU (``"gpu"``: :mod:`hiergeo.data.gpu_jpeg`; the images are then on ``dev``)."""
+    if decode == "gpu":
+        from .data.gpu_jpeg import GpuJpegDecoder, JpegRows, collate_jpeg
+
+        decoder = GpuJpegDecoder(transform, dev, paths)
+        loader = DataLoader(JpegRows(paths, transform, rows, valid), batch_size=batch_size,
+                            num_workers=workers, collate_fn=collate_jpeg, pin_memory=True)
+        return map(decoder, loader)
+    return DataLoader(ImageRows(paths, transform, rows, valid), batch_size=batch_size,
+                      num_workers=workers, collate_fn=collate_images,
+                      pin_memory=dev.type == "cuda")
+
+
+def resolve_decode(decode: str, dev: torch.device, transform) -> str:
+    """``cpu`` or ``gpu`` for a ``decode`` choice (``auto``, ``cpu``, ``gpu``) on ``dev``:
+    ``auto`` is :data:`AUTO_DECODE` on a GPU whose transform the GPU path can do, else
+    ``cpu``. Raises ValueError for ``gpu`` where it cannot run."""
+    from .data.gpu_jpeg import GpuJpegDecoder
+
+    if decode not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"decode={decode!r}: use auto, cpu or gpu")
+    possible = dev.type == "cuda" and GpuJpegDecoder.supports(transform)
+    if decode == "gpu" and not possible:
+        raise ValueError("decode=gpu needs a CUDA device and a backbone whose transform is "
+                         "resize, centre crop, normalise (timm's eval transform); use "
+                         "decode=cpu")
+    if decode == "auto":
+        return AUTO_DECODE if possible else "cpu"
+    return decode
+
+
 def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: torch.device, *,
-           batch_size: int, workers: int, out_dtype: torch.dtype, bar) -> tuple:
+           batch_size: int, workers: int, out_dtype: torch.dtype, bar,
+           decode: str = "cpu") -> tuple:
     """Features of ``records`` rows ``rows``: (features, index table, skipped table)."""
     valid = np.isfinite(records["latitude"].to_numpy(float)) & np.isfinite(
         records["longitude"].to_numpy(float))
-    loader = DataLoader(ImageRows(records["path"].to_numpy(), transform, rows, valid),
-                        batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
-                        pin_memory=dev.type == "cuda")
+    loader = _loader(records["path"].to_numpy(), transform, rows, valid, dev,
+                     batch_size=batch_size, workers=workers, decode=decode)
     feats, kept, skipped = [], [], []
     for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev):
         skipped.extend(bad)
@@ -198,8 +253,13 @@ def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: to
 def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size: int = 64,
             workers: int | None = None, shard_size: int = 10_000, dtype: str = "float16",
             device: str = "auto", source: dict | None = None, progress: bool = True,
-            rank: int = 0, world: int = 1) -> dict:
+            rank: int = 0, world: int = 1, decode: str = "auto") -> dict:
     """Write features of ``records`` (from :func:`hiergeo.data.read_records`) to ``out``.
+
+    JPEGs are decoded at the size the backbone's resize needs (1/2, 1/4 or 1/8 of the file's
+    when that is enough: :func:`hiergeo.data.images.load_image`); ``decode`` says where:
+    ``cpu`` (DataLoader workers), ``gpu`` (nvJPEG: :mod:`hiergeo.data.gpu_jpeg`) or ``auto``
+    (:func:`resolve_decode`).
 
     With ``world > 1`` this call extracts only the shards ``k % world == rank``; other
     processes (same arguments, other ranks) do the rest, and whichever finds every shard done
@@ -214,8 +274,8 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
         raise ValueError(f"rank {rank} of world {world}: need 0 <= rank < world")
     out = Path(out)
     backbone = backbone or create_backbone(EMBEDDED)
-    dev = pick_device(device)
-    workers = min(4, cpu_count()) if workers is None else workers
+    dev = resolve_device(device)
+    workers = loader_workers(dev) if workers is None else workers
     _write_meta(out, {
         "format": FORMAT, "backbone": backbone.name, "weights": backbone.weights,
         **_weights_pin(backbone.weights),
@@ -229,6 +289,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     # for ViTs
     backbone.model.to(dev, memory_format=torch.channels_last).eval()
     transform = backbone.transform()
+    decode = resolve_decode(decode, dev, transform)
     n_shards = max(1, -(-len(records) // shard_size))
     who = f"rank {rank} of {world}: " if world > 1 else ""
     if rank == 0 and n_shards < world:
@@ -247,7 +308,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
         rows = np.arange(k * shard_size, min((k + 1) * shard_size, len(records)))
         write_shard(out, k, *_shard(records, rows, backbone, transform, dev,
                                     batch_size=batch_size, workers=workers,
-                                    out_dtype=getattr(torch, dtype), bar=bar))
+                                    out_dtype=getattr(torch, dtype), bar=bar, decode=decode))
         bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - t0):.1f}")
     bar.close()
 

@@ -59,7 +59,7 @@ import torch
 from gazetteer.keys import LEVELS
 
 from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
-from .devices import pick_device
+from .devices import resolve_device
 from .export import ModelFolderError, Portable, backbone_from_meta
 from .predict import Prediction, predict
 from .reports.answers import prediction_table, score_truth, write_outputs
@@ -112,7 +112,7 @@ class Geolocator:
         from .model.hierarchy import Hierarchy
 
         self.meta = portable.meta
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         m = self.meta["model"]
         self.entities = portable.entities.reset_index(drop=True)
         self._backbone_args = {"weights": backbone_weights, "allow_download": allow_download,
@@ -337,15 +337,16 @@ class Geolocator:
 
     def _loader(self, records, batch_size: int, workers: int | None):
         """Batches of ``records``' photos, decoded and preprocessed for the backbone (with
-        their EXIF GPS) by ``workers`` processes (default: up to 4)."""
+        their EXIF GPS) by ``workers`` processes (default:
+        :func:`hiergeo.devices.loader_workers`)."""
         from torch.utils.data import DataLoader
 
-        from .devices import cpu_count
+        from .devices import loader_workers
 
         # a list, not an array: numpy would turn PIL images into pixel arrays
         sources = [img if img is not None else path for img, path in
                    zip(records["image"], records["path"], strict=True)]
-        workers = min(4, cpu_count()) if workers is None else workers
+        workers = loader_workers(self.device) if workers is None else workers
         rows = PhotoRows(sources, self._get_backbone().transform(), wants_gps(records),
                          records["reason"].tolist())
         return DataLoader(rows, batch_size=batch_size,

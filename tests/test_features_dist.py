@@ -19,7 +19,7 @@ from PIL import Image
 
 from hiergeo.cli.features import main
 from hiergeo.data.store import FeatureStore, shard_done, shard_paths, write_shard
-from hiergeo.devices import Ranks, pick_device, ranks_from_env
+from hiergeo.devices import Ranks, ranks_from_env, resolve_device
 from hiergeo.devices import torch_threads as _threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +241,6 @@ def test_ranks_and_devices_from_the_environment(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     assert _threads(None, two) >= 1  # ... unless it is torchrun's default
     if not torch.cuda.is_available():
-        assert pick_device("auto", 1) == torch.device("cpu")
-        with pytest.raises(ValueError, match="0 CUDA devices"):
-            pick_device("cuda", 1)
+        assert resolve_device("auto", 1) == torch.device("cpu")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda", 1)

@@ -388,3 +388,18 @@ def test_a_new_loss_function_is_one_registered_class(tmp_path, cache_env):
     assert load_run(tmp_path / "toy")[0].loss.function == "toy_nearest"
     with pytest.raises(ConfigError, match="toy_nearest is not registered in this process"):
         run(resume=tmp_path / "toy")
+
+
+def test_block_size_on_a_gpu_is_capped(monkeypatch):
+    """On CUDA the default budget is CUDA_BLOCK_CAP, or half the free memory when less (the
+    free memory faked: no GPU needed); a budget given (hardware.loss_memory_gb) wins."""
+    from hiergeo.losses import contrastive as c
+
+    per_column = c.BLOCK_TEMPS * 8 * 4096
+    monkeypatch.setattr(c, "cuda_budget", lambda device: 70 * 2**30)  # an H200's half
+    assert c.block_size(4096, 165_000, "cuda:0") == c.CUDA_BLOCK_CAP // per_column
+    monkeypatch.setattr(c, "cuda_budget", lambda device: 2**30)  # a busy small card
+    assert c.block_size(4096, 165_000, "cuda:0") == 2**30 // per_column
+    assert c.block_size(4096, 165_000, "cuda:0", budget_bytes=32 * 2**30) == 65536
+    with pytest.raises(ValueError, match="budget must be positive"):
+        c.block_size(4096, 165_000, "cuda:0", budget_bytes=0)

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers per process (default: min(4, its CPU share))")
+                    help="DataLoader workers per process (default: on a GPU its CPU share "
+                         "less 2, on a CPU min(4, its share))")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads per process (default: torch's, or the process's "
                          "CPU share when several run on one node)")
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
     ap.add_argument("--device", default="auto",
                     help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")
+    ap.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+                    help="where JPEGs are decoded: DataLoader workers (cpu), nvJPEG on the "
+                         "GPU (gpu), or auto (hiergeo.features.AUTO_DECODE on a GPU)")
     return ap
 
 
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     from gazetteer import InputError
 
     from ..data.records import read_records
-    from ..devices import cpu_share, pick_device, ranks_from_env, torch_threads
+    from ..devices import cpu_share, loader_workers, ranks_from_env, torch_threads, use_device
     from ..features import extract
     from ..model.backbones import WeightsError, create_backbone
 
@@ -61,10 +65,9 @@ def main(argv=None) -> int:
         threads = torch_threads(args.threads, ranks)
         if threads:
             torch.set_num_threads(threads)
-        dev = pick_device(args.device, ranks.local_rank)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        workers = min(4, cpu_share(ranks)) if args.workers is None else args.workers
+        dev = use_device(args.device, ranks.local_rank)
+        workers = (loader_workers(dev, cpu_share(ranks)) if args.workers is None
+                   else args.workers)
         if ranks.world > 1:
             log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
                      ranks.world, torch.get_num_threads(), workers, dev)
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
                          workers=workers, shard_size=args.shard_size, dtype=args.dtype,
                          device=str(dev), source={"data": str(args.data),
                                                   "layout": args.layout},
-                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world)
+                         progress=ranks.local_rank == 0, rank=ranks.rank, world=ranks.world,
+                         decode=args.decode)
     except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

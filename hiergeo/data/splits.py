@@ -132,7 +132,7 @@ class ImageInputs:
     def _one(self, i):
         from .images import load_image
 
-        res = load_image(self.paths[i])
+        res = load_image(self.paths[i], getattr(self.transform, "min_side", None))
         if res.image is None:
             raise DataError(f"{self.paths[i]}: {res.reason} (its header was readable when the "
                             "run started); remove it from the data")

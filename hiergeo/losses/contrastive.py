@@ -80,6 +80,12 @@ CPU_BLOCK_BUDGET = 64 * 2**20
 #: Share of a GPU's free memory (the driver's free plus what PyTorch caches unused) a block
 #: may take: the rest of the step (other levels, the optimiser) needs room too.
 CUDA_BLOCK_SHARE = 0.5
+#: Default cap on a block's temporaries on a GPU (``hardware.loss_memory_gb`` unset): the
+#: loss takes no more than this even on a card with far more free, leaving the rest to a
+#: backbone being fine-tuned beside it or to a second job. Measured on an H200 at batch 4096
+#: over 165k entities (``scripts/gpu_check.py``, results/benchmarks/gpu.md), 2 to 56 GB cost
+#: about the same time per step: the blocks are bound by memory traffic, not by their number.
+CUDA_BLOCK_CAP = 8 * 2**30
 
 
 def cuda_budget(device: torch.device | str) -> int:
@@ -105,16 +111,19 @@ def block_size(batch: int, n: int, device: torch.device | str,
         batch: rows of ``z``.
         n: entities in the level.
         device: where the loss runs.
-        budget_bytes: bytes the temporaries may take. None: on CUDA
-            :data:`CUDA_BLOCK_SHARE` of ``torch.cuda.mem_get_info``'s free memory plus the
-            memory PyTorch has reserved but not allocated; elsewhere :data:`CPU_BLOCK_BUDGET`.
+        budget_bytes: bytes the temporaries may take (``hardware.loss_memory_gb``). None:
+            on CUDA :data:`CUDA_BLOCK_CAP` or, when less, :data:`CUDA_BLOCK_SHARE` of
+            ``torch.cuda.mem_get_info``'s free memory plus the memory PyTorch has reserved
+            but not allocated; elsewhere :data:`CPU_BLOCK_BUDGET`.
     """
     device = torch.device(device)
     if budget_bytes is None:
         if device.type == "cuda":
-            budget_bytes = cuda_budget(device)
+            budget_bytes = min(CUDA_BLOCK_CAP, cuda_budget(device))
         else:
             budget_bytes = CPU_BLOCK_BUDGET
+    if budget_bytes <= 0:
+        raise ValueError(f"a loss memory budget must be positive, got {budget_bytes} bytes")
     per_column = BLOCK_TEMPS * 8 * max(int(batch), 1)
     return int(min(max(budget_bytes // per_column, 1), max(int(n), 1)))
 

@@ -188,7 +188,8 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
                           f"process (one of {', '.join(LOSS_CLASSES)}): import the module "
                           "that registers it (@register_loss) before training or resuming")
     objective = Objective.build(cfg.loss, model.space, hier, device=dev,
-                                batch=math.ceil(B / procs.world), sparse=optim.sparse)
+                                batch=math.ceil(B / procs.world), sparse=optim.sparse,
+                                budget_bytes=cfg.hardware.loss_memory_bytes())
     if procs.main and objective.uses_candidates:
         log.info("candidates per level: %s", objective.describe_candidates())
     train_model = model

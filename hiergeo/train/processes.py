@@ -9,6 +9,7 @@ import os
 import torch
 
 from ..config import Config, ConfigError
+from ..devices import use_device
 
 #: How long the other processes wait for process 0's final calibration and evaluation.
 FINAL_WAIT = _dt.timedelta(days=7)
@@ -21,16 +22,10 @@ class Processes:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = cfg.hardware.device
-        if dev == "auto":
-            dev = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        elif dev == "cuda" and self.world > 1:
-            dev = f"cuda:{local}"
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"hardware.device={cfg.hardware.device} but CUDA is not available")
-        self.device = torch.device(dev)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        try:  # cuda:LOCAL_RANK for "cuda" and "auto": set_device and NCCL need an index
+            self.device = use_device(cfg.hardware.device, local)
+        except ValueError as exc:
+            raise ConfigError(f"hardware.device={cfg.hardware.device}: {exc}") from None
         self.started = False
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
