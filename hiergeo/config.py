@@ -96,6 +96,14 @@ class ModelConfig:
     # gives each level its own point in the same space
     queries: str = "per_level"
     train_entities: bool = True
+    # where entity points come from: "tree" = a free table started from the tree embedding
+    # (trained by Riemannian Adam); "data" = computed from each entity's data, the mean
+    # encoder feature of its training samples, its coordinates and its level, by a learnt
+    # map trained with the head (hiergeo/model/entity_map.py; train_entities does not apply)
+    # (results/benchmarks/README.md#model-alone-and-geometry)
+    entities: str = "tree"
+    entity_hidden: int = 0        # entities=data: the map's hidden width (0: linear)
+    entity_residual: bool = True  # entities=data: plus a learnt tangent vector per entity
     encoder: str = "features"     # features | timm
     backbone: str | None = None   # timm name for encoder=timm (default: the embedded one)
     weights: str | None = None
@@ -122,6 +130,12 @@ class LossConfig:
     # (results/benchmarks/README.md#defaults-and-why)
     scope: str = "siblings"
     parent_weight: float = 0.1
+    # loss scalars learnt per level with the head (log-parameterised, started from the values
+    # above): any of tau, lam, sigma (sigma_km). A learnt tau is what prediction uses
+    # (calibration fits on top of it). Lowering lam or sigma always lowers this loss, so
+    # learning them by the same loss drives them down
+    # (results/benchmarks/README.md#model-alone-and-geometry)
+    learn: list[str] = field(default_factory=list)
     # geo = the loss above (HierLoc's; hiergeo.losses.contrastive). Ablations from
     # pytorch-metric-learning (hiergeo.losses.ablations): proxy_anchor (ProxyAnchorLoss,
     # alpha = 1 / tau), contrastive (ContrastiveLoss on the pairs of a MultiSimilarityMiner).
@@ -466,6 +480,27 @@ def validate(cfg: Config, *, loss_registered: bool = True) -> None:
     need(cfg.model.geometry in SPACE_CLASSES, f"model.geometry must be one of "
          f"{', '.join(SPACE_CLASSES)}, not {cfg.model.geometry!r}")
     need(cfg.model.dim >= 2, f"model.dim must be >= 2, got {cfg.model.dim}")
+    need(cfg.model.entities in ("tree", "data"),
+         f"model.entities must be tree or data, not {cfg.model.entities!r}")
+    need(cfg.model.entity_hidden >= 0,
+         f"model.entity_hidden must be >= 0 (0: linear), got {cfg.model.entity_hidden}")
+    need(cfg.model.entities == "tree" or cfg.model.encoder == "features",
+         "model.entities=data needs model.encoder=features (its prototypes are the means "
+         "of the training features)")
+    learn = cfg.loss.learn
+    need(set(learn) <= {"tau", "lam", "sigma"} and len(set(learn)) == len(learn),
+         f"loss.learn takes distinct names among tau, lam, sigma, got {learn}")
+    need(not learn or cfg.loss.function == "geo",
+         f"loss.learn is for loss.function=geo, not {cfg.loss.function}")
+    need(not learn or cfg.loss.scope == "siblings" or cfg.loss.candidates == "sampled",
+         "loss.learn needs loss.scope=siblings or loss.candidates=sampled (the streamed "
+         "full-level loss passes no gradient to the scalars)")
+    need("lam" not in learn or (cfg.loss.weight_form == "paper"
+                                and all(v > 0 for v in cfg.loss.lam)),
+         f"loss.learn=lam needs loss.weight_form=paper and loss.lam > 0 (it is learnt as its "
+         f"logarithm), got {cfg.loss.weight_form}, {cfg.loss.lam}")
+    need("sigma" not in learn or all(math.isfinite(v) for v in cfg.loss.sigma_km),
+         f"loss.learn=sigma needs finite loss.sigma_km, got {cfg.loss.sigma_km}")
     need(cfg.model.c > 0, f"model.c (curvature) must be positive, got {cfg.model.c}")
     need(cfg.model.encoder in ENCODERS,
          f"model.encoder must be one of {', '.join(ENCODERS)}, not {cfg.model.encoder!r}")

@@ -32,6 +32,7 @@ of the query ``z``.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -156,6 +157,18 @@ class GeoWeightedContrastive:
         self.sigma_km = float(sigma_km)
         self.lam = float(lam)
         self.form = form
+
+    #: ``loss.learn``'s names -> this loss's attributes
+    SCALARS = {"tau": "tau", "lam": "lam", "sigma": "sigma_km"}
+
+    def with_scalars(self, **values: torch.Tensor) -> GeoWeightedContrastive:
+        """A copy whose ``tau``, ``lam`` or ``sigma`` (sigma_km) are the given 0-d tensors,
+        so that the loss passes gradients to them (learnt scalars, ``loss.learn``). Not for
+        :meth:`full` with ``block`` (its streamed backward passes no gradient to them)."""
+        out = copy.copy(self)
+        for name, v in values.items():
+            setattr(out, self.SCALARS[name], v)
+        return out
 
     def log_weight(self, km: torch.Tensor) -> torch.Tensor:
         """``log w`` for negatives at ``km`` (float64 in, float64 out)."""

@@ -33,6 +33,8 @@ class GeoLevel(LevelLoss):
 
     def __call__(self, q: LevelQueries) -> torch.Tensor:
         cfg, hier, fn = self.cfg, self.hier, self.fn
+        if q.scalars:
+            fn = fn.with_scalars(**q.scalars)
         if cfg.scope == "siblings":
             qi, cand, is_pos = hier.sibling_pairs(q.positive)
             return fn.grouped(q.z, q.rows(cand), hier.latlon[cand], q.latlon, qi, is_pos,

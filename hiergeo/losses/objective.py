@@ -21,7 +21,7 @@ shipped ones: ``geo`` and the pytorch-metric-learning ablations.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -76,6 +76,8 @@ class LevelQueries:
         rows: entity ids -> their points in the trained table (with the gradient the table's
             optimiser expects: sparse or dense).
         gen: the step's random generator (for sampled candidates).
+        scalars: the level's learnt loss scalars (``loss.learn``), ``{"tau" | "lam" |
+            "sigma": 0-d float64 tensor}``, with gradients; empty when none is learnt.
     """
 
     level: int
@@ -84,6 +86,7 @@ class LevelQueries:
     latlon: torch.Tensor
     rows: Callable[[torch.Tensor], torch.Tensor]
     gen: torch.Generator
+    scalars: dict = field(default_factory=dict)
 
 
 class LevelLoss:
@@ -176,22 +179,31 @@ class Objective:
         word = {True: "all", False: "sampled", None: "off"}
         return ", ".join(f"{lvl} {word[f]}" for lvl, f in zip(LEVELS, self.full, strict=True))
 
-    def __call__(self, entities: torch.Tensor, z: torch.Tensor, ids: torch.Tensor,
+    def __call__(self, entities, z: torch.Tensor, ids: torch.Tensor,
                  latlon: torch.Tensor, gen: torch.Generator,
-                 parent_margin: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 parent_margin: torch.Tensor | None = None,
+                 scalars: dict | None = None) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch.
 
         Args:
-            entities: the entity table ``[N, D]`` (a parameter when trained).
+            entities: the entity table ``[N, D]`` (a parameter when trained), or a function
+                ``ids [k] -> [k, D]`` computing the rows asked for (``model.entities=data``,
+                :meth:`~hiergeo.model.geomodel.GeoModel.entity_rows`; no parent term: its
+                margins come from the tree).
             z: query points, ``[B, D]`` or ``[B, 4, D]`` (one per level), float64.
             ids: ``[B, 4]`` each sample's entity ids (-1: none at that level).
             latlon: ``[B, 2]`` the samples' coordinates.
             gen: the step's generator.
             parent_margin: ``[N]`` each entity's allowed distance to its parent (the parent
                 term; None or an untrained table: no parent term).
+            scalars: learnt loss scalars, ``{"tau" | "lam" | "sigma": [4]}`` (``loss.learn``).
         """
-        def rows(idx):  # entity points, with a sparse gradient for the sparse optimiser
-            return torch.nn.functional.embedding(idx, entities, sparse=self.sparse)
+        computed = callable(entities)
+        if computed:
+            rows = entities
+        else:
+            def rows(idx):  # entity points, with a sparse gradient for the sparse optimiser
+                return torch.nn.functional.embedding(idx, entities, sparse=self.sparse)
 
         hier, cfg = self.hier, self.cfg
         terms = {}
@@ -204,11 +216,13 @@ class Objective:
             if not bool(keep.any()):
                 continue
             q = LevelQueries(level=j, z=level_query(z, j)[keep], positive=pos[keep],
-                             latlon=latlon[keep], rows=rows, gen=gen)
+                             latlon=latlon[keep], rows=rows, gen=gen,
+                             scalars={k: v[j] for k, v in (scalars or {}).items()})
             term = level_loss(q)
             terms[f"loss_{lvl}"] = term
             total = total + cfg.weights[j] * term
-        if cfg.parent_weight > 0 and parent_margin is not None and entities.requires_grad:
+        if (cfg.parent_weight > 0 and parent_margin is not None and not computed
+                and entities.requires_grad):
             kids = torch.unique(ids[:, 1:][ids[:, 1:] >= 0])
             term = parent_hinge(self.space, rows(kids), rows(hier.parent[kids]),
                                 parent_margin[kids])

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..geometry.spaces import make_space
+from .entity_map import DataEntities
 from .geomodel import GeoModel, create_encoder
 from .hierarchy import Hierarchy
 
@@ -46,8 +47,19 @@ def build_model(cfg, gz, in_dim: int, device, *, init: bool = True,
                   allow_download=m.allow_download, random_weights=m.random_weights,
                   freeze=m.freeze_backbone)
     encoder = create_encoder(m.encoder, **kw)
+    hier = Hierarchy.from_gazetteer(gz, active)
+    data_entities = None
+    if m.entities == "data":
+        data_entities = DataEntities(hier.n, encoder.dim, m.dim, hidden=m.entity_hidden,
+                                     residual=m.entity_residual, latlon=hier.latlon,
+                                     depth=hier.depth)
+    learnt = {name: list(getattr(cfg.loss, LEARNT_KEYS[name])) for name in cfg.loss.learn}
     model = GeoModel(encoder, space, points, dim=m.dim, hidden=m.hidden, layers=m.layers,
                      dropout=m.dropout, train_entities=m.train_entities,
-                     queries=m.queries).to(device)
-    hier = Hierarchy.from_gazetteer(gz, active).to(device)
-    return model, hier
+                     queries=m.queries, data_entities=data_entities,
+                     learnt=learnt).to(device)
+    return model, hier.to(device)
+
+
+#: ``loss.learn``'s names -> the loss settings that start them
+LEARNT_KEYS = {"tau": "tau", "lam": "lam", "sigma": "sigma_km"}

@@ -127,11 +127,18 @@ class GeoModel(nn.Module):
         dim: dimension of the space (the head outputs ``dim`` tangent coordinates).
         train_entities: let the optimiser move entity points.
         queries: ``"shared"`` or ``"per_level"`` (see above).
+        data_entities: a :class:`~hiergeo.model.entity_map.DataEntities` (``model.entities=
+            data``): entity points are computed from it (:meth:`entity_rows`) and the table
+            ``entities`` is a frozen copy of them for prediction (:meth:`refresh_entities_`).
+        learnt: per level, the loss scalars trained with the head (``loss.learn``):
+            ``{"tau": [4], "lam": [4], "sigma": [4]}`` starting values (positive); each is
+            held as its logarithm, ``log_<name>`` (:meth:`loss_scalars`).
     """
 
     def __init__(self, encoder: nn.Module, space: Space, entity_init: torch.Tensor, *,
                  dim: int, hidden: int = 512, layers: int = 2, dropout: float = 0.0,
-                 train_entities: bool = True, queries: str = "shared"):
+                 train_entities: bool = True, queries: str = "shared",
+                 data_entities: nn.Module | None = None, learnt: dict | None = None):
         import geoopt
 
         super().__init__()
@@ -141,9 +148,16 @@ class GeoModel(nn.Module):
         self.space = space
         self.n_queries = 4 if queries == "per_level" else 1
         self.head = Head(encoder.dim, dim * self.n_queries, hidden, layers, dropout)
-        self.entities = geoopt.ManifoldParameter(entity_init.to(torch.float64).clone(),
-                                                 manifold=space.manifold(),
-                                                 requires_grad=train_entities)
+        self.data_entities = data_entities
+        self.entities = geoopt.ManifoldParameter(
+            entity_init.to(torch.float64).clone(), manifold=space.manifold(),
+            requires_grad=train_entities and data_entities is None)
+        self.learnt_names = tuple(sorted(learnt or {}))
+        for name, values in (learnt or {}).items():
+            v = torch.as_tensor(values, dtype=torch.float64)
+            if v.shape != (4,) or not bool((v > 0).all() & torch.isfinite(v).all()):
+                raise ValueError(f"learnt {name} needs 4 positive finite values, got {values}")
+            self.register_parameter(f"log_{name}", nn.Parameter(v.log()))
         # each entity's allowed distance to its parent (the parent term; set by the trainer)
         self.register_buffer("parent_margin",
                              torch.zeros(len(entity_init), dtype=torch.float64))
@@ -179,6 +193,55 @@ class GeoModel(nn.Module):
         if self.n_queries == 1:
             return self.space.query(v)
         return self.space.query(v.reshape(len(v), self.n_queries, -1))
+
+    def entity_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Points of entities ``idx [k]`` -> ``[k, point_dim]`` float64, with gradients:
+        the trained table's rows, or (``data_entities``) computed from the entities' data."""
+        if self.data_entities is None:
+            return self.entities[idx]
+        # a step's candidates repeat entities (sibling groups): map each one once
+        uniq, inverse = torch.unique(idx, return_inverse=True)
+        return self.space.query(self.data_entities(uniq))[inverse]
+
+    @torch.no_grad()
+    def refresh_entities_(self, chunk: int = 65536) -> None:
+        """``data_entities``: write every entity's computed point into the ``entities``
+        table that prediction and export read (a no-op for a trained table)."""
+        if self.data_entities is None:
+            return
+        n = len(self.entities)
+        for start in range(0, n, chunk):
+            idx = torch.arange(start, min(start + chunk, n), device=self.entities.device)
+            self.entities.data[idx] = self.entity_rows(idx).to(self.entities.dtype)
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; switching to eval mode refreshes a computed table."""
+        super().train(mode)
+        if not mode:
+            self.refresh_entities_()
+        return self
+
+    def loss_scalars(self) -> dict[str, torch.Tensor]:
+        """The learnt loss scalars, ``{"tau" | "lam" | "sigma": [4] float64}`` (positive;
+        with gradients), for the names in ``learnt``."""
+        return {name: getattr(self, f"log_{name}").exp() for name in self.learnt_names}
+
+    @torch.no_grad()
+    def learnt_tau_scale(self, tau) -> torch.Tensor:
+        """``[4]`` float64: the learnt tau over ``tau`` (the config's, which prediction
+        multiplies by ``level_temperature``); ones when tau is not learnt."""
+        dev = self.level_temperature.device
+        if "tau" not in self.learnt_names:
+            return torch.ones(4, dtype=torch.float64, device=dev)
+        return (self.log_tau.exp() / torch.as_tensor(tau, dtype=torch.float64,
+                                                     device=self.log_tau.device)).to(dev)
+
+    @torch.no_grad()
+    def fold_learnt_tau_(self, tau) -> None:
+        """Make prediction use the learnt temperature: ``level_temperature`` becomes
+        :meth:`learnt_tau_scale` (calibration then fits on top of it)."""
+        if "tau" in self.learnt_names:
+            self.level_temperature.copy_(self.learnt_tau_scale(tau))
 
     @torch.no_grad()
     def project_entities_(self) -> None:

@@ -237,8 +237,11 @@ def calibrate(model, split, hier, cfg, d: Path, memory=None):
         :cfg.eval.calibration_max])
     z, f = query_points(model, split, rows, features=True) if memory is not None else (
         query_points(model, split, rows), None)
+    # a learnt tau (loss.learn) is what prediction uses: the fit scales it
+    base = model.learnt_tau_scale(cfg.loss.tau)
     rep = fit_temperatures(model, z, split.ids[rows].to(model.entities.device), hier,
-                           cfg.loss.tau)
+                           [t * float(b) for t, b in zip(cfg.loss.tau, base, strict=True)])
+    model.level_temperature.mul_(base)
     log.info("calibration on %d validation samples: %s", len(rows), ", ".join(
         f"{lvl} T={r['T']:.3g} (nll {r['nll_before']:.3f} -> {r['nll']:.3f})"
         for lvl, r in rep.items()))

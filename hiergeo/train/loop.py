@@ -72,6 +72,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
                           f"{procs.world} processes: every process needs a sample of each batch")
     tr = _setup(cfg, d, ckpt, procs)
     _train(tr)
+    tr.model.fold_learnt_tau_(cfg.loss.tau)  # prediction uses the learnt tau (loss.learn)
     result = {"steps": tr.total, "train_seconds": time.perf_counter() - t_start,
               "world_size": procs.world, "run_dir": str(d)}
     if procs.world > 1:
@@ -160,11 +161,26 @@ def _data_and_model(cfg: Config, ckpt: dict | None, procs: Processes):
         procs.barrier()
     model, hier = build_model(cfg, gz, data.in_dim, procs.device, init=ckpt is None,
                               active=active)
+    if model.data_entities is not None and ckpt is None:
+        _entity_prototypes(model, data, hier)
     with torch.no_grad():  # (a checkpoint, when resuming, overwrites this with its own)
         E0 = model.entities.detach()
         kids = torch.nonzero(hier.parent >= 0).flatten()
         model.parent_margin[kids] = model.space.pair(E0[kids], E0[hier.parent[kids]])
     return gz, data, model, hier
+
+
+def _entity_prototypes(model, data, hier) -> None:
+    """``model.entities=data``: each entity's mean training feature (one streamed pass over
+    the training split), then the computed table."""
+    from ..model.entity_map import feature_prototypes
+
+    t0 = time.perf_counter()
+    proto, counts = feature_prototypes(data.train, hier.parent, hier.depth)
+    model.data_entities.set_prototypes_(proto.to(model.entities.device))
+    model.refresh_entities_()
+    log.info("entity prototypes: %d entities (%d with samples of their own), %d-d, in %.1f s",
+             len(proto), int((counts > 0).sum()), proto.shape[1], time.perf_counter() - t0)
 
 
 def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Training:
@@ -180,6 +196,9 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
     if procs.main:  # written before anything below can refuse to start
         atomic_write_text(d / "config.yaml", cfg.to_yaml())
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
+    if procs.world > 1 and model.data_entities is not None:
+        raise ConfigError("model.entities=data runs in one process (its entity map is called "
+                          "outside the DDP wrapper); use model.entities=tree under torchrun")
     if procs.world > 1 and optim.sparse:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
                           "buckets cannot hold sparse tensors); use dense or auto")
@@ -279,8 +298,9 @@ def train_step(tr: Training, idx: torch.Tensor, x: torch.Tensor) -> dict:
           else contextlib.nullcontext())
     with ac:
         z = tr.train_model(x)
-    terms = tr.objective(model.entities, z.to(torch.float64), ids, ll, gen,
-                         parent_margin=model.parent_margin)
+    entities = model.entity_rows if model.data_entities is not None else model.entities
+    terms = tr.objective(entities, z.to(torch.float64), ids, ll, gen,
+                         parent_margin=model.parent_margin, scalars=model.loss_scalars())
     if not torch.isfinite(terms["loss"]):
         save_checkpoint(tr, tr.step)
         raise FloatingPointError(f"loss is {terms['loss'].item()} at step {tr.step}; the last "

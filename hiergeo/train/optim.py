@@ -97,7 +97,8 @@ def build_optimisers(cfg: Config, model, total: int, device) -> Optimisers:
                    and n != "entities"]
     opt = torch.optim.AdamW(head_params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     ent_opt = None
-    sparse = sparse_entities(cfg, device)
+    # a computed table (model.entities=data) has no optimiser of its own
+    sparse = sparse_entities(cfg, device) and model.entities.requires_grad
     # "auto" is settled once, at the start, and written to config.yaml: a resumed run keeps
     # its optimiser (whose state the checkpoint holds) on whatever hardware it resumes
     cfg.optim.entity_optimizer = "sparse" if sparse else "dense"
