@@ -403,3 +403,21 @@ def test_block_size_on_a_gpu_is_capped(monkeypatch):
     assert c.block_size(4096, 165_000, "cuda:0", budget_bytes=32 * 2**30) == 65536
     with pytest.raises(ValueError, match="budget must be positive"):
         c.block_size(4096, 165_000, "cuda:0", budget_bytes=0)
+
+
+def test_the_trainer_hands_its_loss_memory_to_the_blocked_loss(tmp_path, cache_env,
+                                                               monkeypatch):
+    """hardware.loss_memory_gb reaches block_size from the trainer (full candidates over the
+    level, the blocked loss)."""
+    from hiergeo.losses import levels
+    from hiergeo.train import load_config, run
+
+    seen = []
+    real = levels.block_size
+    monkeypatch.setattr(levels, "block_size",
+                        lambda b, n, dev, budget=None: seen.append(budget) or real(b, n, dev,
+                                                                                  budget))
+    run(load_config("smoke", [f"run.out={tmp_path}", "run.id=mem", "optim.max_steps=1",
+                              "loss.scope=level", "loss.candidates=full",
+                              "hardware.loss_memory_gb=0.25"]))
+    assert seen and set(seen) == {2**28}

@@ -208,7 +208,7 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
                           "that registers it (@register_loss) before training or resuming")
     objective = Objective.build(cfg.loss, model.space, hier, device=dev,
                                 batch=math.ceil(B / procs.world), sparse=optim.sparse,
-                                budget_bytes=cfg.hardware.loss_memory_bytes())
+                                budget_bytes=cfg.hardware.loss_memory_bytes)
     if procs.main and objective.uses_candidates:
         log.info("candidates per level: %s", objective.describe_candidates())
     train_model = model
