@@ -161,12 +161,13 @@ def _encode_in_chunks(encode, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def backbone_batches(loader, encode, dev: torch.device):
+def backbone_batches(loader, encode, dev: torch.device, prepare=None):
     """Run ``encode`` (a backbone's ``features``) on each batch ``(images or None, rows,
     skipped, ...)`` of ``loader``: the images moved to ``dev`` in channels_last (faster
     convolutions for convnets such as the embedded one; harmless for ViTs), in inference
-    mode, in bf16 autocast on a GPU, :data:`CPU_MICRO_BATCH` images at a time on a CPU.
-    Yields ``(features float32 or None, batch, seconds waiting for the batch, seconds
+    mode, in bf16 autocast on a GPU, :data:`CPU_MICRO_BATCH` images at a time on a CPU;
+    ``prepare`` (a ``Preprocess.normalize``) first turns uint8 batches into the model's input
+    there. Yields ``(features float32 or None, batch, seconds waiting for the batch, seconds
     encoding it)``; the caller's own code runs outside those modes."""
     cuda = dev.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
@@ -182,6 +183,8 @@ def backbone_batches(loader, encode, dev: torch.device):
         t = time.perf_counter()
         if batch[0] is not None:
             x = batch[0].to(dev, non_blocking=True, memory_format=torch.channels_last)
+            if prepare is not None:
+                x = prepare(x)
             with torch.inference_mode(), autocast:
                 f = (encode(x) if cuda else _encode_in_chunks(encode, x, CPU_MICRO_BATCH)).float()
             if cuda:
@@ -233,7 +236,8 @@ def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: to
     loader = _loader(records["path"].to_numpy(), transform, rows, valid, dev,
                      batch_size=batch_size, workers=workers, decode=decode)
     feats, kept, skipped = [], [], []
-    for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev):
+    for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev,
+                                                   transform.normalize):
         skipped.extend(bad)
         if f is not None:
             feats.append(f.cpu().to(out_dtype))
@@ -288,8 +292,9 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     # channels_last: faster convolutions for convnets such as the embedded one; harmless
     # for ViTs
     backbone.model.to(dev, memory_format=torch.channels_last).eval()
-    transform = backbone.transform()
-    decode = resolve_decode(decode, dev, transform)
+    decode = resolve_decode(decode, dev, backbone.transform())
+    # the CPU path hands uint8 crops over, normalised on the device (Preprocess.uint8)
+    transform = backbone.transform(uint8=decode == "cpu")
     n_shards = max(1, -(-len(records) // shard_size))
     who = f"rank {rank} of {world}: " if world > 1 else ""
     if rank == 0 and n_shards < world:

@@ -278,9 +278,9 @@ def stage_features(ctx) -> dict:
     out["model_images_per_s"] = s["model_reps"] * s["batch"] / (time.perf_counter() - t)
     del x
 
-    fast = bb.transform()
+    fast = bb.transform(uint8=True)  # what extract's CPU path hands over
     legacy = Preprocess(fast.transform)  # the former path: PIL resize, full-size decode
-    legacy.steps = None
+    legacy.steps, legacy.uint8 = None, False
     paths = records["path"].to_numpy()
     for name, tr in (("decode_former_images_per_s", legacy),
                      ("decode_images_per_s", fast)):

@@ -65,9 +65,12 @@ def _upright(img: Image.Image) -> tuple[Image.Image, str | None]:
     with a note) and converted to RGB."""
     note = None
     try:
-        upright = ImageOps.exif_transpose(img)
+        # exif_transpose copies an image that needs no turn (as long as decoding a 1024 x
+        # 768 photo): ask it only for orientations 2-8
+        turn = img.getexif().get(0x0112, 1) in range(2, 9)
+        upright = ImageOps.exif_transpose(img) if turn else img
     except Exception as exc:  # malformed EXIF: keep the pixels as stored
-        upright = img.copy()
+        upright = img
         note = f"EXIF unreadable, orientation not applied ({exc})"
     rgb = _to_rgb(upright if upright is not None else img)
     rgb.load()
