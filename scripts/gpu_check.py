@@ -291,7 +291,7 @@ def stage_features(ctx) -> dict:
         out[name] = len(paths) / (time.perf_counter() - t)
 
     former = dataclasses.replace(bb)
-    former.transform = lambda draft=True: legacy
+    former.transform = lambda draft=True, uint8=False: legacy
     out["end_to_end_former_images_per_s"] = _extract_rate(records, former, tmp / "s-former",
                                                           ctx, "cpu")
     out["end_to_end_cpu_decode_images_per_s"] = _extract_rate(records, bb, tmp / "s-cpu",
