@@ -16,7 +16,7 @@ Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOC
 rank r extracts the shards k with ``k % WORLD_SIZE == r``, on ``cuda:LOCAL_RANK`` when
 ``--device`` is ``auto`` or ``cuda`` and CUDA is there. Each process takes its share of the
 node's CPUs (CPUs / processes on the node) for torch threads and DataLoader workers (on a GPU
-all but 2 of its share, on a CPU up to 4: :func:`hiergeo.devices.loader_workers`), unless
+3/4 of its share, on a CPU up to 4: :func:`hiergeo.devices.loader_workers`), unless
 ``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it is
 unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
 
@@ -79,9 +79,11 @@ from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
 
-#: Where ``decode="auto"`` decodes JPEGs on a GPU machine. On one H200 with 16 CPUs the
-#: CPU path (workers, reduced decoding) kept up with a ViT-L/14 at bf16 and nvJPEG did not
-#: beat it (scripts/gpu_check.py, results/benchmarks/gpu.md).
+#: Where ``decode="auto"`` decodes JPEGs on a GPU machine. On one H200 with 16 CPUs,
+#: ViT-L/14 extraction at bf16 ran at 1,024 images/s end to end decoding in 12 workers and
+#: 783 with nvJPEG (torchvision's batched decode reads each JPEG's entropy-coded data on the
+#: CPU, in the main process), with the same features (cosine >= 0.99998):
+#: scripts/gpu_check.py, results/benchmarks/gpu.md.
 AUTO_DECODE = "cpu"
 
 
