@@ -16,7 +16,7 @@ Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOC
 rank r extracts the shards k with ``k % WORLD_SIZE == r``, on ``cuda:LOCAL_RANK`` when
 ``--device`` is ``auto`` or ``cuda`` and CUDA is there. Each process takes its share of the
 node's CPUs (CPUs / processes on the node) for torch threads and DataLoader workers (on a GPU
-all but 2 of its share, on a CPU up to 4: :func:`hiergeo.devices.loader_workers`), unless
+3/4 of its share, on a CPU up to 4: :func:`hiergeo.devices.loader_workers`), unless
 ``--threads`` / ``--workers`` say otherwise; torchrun sets ``OMP_NUM_THREADS=1`` when it is
 unset, so under torchrun a 1 there counts as unset (pass ``--threads 1`` to mean it).
 
@@ -79,9 +79,11 @@ from .model.backbones import EMBEDDED, create_backbone
 
 log = logging.getLogger(__name__)
 
-#: Where ``decode="auto"`` decodes JPEGs on a GPU machine. On one H200 with 16 CPUs the
-#: CPU path (workers, reduced decoding) kept up with a ViT-L/14 at bf16 and nvJPEG did not
-#: beat it (scripts/gpu_check.py, results/benchmarks/gpu.md).
+#: Where ``decode="auto"`` decodes JPEGs on a GPU machine. On one H200 with 16 CPUs,
+#: ViT-L/14 extraction at bf16 ran at 1,024 images/s end to end decoding in 12 workers and
+#: 783 with nvJPEG (torchvision's batched decode reads each JPEG's entropy-coded data on the
+#: CPU, in the main process), with the same features (cosine >= 0.99998):
+#: scripts/gpu_check.py, results/benchmarks/gpu.md.
 AUTO_DECODE = "cpu"
 
 
@@ -161,12 +163,13 @@ def _encode_in_chunks(encode, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def backbone_batches(loader, encode, dev: torch.device):
+def backbone_batches(loader, encode, dev: torch.device, prepare=None):
     """Run ``encode`` (a backbone's ``features``) on each batch ``(images or None, rows,
     skipped, ...)`` of ``loader``: the images moved to ``dev`` in channels_last (faster
     convolutions for convnets such as the embedded one; harmless for ViTs), in inference
-    mode, in bf16 autocast on a GPU, :data:`CPU_MICRO_BATCH` images at a time on a CPU.
-    Yields ``(features float32 or None, batch, seconds waiting for the batch, seconds
+    mode, in bf16 autocast on a GPU, :data:`CPU_MICRO_BATCH` images at a time on a CPU;
+    ``prepare`` (a ``Preprocess.normalize``) first turns uint8 batches into the model's input
+    there. Yields ``(features float32 or None, batch, seconds waiting for the batch, seconds
     encoding it)``; the caller's own code runs outside those modes."""
     cuda = dev.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
@@ -182,6 +185,8 @@ def backbone_batches(loader, encode, dev: torch.device):
         t = time.perf_counter()
         if batch[0] is not None:
             x = batch[0].to(dev, non_blocking=True, memory_format=torch.channels_last)
+            if prepare is not None:
+                x = prepare(x)
             with torch.inference_mode(), autocast:
                 f = (encode(x) if cuda else _encode_in_chunks(encode, x, CPU_MICRO_BATCH)).float()
             if cuda:
@@ -233,7 +238,8 @@ def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: to
     loader = _loader(records["path"].to_numpy(), transform, rows, valid, dev,
                      batch_size=batch_size, workers=workers, decode=decode)
     feats, kept, skipped = [], [], []
-    for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev):
+    for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev,
+                                                   transform.normalize):
         skipped.extend(bad)
         if f is not None:
             feats.append(f.cpu().to(out_dtype))
@@ -288,8 +294,9 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
     # channels_last: faster convolutions for convnets such as the embedded one; harmless
     # for ViTs
     backbone.model.to(dev, memory_format=torch.channels_last).eval()
-    transform = backbone.transform()
-    decode = resolve_decode(decode, dev, transform)
+    decode = resolve_decode(decode, dev, backbone.transform())
+    # the CPU path hands uint8 crops over, normalised on the device (Preprocess.uint8)
+    transform = backbone.transform(uint8=decode == "cpu")
     n_shards = max(1, -(-len(records) // shard_size))
     who = f"rank {rank} of {world}: " if world > 1 else ""
     if rank == 0 and n_shards < world:

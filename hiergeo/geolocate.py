@@ -347,8 +347,9 @@ class Geolocator:
         sources = [img if img is not None else path for img, path in
                    zip(records["image"], records["path"], strict=True)]
         workers = loader_workers(self.device) if workers is None else workers
-        rows = PhotoRows(sources, self._get_backbone().transform(), wants_gps(records),
-                         records["reason"].tolist())
+        # uint8 crops from the workers, normalised on the device (backbone_batches' prepare)
+        rows = PhotoRows(sources, self._get_backbone().transform(uint8=True),
+                         wants_gps(records), records["reason"].tolist())
         return DataLoader(rows, batch_size=batch_size,
                           num_workers=workers if len(records) > batch_size else 0,
                           collate_fn=collate_photos, pin_memory=self.device.type == "cuda")
@@ -373,8 +374,8 @@ class Geolocator:
                 waiting.clear()
                 tm.stages["descent"] += time.perf_counter() - t
 
-        for f, (_, rows, bad, gps), waited, encoding in backbone_batches(loader, encode,
-                                                                         self.device):
+        for f, (_, rows, bad, gps), waited, encoding in backbone_batches(
+                loader, encode, self.device, loader.dataset.transform.normalize):
             tm.stages["decode"] += waited
             tm.stages["backbone"] += encoding
             for i, pos in gps.items():

@@ -278,9 +278,9 @@ def stage_features(ctx) -> dict:
     out["model_images_per_s"] = s["model_reps"] * s["batch"] / (time.perf_counter() - t)
     del x
 
-    fast = bb.transform()
+    fast = bb.transform(uint8=True)  # what extract's CPU path hands over
     legacy = Preprocess(fast.transform)  # the former path: PIL resize, full-size decode
-    legacy.steps = None
+    legacy.steps, legacy.uint8 = None, False
     paths = records["path"].to_numpy()
     for name, tr in (("decode_former_images_per_s", legacy),
                      ("decode_images_per_s", fast)):
@@ -291,7 +291,7 @@ def stage_features(ctx) -> dict:
         out[name] = len(paths) / (time.perf_counter() - t)
 
     former = dataclasses.replace(bb)
-    former.transform = lambda draft=True: legacy
+    former.transform = lambda draft=True, uint8=False: legacy
     out["end_to_end_former_images_per_s"] = _extract_rate(records, former, tmp / "s-former",
                                                           ctx, "cpu")
     out["end_to_end_cpu_decode_images_per_s"] = _extract_rate(records, bb, tmp / "s-cpu",

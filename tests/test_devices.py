@@ -110,9 +110,9 @@ def test_loss_memory_gb_is_validated():
 
 
 def test_loader_workers_feed_a_gpu():
-    """A GPU gets all but 2 of the CPU share as decoding workers; a CPU, which runs the
-    model too, at most 4."""
-    assert loader_workers(torch.device("cuda", 0), 16) == 14
-    assert loader_workers(torch.device("cuda", 0), 2) == 1
+    """A GPU gets three quarters of the CPU share as decoding workers; a CPU, which runs
+    the model too, at most 4."""
+    assert loader_workers(torch.device("cuda", 0), 16) == 12
+    assert loader_workers(torch.device("cuda", 0), 1) == 1
     assert loader_workers(torch.device("cpu"), 16) == 4
     assert loader_workers(torch.device("cpu"), 1) == 1

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers per process (default: on a GPU its CPU share "
-                         "less 2, on a CPU min(4, its share))")
+                    help="DataLoader workers per process (default: on a GPU 3/4 of its CPU "
+                         "share, on a CPU min(4, its share))")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads per process (default: torch's, or the process's "
                          "CPU share when several run on one node)")

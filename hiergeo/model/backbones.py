@@ -43,21 +43,38 @@ class Preprocess:
     PIL's: the same pixels about five times faster, which matters when the CPUs decode for a
     GPU. Any other transform runs as timm made it."""
 
-    def __init__(self, transform, min_side: int | None = None):
+    def __init__(self, transform, min_side: int | None = None, uint8: bool = False):
         self.transform, self.min_side = transform, min_side
         self.steps = eval_steps(transform)
+        # uint8: leave out the last steps (to float, normalise) for :meth:`normalize` to do
+        # on the model's device, a batch at a time: a quarter of the bytes for workers to
+        # hand over and pin, and less work for them
+        self.uint8 = uint8 and self.steps is not None
 
     def __call__(self, img):
-        if self.steps is None or img.mode != "RGB":
+        if self.steps is None:
             return self.transform(img)
         import numpy as np
         from torchvision.transforms.v2 import functional as F
 
         size, interpolation, crop, mean, std = self.steps
+        if img.mode != "RGB":
+            img = img.convert("RGB")
         x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
         x = F.center_crop(F.resize(x, [size], interpolation=interpolation, antialias=True),
                           list(crop)).contiguous()  # uint8 [C, H, W]: cheap to reorder
+        if self.uint8:
+            return x
         return F.normalize(x.float().div_(255), mean, std, inplace=True)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of :meth:`__call__`'s outputs, normalised for the model: uint8 ones (the
+        ``uint8`` mode) to float on their device; float ones as they are."""
+        if x.dtype != torch.uint8:
+            return x
+        mean = torch.tensor(self.steps[3], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.steps[4], device=x.device).view(1, -1, 1, 1)
+        return x.float().div_(255).sub_(mean).div_(std)
 
     def __repr__(self) -> str:
         return f"Preprocess(min_side={self.min_side}, {self.transform!r})"
@@ -112,15 +129,16 @@ class Backbone:
     def dim(self) -> int:
         return int(self.model.num_features)
 
-    def transform(self, draft: bool = True) -> Preprocess:
+    def transform(self, draft: bool = True, uint8: bool = False) -> Preprocess:
         """timm's eval transform for this model (PIL image -> normalised tensor), with the
         short side its resize needs (``min_side``) when ``draft``: image loaders then decode a
         JPEG at 1/2, 1/4 or 1/8 of its size when that keeps the short side at least this
-        (:func:`hiergeo.data.images.load_image`). ``draft=False``: decode at full size."""
+        (:func:`hiergeo.data.images.load_image`). ``draft=False``: decode at full size.
+        ``uint8``: uint8 crops, normalised later by the Preprocess's ``normalize``."""
         import timm.data
 
         t = timm.data.create_transform(**self.data_config, is_training=False)
-        return Preprocess(t, resize_short_side(t) if draft else None)
+        return Preprocess(t, resize_short_side(t) if draft else None, uint8=uint8)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
