@@ -83,18 +83,23 @@ def feature_prototypes(split, parent: torch.Tensor, depth: torch.Tensor, *,
             counts.index_add_(0, e, torch.ones_like(e))
     if sums is None:
         raise ValueError("no training rows to compute entity prototypes from")
-    proto = sums / counts.clamp_min(1)[:, None]
+    proto = sums.div_(counts.clamp_min(1)[:, None])  # in place: one [N, F] float64 at most
     have = counts > 0
     parent, depth = parent.cpu(), depth.cpu()
     max_depth = int(depth.max())
     for d in range(max_depth, 0, -1):  # children -> empty parents, deepest first
         kids = torch.nonzero((depth == d) & have & (parent >= 0)).flatten()
-        par = parent[kids]
-        csum = torch.zeros_like(proto).index_add_(0, par, proto[kids])
-        ccount = torch.zeros(n_ent, dtype=torch.int64).index_add_(0, par, torch.ones_like(par))
-        fill = (ccount > 0) & ~have & (depth == d - 1)
-        proto[fill] = csum[fill] / ccount[fill][:, None]
-        have = have | fill
+        par, inv = torch.unique(parent[kids], return_inverse=True)
+        empty = ~have[par]
+        if not bool(empty.any()):
+            continue
+        keep = empty[inv]  # only the children of parents still empty
+        sub = torch.cumsum(empty, 0) - 1  # row of each empty parent in csum
+        csum = torch.zeros(int(empty.sum()), proto.shape[1], dtype=proto.dtype).index_add_(
+            0, sub[inv[keep]], proto[kids[keep]])
+        ccount = torch.bincount(sub[inv[keep]], minlength=len(csum))
+        proto[par[empty]] = csum / ccount[:, None]
+        have[par[empty]] = True
     mean = total / len(ids)
     root = ~have & (depth == 0)
     proto[root] = mean
