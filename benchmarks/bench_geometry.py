@@ -104,9 +104,9 @@ def plan(geometries: list[str], dims: list[int], seeds: list[int], extra_seeds: 
 
 
 def write_json(path: Path, rows: list[dict], meta: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    from hiergeo.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps({**meta, "rows": rows}, indent=2, default=float) + "\n")
 
 
 def markdown(rows: list[dict], meta: dict) -> str:

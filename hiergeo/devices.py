@@ -65,12 +65,13 @@ def cpu_share(ranks: Ranks) -> int:
 
 def loader_workers(device: torch.device, share: int | None = None) -> int:
     """Default DataLoader workers decoding images for a backbone on ``device``, given this
-    process's CPU share (default: every CPU it may use). On a CPU the model needs the cores
+    process's CPU share (default: its share of the node's CPUs, :func:`cpu_share`, so that
+    torchrun's processes on one machine split them). On a CPU the model needs the cores
     too: up to 4. On a GPU the workers are what feeds it: three quarters of the share, the
     rest left to the main process (batches in, normalising, the pinning thread). On one H200
     with 16 CPUs, ViT-L/14 extraction ran at 1,024 images/s with 12 workers and 964 with 14
     (results/benchmarks/gpu.md)."""
-    share = cpu_count() if share is None else share
+    share = cpu_share(ranks_from_env()) if share is None else share
     if torch.device(device).type == "cuda":
         return max(1, share * 3 // 4)
     return max(1, min(4, share))
@@ -139,7 +140,3 @@ def use_device(spelling: str | torch.device, local_rank: int = 0) -> torch.devic
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
-
-
-#: The former name of :func:`resolve_device`.
-pick_device = resolve_device

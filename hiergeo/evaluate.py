@@ -29,7 +29,8 @@ import torch
 from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
 from . import metrics
-from .devices import resolve_device, use_device
+from .config import ConfigError
+from .devices import ranks_from_env, resolve_device, use_device
 from .files import atomic_write_text
 from .predict import predict
 
@@ -271,12 +272,14 @@ def load_run(run: str | Path, device: str = "auto"):
 def _process_group(device: str) -> tuple[int, int, str]:
     """``(rank, world, device)``: under torchrun, this process's place and device, with the
     process group started (NCCL on GPUs, gloo on CPUs); else ``(0, 1, device)``."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, str(resolve_device(device))
-    device = str(use_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    ranks = ranks_from_env()
+    world = ranks.world
+    try:
+        if world == 1:
+            return 0, 1, str(resolve_device(device))
+        device = str(use_device(device, ranks.local_rank))
+    except ValueError as exc:  # no CUDA, a bad spelling: the user's, said in one line
+        raise ConfigError(f"--device {device}: {exc}") from None
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(
             "nccl" if device.startswith("cuda") else "gloo")

@@ -334,3 +334,35 @@ def test_degrees_near_the_origin_are_not_taken_for_radians():
     got = check_units(Predictions("rad", radians, "rad.csv", []), truth)
     assert np.allclose(got.table["lat"], truth["latitude"] + 0.1)
     assert any("radians detected" in n for n in got.notes)
+
+
+def test_the_maps_colour_by_who_is_better_whichever_way_the_metric_runs():
+    """A model 50 km worse everywhere: its median_km difference is +50 but it is the worse
+    one, so the maps' gain is negative; for geoscore (higher is better) the sign is the
+    difference's."""
+    from hiergeo.score.compare import country_differences
+
+    n = 200
+    country = np.array(["FR"] * n)
+    km = np.random.default_rng(0).exponential(300, n)
+    hits = np.ones(n, bool)
+    t = compare([_synthetic("worse", hits, km + 50, country),
+                 _synthetic("ref", hits, km, country)], reference=1, resamples=100, seed=0)
+    med = country_differences(t, "median_km").iloc[0]
+    assert med["diff"] > 0 and med["gain"] < 0 and med["sure"]
+    geo = country_differences(t, "geoscore").iloc[0]
+    assert geo["diff"] < 0 and geo["gain"] < 0
+
+
+def test_a_model_s_own_keys_are_scored_against_the_truth_s(gz, world_rows, tmp_path):
+    """Every fourth country key wrong: key_acc_country is the share right (the API test above
+    has every key right, so it cannot tell a check that always says 'right')."""
+    truth, ids, good, _ = world_rows
+    keys = truth["unique_country"].to_numpy(object).copy()
+    wrong = np.arange(len(keys)) % 4 == 0
+    keys[wrong] = ["ZZ" if k != "ZZ" else "YY" for k in keys[wrong]]
+    pd.DataFrame({"id": ids, "lat": good[0], "lon": good[1], "country_key": keys}).to_csv(
+        tmp_path / "keyed.csv", index=False)
+    res = score_files([tmp_path / "keyed.csv"], _truth_csv(truth, tmp_path), out=None)
+    assert res["models"]["keyed"]["summary"]["key_acc_country"] == pytest.approx(
+        1 - wrong.mean())

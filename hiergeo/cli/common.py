@@ -1,9 +1,14 @@
-"""What every command shares: logging to stderr in one format, the library's docs as help."""
+"""What every command shares: logging to stderr in one format, the library's docs as help,
+the ``--beams`` option's parsing."""
 
 from __future__ import annotations
 
 import importlib
 import logging
+
+from gazetteer.keys import LEVELS
+
+from ..config import ConfigError
 
 
 def setup_logging() -> None:
@@ -14,3 +19,15 @@ def library_doc(module: str) -> str:
     """The docstring of ``hiergeo.<module>``: a command's ``--help`` shows its library's
     description, written once."""
     return importlib.import_module(f"hiergeo.{module}").__doc__ or ""
+
+
+def parse_beams(text: str) -> list[int]:
+    """``"5,3,1,1"`` -> ``[5, 3, 1, 1]``; ConfigError (a ValueError) naming the option otherwise."""
+    try:
+        beams = [int(b) for b in text.split(",")]
+    except ValueError:
+        beams = []
+    if len(beams) != len(LEVELS) or min(beams) < 1:
+        raise ConfigError(f"--beams needs {len(LEVELS)} widths >= 1 such as 5,3,1,1, not "
+                         f"{text!r}")
+    return beams

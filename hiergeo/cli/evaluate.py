@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from .common import library_doc, setup_logging
+from .common import library_doc, parse_beams, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     from ..data.splits import DataError
     from ..evaluate import evaluate_run
 
-    beams = [int(b) for b in args.beams.split(",")] if args.beams else None
     try:
+        beams = parse_beams(args.beams) if args.beams else None
         res = evaluate_run(args.run, data=args.data, method=args.method, beams=beams,
                            coords=args.coords, out=args.out, device=args.device,
                            memory=not args.no_memory)

@@ -71,6 +71,9 @@ def main(argv=None) -> int:
         if ranks.world > 1:
             log.info("rank %d of %d: %d threads, %d DataLoader workers, %s", ranks.rank,
                      ranks.world, torch.get_num_threads(), workers, dev)
+        if args.decode == "gpu" and dev.type != "cuda":  # before anything is read or written
+            raise ValueError(f"--decode gpu needs a CUDA device (this one: {dev}); use "
+                             "--decode cpu or auto")
         records = read_records(args.data, args.image_dir, args.layout)
         backbone = create_backbone(args.backbone, weights=args.weights,
                                    allow_download=args.allow_download,

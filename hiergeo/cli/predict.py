@@ -9,10 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from gazetteer.keys import LEVELS
-
 from ..geolocate import PART_SIZE
-from .common import library_doc, setup_logging
+from .common import library_doc, parse_beams, setup_logging
 
 log = logging.getLogger("hiergeo.predict")
 
@@ -37,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--map", help="also write this self-contained HTML map")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None,
-                    help="image decoding processes (default: min(4, CPUs))")
+                    help="image decoding processes (default: up to 4 on a CPU, three "
+                    "quarters of the CPUs on a GPU)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--backbone-weights", help="local weights file for the model's backbone")
@@ -57,17 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="photos predicted and saved at a time: a crash loses at most one "
                     "part, and the same command run again resumes")
     return ap
-
-
-def _beams(text: str) -> list[int]:
-    try:
-        beams = [int(b) for b in text.split(",")]
-    except ValueError:
-        beams = []
-    if len(beams) != len(LEVELS) or min(beams) < 1:
-        raise ValueError(f"--beams needs {len(LEVELS)} widths >= 1 such as 5,3,1,1, not "
-                         f"{text!r}")
-    return beams
 
 
 def main(argv=None) -> int:
@@ -97,7 +85,7 @@ def main(argv=None) -> int:
                             allow_download=args.allow_download, check=not args.no_check,
                             memory=not args.no_memory, expect_sha256=args.model_sha256)
         if args.beams:
-            g.settings["beams"] = _beams(args.beams)
+            g.settings["beams"] = parse_beams(args.beams)
         kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
               "progress": not args.no_progress, "within": args.within}
         if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import setup_logging
 
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
     from ..config import ConfigError, load_config
+    from ..data.splits import DataError
     from ..train.loop import run as _run
 
     if args.resume:
@@ -31,14 +33,20 @@ def main(argv=None) -> int:
         if args.config or bad:
             ap.error("--resume takes the run's own config; only hardware.* overrides are "
                      f"allowed (got {args.config or ''} {' '.join(bad)})")
-        cfg = load_config(None, args.overrides) if args.overrides else None
-        res = _run(cfg, resume=args.resume)
+        try:
+            cfg = load_config(None, args.overrides) if args.overrides else None
+        except ConfigError as exc:
+            ap.error(str(exc))
     else:
         try:
             cfg = load_config(args.config, args.overrides)
         except ConfigError as exc:
             ap.error(str(exc))
-        res = _run(cfg)
+    try:  # the user's mistakes found once the run starts: one line, not a traceback
+        res = _run(cfg, resume=args.resume) if args.resume else _run(cfg)
+    except (ConfigError, DataError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if res:
         keys = ["acc_country", "acc_region", "acc_subregion", "acc_city", "median_km",
                 "geoscore", "train_seconds"]

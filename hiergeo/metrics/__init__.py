@@ -19,8 +19,17 @@ from .osv5m import (
     predicted_keys,
     truth_keys,
 )
-from .tables import PointScores, entity_accuracy, markdown_table, per_country, score_points
+from .tables import (
+    PointScores,
+    entity_accuracy,
+    has_labels,
+    markdown_table,
+    per_country,
+    score_points,
+    with_truth_keys,
+)
 
 __all__ = ["THRESHOLDS_KM", "PointScores", "check_predictions", "entity_accuracy", "geoscore",
-           "haversine_km", "hits_from_keys", "markdown_table", "osv5m_hits", "osv5m_summary",
-           "per_country", "predicted_keys", "score_points", "truth_keys"]
+           "has_labels", "haversine_km", "hits_from_keys", "markdown_table", "osv5m_hits",
+           "osv5m_summary", "per_country", "predicted_keys", "score_points", "truth_keys",
+           "with_truth_keys"]

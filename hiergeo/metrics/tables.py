@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gazetteer.keys import LEVELS
+from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
 from .osv5m import (
     LEVEL_NAMES,
@@ -126,3 +126,22 @@ def score_points(lat, lon, truth: pd.DataFrame, geocoder,
                         km, hits, country_names)
     return PointScores(keys=pk, hits=hits, summary=summary, km=np.asarray(km), truth_keys=tkeys,
                        per_country=table)
+
+
+def has_labels(truth: pd.DataFrame) -> bool:
+    """Whether a truth table carries a full set of OSV-5M's key or part columns."""
+    return (all(c in truth.columns for c in OSV5M_KEY_COLUMNS.values())
+            or all(c in truth.columns for c in OSV5M_PART_COLUMNS.values()))
+
+
+def with_truth_keys(truth: pd.DataFrame, geocoder) -> tuple[pd.DataFrame, str]:
+    """``truth`` with OSV-5M key columns: its own label columns when it has them, else the
+    keys of its coordinates reverse-geocoded by ``geocoder`` (OSV-5M labelled its images
+    so). Returns the table and where the labels came from."""
+    if has_labels(truth):
+        return truth, "the truth's OSV-5M label columns"
+    lab = predicted_keys(truth["latitude"].to_numpy(float), truth["longitude"].to_numpy(float),
+                         geocoder)
+    keyed = truth.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].to_numpy(object)
+                            for lvl in LEVELS})
+    return keyed, "the gazetteer's osv5m mode (the truth has no label columns)"

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gazetteer.geo import to_xyz
+
 #: frequencies (cycles per turn) of the sine/cosine features of latitude and longitude
 COORD_FREQUENCIES = (1, 2, 4, 8)
 
@@ -32,16 +34,14 @@ def spherical_encoding(latlon: torch.Tensor, freqs=COORD_FREQUENCIES) -> torch.T
     """``latlon [N, 2]`` degrees -> ``[N, 3 + 4 len(freqs)]`` float64: the unit vector
     ``(x, y, z)``, then ``sin``/``cos`` of ``f x`` latitude and of ``f x`` longitude (radians)
     for each frequency ``f``. Fixed: nothing here is learnt."""
+    ll = latlon.to(torch.float64).cpu().numpy()
+    xyz = torch.from_numpy(to_xyz(ll[:, 0], ll[:, 1])).to(latlon.device)
     lat = torch.deg2rad(latlon[:, 0].to(torch.float64))
     lon = torch.deg2rad(latlon[:, 1].to(torch.float64))
-    out = [torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon), torch.sin(lat)]
+    out = list(xyz.unbind(1))
     for f in freqs:
         out += [torch.sin(f * lat), torch.cos(f * lat), torch.sin(f * lon), torch.cos(f * lon)]
     return torch.stack(out, dim=1)
-
-
-def coord_dim(freqs=COORD_FREQUENCIES) -> int:
-    return 3 + 4 * len(freqs)
 
 
 @torch.no_grad()

@@ -60,9 +60,10 @@ def parse_within(within) -> list[str] | object:
 def read_polygon(path: Path):
     """The union of the geometries of a GeoJSON file (lon/lat degrees)."""
     import shapely
+    from shapely.errors import ShapelyError
     from shapely.geometry import shape
 
-    if not path.exists():
+    if not path.is_file():
         raise RegionError(f"{path}: no such polygon file; give an existing .geojson file or "
                           "country codes such as FR,DE")
     try:
@@ -73,13 +74,16 @@ def read_polygon(path: Path):
             geoms = [shape(doc["geometry"])]
         else:
             geoms = [shape(doc)]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, ShapelyError) as exc:
         raise RegionError(f"{path}: not a GeoJSON geometry, Feature or FeatureCollection "
                           f"({exc})") from exc
     geoms = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
     if not geoms:
         raise RegionError(f"{path}: no polygon in it (points and lines enclose nothing)")
-    return shapely.union_all(geoms)
+    try:  # a self-crossing ring or overlapping polygons: repaired, not a GEOS traceback
+        return shapely.union_all([shapely.make_valid(g) for g in geoms])
+    except ShapelyError as exc:
+        raise RegionError(f"{path}: its polygons cannot be combined ({exc})") from exc
 
 
 def _lookup(entities: pd.DataFrame) -> tuple[dict[str, int], dict[str, int]]:

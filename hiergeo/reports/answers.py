@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
+from gazetteer.keys import LEVELS
 
 from ..predict import Prediction
 
@@ -106,42 +106,30 @@ def score_truth(table: pd.DataFrame, truth: pd.DataFrame, gz=None,
     table = table.copy()
     table["true_latitude"] = truth["latitude"].to_numpy(float)
     table["true_longitude"] = truth["longitude"].to_numpy(float)
-    km = np.full(len(table), np.nan)
-    km[has] = metrics.haversine_km(table["pred_latitude"].to_numpy()[has],
-                                   table["pred_longitude"].to_numpy()[has],
-                                   t["latitude"].to_numpy(float), t["longitude"].to_numpy(float))
-    table["error_km"] = km
     coder = "reverse_geocoder" if geocoder == "reverse_geocoder" else gz
-    if not _has_labels(t):
-        lab = metrics.predicted_keys(t["latitude"].to_numpy(float),
-                                     t["longitude"].to_numpy(float), coder)
-        t = t.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].to_numpy(object) for lvl in LEVELS})
-    pk = metrics.predicted_keys(table["pred_latitude"].to_numpy()[has],
-                                table["pred_longitude"].to_numpy()[has], coder)
-    hits = metrics.hits_from_keys(pk, t)
-    tkeys = metrics.truth_keys(t)
+    t, _ = metrics.with_truth_keys(t, coder)
+    sc = None
+    if has.any():
+        countries = gz.level("country")
+        names = dict(zip(countries["key"], countries["name"], strict=True))
+        sc = metrics.score_points(table["pred_latitude"].to_numpy()[has],
+                                  table["pred_longitude"].to_numpy()[has], t, coder, names)
+    km = np.full(len(table), np.nan)
+    if sc is not None:
+        km[has] = sc.km
+    table["error_km"] = km
     for lvl in LEVELS:
         tk = np.full(len(table), None, object)
-        tk[has] = tkeys[lvl].to_numpy(object)
-        table[f"true_{lvl}_key"] = tk
         hit = pd.array([pd.NA] * len(table), dtype="boolean")
-        hit[np.flatnonzero(has)] = hits[LEVEL_NAMES[lvl]].to_numpy()
+        if sc is not None:
+            tk[has] = sc.truth_keys[lvl].to_numpy(object)
+            hit[np.flatnonzero(has)] = sc.hits[LEVEL_NAMES[lvl]].to_numpy()
+        table[f"true_{lvl}_key"] = tk
         table[f"hit_{lvl}"] = hit
-    if not has.any():
+    if sc is None:
         return table, {"n": 0}, pd.DataFrame()
-    summary = metrics.osv5m_summary(table["pred_latitude"].to_numpy()[has],
-                                    table["pred_longitude"].to_numpy()[has], t, hits=hits)
-    countries = gz.level("country")
-    names = dict(zip(countries["key"], countries["name"], strict=True))
-    per = metrics.per_country(tkeys["country"].to_numpy(object), pk["country"].to_numpy(object),
-                              km[has], hits, names)
-    return table, summary, per
+    return table, sc.summary, sc.per_country
 
-
-def _has_labels(t: pd.DataFrame) -> bool:
-    """Whether a truth table carries a full set of OSV-5M key or part columns."""
-    return (all(c in t.columns for c in OSV5M_KEY_COLUMNS.values())
-            or all(c in t.columns for c in OSV5M_PART_COLUMNS.values()))
 
 
 def _plain(v):

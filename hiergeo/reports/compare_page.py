@@ -64,7 +64,9 @@ def country_differences(table: pd.DataFrame, metric: str = "geoscore",
                         model: str | None = None) -> pd.DataFrame:
     """Per country, ``metric``'s difference between one model (default the first compared)
     and the reference, from :func:`hiergeo.score.compare.compare`'s table: the columns
-    ``country, name, n, diff, ci_low, ci_high, better`` that the maps draw."""
+    ``country, name, n, diff, ci_low, ci_high, better`` and the two the maps draw, ``gain``
+    (the difference signed so that positive means the model is better, whichever way the
+    metric runs) and ``sure`` (the comparison names a better model)."""
     t = table[(table["scope"] == "country") & (table["metric"] == metric)]
     if model is None and len(t):
         model = t["model"].iloc[0]
@@ -74,7 +76,10 @@ def country_differences(table: pd.DataFrame, metric: str = "geoscore",
                          "n": t["n"].to_numpy(), "diff": t["diff"].to_numpy(float),
                          "ci_low": t["ci_low"].to_numpy(float),
                          "ci_high": t["ci_high"].to_numpy(float),
-                         "better": t["better"].to_numpy(object)})
+                         "better": t["better"].to_numpy(object),
+                         "gain": np.where(t["higher_is_better"].to_numpy(bool), 1.0, -1.0)
+                         * t["diff"].to_numpy(float),
+                         "sure": (t["better"] != "").to_numpy(bool)})
 
 
 def _fmt(metric: str, v) -> str:
@@ -99,18 +104,18 @@ def _mix(colour: str, t: float) -> str:
     return "#" + "".join(f"{round(255 - t * (255 - c)):02x}" for c in (r, g, b))
 
 
-def _fill(diff: float, lo: float, hi: float, span: float) -> str:
-    """Blue when the model is better, red when worse, by size; pale when unsure."""
-    if not math.isfinite(diff):
+def _fill(gain: float, sure: bool, span: float) -> str:
+    """Blue when the model is better (``gain`` > 0), red when worse, by size; pale when the
+    comparison names no better model."""
+    if not math.isfinite(gain):
         return LAND_COLOUR
-    t = 0.25 + 0.75 * min(abs(diff) / span, 1.0) if span > 0 else 0.6
-    sure = lo > 0 or hi < 0
-    return _mix(BETTER if diff > 0 else WORSE, t if sure else 0.18)
+    t = 0.25 + 0.75 * min(abs(gain) / span, 1.0) if span > 0 else 0.6
+    return _mix(BETTER if gain > 0 else WORSE, t if sure else 0.18)
 
 
 def _map(diffs: pd.DataFrame, metric: str, model: str, reference: str) -> str:
     by = {r.country: r for r in diffs.itertuples()}
-    finite = diffs["diff"].to_numpy(float)
+    finite = diffs["gain"].to_numpy(float)
     finite = finite[np.isfinite(finite)]
     span = float(np.abs(finite).max()) if len(finite) else 0.0
     paths = []
@@ -122,7 +127,7 @@ def _map(diffs: pd.DataFrame, metric: str, model: str, reference: str) -> str:
         tip = (f"{name} ({code}), {r.n} photos: {metric} {model} {SIGN} {reference} = "
                f"{_fmt_diff(metric, r.diff)} [95% CI {_fmt_diff(metric, r.ci_low)}, "
                f"{_fmt_diff(metric, r.ci_high)}]")
-        fill = _fill(r.diff, r.ci_low, r.ci_high, span)
+        fill = _fill(r.gain, r.sure, span)
         paths.append(f'<path class="d" d="{d}" style="fill:{fill}">'
                      f"<title>{html.escape(tip)}</title></path>")
     x, y, w, h = WORLD_VIEW
@@ -138,21 +143,25 @@ def _map(diffs: pd.DataFrame, metric: str, model: str, reference: str) -> str:
             + legend)
 
 
+def _difference_cells(d: dict, metric: str) -> str:
+    """The difference, its interval and the verdict of one comparison row, as table cells."""
+    cls = "win" if d["better"] == d["model"] else "lose" if d["better"] else ""
+    return (f"<td class=\"{cls}\">{_fmt_diff(metric, d['diff'])}</td>"
+            f"<td>{_fmt_diff(metric, d['ci_low'])} to {_fmt_diff(metric, d['ci_high'])}</td>"
+            f"<td class=\"t\">{html.escape(d['better']) or DASH}</td>")
+
+
 def _overall(table: pd.DataFrame, models: list[str]) -> str:
     t = table[table["scope"] == "overall"]
     head = ("<tr><th>metric</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
             + "<th>compared</th><th>difference</th><th>95% interval</th><th>better</th></tr>")
     rows = []
     for d in t.to_dict("records"):  # not itertuples: model names need not be identifiers
-        cls = "win" if d["better"] == d["model"] else "lose" if d["better"] else ""
         rows.append(
             f"<tr><td>{html.escape(d['metric'])}</td>"
             + "".join(f"<td>{_fmt(d['metric'], d[m])}</td>" for m in models)
             + f"<td class=\"t\">{html.escape(d['model'])} vs {html.escape(d['reference'])}</td>"
-            + f"<td class=\"{cls}\">{_fmt_diff(d['metric'], d['diff'])}</td>"
-            + f"<td>{_fmt_diff(d['metric'], d['ci_low'])} to "
-            + f"{_fmt_diff(d['metric'], d['ci_high'])}</td>"
-            + f"<td class=\"t\">{html.escape(d['better']) or DASH}</td></tr>")
+            + _difference_cells(d, d["metric"]) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -164,14 +173,11 @@ def _countries(table: pd.DataFrame, models: list[str], metric: str, model: str) 
             + "<th>difference</th><th>95% interval</th><th>better</th></tr>")
     rows = []
     for d in t.to_dict("records"):  # not itertuples: model names need not be identifiers
-        cls = "win" if d["better"] == d["model"] else "lose" if d["better"] else ""
         rows.append(
             f"<tr><td>{html.escape(d['name'])}</td><td class=\"t\">"
             f"{html.escape(d['country_name'])}</td><td>{d['n']:,}</td>"
             + "".join(f"<td>{_fmt(metric, d[m])}</td>" for m in models)
-            + f"<td class=\"{cls}\">{_fmt_diff(metric, d['diff'])}</td>"
-            + f"<td>{_fmt_diff(metric, d['ci_low'])} to {_fmt_diff(metric, d['ci_high'])}</td>"
-            + f"<td class=\"t\">{html.escape(d['better']) or DASH}</td></tr>")
+            + _difference_cells(d, metric) + "</tr>")
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
 

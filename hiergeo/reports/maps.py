@@ -52,10 +52,10 @@ def error_map(table: pd.DataFrame, gz, path: str | Path, column: str = "median_k
 
 
 def difference_map(diffs: pd.DataFrame, gz, path: str | Path, title: str) -> Path:
-    """World map of a difference between two models per true country (``diffs``:
-    ``country, diff, ci_low, ci_high``, as :func:`hiergeo.score.compare.country_differences`
-    writes it): blue where the model is better (positive), red where worse, pale where the
-    confidence interval includes 0, grey without photos."""
+    """World map of a difference between two models per true country (``diffs`` as
+    :func:`hiergeo.reports.compare_page.country_differences` writes it: ``country``,
+    ``gain`` positive where the model is better, ``sure``): blue where the model is better,
+    red where worse, pale where the comparison names no better model, grey without photos."""
     from matplotlib.colors import TwoSlopeNorm
 
     plt = _pyplot()
@@ -63,17 +63,18 @@ def difference_map(diffs: pd.DataFrame, gz, path: str | Path, title: str) -> Pat
     merged = shapes.merge(diffs, how="left", left_on="key", right_on="country")
     fig, ax = plt.subplots(figsize=(12, 6))
     shapes.plot(ax=ax, color="#dddddd", edgecolor="white", linewidth=0.3)
-    have = merged[merged["diff"].notna()]
+    have = merged[merged["gain"].notna()]
     if len(have):
-        span = float(np.nanmax(np.abs(have["diff"]))) or 1.0
+        span = float(np.nanmax(np.abs(have["gain"]))) or 1.0
         norm = TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span)
-        sure = (have["ci_low"] > 0) | (have["ci_high"] < 0)
+        sure = have["sure"].astype(bool)
         if sure.any():
-            have[sure].plot(ax=ax, column="diff", cmap="RdBu", norm=norm, edgecolor="white",
+            have[sure].plot(ax=ax, column="gain", cmap="RdBu", norm=norm, edgecolor="white",
                             linewidth=0.3, legend=True,
-                            legend_kwds={"label": "difference", "shrink": 0.6})
+                            legend_kwds={"label": "difference, + where the model is better",
+                                         "shrink": 0.6})
         if (~sure).any():
-            have[~sure].plot(ax=ax, column="diff", cmap="RdBu", norm=norm, alpha=0.35,
+            have[~sure].plot(ax=ax, column="gain", cmap="RdBu", norm=norm, alpha=0.35,
                              edgecolor="white", linewidth=0.3)
     ax.set_xlim(-180, 180)
     ax.set_ylim(-60, 85)

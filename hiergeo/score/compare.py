@@ -113,7 +113,8 @@ def _scope_rows(scope: str, name: str, rows: np.ndarray, models: list[Scored], c
             out.append({"scope": scope, "name": name, "n": len(rows), "metric": m,
                         **{t.name: point[m][k] for k, t in enumerate(models)},
                         "model": s.name, "reference": models[reference].name,
-                        "diff": diff, "ci_low": lo, "ci_high": hi, "better": better})
+                        "diff": diff, "ci_low": lo, "ci_high": hi, "better": better,
+                        "higher_is_better": up})
     return out
 
 
@@ -128,8 +129,8 @@ def compare(models: list[Scored], *, reference: int = 0, resamples: int = 1000,
     one column per model with its value, ``model`` and ``reference`` (the two compared),
     ``diff`` (model minus reference, on every row of the scope), ``ci_low, ci_high`` (the
     paired bootstrap interval at ``level``), ``better`` (the model the interval favours, or
-    empty: the interval holds 0, or fewer than :data:`MIN_ROWS` rows). ``mean_km`` and
-    ``median_km``: lower is better; the rest higher.
+    empty: the interval holds 0, or fewer than :data:`MIN_ROWS` rows),
+    ``higher_is_better`` (False for ``mean_km`` and ``median_km``).
     """
     if len(models) < 2:
         raise ValueError("comparing needs at least two models")

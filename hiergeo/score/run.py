@@ -31,6 +31,25 @@ def _folder(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "model"
 
 
+#: what score_files writes beside the models' folders: no model's folder may take these names
+OWN_FILES = ("summary.json", "unmatched.csv", "comparison.csv", "comparison.md",
+             "compare.html", "difference_map.png")
+
+
+def _check_out(out: str | Path | None, labels: list[str]) -> None:
+    """Refuse, before anything is read, an ``out`` that is a file, and model names that would
+    share a folder (``a b`` and ``a_b``) or take one of :data:`OWN_FILES`."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ScoreInputError(f"{out}: a file, not a folder; give --out a folder to write "
+                              "the reports into")
+    folders = [_folder(n) for n in labels]
+    for f in set(folders):
+        same = [n for n, g in zip(labels, folders, strict=True) if g == f]
+        if len(same) > 1 or f in OWN_FILES:
+            raise ScoreInputError(f"models {', '.join(map(repr, same))} would be written to "
+                                  f"the folder {f!r}: name them apart with --name")
+
+
 def _csv(df: pd.DataFrame, path: Path) -> None:
     with temporary_names(path) as (tmp,):
         df.to_csv(tmp, index=False)
@@ -77,6 +96,7 @@ def score_files(predictions: list[str | Path], truth: str | Path, *,
         raise ScoreInputError(f"geocoder must be 'gazetteer' or 'reverse_geocoder', not "
                               f"{geocoder!r}")
     labels = model_names(predictions, names)
+    _check_out(out, labels)
     t = read_truth(truth, id_column=id_column)
     preds = [read_predictions(p, name=n, id_column=id_column, lat_column=lat_column,
                               lon_column=lon_column, samples=samples,

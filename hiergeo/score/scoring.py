@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
+from gazetteer.keys import LEVELS
 
 from .. import metrics
 from ..metrics.osv5m import LEVEL_NAMES
@@ -42,23 +42,9 @@ class Scored:
     notes: list[str] = field(default_factory=list)
 
 
-def has_labels(truth: pd.DataFrame) -> bool:
-    """Whether a truth table carries OSV-5M's key or part columns."""
-    return (all(c in truth.columns for c in OSV5M_KEY_COLUMNS.values())
-            or all(c in truth.columns for c in OSV5M_PART_COLUMNS.values()))
-
-
 def truth_with_keys(truth: pd.DataFrame, geocoder) -> tuple[pd.DataFrame, str]:
-    """``truth`` with OSV-5M key columns: its own label columns when it has them, else the
-    keys of its coordinates reverse-geocoded by ``geocoder`` (OSV-5M labelled its images
-    so). Returns the table and where the labels came from."""
-    if has_labels(truth):
-        return truth, "the truth's OSV-5M label columns"
-    lab = metrics.predicted_keys(truth["latitude"].to_numpy(float),
-                                 truth["longitude"].to_numpy(float), geocoder)
-    keyed = truth.assign(**{OSV5M_KEY_COLUMNS[lvl]: lab[lvl].to_numpy(object)
-                            for lvl in LEVELS})
-    return keyed, "the gazetteer's osv5m mode (the truth has no label columns)"
+    """``truth`` with OSV-5M key columns (:func:`hiergeo.metrics.with_truth_keys`)."""
+    return metrics.with_truth_keys(truth, geocoder)
 
 
 def score(pred: Predictions, truth: pd.DataFrame, geocoder, country_names: dict | None = None

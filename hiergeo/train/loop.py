@@ -67,9 +67,7 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
         torch.set_num_threads(cfg.hardware.threads)
     torch.manual_seed(cfg.run.seed)
     t_start = time.perf_counter()
-    if cfg.optim.batch_size < procs.world:
-        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is smaller than the "
-                          f"{procs.world} processes: every process needs a sample of each batch")
+    _refuse_early(cfg, procs)
     tr = _setup(cfg, d, ckpt, procs)
     _train(tr)
     tr.model.fold_learnt_tau_(cfg.loss.tau)  # prediction uses the learnt tau (loss.learn)
@@ -86,6 +84,20 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
         atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
     procs.wait_for_main()
     return result
+
+
+def _refuse_early(cfg: Config, procs: Processes) -> None:
+    """What the config and the processes alone rule out, before any data is read."""
+    if cfg.optim.batch_size < procs.world:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is smaller than the "
+                          f"{procs.world} processes: every process needs a sample of each batch")
+    if procs.world > 1 and cfg.model.entities == "data":
+        raise ConfigError("model.entities=data runs in one process (its entity map is called "
+                          "outside the DDP wrapper); use model.entities=tree under torchrun")
+    if cfg.loss.function not in LOSS_CLASSES:  # a run of a loss registered elsewhere
+        raise ConfigError(f"loss.function={cfg.loss.function} is not registered in this "
+                          f"process (one of {', '.join(LOSS_CLASSES)}): import the module "
+                          "that registers it (@register_loss) before training or resuming")
 
 
 @dataclass(kw_only=True)
@@ -196,16 +208,9 @@ def _setup(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> Trainin
     if procs.main:  # written before anything below can refuse to start
         atomic_write_text(d / "config.yaml", cfg.to_yaml())
         (d / "data_report.json").write_text(json.dumps(data.report, indent=2, default=str))
-    if procs.world > 1 and model.data_entities is not None:
-        raise ConfigError("model.entities=data runs in one process (its entity map is called "
-                          "outside the DDP wrapper); use model.entities=tree under torchrun")
     if procs.world > 1 and optim.sparse:
         raise ConfigError("optim.entity_optimizer=sparse cannot run under DDP (its gradient "
                           "buckets cannot hold sparse tensors); use dense or auto")
-    if cfg.loss.function not in LOSS_CLASSES:  # a run of a loss registered elsewhere
-        raise ConfigError(f"loss.function={cfg.loss.function} is not registered in this "
-                          f"process (one of {', '.join(LOSS_CLASSES)}): import the module "
-                          "that registers it (@register_loss) before training or resuming")
     objective = Objective.build(cfg.loss, model.space, hier, device=dev,
                                 batch=math.ceil(B / procs.world), sparse=optim.sparse,
                                 budget_bytes=cfg.hardware.loss_memory_bytes)

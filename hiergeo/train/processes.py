@@ -4,12 +4,11 @@ each with its device."""
 from __future__ import annotations
 
 import datetime as _dt
-import os
 
 import torch
 
 from ..config import Config, ConfigError
-from ..devices import use_device
+from ..devices import ranks_from_env, use_device
 
 #: How long the other processes wait for process 0's final calibration and evaluation.
 FINAL_WAIT = _dt.timedelta(days=7)
@@ -19,9 +18,9 @@ class Processes:
     """Process-group facts: single process unless launched by torchrun."""
 
     def __init__(self, cfg: Config):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = local = int(os.environ.get("LOCAL_RANK", "0"))
+        ranks = ranks_from_env()  # torchrun's variables, checked
+        self.world, self.rank, self.local_rank = ranks.world, ranks.rank, ranks.local_rank
+        local = ranks.local_rank
         try:  # cuda:LOCAL_RANK for "cuda" and "auto": set_device and NCCL need an index
             self.device = use_device(cfg.hardware.device, local)
         except ValueError as exc:
