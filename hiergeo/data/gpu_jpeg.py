@@ -7,8 +7,9 @@ orientation, and resizes, crops and normalises them there as the backbone's tran
 (:class:`GpuJpegDecoder`). Everything else takes the CPU path of
 :class:`~hiergeo.data.images.ImageRows`, in the worker: a file that is not a baseline RGB or
 greyscale JPEG (CMYK, PNG, HEIC, a missing or truncated file, a decompression bomb, malformed
-EXIF), and in the main process any JPEG that nvJPEG refuses or that decodes with a grey
-(truncated) bottom band, so every skipped file keeps the reason :func:`load_image` gives.
+EXIF, wider than ``MAX_ASPECT``:1), and in the main process any JPEG that nvJPEG refuses or
+that decodes with a grey (truncated) bottom band, so every skipped file keeps the reason
+:func:`load_image` gives.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .images import GREY_ROWS, ImageRows, collate_images, load_image
+from .images import GREY_ROWS, MAX_ASPECT, ImageRows, collate_images, load_image
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def jpeg_for_gpu(path) -> tuple[torch.Tensor, int] | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.format != "JPEG" or img.mode not in ("RGB", "L") or min(img.size) < 1:
+                    return None
+                if max(img.size) > MAX_ASPECT * min(img.size):  # the CPU path crops it
                     return None
                 orientation = img.getexif().get(0x0112, 1)
         data = Path(path).read_bytes()

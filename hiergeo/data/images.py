@@ -2,8 +2,11 @@
 
 :func:`load_image` returns an RGB image or a reason it could not: missing file, not an image,
 truncated or corrupt data, HEIC without ``pillow-heif``. It applies the EXIF orientation
-(tolerating malformed EXIF), and converts CMYK, greyscale, palette and alpha images to RGB
-(transparency composited on white). It never raises for a bad file: callers count and report.
+(tolerating malformed EXIF), converts CMYK, greyscale, palette and alpha images to RGB
+(transparency composited on white) and centre-crops an image wider or taller than
+:data:`MAX_ASPECT`:1 (so no resize aims at billions of pixels). A decompression bomb (more than
+``PIL.Image.MAX_IMAGE_PIXELS``) is refused. It never raises for a bad file: callers count and
+report.
 """
 
 from __future__ import annotations
@@ -77,6 +80,41 @@ def _upright(img: Image.Image) -> tuple[Image.Image, str | None]:
     return rgb, note
 
 
+#: The longest side an image keeps, as a multiple of its short side: a wider (or taller)
+#: image is centre-cropped to this before any transform. The eval transforms resize the
+#: short side and keep a centred square, so a crop to 4:1 leaves what the backbone sees as it
+#: was (a 360-degree panorama is 2:1); a 200000 x 1 PNG (274 bytes) would otherwise be
+#: resized to 51M x 256 pixels, tens of GB (issue 26).
+MAX_ASPECT = 4
+
+
+def _limit_aspect(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """``img`` centre-cropped to at most :data:`MAX_ASPECT`:1, with a note when it was."""
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    if long <= MAX_ASPECT * short:
+        return img, None
+    keep = MAX_ASPECT * short
+    if w > h:
+        left = (w - keep) // 2
+        box = (left, 0, left + keep, h)
+    else:
+        top = (h - keep) // 2
+        box = (0, top, w, top + keep)
+    # the note names no pixel counts: a reduced decode of the same file gets the same note
+    way = "wider" if w > h else "taller"
+    return img.crop(box), f"{way} than {MAX_ASPECT}:1, centre-cropped to {MAX_ASPECT}:1"
+
+
+def _notes(*notes: str | None) -> str | None:
+    kept = [n for n in notes if n]
+    return "; ".join(kept) if kept else None
+
+
+def _bomb(exc: Exception) -> str:
+    return f"too large, refused as a decompression bomb ({exc})"
+
+
 #: Rows at the bottom of a full-size decode that :func:`_grey_filled` inspects.
 GREY_ROWS = 16
 #: A reduced JPEG decode keeps at least this many times the short side the resize makes.
@@ -123,7 +161,8 @@ def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> L
             return LoadResult(None, f"corrupt image data ({exc})")
         if rgb.width < 1 or rgb.height < 1:
             return LoadResult(None, "empty image")
-        return LoadResult(rgb, None, note)
+        rgb, cropped = _limit_aspect(rgb)
+        return LoadResult(rgb, None, _notes(note, cropped))
     path = Path(path)
     if not path.exists():
         return LoadResult(None, "missing file")
@@ -147,8 +186,9 @@ def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> L
         if path.suffix.lower() in HEIC_SUFFIXES:
             return LoadResult(None, "HEIC/HEIF image that pillow-heif could not decode")
         return LoadResult(None, "not an image Pillow can read")
-    except Image.DecompressionBombWarning as exc:
-        return LoadResult(None, f"too large, refused as a decompression bomb ({exc})")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        # the warning (made an error above) past MAX_IMAGE_PIXELS, the error past twice it
+        return LoadResult(None, _bomb(exc))
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
         if "truncated" in text.lower():
@@ -159,7 +199,8 @@ def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> L
     if _grey_filled(rgb, rows=max(2, GREY_ROWS // factor)):
         return LoadResult(None, "truncated image data (JPEG stream cut short; missing rows "
                                 "rendered grey)")
-    return LoadResult(rgb, None, note)
+    rgb, cropped = _limit_aspect(rgb)
+    return LoadResult(rgb, None, _notes(note, cropped))
 
 
 def probe_image(path: str | Path) -> str | None:
@@ -173,11 +214,15 @@ def probe_image(path: str | Path) -> str | None:
     if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
         return "HEIC/HEIF image: install pillow-heif to decode it"
     try:
-        with Image.open(path) as img:
-            if img.width < 1 or img.height < 1:
-                return "empty image"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width < 1 or img.height < 1:
+                    return "empty image"
     except UnidentifiedImageError:
         return "not an image Pillow can read"
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        return _bomb(exc)
     except (OSError, SyntaxError, ValueError) as exc:
         return f"corrupt image data ({exc})"
     return None
