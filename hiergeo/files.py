@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "temporary_names"]
+__all__ = ["atomic_write_text", "clobbered_input", "temporary_names"]
 
 
 @contextmanager
@@ -35,3 +35,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     with temporary_names(path) as (tmp,):
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def clobbered_input(outputs, inputs, folders_read_whole=()) -> str | None:
+    """What a command writing ``outputs`` would destroy of what it reads, as a one-line
+    reason, or None. An output is refused when it is an input (the same file, through any
+    link or spelling) or lies inside one of ``folders_read_whole`` (e.g. a feature store:
+    writing into it corrupts it). Checked before any work, so that a prediction never
+    replaces its own input table or photo (issue 26)."""
+    inputs = [Path(i) for i in inputs]
+    whole = [Path(f).resolve() for f in folders_read_whole]
+    for out in outputs:
+        out = Path(out)
+        real = out.resolve()
+        for i in inputs:
+            if real == i.resolve() or _same(out, i):
+                return f"{out} is also an input ({i}): writing it would replace it"
+        for f in whole:
+            if real == f or f in real.parents:
+                return f"{out} lies inside {f}, which this command reads: write it elsewhere"
+    return None

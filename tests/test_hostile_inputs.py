@@ -75,3 +75,52 @@ def test_a_decompression_bomb_is_a_reason_not_a_crash(tmp_path, monkeypatch, sid
     rows = ImageRows([str(bomb), str(good)], lambda im: torch.zeros(3, 2, 2))
     assert rows[0][0] is None and "decompression bomb" in rows[0][2]
     assert rows[1][0] is not None
+
+
+def _predict(argv, capsys):
+    from hiergeo.cli.predict import main
+
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_predict_never_writes_over_its_inputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = tmp_path / "t.csv"
+    table.write_text("path,latitude,longitude\nv.jpg,1,2\n")
+    photo = tmp_path / "v.jpg"
+    Image.new("RGB", (64, 48)).save(photo)
+    before = table.read_bytes(), photo.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.csv").symlink_to(table)
+    missing = str(tmp_path / "no-model")  # refused before the model is even looked at
+    for argv in (["t.csv", "--out", "t.csv"],
+                 ["t.csv", "--out", "sub/../t.csv"],
+                 ["link.csv", "--out", "t.csv"],
+                 ["t.csv", "v.jpg", "--out", "p.csv", "--map", "v.jpg"],
+                 ["t.csv", "--out", "p.csv", "--out", str(table)]):
+        rc, err = _predict(["--model", missing, *argv], capsys)
+        assert rc == 2, argv
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert "also an input" in err or "HTML page" in err, err
+    assert (table.read_bytes(), photo.read_bytes()) == before
+    # an output inside a feature store read as input would corrupt it
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "store.json").write_text("{}")
+    rc, err = _predict(["--model", missing, str(store), "--out", "store/p.csv"], capsys)
+    assert rc == 2 and "inside" in err and "store" in err
+    # writing beside the photos, inside their folder, is fine: the model is what fails here
+    rc, err = _predict(["--model", missing, str(tmp_path), "--out", "p.csv"], capsys)
+    assert "also an input" not in err and "inside" not in err
+
+
+def test_clobbered_input_names_the_clash(tmp_path):
+    from hiergeo.files import clobbered_input
+
+    a = tmp_path / "a.csv"
+    a.write_text("x")
+    assert clobbered_input([tmp_path / "b.csv"], [a]) is None
+    assert "also an input" in clobbered_input([tmp_path / "." / "a.csv"], [a])
+    assert clobbered_input([tmp_path / "b.csv"], [tmp_path]) is None  # a folder of photos
+    assert "inside" in clobbered_input([tmp_path / "s" / "x"], [], [tmp_path / "s"])

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
 
     from ..data.photos import is_store
     from ..export import ModelFolderError
+    from ..files import clobbered_input
     from ..geolocate import Geolocator, predict_to_files
     from ..model.backbones import WeightsError
     from ..reports.answers import OUT_SUFFIXES, write_outputs
@@ -77,6 +78,19 @@ def main(argv=None) -> int:
             print(f"error: {o}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}",
                   file=sys.stderr)
             return 2
+    if args.map and Path(args.map).suffix.lower() not in (".html", ".htm"):
+        print(f"error: --map {args.map}: the map is an HTML page; give it a .html name",
+              file=sys.stderr)
+        return 2
+    base = outs[0].with_suffix("")
+    written = [*outs, *([Path(args.map)] if args.map else []), Path(f"{outs[0]}.parts"),
+               *(Path(f"{base}{tail}") for tail in
+                 (".skipped.csv", ".per_country.csv", ".per_country.md"))]
+    stores = [p for p in args.photos if is_store(Path(p))]
+    clash = clobbered_input(written, args.photos, folders_read_whole=stores)
+    if clash:
+        print(f"error: {clash}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
