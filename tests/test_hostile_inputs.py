@@ -124,3 +124,38 @@ def test_clobbered_input_names_the_clash(tmp_path):
     assert "also an input" in clobbered_input([tmp_path / "." / "a.csv"], [a])
     assert clobbered_input([tmp_path / "b.csv"], [tmp_path]) is None  # a folder of photos
     assert "inside" in clobbered_input([tmp_path / "s" / "x"], [], [tmp_path / "s"])
+
+
+def test_overwrite_removes_only_what_a_run_writes(tmp_path):
+    from types import SimpleNamespace
+
+    from hiergeo.train import load_config
+    from hiergeo.train.run_folder import RUN_FILES, prepare_dir
+
+    procs = SimpleNamespace(main=True, barrier=lambda: None)
+    d = tmp_path / "runs" / "r"
+    (d / "tensorboard").mkdir(parents=True)
+    (d / "tensorboard" / "events").write_text("x")
+    for name in RUN_FILES:
+        (d / name).write_text("old")
+    (d / "checkpoint.pt.tmp123").write_text("half")
+    (d / "NOTES.txt").write_text("mine")
+    (d / "store").mkdir()
+    (d / "store" / "store.json").write_text("{}")
+    # an input inside the folder: refused, nothing removed
+    cfg = load_config("smoke", [f"run.out={tmp_path / 'runs'}", "run.id=r",
+                                f"data.train={d / 'store'}", "run.overwrite=true"])
+    with pytest.raises(FileExistsError, match="holds this run's input"):
+        prepare_dir(cfg, d, False, procs)
+    assert all((d / n).exists() for n in RUN_FILES)
+    # otherwise: the run's files go, the rest stays
+    cfg = load_config("smoke", [f"run.out={tmp_path / 'runs'}", "run.id=r",
+                                "run.overwrite=true"])
+    prepare_dir(cfg, d, False, procs)
+    assert sorted(p.name for p in d.iterdir()) == ["NOTES.txt", "store"]
+    assert (d / "store" / "store.json").exists() and (d / "NOTES.txt").read_text() == "mine"
+    # without overwrite a finished run is refused, as before
+    (d / "metrics.json").write_text("{}")
+    cfg = load_config("smoke", [f"run.out={tmp_path / 'runs'}", "run.id=r"])
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        prepare_dir(cfg, d, False, procs)

@@ -66,6 +66,40 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.run.out) / (cfg.run.id or cfg.preset)
 
 
+#: What a run writes into its folder (training, calibration, the final evaluation): all that
+#: ``run.overwrite=true`` removes. Anything else in the folder (notes, a store) is kept.
+RUN_FILES = (checkpoint.NAME, "metrics.json", "log.csv", "config.yaml", "data_report.json",
+             "calibration.json", "per_country.csv", "per_country.md", "predictions.parquet",
+             "error_map.png", "error_curve.png", "reliability.png")
+RUN_FOLDERS = ("tensorboard",)
+
+
+def _inputs(cfg: Config) -> list[Path]:
+    return [Path(p) for p in (cfg.data.train, cfg.data.val, cfg.data.images, cfg.data.image_dir)
+            if p]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def clear_run(d: Path) -> list[Path]:
+    """Remove what a run wrote into ``d`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, and the
+    temporary files of interrupted writes beside them); returns what was removed."""
+    gone = []
+    for name in RUN_FILES:
+        for p in [d / name, *d.glob(f"{name}.*tmp*")]:
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                gone.append(p)
+    for name in RUN_FOLDERS:
+        if (d / name).is_dir() and not (d / name).is_symlink():
+            shutil.rmtree(d / name)
+            gone.append(d / name)
+    return gone
+
+
 def prepare_dir(cfg: Config, d: Path, resume: bool, procs: Processes) -> None:
     if resume:
         return
@@ -75,8 +109,16 @@ def prepare_dir(cfg: Config, d: Path, resume: bool, procs: Processes) -> None:
         raise FileExistsError(
             f"{d} already holds a run. Continue it with --resume {d}, replace it with "
             f"run.overwrite=true, or pick another folder with run.id=NAME")
+    if busy:
+        inside = [p for p in _inputs(cfg) if _inside(p, d)]
+        if inside:
+            raise FileExistsError(
+                f"run.overwrite=true refused: {d} holds this run's input {inside[0]}; move the "
+                "input out of the run folder, or pick another folder with run.id=NAME")
     if procs.main:
         if busy:
-            shutil.rmtree(d)
+            gone = clear_run(d)
+            log.info("run.overwrite: removed the previous run's %d files from %s (anything "
+                     "else there is kept)", len(gone), d)
         d.mkdir(parents=True, exist_ok=True)
     procs.barrier()
