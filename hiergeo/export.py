@@ -38,6 +38,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,6 @@ import torch
 
 from gazetteer.sources import file_sha256
 
-from .files import atomic_write_text, temporary_names
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -283,44 +283,137 @@ def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
 
 
 # -- writing and reading ---------------------------------------------------------------------
+#: What a model folder may hold besides the files its ``SHA256SUMS`` lists (and
+#: ``Portable.files``): what ``--overwrite`` may replace without deleting anything else.
+MODEL_FILES = ("model.json", "weights.safetensors", "entities.parquet", "memory.safetensors",
+               "backbone.safetensors", SUMS)
+
+
+class DiskFullError(OSError):
+    """An export ran out of disk space (the previous model, if any, is untouched)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Temporary folders of exports into ``out`` whose process has died (killed, or the
+    machine stopped): ``.NAME.PID-TOKEN.export`` beside ``out``."""
+    found = []
+    for d in out.parent.glob(f".{out.name}.*.export"):
+        try:
+            pid = int(d.name[len(out.name) + 2:].split("-", 1)[0])
+        except ValueError:
+            continue
+        if d.is_dir() and not d.is_symlink() and not _pid_alive(pid):
+            found.append(d)
+    return found
+
+
+def _replaceable(out: Path) -> list[str]:
+    """The entries of an existing ``out`` that are not part of a model folder (what
+    ``--overwrite`` would delete that is not a model's)."""
+    listed = set(MODEL_FILES)
+    sums = out / SUMS
+    if sums.is_file() and not sums.is_symlink() and sums.stat().st_size < 1 << 20:
+        for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2:
+                listed.add(parts[1].strip())
+    return sorted(e.name for e in out.iterdir()
+                  if e.name not in listed or not e.is_file() or e.is_symlink())
+
+
 def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``p`` into the folder ``out`` (created; an existing model folder is replaced
-    only with ``overwrite``). Each file is written under a temporary name and renamed, and
-    ``SHA256SUMS`` last: a folder without it is an export that did not finish."""
+    only with ``overwrite``, and only when it holds nothing but a model's files).
+
+    Everything is written into a temporary folder beside ``out`` (``SHA256SUMS`` last), which
+    then takes ``out``'s place: a failure part-way (a full disk, a kill) leaves the previous
+    model as it was, and the temporary folder is removed (by the next export when the process
+    was killed). Raises :class:`DiskFullError` on a full disk."""
+    import errno
+    import secrets
+
     from safetensors.torch import save_file
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass "
-                              "--overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMS).unlink(missing_ok=True)
-    for stale in ("memory.safetensors", "backbone.safetensors"):
-        (out / stale).unlink(missing_ok=True)
-    written = []
-
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; --out names the model folder to write")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out or "
+                                  "pass --overwrite")
+        others = _replaceable(out)
+        if others:
+            raise FileExistsError(
+                f"{out} holds files that are not a model's ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}): --overwrite replaces a model folder "
+                "and nothing else; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _leftovers(out):
+        log.info("removing %s, left by an export that did not finish", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = out.parent / f".{out.name}.{token}.export"
+    old = out.parent / f".{out.name}.{token}.replaced"
     umask = os.umask(0)
     os.umask(umask)
+    written = []
 
     def put(name: str, writer) -> None:
-        with temporary_names(out / name) as (tmp,):
-            writer(tmp)
-            os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600: others could not read
-            tmp.replace(out / name)
+        writer(tmp / name)
+        os.chmod(tmp / name, 0o666 & ~umask)  # safetensors writes 0600: others could not read
         written.append(name)
 
-    put("weights.safetensors", lambda t: save_file(p.weights, str(t)))
-    put("entities.parquet", lambda t: p.entities.to_parquet(t, index=False))
-    if p.memory is not None:
-        put("memory.safetensors", lambda t: _write_memory(t, p.memory))
-    if p.backbone is not None:
-        put("backbone.safetensors", lambda t: save_file(p.backbone, str(t)))
-    for name, text in (p.files or {}).items():
-        put(name, lambda t, text=text: t.write_text(text, encoding="utf-8"))
-    put("model.json", lambda t: t.write_text(json.dumps(p.meta, indent=2) + "\n",
-                                             encoding="utf-8"))
-    sums = "".join(f"{file_sha256(out / n)}  {n}\n" for n in sorted(written))
-    atomic_write_text(out / SUMS, sums)
+    try:
+        tmp.mkdir()
+        put("weights.safetensors", lambda t: save_file(p.weights, str(t)))
+        put("entities.parquet", lambda t: p.entities.to_parquet(t, index=False))
+        if p.memory is not None:
+            put("memory.safetensors", lambda t: _write_memory(t, p.memory))
+        if p.backbone is not None:
+            put("backbone.safetensors", lambda t: save_file(p.backbone, str(t)))
+        for name, text in (p.files or {}).items():
+            put(name, lambda t, text=text: t.write_text(text, encoding="utf-8"))
+        put("model.json", lambda t: t.write_text(json.dumps(p.meta, indent=2) + "\n",
+                                                 encoding="utf-8"))
+        sums = "".join(f"{file_sha256(tmp / n)}  {n}\n" for n in sorted(written))
+        (tmp / SUMS).write_text(sums, encoding="utf-8")
+        for name in [*written, SUMS]:  # on disk before the folder takes out's place
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        # the swap: two renames in one folder (the model is absent between them, for
+        # microseconds; a crash there leaves it under ``old``'s name)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException as exc:  # a full disk, a kill signal, a bug: out as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = ("the previous model in it is unchanged" if out.exists()
+                    else "nothing was written")
+            raise DiskFullError(exc.errno, f"disk full while exporting to {out} ({kept}); "
+                                "free space and export again") from exc
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    try:  # the folder's new entry on disk too
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
     return out
 
 

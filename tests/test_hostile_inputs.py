@@ -159,3 +159,42 @@ def test_overwrite_removes_only_what_a_run_writes(tmp_path):
     cfg = load_config("smoke", [f"run.out={tmp_path / 'runs'}", "run.id=r"])
     with pytest.raises(FileExistsError, match="already holds a run"):
         prepare_dir(cfg, d, False, procs)
+
+
+def test_a_failed_export_keeps_the_previous_model(smoke_run, tmp_path, monkeypatch):
+    import errno
+
+    from hiergeo import export
+
+    run, _ = smoke_run
+    p = export.from_run(run)
+    out = export.write(p, tmp_path / "m")
+    digest = export.sums_digest(out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # the disk fills while the new weights are written: the old model stays whole
+    monkeypatch.setattr(export.pd.DataFrame, "to_parquet", full_disk)
+    with pytest.raises(export.DiskFullError, match="disk full.*previous model in it is "
+                                                   "unchanged"):
+        export.write(p, out, overwrite=True)
+    monkeypatch.undo()
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert export.sums_digest(out) == digest
+    export.read(out)  # loads, every file checked
+    assert [e.name for e in tmp_path.iterdir()] == ["m"]  # no temporary folder left
+
+    # a kill mid-export leaves a temporary folder: the next export removes it
+    dead = tmp_path / ".m.999999999-abcd.export"
+    dead.mkdir()
+    (dead / "weights.safetensors").write_bytes(b"half")
+    export.write(p, out, overwrite=True)
+    assert not dead.exists() and export.sums_digest(out) == digest
+
+    # --overwrite replaces a model folder, never a folder that holds other things
+    (out / "NOTES.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a model's.*NOTES.txt"):
+        export.write(p, out, overwrite=True)
+    assert (out / "NOTES.txt").read_text() == "mine"

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from ..export import from_run, sums_digest, write
+    from ..export import DiskFullError, from_run, sums_digest, write
     from ..model.backbones import WeightsError
 
     try:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                      include_backbone=args.include_backbone, store=args.store,
                      features_only=args.features_only)
         out = write(p, args.out, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, WeightsError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
