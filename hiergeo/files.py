@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "clobbered_input", "temporary_names"]
+__all__ = ["Busy", "atomic_write_text", "clobbered_input", "exclusive", "temporary_names"]
 
 
 @contextmanager
@@ -62,3 +62,43 @@ def clobbered_input(outputs, inputs, folders_read_whole=()) -> str | None:
             if real == f or f in real.parents:
                 return f"{out} lies inside {f}, which this command reads: write it elsewhere"
     return None
+
+
+class Busy(FileExistsError):
+    """Another process holds the lock on what this one was about to write."""
+
+
+@contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created) for the block, or raise
+    :class:`Busy` at once, naming ``what`` and the holder (its pid, host and start time are
+    written into the file). An OS lock (``flock``): the kernel releases it when the holder
+    exits, even killed, so a crashed run never leaves a stale lock. The file stays (an
+    empty lock file is harmless; removing it would let a third process lock another inode).
+    Where ``flock`` does not exist (Windows), nothing is locked."""
+    import datetime
+    import socket
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms hiergeo is tested on
+        yield
+        return
+    path = Path(path)
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read(300).strip() or "a process that did not say who it is"
+            raise Busy(f"{what} is in use by another process ({holder}); wait for it to "
+                       f"finish, or choose another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock

@@ -61,6 +61,7 @@ from gazetteer.keys import LEVELS
 from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
 from .devices import resolve_device
 from .export import ModelFolderError, Portable, backbone_from_meta
+from .files import exclusive
 from .predict import Prediction, predict
 from .reports.answers import prediction_table, score_truth, write_outputs
 
@@ -550,8 +551,7 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     parts are joined, scored against the truth and written at the end, then removed.
     ``within``: answers restricted to a region (:meth:`Geolocator.region`). Returns the
     table."""
-    import shutil
-
+    outs = [Path(o) for o in outs]
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, not {part_size}")
     hier = g.region(within)  # bad codes fail before any photo is read
@@ -563,6 +563,21 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
         raise ValueError(f"no photos in {', '.join(map(str, photos))}")
     g._get_backbone()  # a backbone that cannot load fails here, before any part is touched
     parts_dir = Path(f"{outs[0]}.parts")
+    lock = outs[0].with_name(f".{outs[0].name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(lock, f"the prediction into {outs[0]}"):
+        return _predict_parts(g, records, outs, parts_dir, hier=hier, topk=topk,
+                              batch_size=batch_size, workers=workers, progress=progress,
+                              part_size=part_size, score=score, restart=restart,
+                              within=within, t0=t0)
+
+
+def _predict_parts(g: Geolocator, records, outs, parts_dir: Path, *, hier, topk, batch_size,
+                   workers, progress, part_size, score, restart, within, t0) -> pd.DataFrame:
+    """:func:`predict_to_files` once it holds the lock on its outputs."""
+    import shutil
+
+    tm = g.timings
     _open_parts(parts_dir, _fingerprint(g, records, topk, part_size, within), restart)
     n_parts = -(-len(records) // part_size)
     names = [(parts_dir / f"part-{k:05d}.parquet", parts_dir / f"part-{k:05d}.skipped.parquet")

@@ -96,3 +96,29 @@ def loss_terms():
         return objective(model.entities, z, ids, latlon, gen,
                          parent_margin=model.parent_margin)
     return terms
+
+
+@pytest.fixture
+def hold_lock():
+    """``hold_lock(path)``: another process takes :func:`hiergeo.files.exclusive` on
+    ``path`` and keeps it until killed; returns the process (``.kill()`` releases, as a
+    crash would)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hiergeo.files import exclusive\n"
+            "with exclusive(sys.argv[1], 'x'):\n    print('held', flush=True)\n"
+            "    sys.stdin.read()\n")
+    procs = []
+
+    def hold(path):
+        p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield hold
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -551,6 +551,24 @@ def test_export_names_a_training_store_that_moved(photo_run, tmp_path):
     assert export.from_run(run2, store=moved, features_only=True).meta["backbone"] is None
 
 
+def test_two_predictions_never_share_an_output(photo_run, photos, tmp_path, hold_lock,
+                                               capsys):
+    """A second prediction into the same --out stops at once, in one line naming the first
+    (before: it died with a traceback when the first removed the parts it was reading)."""
+    _, _, model = photo_run
+    out = tmp_path / "p.csv"
+    holder = hold_lock(tmp_path / ".p.csv.lock")  # a prediction running into p.csv
+    args = ["--model", str(model), str(photos / "heldout"), "--workers", "0",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"pid {holder.pid}" in err and "in use by another process" in err, err
+    assert not out.exists() and not Path(f"{out}.parts").exists()
+    holder.kill()
+    holder.wait()
+    assert main(args) == 0 and out.exists()
+
+
 def test_resume_starts_over_with_another_model(photo_run, photos, tmp_path, monkeypatch):
     _, run_dir, model = photo_run
     calls, crash = [], [True]

@@ -198,3 +198,24 @@ def test_a_failed_export_keeps_the_previous_model(smoke_run, tmp_path, monkeypat
     with pytest.raises(FileExistsError, match="not a model's.*NOTES.txt"):
         export.write(p, out, overwrite=True)
     assert (out / "NOTES.txt").read_text() == "mine"
+
+
+def test_two_trainings_never_share_a_run_folder(tmp_path, hold_lock, capsys):
+    from hiergeo.cli.train import main
+    from hiergeo.files import Busy, exclusive
+    from hiergeo.train.run_folder import LOCK
+
+    d = tmp_path / "runs" / "r"
+    d.mkdir(parents=True)
+    holder = hold_lock(d / LOCK)  # a training running in that folder
+    rc = main(["--config", "smoke", f"run.out={tmp_path / 'runs'}", "run.id=r"])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"pid {holder.pid}" in err and "in use by another process" in err
+    assert err.count("\n") == 1, err
+    assert sorted(p.name for p in d.iterdir()) == [LOCK]  # nothing written, nothing removed
+    holder.kill()  # killed: the kernel drops its lock, no stale lock to clean by hand
+    holder.wait()
+    with exclusive(d / LOCK, "the run folder"):
+        with pytest.raises(Busy, match=f"pid {__import__('os').getpid()}"):
+            with exclusive(d / LOCK, "the run folder"):
+                pass

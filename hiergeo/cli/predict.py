@@ -113,7 +113,8 @@ def main(argv=None) -> int:
 
             write_map(table, args.map)
             log.info("wrote %s", args.map)
-    except (InputError, WeightsError, ModelFolderError, ValueError, FileNotFoundError) as exc:
+    except (InputError, WeightsError, ModelFolderError, ValueError, FileNotFoundError,
+            FileExistsError) as exc:  # FileExistsError: files.Busy, another prediction
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not len(table):

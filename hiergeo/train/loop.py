@@ -32,7 +32,7 @@ from ..model.hierarchy import Hierarchy
 from .batches import StepRows, batches, steps_per_epoch
 from .optim import Optimisers, build_optimisers
 from .processes import Processes
-from .run_folder import RunLog, prepare_dir, run_dir_for
+from .run_folder import RunLog, prepare_dir, run_dir_for, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def run(cfg: Config | None = None, *, resume: str | Path | None = None) -> dict:
         ckpt = None
     procs = Processes(cfg)
     try:
-        return _run(cfg, d, ckpt, procs)
+        with run_lock(d, procs.main):
+            return _run(cfg, d, ckpt, procs)
     finally:
         procs.close()
 

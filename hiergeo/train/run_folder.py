@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from gazetteer.keys import LEVELS
 
 from ..config import Config
+from ..files import exclusive
 from ..model import checkpoint
 from .processes import Processes
 
@@ -62,6 +64,19 @@ class RunLog:
             self.tb.close()
 
 
+@contextmanager
+def run_lock(d: Path, main: bool):
+    """The main process holds ``d/.lock`` for the whole run (:func:`hiergeo.files.exclusive`):
+    a second training into the same folder stops at once with :class:`hiergeo.files.Busy`
+    naming the holder, instead of interleaving logs and checkpoints."""
+    if not main:
+        yield
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    with exclusive(d / LOCK, f"the run folder {d}"):
+        yield
+
+
 def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.run.out) / (cfg.run.id or cfg.preset)
 
@@ -72,6 +87,8 @@ RUN_FILES = (checkpoint.NAME, "metrics.json", "log.csv", "config.yaml", "data_re
              "calibration.json", "per_country.csv", "per_country.md", "predictions.parquet",
              "error_map.png", "error_curve.png", "reliability.png")
 RUN_FOLDERS = ("tensorboard",)
+#: The lock file a running training holds (:func:`run_lock`).
+LOCK = ".lock"
 
 
 def _inputs(cfg: Config) -> list[Path]:
