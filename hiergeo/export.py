@@ -65,6 +65,42 @@ class ModelFolderError(ValueError):
     """An exported model folder that cannot be used: the message names the file."""
 
 
+#: The most bytes read from a model folder's small text files (``SHA256SUMS``,
+#: ``model.json``): a crafted folder cannot make a load read without bound.
+TEXT_LIMIT = 16 << 20
+
+
+def _regular(path: Path, limit: int | None = None) -> Path:
+    """``path`` if it is a regular file (not a link, FIFO, device or folder) of at most
+    ``limit`` bytes; else :class:`ModelFolderError` naming it (never its contents)."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path}: missing") from None
+    except OSError as exc:
+        raise ModelFolderError(f"{path}: cannot read it ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ModelFolderError(f"{path}: a symbolic link; a model folder holds its files")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFolderError(f"{path}: not a regular file")
+    if limit is not None and st.st_size > limit:
+        raise ModelFolderError(f"{path}: {st.st_size:,} bytes, more than this file can hold "
+                               f"({limit:,}); not a model hiergeo wrote")
+    return path
+
+
+def _small_text(path: Path) -> str:
+    """A model folder's small text file, read only if :func:`_regular` and bounded."""
+    with open(_regular(path, TEXT_LIMIT), "rb") as fh:
+        data = fh.read(TEXT_LIMIT + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFolderError(f"{path}: not UTF-8 text") from None
+
+
 @dataclass
 class Portable:
     """Everything prediction needs, in memory: what :func:`from_run` collects, :func:`write`
@@ -423,24 +459,24 @@ def verify(folder: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
     the first that is missing or differs."""
     folder = Path(folder)
     sums = folder / SUMS
-    if not sums.exists():
+    if not sums.exists() and not sums.is_symlink():
         raise ModelFolderError(f"{folder}: no {SUMS}; not an exported model folder, or its "
                                "export did not finish (python -m hiergeo.export again)")
     names = []
-    for i, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(_small_text(sums).splitlines(), 1):
         if not line.strip():
             continue
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name or "/" in name or name.startswith("."):
-            raise ModelFolderError(f"{sums}: line {i} is not '<sha256>  <file>': {line!r}")
+            raise ModelFolderError(f"{sums}: line {i} is not '<sha256>  <file>': "
+                                   f"{line[:80]!r}")
         path = folder / name
         names.append(name)
         if name in skip:
             continue
-        if path.is_symlink():
-            raise ModelFolderError(f"{path}: a symbolic link; a model folder holds its files")
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise ModelFolderError(f"{path}: missing (listed in {SUMS})")
+        _regular(path)
         try:
             got = file_sha256(path)
         except OSError as exc:
@@ -458,7 +494,7 @@ def verify(folder: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
 def sums_digest(folder: str | Path) -> str:
     """sha256 of a model folder's ``SHA256SUMS``: one digest for the whole folder (the
     export prints it; ``read(expect_sha256=)`` pins a model to it)."""
-    return file_sha256(Path(folder) / SUMS)
+    return file_sha256(_regular(Path(folder) / SUMS, TEXT_LIMIT))
 
 
 def read(folder: str | Path, *, check: bool = True, memory: bool = True,
@@ -475,7 +511,8 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder")
     if expect_sha256 is not None:
-        got = sums_digest(folder) if (folder / SUMS).exists() else "(no SHA256SUMS)"
+        got = (sums_digest(folder) if (folder / SUMS).exists() or (folder / SUMS).is_symlink()
+               else "(no SHA256SUMS)")
         if got != expect_sha256.lower():
             raise ModelFolderError(f"{folder / SUMS}: sha256 {got}, expected {expect_sha256}: "
                                    "this is not the model you pinned")
@@ -483,7 +520,12 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         names = verify(folder, skip=() if memory else ("memory.safetensors",))
     else:
         names = [p.name for p in folder.iterdir()]
-    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(_small_text(folder / "model.json"))
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{folder / 'model.json'}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{folder / 'model.json'}: not a JSON object")
     if meta.get("format") != FORMAT:
         raise ModelFolderError(f"{folder / 'model.json'}: format {meta.get('format')}, this "
                                f"hiergeo ({__version__}) reads format {FORMAT}")
@@ -496,8 +538,16 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         except (SafetensorError, OSError) as exc:
             raise ModelFolderError(f"{folder / name}: cannot read it ({exc})") from exc
 
+    for name in ("weights.safetensors", "entities.parquet"):
+        if name not in names:
+            raise ModelFolderError(f"{folder}: {name} is missing")
+        _regular(folder / name)
     weights = tensors("weights.safetensors")
-    entities = pd.read_parquet(folder / "entities.parquet")
+    check_meta(meta, weights, folder / "model.json")  # before anything is built from it
+    try:
+        entities = pd.read_parquet(folder / "entities.parquet")
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds: name the file
+        raise ModelFolderError(f"{folder / 'entities.parquet'}: cannot read it ({exc})") from None
     _check_entities(entities, meta, weights, folder)
     mem = None
     if meta.get("memory") and memory:
@@ -505,6 +555,7 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         if mem is None:
             raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors "
                                    "is missing")
+        _check_memory(mem, meta, folder / "memory.safetensors")
         _check_memory_ids(mem["ids"], entities, folder / "memory.safetensors")
         mem["unit"] = True
     elif meta.get("memory"):
@@ -517,6 +568,99 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
     meta = {**meta, "sums_sha256": sums_digest(folder) if (folder / SUMS).exists() else None}
     return Portable(meta=meta, weights=weights, entities=entities, memory=mem,
                     backbone=backbone)
+
+
+#: Sizes model.json may give, far beyond any model hiergeo trains: a crafted file cannot
+#: make a load allocate without bound (checked before anything is built).
+META_BOUNDS = {"dim": 4096, "hidden": 1 << 16, "layers": 64, "in_dim": 1 << 16}
+#: The most paths per photo, beams per level and memory neighbours a model may ask for.
+MAX_TOPK, MAX_BEAM, MAX_MEMORY_K = 10_000, 10_000, 100_000
+
+
+def _whole(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _positive(v) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+            and np.isfinite(v))
+
+
+def check_meta(meta: dict, weights: dict, where: Path) -> None:
+    """``model.json`` against sane bounds and against the weights' shapes (the model it
+    describes is built on PyTorch's ``meta`` device: shapes only, no memory), so that a
+    crafted or damaged file is refused by name before any allocation it asks for."""
+    from .geometry.spaces import SPACE_CLASSES, make_space
+    from .model.geomodel import QUERY_MODES, GeoModel, create_encoder
+
+    def bad(msg: str):
+        raise ModelFolderError(f"{where}: {msg}")
+
+    m, pr, mem = meta.get("model"), meta.get("predict"), meta.get("memory")
+    if not isinstance(m, dict) or not isinstance(pr, dict):
+        bad("no 'model' or 'predict' section")
+    for key, hi in META_BOUNDS.items():
+        if not _whole(m.get(key), 1, hi):
+            bad(f"model.{key} = {m.get(key)!r}, not a whole number in 1..{hi}")
+    if m.get("geometry") not in SPACE_CLASSES:
+        bad(f"model.geometry = {m.get('geometry')!r}, not one of {sorted(SPACE_CLASSES)}")
+    if m.get("queries") not in QUERY_MODES or m.get("encoder") not in ("features", "timm"):
+        bad(f"model.queries / model.encoder = {m.get('queries')!r} / {m.get('encoder')!r}")
+    if not (_positive(m.get("c")) and _positive(m.get("sphere_radius"))
+            and (m.get("max_radius") is None or _positive(m.get("max_radius")))):
+        bad("model.c, sphere_radius and max_radius must be finite and positive")
+    tau, beams = pr.get("tau"), pr.get("beams")
+    if not (isinstance(tau, list) and len(tau) == 4 and all(_positive(t) for t in tau)):
+        bad(f"predict.tau = {str(tau)[:60]}, not 4 finite positive numbers")
+    if not (isinstance(beams, list) and len(beams) == 4
+            and all(_whole(b, 1, MAX_BEAM) for b in beams)):
+        bad(f"predict.beams = {str(beams)[:60]}, not 4 whole numbers in 1..{MAX_BEAM}")
+    if not _whole(pr.get("topk"), 1, MAX_TOPK):
+        bad(f"predict.topk = {pr.get('topk')!r}, not a whole number in 1..{MAX_TOPK}")
+    thr = pr.get("threshold")
+    if not (isinstance(thr, int | float) and not isinstance(thr, bool) and 0 <= thr <= 1):
+        bad(f"predict.threshold = {thr!r}, not a probability")
+    if pr.get("coords") not in ("city", "weighted"):
+        bad(f"predict.coords = {pr.get('coords')!r}, not city or weighted")
+    if mem is not None and not (isinstance(mem, dict) and _whole(mem.get("k"), 1, MAX_MEMORY_K)
+                                and _positive(mem.get("temperature"))
+                                and _whole(mem.get("n"), 1, 1 << 40)):
+        bad(f"memory = {str(mem)[:80]}: k in 1..{MAX_MEMORY_K}, a positive temperature and "
+            "n rows expected")
+    ent = weights.get("entities")
+    if ent is None or ent.dim() != 2:
+        bad("the weights hold no entity table")
+    with torch.device("meta"):
+        model = GeoModel(create_encoder("features", in_dim=m["in_dim"]),
+                         make_space(m["geometry"], m["c"], m["max_radius"], m["sphere_radius"]),
+                         torch.empty(ent.shape, dtype=ent.dtype), dim=m["dim"],
+                         hidden=m["hidden"], layers=m["layers"], dropout=0.0,
+                         train_entities=False, queries=m["queries"])
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not k.startswith("encoder.") and k != "parent_margin"}
+    got = {k: tuple(v.shape) for k, v in weights.items()
+           if not k.startswith("encoder.") and k != "parent_margin"}
+    if want != got:
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        k = diff[0]
+        bad(f"the model it describes does not fit weights.safetensors ({k}: model.json "
+            f"gives {want.get(k, 'no such weight')}, the weights {got.get(k, 'none')}; "
+            f"{len(diff)} weights differ)")
+
+
+def _check_memory(mem: dict, meta: dict, where: Path) -> None:
+    """The memory's rows against model.json: its size, the features' width."""
+    feats, ids, n = mem.get("features"), mem.get("ids"), meta["memory"]["n"]
+    if (feats is None or ids is None or feats.dim() != 2 or ids.dim() != 2
+            or len(feats) != n or len(ids) != n or ids.shape[1] != 4
+            or feats.shape[1] != meta["model"]["in_dim"]):
+        raise ModelFolderError(f"{where}: not the memory model.json describes ({n} rows of "
+                               f"{meta['model']['in_dim']} features, 4 ids each)")
+    for start in range(0, n, 65_536):  # a block at a time: no copy of a 10 GB memory
+        block = feats[start:start + 65_536]
+        if not bool(torch.isfinite(block).all()):
+            row = start + int(torch.nonzero(~torch.isfinite(block).all(1))[0, 0])
+            raise ModelFolderError(f"{where}: row {row} is not finite numbers (NaN or inf)")
 
 
 def _check_memory_ids(ids: torch.Tensor, e: pd.DataFrame, where: Path) -> None:

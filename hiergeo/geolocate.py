@@ -222,13 +222,21 @@ class Geolocator:
 
         return restrict(self.hier, self.entities, within)
 
+    def topk(self, topk: int | None = None) -> int:
+        """Paths per photo: ``topk`` (None: the model's setting), never more than the model
+        has paths (its entities); below 1, or not a whole number, refused by name."""
+        k = self.settings["topk"] if topk is None else topk
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"topk must be a whole number >= 1, not {k!r}")
+        return int(min(k, len(self.entities)))
+
     def _predict(self, f: torch.Tensor, topk: int | None, hier=None) -> Prediction:
         s = self.settings
         return predict(self.model, f, self.hier if hier is None else hier, s["tau"],
                        method="descent",
                        memory=self.memory, from_features=True, batch_size=max(len(f), 1),
                        beams=s["beams"],
-                       topk=topk or s["topk"], coords=s["coords"], threshold=s["threshold"])
+                       topk=self.topk(topk), coords=s["coords"], threshold=s["threshold"])
 
     @torch.no_grad()
     def predict_features(self, x, *, ids=None, truth: pd.DataFrame | None = None,
@@ -249,7 +257,7 @@ class Geolocator:
             raise ValueError("no features to predict")
         pred = Prediction.concat(parts)
         ids = np.arange(len(pred)).astype(str) if ids is None else np.asarray(ids, object)
-        table = prediction_table(pred, self.entities, ids, topk=topk or self.settings["topk"])
+        table = prediction_table(pred, self.entities, ids, topk=self.topk(topk))
         if truth is not None:
             table = _scored(table, truth, self.geocoder)
         return table
@@ -313,7 +321,7 @@ class Geolocator:
             pred = Prediction.concat(part)
             self.timings.stages["descent"] += time.perf_counter() - t
             tables.append(prediction_table(pred, self.entities, index["id"].astype(str),
-                                           topk=topk or self.settings["topk"]))
+                                           topk=self.topk(topk)))
             truths.append(index)
         if not tables:
             raise ValueError(f"{', '.join(map(str, stores))}: no rows")
@@ -397,7 +405,7 @@ class Geolocator:
         for row in skip.itertuples():
             log.warning("skipped %s: %s", row.path or row.id, row.reason)
         t = time.perf_counter()
-        k = topk or self.settings["topk"]
+        k = self.topk(topk)
         if parts:
             rows = np.concatenate(kept)
             table = prediction_table(Prediction.concat(parts), self.entities,

@@ -219,3 +219,133 @@ def test_two_trainings_never_share_a_run_folder(tmp_path, hold_lock, capsys):
         with pytest.raises(Busy, match=f"pid {__import__('os').getpid()}"):
             with exclusive(d / LOCK, "the run folder"):
                 pass
+
+
+@pytest.fixture(scope="module")
+def exported(smoke_run, tmp_path_factory):
+    from hiergeo import export
+
+    return export.write(export.from_run(smoke_run[0]),
+                        tmp_path_factory.mktemp("exported") / "model")
+
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _resum(folder):
+    """Rewrite SHA256SUMS after a deliberate edit, as an attacker would."""
+    from gazetteer.sources import file_sha256
+
+    names = [n.split("  ", 1)[1] for n in (folder / "SHA256SUMS").read_text().splitlines()]
+    (folder / "SHA256SUMS").write_text("".join(f"{file_sha256(folder / n)}  {n}\n"
+                                               for n in names))
+
+
+def _read_in_child(folder, timeout=120, **kw):
+    """export.read in another process, so that a hang fails the test instead of stalling
+    the suite; returns (exit code, stderr)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hiergeo import export\n"
+            f"export.read(sys.argv[1], **{kw!r})\n")
+    p = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
+                       text=True, timeout=timeout)
+    return p.returncode, p.stderr
+
+
+def test_a_crafted_sums_file_neither_hangs_nor_leaks(exported, tmp_path):
+    import os
+
+    from hiergeo import export
+
+    for target, kind in (("/dev/zero", "symbolic link"), ("/etc/passwd", "symbolic link")):
+        m = _copy_model(exported, tmp_path / f"m{len(kind)}{target[-4:]}")
+        (m / "SHA256SUMS").unlink()
+        (m / "SHA256SUMS").symlink_to(target)
+        for kw in ({}, {"expect_sha256": "0" * 64}, {"check": False, "expect_sha256": "0" * 64}):
+            with pytest.raises(export.ModelFolderError, match=kind) as err:
+                export.read(m, **kw)
+            assert "root:" not in str(err.value)
+    fifo = _copy_model(exported, tmp_path / "fifo")
+    (fifo / "SHA256SUMS").unlink()
+    os.mkfifo(fifo / "SHA256SUMS")
+    rc, err = _read_in_child(fifo)  # before: blocked for ever opening the FIFO
+    assert rc != 0 and "not a regular file" in err
+    big = _copy_model(exported, tmp_path / "big")
+    with open(big / "SHA256SUMS", "ab") as fh:
+        fh.truncate(export.TEXT_LIMIT + 1)
+    with pytest.raises(export.ModelFolderError, match="more than this file can hold"):
+        export.read(big)
+
+
+@pytest.mark.parametrize("section,key,value,field", [
+    ("model", "layers", 20_000, "model.layers"),
+    ("model", "in_dim", 10**9, "model.in_dim"),
+    ("model", "hidden", 2048, "does not fit weights.safetensors"),
+    ("model", "geometry", "klein", "model.geometry"),
+    ("predict", "topk", 10**9, "predict.topk"),
+    ("predict", "beams", [1, 1, 1, 10**9], "predict.beams"),
+    ("predict", "tau", [0.25, 0.25, float("nan"), 0.25], "predict.tau"),
+])
+def test_model_json_is_checked_before_anything_is_built(exported, tmp_path, section, key,
+                                                        value, field):
+    import json
+    import time
+
+    from hiergeo import export
+
+    m = _copy_model(exported, tmp_path / "m")
+    meta = json.loads((m / "model.json").read_text())
+    meta[section][key] = value
+    (m / "model.json").write_text(json.dumps(meta))
+    _resum(m)
+    for check in (True, False):
+        t = time.perf_counter()
+        with pytest.raises(export.ModelFolderError, match=field.replace(".", r"\.")) as err:
+            export.read(m, check=check)
+        assert "model.json" in str(err.value)
+        assert time.perf_counter() - t < 30  # before: layers=20000 took 54 s and 6 GB
+
+
+def test_a_memory_with_nan_rows_is_refused(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hiergeo import export
+
+    m = _copy_model(exported, tmp_path / "m")
+    mem = load_file(str(m / "memory.safetensors"))
+    mem["features"][3] = float("nan")
+    save_file(mem, str(m / "memory.safetensors"))
+    _resum(m)
+    with pytest.raises(export.ModelFolderError, match="row 3 is not finite"):
+        export.read(m)
+    export.read(m, memory=False)  # the model alone does not read it
+
+
+def test_topk_is_capped_and_checked(exported):
+    from hiergeo.geolocate import Geolocator
+
+    g = Geolocator.load(exported, memory=False)
+    assert g.topk(10**8) == len(g.entities)
+    assert g.topk() == g.settings["topk"]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="topk must be a whole number"):
+            g.topk(bad)
+
+
+@pytest.mark.parametrize("option,value", [("--topk", "0"), ("--topk", "-3"),
+                                          ("--threads", "-1"), ("--batch-size", "0"),
+                                          ("--part-size", "x"), ("--workers", "-2")])
+def test_predict_options_are_checked_before_the_model_loads(option, value, capsys):
+    from hiergeo.cli.predict import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", "no-such-model", "p.jpg", option, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: expected a whole number" in err and "no-such-model" not in err

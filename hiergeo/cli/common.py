@@ -3,6 +3,7 @@ the ``--beams`` option's parsing."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 
@@ -31,3 +32,26 @@ def parse_beams(text: str) -> list[int]:
         raise ConfigError(f"--beams needs {len(LEVELS)} widths >= 1 such as 5,3,1,1, not "
                          f"{text!r}")
     return beams
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1 (argparse turns the error into one line
+    naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
+def count_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 0 (e.g. loader workers, 0: in process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
+    return value

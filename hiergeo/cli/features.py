@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..model.backbones import EMBEDDED
-from .common import setup_logging
+from .common import count_int, positive_int, setup_logging
 
 log = logging.getLogger("hiergeo.features")
 
@@ -31,14 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-download", action="store_true",
                    help="fetch timm's pretrained weights from the hub")
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=None,
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--workers", type=count_int, default=None,
                     help="DataLoader workers per process (default: on a GPU 3/4 of its CPU "
                          "share, on a CPU min(4, its share))")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads per process (default: torch's, or the process's "
                          "CPU share when several run on one node)")
-    ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument("--shard-size", type=positive_int, default=10_000)
     ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
     ap.add_argument("--device", default="auto",
                     help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")

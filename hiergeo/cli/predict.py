@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..geolocate import PART_SIZE
-from .common import library_doc, parse_beams, setup_logging
+from .common import count_int, library_doc, parse_beams, positive_int, setup_logging
 
 log = logging.getLogger("hiergeo.predict")
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", action="append", default=None,
                     help="output file, .csv/.parquet/.geojson; repeat for several "
                     "(default predictions.csv)")
-    ap.add_argument("--topk", type=int, default=None, help="paths per photo (default: the "
+    ap.add_argument("--topk", type=positive_int, default=None, help="paths per photo (default: the "
                     "model's, 5)")
     ap.add_argument("--beams", help="beam widths per level, e.g. 5,3,1,1 (default: the "
                     "model's; with width 1 at a level, the top-k paths share that level's "
@@ -33,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(FR,DE), country names, OSV-5M region keys (Bavaria_DE), or a .geojson "
                     "polygon file")
     ap.add_argument("--map", help="also write this self-contained HTML map")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=None,
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--workers", type=count_int, default=None,
                     help="image decoding processes (default: up to 4 on a CPU, three "
                     "quarters of the CPUs on a GPU)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     ap.add_argument("--backbone-weights", help="local weights file for the model's backbone")
     ap.add_argument("--allow-download", action="store_true",
                     help="let timm reach the hub (hub weights, hf-hub: model names)")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip checking the model folder's files against SHA256SUMS (it "
                     "reads every file once: about 7 s per 10 GB)")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--part-size", type=int, default=PART_SIZE,
+    ap.add_argument("--part-size", type=positive_int, default=PART_SIZE,
                     help="photos predicted and saved at a time: a crash loses at most one "
                     "part, and the same command run again resumes")
     return ap
