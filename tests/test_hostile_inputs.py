@@ -349,3 +349,33 @@ def test_predict_options_are_checked_before_the_model_loads(option, value, capsy
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}: expected a whole number" in err and "no-such-model" not in err
+
+
+def test_a_float_image_is_read_as_its_values_or_refused(tmp_path):
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
+    unit = tmp_path / "unit.tif"
+    Image.fromarray(ramp, mode="F").save(unit)
+    res = load_image(unit)
+    assert res.ok
+    grey = np.asarray(res.image)[..., 0]
+    assert grey.max() == 255 and abs(int(grey[0, 32]) - round(255 * 32 / 63)) <= 1  # not black
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(ramp * 1000, mode="F").save(wide)
+    res = load_image(wide)
+    assert not res.ok and "floating-point pixels" in res.reason
+    assert "floating-point" in load_image(Image.fromarray(ramp * -5, mode="F")).reason
+
+
+def test_a_bad_position_in_a_table_drops_the_whole_truth_and_says_so(tmp_path, caplog):
+    from hiergeo.data.photos import collect_photos
+
+    table = tmp_path / "t.csv"
+    table.write_text("path,latitude,longitude\na.jpg,91,20\nb.jpg,forty,20\nc.jpg,10,181\n"
+                     "d.jpg,10,20\ne.jpg,,\nf.jpg,,5\n")
+    with caplog.at_level("WARNING"):
+        rows = collect_photos([table], gps=False)
+    lat, lon = rows["latitude"].to_numpy(), rows["longitude"].to_numpy()
+    assert np.isnan(lat).tolist() == np.isnan(lon).tolist()  # never half a position
+    assert rows["truth_source"].tolist() == ["", "", "", "table", "", ""]
+    assert "4 rows whose latitude, longitude is not a position" in caplog.text
+    assert "row 2: 91, 20" in caplog.text

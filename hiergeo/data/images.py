@@ -12,6 +12,7 @@ report.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,27 @@ class LoadResult:
         return self.image is not None
 
 
+class Unreadable(ValueError):
+    """A file that decodes but holds no photo hiergeo can read; the message is the reason."""
+
+
+def _float_to_l(img: Image.Image) -> Image.Image:
+    """A floating-point image (mode F, e.g. a scientific TIFF) as 8-bit grey: values in
+    [0, 1] scaled to 0..255, values in [0, 255] kept; anything else is refused (converting
+    it as PIL does would clip a [0, 1] image to black and predict it)."""
+    lo, hi = img.getextrema()
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 255:
+        raise Unreadable(f"floating-point pixels from {lo:g} to {hi:g} (not 0..1 or 0..255): "
+                         "not a photo")
+    scale = 255.0 if hi <= 1.0 else 1.0
+    return img.point(lambda v: v * scale).convert("L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode == "F":
+        img = _float_to_l(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
@@ -157,6 +176,8 @@ def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> L
         try:
             path.load()
             rgb, note = _upright(path)
+        except Unreadable as exc:
+            return LoadResult(None, str(exc))
         except (OSError, SyntaxError, ValueError) as exc:
             return LoadResult(None, f"corrupt image data ({exc})")
         if rgb.width < 1 or rgb.height < 1:
@@ -189,6 +210,8 @@ def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> L
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         # the warning (made an error above) past MAX_IMAGE_PIXELS, the error past twice it
         return LoadResult(None, _bomb(exc))
+    except Unreadable as exc:
+        return LoadResult(None, str(exc))
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
         if "truncated" in text.lower():

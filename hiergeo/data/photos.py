@@ -67,9 +67,29 @@ def _read_table(path: Path) -> pd.DataFrame:
     df["id"] = [i or q or f"{path}:row {n + 2}" for n, (i, q) in enumerate(
         zip(ids, df["path"], strict=True))]  # row numbers as a spreadsheet shows them
     df["reason"] = [None if q else "no path given for this row" for q in df["path"]]
+    given, shown = pd.Series(False, index=df.index), {}
     for col in ("latitude", "longitude"):
-        df[col] = (pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
-                   if col in df.columns else np.nan)
+        if col not in df.columns:
+            df[col] = np.nan
+            shown[col] = pd.Series("", index=df.index)
+            continue
+        shown[col] = df[col]
+        if pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+            num = df[col].astype(float)
+            given |= num.notna()
+        else:  # text (a CSV column with a word in it): parse, remembering what was there
+            text = df[col].map(_text)
+            num = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+            given |= text != ""
+        df[col] = num
+    wrong = given & ~(df["latitude"].abs().le(90) & df["longitude"].abs().le(180))
+    if wrong.any():  # a position half given, out of range or not a number: no truth at all
+        r = int(np.flatnonzero(wrong.to_numpy())[0])
+        log.warning("%s: %d rows whose latitude, longitude is not a position (e.g. row %d: "
+                    "%s, %s); their truth is left out (EXIF GPS is used where the photo has "
+                    "it)", path, int(wrong.sum()), r + 2, str(shown["latitude"].iloc[r])[:30],
+                    str(shown["longitude"].iloc[r])[:30])
+        df.loc[wrong, ["latitude", "longitude"]] = np.nan
     df["truth_source"] = np.where(df["latitude"].notna() & df["longitude"].notna(),
                                   "table", "")
     labels = [c for c in [*OSV5M_KEY_COLUMNS.values(), *OSV5M_PART_COLUMNS.values()]
