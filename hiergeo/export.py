@@ -49,6 +49,7 @@ import torch
 
 from gazetteer.sources import file_sha256
 
+from .files import DiskFullError, disk_full
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -325,10 +326,6 @@ MODEL_FILES = ("model.json", "weights.safetensors", "entities.parquet", "memory.
                "backbone.safetensors", SUMS)
 
 
-class DiskFullError(OSError):
-    """An export ran out of disk space (the previous model, if any, is untouched)."""
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -375,7 +372,6 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     then takes ``out``'s place: a failure part-way (a full disk, a kill) leaves the previous
     model as it was, and the temporary folder is removed (by the next export when the process
     was killed). Raises :class:`DiskFullError` on a full disk."""
-    import errno
     import secrets
 
     from safetensors.torch import save_file
@@ -435,7 +431,7 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             old.rename(out)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(exc):
             kept = ("the previous model in it is unchanged" if out.exists()
                     else "nothing was written")
             raise DiskFullError(exc.errno, f"disk full while exporting to {out} ({kept}); "

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["Busy", "atomic_write_text", "clobbered_input", "exclusive", "temporary_names"]
+__all__ = ["Busy", "DiskFullError", "atomic_write_text", "clobbered_input", "disk_full",
+           "exclusive", "temporary_names"]
 
 
 @contextmanager
@@ -102,3 +103,24 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         fh.close()  # releases the lock
+
+
+class DiskFullError(OSError):
+    """A write ran out of disk space; the message says what is kept and what to do."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]"
+        return self.strerror or super().__str__()
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or during: torch's writer wraps
+    the OSError in a RuntimeError) is the disk or quota running out."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

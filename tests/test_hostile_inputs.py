@@ -379,3 +379,62 @@ def test_a_bad_position_in_a_table_drops_the_whole_truth_and_says_so(tmp_path, c
     assert rows["truth_source"].tolist() == ["", "", "", "table", "", ""]
     assert "4 rows whose latitude, longitude is not a position" in caplog.text
     assert "row 2: 91, 20" in caplog.text
+
+
+class _FullDisk:
+    """``open`` for a module whose files fill the disk after ``room`` bytes."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def __call__(self, path, mode="r", *a, **k):
+        import errno
+        import io
+
+        disk = self
+
+        class Full(io.FileIO):
+            def write(self, b):
+                disk.room -= len(b)
+                if disk.room < 0:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return super().write(b)
+
+        return Full(path, mode.replace("b", "") + "b") if "w" in mode else open(path, mode,
+                                                                                 *a, **k)
+
+
+def test_a_full_disk_mid_checkpoint_says_so_and_leaves_no_temporaries(tmp_path, monkeypatch,
+                                                                      capsys):
+    from hiergeo.cli.train import main
+    from hiergeo.files import DiskFullError
+    from hiergeo.model import checkpoint
+    from hiergeo.train.run_folder import run_lock
+
+    path = tmp_path / checkpoint.NAME
+    checkpoint.save(path, {"step": 1, "x": torch.zeros(10)})
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint, "open", _FullDisk(1000), raising=False)
+    with pytest.raises(DiskFullError, match="disk full while writing .* previous checkpoint "
+                                            "is kept; free space, then continue with "
+                                            "--resume"):
+        checkpoint.save(path, {"step": 2, "x": torch.zeros(100_000)})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+    # the command: one line, exit 2 (before: RuntimeError basic_ios::clear, a traceback)
+    rc = main(["--config", "smoke", f"run.out={tmp_path / 'runs'}", "run.id=r",
+               "optim.max_steps=3"])
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]  # after the progress bar
+    assert rc == 2 and last.startswith("error: disk full while writing"), last
+    assert not list((tmp_path / "runs" / "r").glob("*.tmp*"))
+    monkeypatch.undo()
+
+    # temporaries a kill left behind are removed when the next run takes the folder
+    d = tmp_path / "runs" / "k"
+    d.mkdir(parents=True)
+    (d / "checkpoint.pt.tmp4242").write_bytes(b"x" * 1000)
+    (d / "metrics.json.123-ab12.tmp").write_text("{")
+    (d / "NOTES.txt.tmp").write_text("not ours")
+    with run_lock(d, True):
+        pass
+    assert sorted(p.name for p in d.iterdir()) == [".lock", "NOTES.txt.tmp"]

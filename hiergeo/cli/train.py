@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     setup_logging()
     from ..config import ConfigError, load_config
     from ..data.splits import DataError
+    from ..files import DiskFullError
     from ..train.loop import run as _run
 
     if args.resume:
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
             ap.error(str(exc))
     try:  # the user's mistakes found once the run starts: one line, not a traceback
         res = _run(cfg, resume=args.resume) if args.resume else _run(cfg)
-    except (ConfigError, DataError, FileExistsError) as exc:
+    except (ConfigError, DataError, FileExistsError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if res:

@@ -30,13 +30,29 @@ def _plain(obj):
 
 def save(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` via a temporary file and a rename: a kill leaves the old
-    checkpoint or the new one, never half of one."""
+    checkpoint or the new one, never half of one. On a full disk the temporary file is
+    removed and :class:`hiergeo.files.DiskFullError` says so (the previous checkpoint is
+    kept; ``--resume`` continues from it once there is space)."""
+    from ..files import DiskFullError, disk_full
+
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(_plain(state), tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        # through a Python file, so that a full disk surfaces as OSError ENOSPC (torch's own
+        # writer says only "basic_ios::clear: iostream error")
+        with open(tmp, "wb") as fh:
+            torch.save(_plain(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if disk_full(exc):
+            then = (f"the previous checkpoint is kept; free space, then continue with "
+                    f"--resume {path.parent}" if path.exists()
+                    else "no checkpoint yet; free space, then start the run again")
+            raise DiskFullError(28, f"disk full while writing {path} ({then})") from None
+        raise
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

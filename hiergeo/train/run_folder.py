@@ -74,6 +74,10 @@ def run_lock(d: Path, main: bool):
         return
     d.mkdir(parents=True, exist_ok=True)
     with exclusive(d / LOCK, f"the run folder {d}"):
+        stale = clear_temporaries(d)
+        if stale:
+            log.info("%s: removed %d temporary files of an interrupted write (%s)", d,
+                     len(stale), stale[0].name)
         yield
 
 
@@ -101,15 +105,28 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def clear_run(d: Path) -> list[Path]:
-    """Remove what a run wrote into ``d`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, and the
-    temporary files of interrupted writes beside them); returns what was removed."""
+def clear_temporaries(d: Path) -> list[Path]:
+    """Remove the temporary files interrupted writes of :data:`RUN_FILES` left in ``d`` (a
+    kill or a full disk mid-checkpoint: ``checkpoint.pt.tmpPID``); only while holding the
+    run's lock, so no live writer owns them. Returns what was removed."""
     gone = []
     for name in RUN_FILES:
-        for p in [d / name, *d.glob(f"{name}.*tmp*")]:
+        for p in d.glob(f"{name}.*tmp*"):
             if p.is_file() or p.is_symlink():
                 p.unlink()
                 gone.append(p)
+    return gone
+
+
+def clear_run(d: Path) -> list[Path]:
+    """Remove what a run wrote into ``d`` (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, and the
+    temporary files of interrupted writes beside them); returns what was removed."""
+    gone = clear_temporaries(d)
+    for name in RUN_FILES:
+        p = d / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            gone.append(p)
     for name in RUN_FOLDERS:
         if (d / name).is_dir() and not (d / name).is_symlink():
             shutil.rmtree(d / name)
