@@ -49,7 +49,7 @@ import torch
 
 from gazetteer.sources import file_sha256
 
-from .files import DiskFullError, disk_full
+from .files import DiskFullError, disk_full, one_line
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -532,7 +532,8 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         try:
             return load_file(str(folder / name))
         except (SafetensorError, OSError) as exc:
-            raise ModelFolderError(f"{folder / name}: cannot read it ({exc})") from exc
+            raise ModelFolderError(f"{folder / name}: cannot read it ({one_line(exc)})"
+                                   ) from None
 
     for name in ("weights.safetensors", "entities.parquet"):
         if name not in names:
@@ -543,7 +544,8 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
     try:
         entities = pd.read_parquet(folder / "entities.parquet")
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds: name the file
-        raise ModelFolderError(f"{folder / 'entities.parquet'}: cannot read it ({exc})") from None
+        raise ModelFolderError(f"{folder / 'entities.parquet'}: cannot read it "
+                               f"({one_line(exc)})") from None
     _check_entities(entities, meta, weights, folder)
     mem = None
     if meta.get("memory") and memory:
@@ -598,7 +600,7 @@ def check_meta(meta: dict, weights: dict, where: Path) -> None:
     for key, hi in META_BOUNDS.items():
         if not _whole(m.get(key), 1, hi):
             bad(f"model.{key} = {m.get(key)!r}, not a whole number in 1..{hi}")
-    if m.get("geometry") not in SPACE_CLASSES:
+    if not isinstance(m.get("geometry"), str) or m["geometry"] not in SPACE_CLASSES:
         bad(f"model.geometry = {m.get('geometry')!r}, not one of {sorted(SPACE_CLASSES)}")
     if m.get("queries") not in QUERY_MODES or m.get("encoder") not in ("features", "timm"):
         bad(f"model.queries / model.encoder = {m.get('queries')!r} / {m.get('encoder')!r}")
@@ -623,6 +625,13 @@ def check_meta(meta: dict, weights: dict, where: Path) -> None:
                                 and _whole(mem.get("n"), 1, 1 << 40)):
         bad(f"memory = {str(mem)[:80]}: k in 1..{MAX_MEMORY_K}, a positive temperature and "
             "n rows expected")
+    if pr.get("geocoder", "gazetteer") not in ("gazetteer", "reverse_geocoder"):
+        bad(f"predict.geocoder = {pr.get('geocoder')!r}, not gazetteer or reverse_geocoder")
+    bb, ents = meta.get("backbone"), meta.get("entities")
+    if bb is not None and not (isinstance(bb, dict) and isinstance(bb.get("name", ""), str)):
+        bad(f"backbone = {str(bb)[:60]}, not a backbone's description")
+    if not (isinstance(ents, dict) and _whole(ents.get("n"), 1, 1 << 31)):
+        bad(f"entities = {str(ents)[:60]}, not the entity table's description")
     ent = weights.get("entities")
     if ent is None or ent.dim() != 2:
         bad("the weights hold no entity table")

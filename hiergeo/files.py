@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["Busy", "DiskFullError", "atomic_write_text", "clobbered_input", "disk_full",
-           "exclusive", "temporary_names"]
+           "exclusive", "one_line", "temporary_names"]
 
 
 @contextmanager
@@ -124,3 +124,9 @@ def disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def one_line(exc: BaseException | str, limit: int = 200) -> str:
+    """An exception's message on one line, at most ``limit`` characters (pyarrow's and
+    pandas' messages run over several lines: an error of hiergeo's is one)."""
+    return " ".join(str(exc).split())[:limit]

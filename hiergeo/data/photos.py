@@ -62,11 +62,20 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: no column 'path' (the photos' files); columns are "
                          f"{list(df.columns)}")
     given = df["path"].map(_text)
+    nul = given.str.contains("\x00", regex=False)
+    given = given.where(~nul, "")  # no file system takes the name: skipped with its reason
     df["path"] = [q if not q or Path(q).is_absolute() else str(path.parent / q) for q in given]
     ids = df["id"].map(_text) if "id" in df.columns else pd.Series("", index=df.index)
     df["id"] = [i or q or f"{path}:row {n + 2}" for n, (i, q) in enumerate(
         zip(ids, df["path"], strict=True))]  # row numbers as a spreadsheet shows them
-    df["reason"] = [None if q else "no path given for this row" for q in df["path"]]
+    clash = df["id"].duplicated(keep=False)
+    if clash.any():
+        rows = (np.flatnonzero(df["id"].eq(df.loc[clash, "id"].iloc[0]).to_numpy()) + 2)[:3]
+        raise InputError(f"{path}: {int(clash.sum())} rows share ids (e.g. id "
+                         f"{df.loc[clash, 'id'].iloc[0]!r} on rows {rows.tolist()}); give each "
+                         "row its own id, or leave the id column out to use the paths")
+    df["reason"] = ["path contains a NUL byte" if z else None if q else
+                    "no path given for this row" for q, z in zip(df["path"], nul, strict=True)]
     given, shown = pd.Series(False, index=df.index), {}
     for col in ("latitude", "longitude"):
         if col not in df.columns:

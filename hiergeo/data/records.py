@@ -21,6 +21,7 @@ import pandas as pd
 
 from gazetteer import InputError
 
+from ..files import one_line
 from .exif import read_gps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic",
@@ -30,12 +31,25 @@ LABEL_COLUMNS = ["country", "region", "sub-region", "city", "unique_country", "u
 
 
 def _read(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet table, or :class:`InputError` naming the file and what is wrong."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    # strings stay strings: Namibia's country code is "NA"
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        # strings stay strings: Namibia's country code is "NA"
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as "
+                         "UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty (not even a header row)") from None
+    except (ValueError, OSError, ImportError, RuntimeError) as exc:  # parser, pyarrow (its
+        # ArrowInvalid is a ValueError, ArrowIOError an OSError), a folder...
+        raise InputError(f"{path}: cannot read this table ({type(exc).__name__}: "
+                         f"{one_line(exc)})") from None
 
 
 def _coords(df: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -30,18 +30,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import one_line
+
 #: safetensors dtype -> (numpy dtype to read the bytes as, torch dtype of the result)
 _DTYPES = {"F16": (np.float16, torch.float16), "F32": (np.float32, torch.float32),
            "BF16": (np.uint16, torch.bfloat16), "F64": (np.float64, torch.float64)}
 
 
 def _header(path: Path) -> tuple[int, list[int], str]:
-    """``(byte offset of the features, shape, dtype code)`` of one shard file."""
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        head = json.loads(fh.read(size))
-    t = head["features"]
-    return 8 + size + int(t["data_offsets"][0]), [int(s) for s in t["shape"]], t["dtype"]
+    """``(byte offset of the features, shape, dtype code)`` of one shard file; ValueError
+    naming it when it is not a safetensors file with a ``features`` tensor (the header's
+    stated size is checked against the file's before anything is read)."""
+    try:
+        total = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > total - 8 or size > 100 << 20:
+                raise ValueError(f"a header of {size:,} bytes in a file of {total:,}")
+            head = json.loads(fh.read(size))
+        t = head["features"]
+        return (8 + size + int(t["data_offsets"][0]), [int(s) for s in t["shape"]],
+                str(t["dtype"]))
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a feature shard hiergeo wrote ({one_line(exc)}); "
+                         "extract the store again") from None
 
 
 _FILES: dict[tuple[int, int], int] = {}  # (device, inode) -> descriptor, for every view

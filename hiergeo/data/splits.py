@@ -21,6 +21,7 @@ from gazetteer.errors import InputError
 from gazetteer.keys import LEVELS
 from gazetteer.validate import check_coordinates
 
+from ..files import one_line
 from .labels import entity_ids
 from .spatial_split import spatial_split
 from .store import FeatureStore
@@ -255,6 +256,25 @@ def store_features(store: Path, where: str):
 
 def read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = True
                      ) -> tuple[Split, dict, int]:
+    """:func:`_read_store_split`; a store that cannot be read (a truncated index or shard,
+    a store.json that is not JSON) is a :class:`DataError` naming it, not a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        return _read_store_split(path, cfg, gz, where, max_samples, check=check)
+    except DataError:
+        raise
+    except FileNotFoundError as exc:  # a typo in the path, most likely
+        raise DataError(f"{where}: {exc}") from None
+    except (ValueError, OSError, SafetensorError) as exc:  # StoreError, pyarrow's, ...
+        text = one_line(exc, 300)
+        text = text if str(path) in text else f"{path}: {text}"
+        raise DataError(f"{where}: cannot read this feature store ({text}); extract it "
+                        "again") from None
+
+
+def _read_store_split(path, cfg, gz, where, max_samples=None, *, check: bool = True
+                      ) -> tuple[Split, dict, int]:
     """A feature store as a checked, labelled :class:`Split`, its label report and its
     feature dimension; ``where`` names it in errors.
 

@@ -34,9 +34,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..files import atomic_write_text, temporary_names
+from ..files import atomic_write_text, one_line, temporary_names
 
 FORMAT = 1
+#: The most bytes of a store.json read (a crafted one cannot make a read without bound).
+META_LIMIT = 16 << 20
+
+
+class StoreError(ValueError):
+    """A feature store that cannot be read; the message names the file."""
+
+
+def read_index(store: Path, **kw) -> pd.DataFrame:
+    """A store's ``index.parquet`` (``pd.read_parquet`` keywords), or :class:`StoreError`
+    naming it when it is missing, truncated or not Parquet."""
+    path = Path(store) / "index.parquet"
+    if not path.is_file():
+        raise StoreError(f"{path}: missing; the store's extraction did not finish (run it "
+                         "again: it resumes)")
+    try:
+        return pd.read_parquet(path, **kw)
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError
+        raise StoreError(f"{path}: cannot read it ({one_line(exc)}); extract the store "
+                         "again") from None
 
 
 def shard_paths(store: Path, k: int) -> dict[str, Path]:
@@ -76,11 +96,23 @@ class FeatureStore:
         meta_path = self.path / "store.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{self.path}: not a feature store (no store.json)")
-        self.meta = json.loads(meta_path.read_text())
+        if not meta_path.is_file() or meta_path.stat().st_size > META_LIMIT:
+            raise StoreError(f"{meta_path}: not a store.json hiergeo wrote (not a regular "
+                             f"file of at most {META_LIMIT:,} bytes)")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{meta_path}: not valid JSON ({exc}); extract the store again"
+                             ) from None
+        if not isinstance(self.meta, dict):
+            raise StoreError(f"{meta_path}: not a JSON object")
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: store format {self.meta.get('format')}, "
+            raise StoreError(f"{self.path}: store format {self.meta.get('format')!r}, "
                              f"this hiergeo reads {FORMAT}")
-        self.index = pd.read_parquet(self.path / "index.parquet") if index else None
+        dim = self.meta.get("dim")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 1 << 20:
+            raise StoreError(f"{meta_path}: dim {dim!r} is not a feature dimension")
+        self.index = read_index(self.path) if index else None
 
     def __len__(self) -> int:
         return len(self.index)

@@ -72,13 +72,21 @@ def run_lock(d: Path, main: bool):
     if not main:
         yield
         return
+    created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
-    with exclusive(d / LOCK, f"the run folder {d}"):
-        stale = clear_temporaries(d)
-        if stale:
-            log.info("%s: removed %d temporary files of an interrupted write (%s)", d,
-                     len(stale), stale[0].name)
-        yield
+    try:
+        with exclusive(d / LOCK, f"the run folder {d}"):
+            stale = clear_temporaries(d)
+            if stale:
+                log.info("%s: removed %d temporary files of an interrupted write (%s)", d,
+                         len(stale), stale[0].name)
+            yield
+    finally:
+        # a run that stopped before writing anything (a typo in data.train) leaves no
+        # empty folder behind
+        if created and [p.name for p in d.iterdir()] in ([], [LOCK]):
+            (d / LOCK).unlink(missing_ok=True)
+            d.rmdir()
 
 
 def run_dir_for(cfg: Config) -> Path:
