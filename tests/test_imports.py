@@ -82,3 +82,17 @@ def test_the_checker_finds_an_upward_import_and_ignores_a_main_guard(tmp_path, s
     edges = ck.graph(ck.modules(tmp_path))
     assert ck.upward(edges) == [("hiergeo.geometry.bad", "hiergeo.cli"),
                                 ("hiergeo.geometry.bad", "hiergeo.cli.tool")]
+
+
+def test_no_future_warning_from_geoopt_on_import():
+    """geoopt's import-time torch.jit.script is silenced at its one import (issue 27): the
+    warning printed on every command before. Fails if any module imports geoopt directly."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error', FutureWarning)\n"
+            "from hiergeo.geometry.spaces import make_space\n"
+            "for g in ('poincare', 'lorentz', 'sphere'): make_space(g)\n"
+            "import hiergeo.train.optim, hiergeo.embedding.optimize, hiergeo.model.geomodel\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -26,7 +26,9 @@ def optimize(parent: np.ndarray, *, dim: int = 16, c: float = 1.0, epochs: int =
              init_scale: float = 1e-3, seed: int = 0, progress: bool = True
              ) -> tuple[torch.Tensor, dict]:
     """Train points for the tree given by ``parent`` (root: -1); float64 throughout."""
-    import geoopt
+    from ..geometry.poincare import import_geoopt
+
+    geoopt = import_geoopt()
 
     g = torch.Generator().manual_seed(seed)
     n = len(parent)

@@ -14,6 +14,23 @@ import torch
 from .constants import MIN_NORM, artanh_clamp, ball_eps
 
 
+def import_geoopt():
+    """geoopt, imported with its import-time warning silenced: geoopt 0.5 runs
+    ``torch.jit.script`` on helpers when imported, which torch >= 2.10 reports as deprecated
+    (a FutureWarning on every command, about code neither hiergeo nor its user can change).
+    Only that message, only during the import."""
+    import sys
+    import warnings
+
+    if "geoopt" in sys.modules:
+        return sys.modules["geoopt"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated",
+                                category=FutureWarning)
+        import geoopt
+    return geoopt
+
+
 def make_ball(c: float = 1.0):
     """The geoopt manifold for curvature ``-c`` (geoopt's ``c`` argument is the positive one).
 
@@ -22,7 +39,7 @@ def make_ball(c: float = 1.0):
     ``2 artanh(1 - 1e-7) / sqrt(c)`` (about 16.8 for c = 1) whatever the dtype, while two
     cities in different countries lie ~20 apart: use :func:`dist` for entity distances.
     """
-    import geoopt
+    geoopt = import_geoopt()
 
     if not c > 0:
         raise ValueError(f"curvature c must be positive (the ball has curvature -c), got {c}")

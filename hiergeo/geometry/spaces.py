@@ -145,7 +145,9 @@ class Lorentz(Space):
         return dim + 1
 
     def manifold(self):
-        import geoopt
+        from .poincare import import_geoopt
+
+        geoopt = import_geoopt()
 
         return geoopt.Lorentz(k=torch.tensor(1.0 / self.c, dtype=torch.float64))
 
@@ -180,7 +182,9 @@ class Euclidean(Space):
     name = "euclidean"
 
     def manifold(self):
-        import geoopt
+        from .poincare import import_geoopt
+
+        geoopt = import_geoopt()
 
         return geoopt.Euclidean()
 
@@ -214,7 +218,9 @@ class Sphere(Space):
         self.radius = float(radius)
 
     def manifold(self):
-        import geoopt
+        from .poincare import import_geoopt
+
+        geoopt = import_geoopt()
 
         return geoopt.Sphere()
 

@@ -139,7 +139,9 @@ class GeoModel(nn.Module):
                  dim: int, hidden: int = 512, layers: int = 2, dropout: float = 0.0,
                  train_entities: bool = True, queries: str = "shared",
                  data_entities: nn.Module | None = None, learnt: dict | None = None):
-        import geoopt
+        from ..geometry.poincare import import_geoopt
+
+        geoopt = import_geoopt()
 
         super().__init__()
         if queries not in QUERY_MODES:

@@ -91,7 +91,9 @@ def build_optimisers(cfg: Config, model, total: int, device) -> Optimisers:
     """AdamW on the head (and a trained encoder), geoopt's Riemannian Adam on the entity
     table (sparse or dense, see ``optim.entity_optimizer``), both on :func:`lr_lambda`'s
     schedule over ``total`` steps. Settles ``optim.entity_optimizer=auto`` in ``cfg``."""
-    import geoopt
+    from ..geometry.poincare import import_geoopt
+
+    geoopt = import_geoopt()
 
     head_params = [p for n, p in model.named_parameters() if p.requires_grad
                    and n != "entities"]
