@@ -75,6 +75,9 @@ def main(argv=None) -> int:
             raise ValueError(f"--decode gpu needs a CUDA device (this one: {dev}); use "
                              "--decode cpu or auto")
         records = read_records(args.data, args.image_dir, args.layout)
+        if not len(records):
+            raise InputError(f"{args.data}: no photos in it (a folder is searched for image "
+                             "files; a table lists them in a path column)")
         backbone = create_backbone(args.backbone, weights=args.weights,
                                    allow_download=args.allow_download,
                                    random_weights=args.random_weights)
@@ -87,5 +90,10 @@ def main(argv=None) -> int:
     except (InputError, WeightsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if report.get("finalized") and not report.get("images_read"):
+        print(f"error: none of the {report.get('skipped', 0)} photos could be used (no "
+              f"position, or unreadable): {args.out}/skipped.csv lists each with its reason",
+              file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
