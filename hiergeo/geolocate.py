@@ -246,10 +246,18 @@ class Geolocator:
         returns: the backbone's features for a model trained on a feature store). ``ids``
         name the rows (default 0..n-1); ``truth``: see :func:`score_truth`; ``within``: see
         :meth:`region`."""
-        x = torch.as_tensor(x) if not hasattr(x, "shape") else x
         want = self.meta["model"]["in_dim"]
+        if not isinstance(x, torch.Tensor):  # a NumPy array, a list of rows
+            try:
+                x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"features must be numbers [n, {want}] (a tensor, a NumPy "
+                                 f"array or a list of rows), not {type(x).__name__} ({exc})"
+                                 ) from None
         if len(x.shape) != 2 or x.shape[1] != want:
             raise ValueError(f"features must be [n, {want}], got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("features contain NaN or inf")
         hier = self.region(within)
         parts = [self._predict(x[s:s + batch_size].float(), topk, hier)
                  for s in range(0, len(x), batch_size)]

@@ -26,3 +26,34 @@ def test_a_typo_in_the_store_is_one_line_and_leaves_no_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: train data: ") and "no store.json" in err
     assert err.count("\n") == 1 and not (tmp_path / "runs" / "r").exists()
+
+
+def test_predict_checks_its_inputs_before_the_model(tmp_path, capsys):
+    from hiergeo.cli.predict import main
+
+    missing = str(tmp_path / "no-model")  # the model is never looked at
+    assert main(["--model", missing, str(tmp_path / "nope.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'nope.jpg'}: no such file or folder\n"
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48)).save(photo)
+    (tmp_path / "out.csv").mkdir()  # a folder with a table's name
+    assert main(["--model", missing, str(photo), "--out", str(tmp_path / "out.csv")]) == 2
+    assert "is a folder; --out and --map name files" in capsys.readouterr().err
+
+
+def test_predict_features_takes_arrays_and_lists(smoke_run):
+    import numpy as np
+    import pytest
+
+    from hiergeo.geolocate import Geolocator
+
+    g = Geolocator.load(smoke_run[0], memory=False)
+    x = np.random.default_rng(0).standard_normal((3, g.meta["model"]["in_dim"]))
+    a = g.predict_features(x)
+    b = g.predict_features(x.tolist())
+    assert len(a) == 3 and a.equals(b)
+    with pytest.raises(ValueError, match="features must be numbers"):
+        g.predict_features([["a"] * g.meta["model"]["in_dim"]])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        g.predict_features(np.full((1, g.meta["model"]["in_dim"]), np.nan))

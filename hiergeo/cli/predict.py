@@ -78,6 +78,17 @@ def main(argv=None) -> int:
             print(f"error: {o}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}",
                   file=sys.stderr)
             return 2
+    missing = [p for p in args.photos if not Path(p).exists()]
+    if missing:  # before the model loads
+        print(f"error: {missing[0]}: no such file or folder"
+              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), file=sys.stderr)
+        return 2
+    folder = next((o for o in [*outs, *([Path(args.map)] if args.map else [])] if o.is_dir()),
+                  None)
+    if folder is not None:
+        print(f"error: {folder} is a folder; --out and --map name files (e.g. "
+              f"{folder / 'predictions.csv'})", file=sys.stderr)
+        return 2
     if args.map and Path(args.map).suffix.lower() not in (".html", ".htm"):
         print(f"error: --map {args.map}: the map is an HTML page; give it a .html name",
               file=sys.stderr)
