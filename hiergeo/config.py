@@ -491,10 +491,12 @@ def validate(cfg: Config, *, loss_registered: bool = True) -> None:
     need(set(learn) <= {"tau", "lam", "sigma"} and len(set(learn)) == len(learn),
          f"loss.learn takes distinct names among tau, lam, sigma, got {learn}")
     need(not learn or cfg.loss.function == "geo",
-         f"loss.learn is for loss.function=geo, not {cfg.loss.function}")
+         f"loss.learn is for loss.function=geo, not {cfg.loss.function} (the default preset "
+         "learns tau, lam, sigma: add loss.learn=[])")
     need(not learn or cfg.loss.scope == "siblings" or cfg.loss.candidates == "sampled",
          "loss.learn needs loss.scope=siblings or loss.candidates=sampled (the streamed "
-         "full-level loss passes no gradient to the scalars)")
+         "full-level loss passes no gradient to the scalars; the default preset learns tau, "
+         "lam, sigma: add loss.learn=[])")
     need("lam" not in learn or (cfg.loss.weight_form == "paper"
                                 and all(v > 0 for v in cfg.loss.lam)),
          f"loss.learn=lam needs loss.weight_form=paper and loss.lam > 0 (it is learnt as its "

@@ -336,18 +336,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    import socket
+
+    return "".join(ch for ch in socket.gethostname() if ch.isalnum())[:32] or "host"
+
+
 def _leftovers(out: Path) -> list[Path]:
-    """Temporary folders of exports into ``out`` whose process has died (killed, or the
-    machine stopped): ``.NAME.PID-TOKEN.export`` beside ``out``."""
+    """What exports into ``out`` left when killed on this host (their pid is dead):
+    ``.NAME.HOST-PID-TOKEN.export`` (an unfinished new model) and ``.replaced`` (the previous
+    model, moved aside for the swap). Another host's are never judged here."""
     found = []
-    for d in out.parent.glob(f".{out.name}.*.export"):
+    for d in [*out.parent.glob(f".{out.name}.*.export"),
+              *out.parent.glob(f".{out.name}.*.replaced")]:
+        host, _, rest = d.name[len(out.name) + 2:].partition("-")
         try:
-            pid = int(d.name[len(out.name) + 2:].split("-", 1)[0])
+            pid = int(rest.split("-", 1)[0])
         except ValueError:
             continue
-        if d.is_dir() and not d.is_symlink() and not _pid_alive(pid):
+        if host == _host() and d.is_dir() and not d.is_symlink() and not _pid_alive(pid):
             found.append(d)
     return found
+
+
+def _recover(out: Path) -> None:
+    """Before an export: a model a kill left only under its ``.replaced`` name (between the
+    swap's two renames) goes back to ``out``; then the dead exports' leftovers are removed."""
+    for d in _leftovers(out):
+        if d.suffix == ".replaced" and not out.exists():
+            log.warning("%s: the previous model was left as %s by an export that was killed; "
+                        "restoring it", out, d.name)
+            d.rename(out)
+            continue
+        log.info("removing %s, left by an export that did not finish", d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _replaceable(out: Path) -> list[str]:
@@ -364,6 +386,20 @@ def _replaceable(out: Path) -> list[str]:
                   if e.name not in listed or not e.is_file() or e.is_symlink())
 
 
+def _replace_inside(tmp: Path, out: Path) -> None:
+    """The swap where ``out`` itself cannot be renamed (a mount point): the new files are
+    moved into it one by one, ``SHA256SUMS`` removed first and written last (a folder
+    without it is an export that did not finish), then the old files no longer listed go."""
+    (out / SUMS).unlink(missing_ok=True)
+    names = [n for n in os.listdir(tmp) if n != SUMS]
+    for n in names:
+        os.replace(tmp / n, out / n)
+    os.replace(tmp / SUMS, out / SUMS)
+    for stale in set(MODEL_FILES) - {*names, SUMS}:
+        (out / stale).unlink(missing_ok=True)
+    tmp.rmdir()
+
+
 def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``p`` into the folder ``out`` (created; an existing model folder is replaced
     only with ``overwrite``, and only when it holds nothing but a model's files).
@@ -372,11 +408,14 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
     then takes ``out``'s place: a failure part-way (a full disk, a kill) leaves the previous
     model as it was, and the temporary folder is removed (by the next export when the process
     was killed). Raises :class:`DiskFullError` on a full disk."""
+    import errno
     import secrets
 
     from safetensors.torch import save_file
 
     out = Path(out)
+    if out.is_symlink():  # replace the folder it points to, keep the link
+        out = out.resolve()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; --out names the model folder to write")
     if out.exists() and any(out.iterdir()):
@@ -390,10 +429,8 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
                 f"{', ...' if len(others) > 3 else ''}): --overwrite replaces a model folder "
                 "and nothing else; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _leftovers(out):
-        log.info("removing %s, left by an export that did not finish", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    _recover(out)
+    token = f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp = out.parent / f".{out.name}.{token}.export"
     old = out.parent / f".{out.name}.{token}.replaced"
     umask = os.umask(0)
@@ -423,9 +460,16 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         # the swap: two renames in one folder (the model is absent between them, for
-        # microseconds; a crash there leaves it under ``old``'s name)
+        # microseconds; a kill there leaves it under ``old``'s name, which the next export
+        # restores)
         if out.exists():
-            out.rename(old)
+            try:
+                out.rename(old)
+            except OSError as exc:  # a mount point (EBUSY), a folder we may not rename
+                if exc.errno not in (errno.EBUSY, errno.EACCES, errno.EPERM, errno.EXDEV):
+                    raise
+                _replace_inside(tmp, out)
+                return out
         tmp.rename(out)
     except BaseException as exc:  # a full disk, a kill signal, a bug: out as it was
         shutil.rmtree(tmp, ignore_errors=True)
@@ -434,8 +478,8 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
         if disk_full(exc):
             kept = ("the previous model in it is unchanged" if out.exists()
                     else "nothing was written")
-            raise DiskFullError(exc.errno, f"disk full while exporting to {out} ({kept}); "
-                                "free space and export again") from exc
+            raise DiskFullError(errno.ENOSPC, f"disk full while exporting to {out} ({kept}); "
+                                "free space and export again") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     try:  # the folder's new entry on disk too
@@ -529,6 +573,7 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
     def tensors(name: str) -> dict | None:
         if name not in names:
             return None
+        _regular(folder / name)  # with --no-check too: a FIFO would block the read
         try:
             return load_file(str(folder / name))
         except (SafetensorError, OSError) as exc:
@@ -553,7 +598,7 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
         if mem is None:
             raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors "
                                    "is missing")
-        _check_memory(mem, meta, folder / "memory.safetensors")
+        _check_memory(mem, meta, folder / "memory.safetensors", finite=check)
         _check_memory_ids(mem["ids"], entities, folder / "memory.safetensors")
         mem["unit"] = True
     elif meta.get("memory"):
@@ -653,15 +698,17 @@ def check_meta(meta: dict, weights: dict, where: Path) -> None:
             f"{len(diff)} weights differ)")
 
 
-def _check_memory(mem: dict, meta: dict, where: Path) -> None:
-    """The memory's rows against model.json: its size, the features' width."""
+def _check_memory(mem: dict, meta: dict, where: Path, finite: bool = True) -> None:
+    """The memory's rows against model.json: its size, the features' width; with ``finite``
+    (the checked load: it reads every file anyway), no NaN or infinite row (a pass over the
+    features: about 27 s per 10 GB on one busy CPU core; ``--no-check`` skips both)."""
     feats, ids, n = mem.get("features"), mem.get("ids"), meta["memory"]["n"]
     if (feats is None or ids is None or feats.dim() != 2 or ids.dim() != 2
             or len(feats) != n or len(ids) != n or ids.shape[1] != 4
             or feats.shape[1] != meta["model"]["in_dim"]):
         raise ModelFolderError(f"{where}: not the memory model.json describes ({n} rows of "
                                f"{meta['model']['in_dim']} features, 4 ids each)")
-    for start in range(0, n, 65_536):  # a block at a time: no copy of a 10 GB memory
+    for start in range(0, n if finite else 0, 65_536):  # a block at a time, no copy
         block = feats[start:start + 65_536]
         if not bool(torch.isfinite(block).all()):
             row = start + int(torch.nonzero(~torch.isfinite(block).all(1))[0, 0])

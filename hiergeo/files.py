@@ -76,7 +76,9 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
     written into the file). An OS lock (``flock``): the kernel releases it when the holder
     exits, even killed, so a crashed run never leaves a stale lock. The file stays (an
     empty lock file is harmless; removing it would let a third process lock another inode).
-    Where ``flock`` does not exist (Windows), nothing is locked."""
+    Where ``flock`` does not exist (Windows) or the file system refuses it (Lustre without
+    ``-o flock``), nothing is locked, with a warning; on NFS mounted ``nolock`` the lock holds
+    only between processes of one host."""
     import datetime
     import socket
 
@@ -85,6 +87,9 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not on the platforms hiergeo is tested on
         yield
         return
+    import errno
+    import logging
+
     path = Path(path)
     fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
     try:
@@ -95,6 +100,14 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             holder = fh.read(300).strip() or "a process that did not say who it is"
             raise Busy(f"{what} is in use by another process ({holder}); wait for it to "
                        f"finish, or choose another folder") from None
+        except OSError as exc:  # a file system without flock (Lustre without -o flock)
+            if exc.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+                raise
+            logging.getLogger(__name__).warning(
+                "%s: this file system takes no locks (%s): nothing stops a second process "
+                "from writing %s at the same time", path, exc.strerror, what)
+            yield
+            return
         fh.seek(0)
         fh.truncate()
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -122,6 +135,9 @@ def disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
+        # safetensors' writer (Rust) reports it in its own error's text
+        if "os error 28" in str(exc) or "No space left on device" in str(exc):
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 
@@ -130,3 +146,9 @@ def one_line(exc: BaseException | str, limit: int = 200) -> str:
     """An exception's message on one line, at most ``limit`` characters (pyarrow's and
     pandas' messages run over several lines: an error of hiergeo's is one)."""
     return " ".join(str(exc).split())[:limit]
+
+
+def output_lock(first_output: Path) -> Path:
+    """The lock file a prediction into ``first_output`` holds: ``.NAME.lock`` beside it."""
+    first_output = Path(first_output)
+    return first_output.with_name(f".{first_output.name}.lock")

@@ -43,6 +43,7 @@ Python::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -61,7 +62,7 @@ from gazetteer.keys import LEVELS
 from .data.photos import PhotoRows, collate_photos, collect_photos, is_store, set_gps, wants_gps
 from .devices import resolve_device
 from .export import ModelFolderError, Portable, backbone_from_meta
-from .files import exclusive
+from .files import exclusive, output_lock
 from .predict import Prediction, predict
 from .reports.answers import prediction_table, score_truth, write_outputs
 
@@ -557,7 +558,8 @@ def _save_part(names: tuple[Path, Path], answers: pd.DataFrame, skipped: pd.Data
 def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | None = None,
                      batch_size: int = 64, workers: int | None = None,
                      progress: bool | None = None, part_size: int = PART_SIZE,
-                     score: bool = True, restart: bool = False, within=None) -> pd.DataFrame:
+                     score: bool = True, restart: bool = False, within=None,
+                     lock: bool = True) -> pd.DataFrame:
     """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
     :func:`write_outputs`), that a crash does not lose: the photos are predicted
     ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
@@ -565,8 +567,9 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     already there. Parts of other photos, another model, settings or device are refused
     (:class:`PartsMismatch` says what differs) unless ``restart``, which discards them. The
     parts are joined, scored against the truth and written at the end, then removed.
-    ``within``: answers restricted to a region (:meth:`Geolocator.region`). Returns the
-    table."""
+    ``within``: answers restricted to a region (:meth:`Geolocator.region`). ``lock``: hold
+    :func:`hiergeo.files.output_lock` while predicting (False: the caller holds it, as the
+    command does from before the model loads). Returns the table."""
     outs = [Path(o) for o in outs]
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, not {part_size}")
@@ -579,9 +582,9 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
         raise ValueError(f"no photos in {', '.join(map(str, photos))}")
     g._get_backbone()  # a backbone that cannot load fails here, before any part is touched
     parts_dir = Path(f"{outs[0]}.parts")
-    lock = outs[0].with_name(f".{outs[0].name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(lock, f"the prediction into {outs[0]}"):
+    outs[0].parent.mkdir(parents=True, exist_ok=True)
+    with (exclusive(output_lock(outs[0]), f"the prediction into {outs[0]}") if lock
+          else contextlib.nullcontext()):
         return _predict_parts(g, records, outs, parts_dir, hier=hier, topk=topk,
                               batch_size=batch_size, workers=workers, progress=progress,
                               part_size=part_size, score=score, restart=restart,

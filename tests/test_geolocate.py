@@ -444,9 +444,11 @@ def test_a_killed_prediction_resumes_where_it_stopped(photo_run, photos, tmp_pat
     (tmp_path / "empty").mkdir()
     assert main(["--model", str(model), str(tmp_path / "empty"), "--out",
                  str(tmp_path / "e.csv")]) == 2  # no photos: an error, not an empty table
+    # a photo named on the command line that does not exist: refused before the model loads
+    # (issue 27; it used to be predicted as a skipped row, exit 1)
     assert main(["--model", str(model), str(tmp_path / "typo.jpg"), "--out",
-                 str(tmp_path / "t.csv"), "--workers", "0"]) == 1  # none could be read
-    assert "missing file" in pd.read_csv(tmp_path / "t.skipped.csv")["reason"].item()
+                 str(tmp_path / "t.csv"), "--workers", "0"]) == 2
+    assert not (tmp_path / "t.csv").exists() and not (tmp_path / "t.skipped.csv").exists()
 
 
 def _with_memory(run_dir: Path, to: Path) -> Path:

@@ -68,7 +68,10 @@ def test_a_decompression_bomb_is_a_reason_not_a_crash(tmp_path, monkeypatch, sid
     res = load_image(bomb)
     assert not res.ok and "decompression bomb" in res.reason
     assert "decompression bomb" in probe_image(bomb)
-    assert jpeg_for_gpu(bomb) is None
+    jpeg_bomb = tmp_path / "bomb.jpg"  # a JPEG the GPU path would otherwise take
+    Image.new("RGB", (side, side)).save(jpeg_bomb)
+    assert jpeg_for_gpu(jpeg_bomb) is None and "decompression bomb" in load_image(
+        jpeg_bomb).reason
     # a batch keeps going past it
     good = tmp_path / "good.png"
     Image.new("RGB", (20, 20)).save(good)
@@ -110,6 +113,15 @@ def test_predict_never_writes_over_its_inputs(tmp_path, capsys, monkeypatch):
     (store / "store.json").write_text("{}")
     rc, err = _predict(["--model", missing, str(store), "--out", "store/p.csv"], capsys)
     assert rc == 2 and "inside" in err and "store" in err
+    # nor inside the model folder, nor over the --within polygon it reads
+    model = tmp_path / "model"
+    model.mkdir()
+    rc, err = _predict(["--model", str(model), "t.csv", "--out", "model/p.csv"], capsys)
+    assert rc == 2 and "inside" in err and "model" in err
+    (tmp_path / "r.geojson").write_text("{}")
+    rc, err = _predict(["--model", missing, "t.csv", "--within", "r.geojson", "--out",
+                        "r.geojson"], capsys)
+    assert rc == 2 and "also an input" in err
     # writing beside the photos, inside their folder, is fine: the model is what fails here
     rc, err = _predict(["--model", missing, str(tmp_path), "--out", "p.csv"], capsys)
     assert "also an input" not in err and "inside" not in err
@@ -186,12 +198,38 @@ def test_a_failed_export_keeps_the_previous_model(smoke_run, tmp_path, monkeypat
     export.read(out)  # loads, every file checked
     assert [e.name for e in tmp_path.iterdir()] == ["m"]  # no temporary folder left
 
-    # a kill mid-export leaves a temporary folder: the next export removes it
-    dead = tmp_path / ".m.999999999-abcd.export"
+    # safetensors' own writer reports a full disk in its text, not as an OSError
+    def rust_full(*a, **k):
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: "
+                           "StorageFull, message: \"No space left on device\" })")
+
+    monkeypatch.setattr("safetensors.torch.save_file", rust_full)
+    with pytest.raises(export.DiskFullError, match="previous model in it is unchanged"):
+        export.write(p, out, overwrite=True)
+    monkeypatch.undo()
+    assert export.sums_digest(out) == digest
+
+    # a kill mid-export leaves a temporary folder: the next export removes it; a kill
+    # between the swap's renames leaves the model aside: the next export restores it
+    dead = tmp_path / f".m.{export._host()}-999999999-abcd.export"
     dead.mkdir()
     (dead / "weights.safetensors").write_bytes(b"half")
+    elsewhere = tmp_path / ".m.otherhost-999999999-abcd.export"  # not ours to judge
+    elsewhere.mkdir()
     export.write(p, out, overwrite=True)
-    assert not dead.exists() and export.sums_digest(out) == digest
+    assert not dead.exists() and elsewhere.exists() and export.sums_digest(out) == digest
+    elsewhere.rmdir()
+    aside = tmp_path / f".m.{export._host()}-999999999-abcd.replaced"
+    out.rename(aside)
+    export.write(p, out, overwrite=True)
+    assert not aside.exists() and export.sums_digest(out) == digest
+
+    # --out a link to a model folder: the folder is replaced, the link kept
+    link = tmp_path / "current"
+    link.symlink_to(out)
+    export.write(p, link, overwrite=True)
+    assert link.is_symlink() and export.sums_digest(link) == digest
+    link.unlink()
 
     # --overwrite replaces a model folder, never a folder that holds other things
     (out / "NOTES.txt").write_text("mine")
@@ -364,6 +402,10 @@ def test_a_float_image_is_read_as_its_values_or_refused(tmp_path):
     res = load_image(wide)
     assert not res.ok and "floating-point pixels" in res.reason
     assert "floating-point" in load_image(Image.fromarray(ramp * -5, mode="F")).reason
+    holes = ramp.copy()
+    holes[20:30] = np.nan  # not the first pixel: PIL's getextrema() would skip them
+    res = load_image(Image.fromarray(holes, mode="F"))
+    assert not res.ok and "not numbers" in res.reason
 
 
 def test_a_bad_position_in_a_table_drops_the_whole_truth_and_says_so(tmp_path, caplog):
@@ -438,3 +480,28 @@ def test_a_full_disk_mid_checkpoint_says_so_and_leaves_no_temporaries(tmp_path, 
     with run_lock(d, True):
         pass
     assert sorted(p.name for p in d.iterdir()) == [".lock", "NOTES.txt.tmp"]
+
+
+def test_run_files_are_what_a_run_writes(smoke_run):
+    """run.overwrite=true removes RUN_FILES and RUN_FOLDERS: a hand-kept list of what the
+    trainer, calibration and evaluation write. A real run writes nothing else (fails when a
+    new file is added to a run and not to the list, which overwrite would then leave)."""
+    from hiergeo.train.run_folder import LOCK, RUN_FILES, RUN_FOLDERS
+
+    run, _ = smoke_run
+    written = {p.name for p in run.iterdir()}
+    assert written - set(RUN_FILES) - set(RUN_FOLDERS) - {LOCK} == set()
+    assert {"checkpoint.pt", "metrics.json", "config.yaml"} <= written
+
+
+def test_memory_is_never_read_from_a_fifo_even_unchecked(exported, tmp_path):
+    import os
+
+    from hiergeo import export
+
+    m = _copy_model(exported, tmp_path / "m")
+    (m / "memory.safetensors").unlink()
+    os.mkfifo(m / "memory.safetensors")
+    rc, err = _read_in_child(m, check=False)  # before: blocked for ever in load_file
+    assert rc != 0 and "not a regular file" in err
+    assert export.read(m, check=False, memory=False).memory is None

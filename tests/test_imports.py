@@ -96,3 +96,16 @@ def test_no_future_warning_from_geoopt_on_import():
             "import hiergeo.train.optim, hiergeo.embedding.optimize, hiergeo.model.geomodel\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_geoopt_is_imported_in_one_place():
+    """Every import of geoopt goes through geometry.poincare.import_geoopt (which silences its
+    import-time warning); a direct import elsewhere would print the warning again when it
+    happens to run first."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "hiergeo"
+    direct = [str(p.relative_to(root)) for p in root.rglob("*.py")
+              if re.search(r"^\s*(import geoopt|from geoopt)", p.read_text(), re.M)]
+    assert direct == ["geometry/poincare.py"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -67,10 +68,10 @@ def main(argv=None) -> int:
 
     from ..data.photos import is_store
     from ..export import ModelFolderError
-    from ..files import clobbered_input
+    from ..files import clobbered_input, exclusive, output_lock
     from ..geolocate import Geolocator, predict_to_files
     from ..model.backbones import WeightsError
-    from ..reports.answers import OUT_SUFFIXES, write_outputs
+    from ..reports.answers import OUT_SUFFIXES, sidecar_paths, write_outputs
 
     outs = [Path(o) for o in (args.out or ["predictions.csv"])]
     for o in outs:
@@ -93,18 +94,23 @@ def main(argv=None) -> int:
         print(f"error: --map {args.map}: the map is an HTML page; give it a .html name",
               file=sys.stderr)
         return 2
-    base = outs[0].with_suffix("")
     written = [*outs, *([Path(args.map)] if args.map else []), Path(f"{outs[0]}.parts"),
-               *(Path(f"{base}{tail}") for tail in
-                 (".skipped.csv", ".per_country.csv", ".per_country.md"))]
+               *sidecar_paths(outs[0]).values()]
     stores = [p for p in args.photos if is_store(Path(p))]
-    clash = clobbered_input(written, args.photos, folders_read_whole=stores)
+    inputs = [*args.photos, *([args.within] if args.within and Path(args.within).is_file()
+                              else [])]
+    clash = clobbered_input(written, inputs, folders_read_whole=[*stores, args.model])
     if clash:
         print(f"error: {clash}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    held = contextlib.ExitStack()
     try:
+        # the lock first: a second prediction into the same place stops before loading a
+        # model (minutes at OSV-5M's size) or listing its photos
+        outs[0].parent.mkdir(parents=True, exist_ok=True)
+        held.enter_context(exclusive(output_lock(outs[0]), f"the prediction into {outs[0]}"))
         g = Geolocator.load(args.model, device=args.device,
                             backbone_weights=args.backbone_weights,
                             allow_download=args.allow_download, check=not args.no_check,
@@ -118,7 +124,7 @@ def main(argv=None) -> int:
             write_outputs(table, outs)
         else:
             table = predict_to_files(g, args.photos, outs, part_size=args.part_size,
-                                     restart=args.restart, **kw)
+                                     restart=args.restart, lock=False, **kw)
         if args.map:
             from ..reports import write_map
 
@@ -128,6 +134,8 @@ def main(argv=None) -> int:
             FileExistsError) as exc:  # FileExistsError: files.Busy, another prediction
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        held.close()
     if not len(table):
         print(f"error: none of the {len(table.attrs.get('skipped', []))} photos could be read "
               f"(see {outs[0].with_suffix('')}.skipped.csv)", file=sys.stderr)

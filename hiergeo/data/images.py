@@ -12,7 +12,6 @@ report.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +56,14 @@ def _float_to_l(img: Image.Image) -> Image.Image:
     """A floating-point image (mode F, e.g. a scientific TIFF) as 8-bit grey: values in
     [0, 1] scaled to 0..255, values in [0, 255] kept; anything else is refused (converting
     it as PIL does would clip a [0, 1] image to black and predict it)."""
-    lo, hi = img.getextrema()
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 255:
+    import numpy as np
+
+    a = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(a).all():  # getextrema() skips NaN unless the first pixel is one
+        raise Unreadable("floating-point pixels that are not numbers (NaN or inf): not a "
+                         "photo")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 255:
         raise Unreadable(f"floating-point pixels from {lo:g} to {hi:g} (not 0..1 or 0..255): "
                          "not a photo")
     scale = 255.0 if hi <= 1.0 else 1.0

@@ -87,7 +87,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             num = df[col].astype(float)
             given |= num.notna()
         else:  # text (a CSV column with a word in it): parse, remembering what was there
-            text = df[col].map(_text)
+            text = df[col].where(df[col].notna(), "").astype(str).str.strip()  # vectorised
             num = pd.to_numeric(text.replace("", np.nan), errors="coerce")
             given |= text != ""
         df[col] = num

@@ -180,6 +180,14 @@ def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
+def sidecar_paths(first_output: Path) -> dict[str, Path]:
+    """The files :func:`write_outputs` writes beside the first output, by what they hold."""
+    base = Path(first_output).with_suffix("")
+    return {"skipped": Path(f"{base}.skipped.csv"),
+            "per_country_csv": Path(f"{base}.per_country.csv"),
+            "per_country_md": Path(f"{base}.per_country.md")}
+
+
 def write_outputs(table: pd.DataFrame, outs: list[Path]) -> None:
     """Write ``table`` to every path of ``outs`` (:func:`write_table`), and beside the first:
     ``<stem>.skipped.csv`` (``table.attrs["skipped"]``, when any) and
@@ -187,15 +195,15 @@ def write_outputs(table: pd.DataFrame, outs: list[Path]) -> None:
     for out in outs:
         write_table(table, out)
         log.info("wrote %s (%d rows)", out, len(table))
-    base = outs[0].with_suffix("")
+    side = sidecar_paths(outs[0])
     skipped = table.attrs.get("skipped")
     if skipped is not None and len(skipped):
-        skipped.to_csv(f"{base}.skipped.csv", index=False)
-        log.warning("%d photos skipped: %s.skipped.csv lists them with the reason",
-                    len(skipped), base)
+        skipped.to_csv(side["skipped"], index=False)
+        log.warning("%d photos skipped: %s lists them with the reason", len(skipped),
+                    side["skipped"])
     per = table.attrs.get("per_country")
     if per is not None and len(per):
         from ..metrics import markdown_table
 
-        per.to_csv(f"{base}.per_country.csv", index=False)
-        Path(f"{base}.per_country.md").write_text(markdown_table(per), encoding="utf-8")
+        per.to_csv(side["per_country_csv"], index=False)
+        side["per_country_md"].write_text(markdown_table(per), encoding="utf-8")
