@@ -57,3 +57,20 @@ def test_predict_features_takes_arrays_and_lists(smoke_run):
         g.predict_features([["a"] * g.meta["model"]["in_dim"]])
     with pytest.raises(ValueError, match="NaN or inf"):
         g.predict_features(np.full((1, g.meta["model"]["in_dim"]), np.nan))
+
+
+def test_too_few_validation_samples_leave_probabilities_uncalibrated(tmp_path, caplog):
+    """25 validation photos once fitted T = 0.01 and made wrong answers 'sure down to the
+    city'; below MIN_CALIBRATION samples a level keeps T = 1, and says so."""
+    import json
+
+    from hiergeo.predict.calibration import MIN_CALIBRATION
+    from hiergeo.train import load_config, run
+
+    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=r", "optim.max_steps=5",
+                                f"eval.calibration_max={MIN_CALIBRATION - 10}"])
+    with caplog.at_level("WARNING"):
+        run(cfg)
+    levels = json.loads((tmp_path / "r" / "calibration.json").read_text())["levels"]
+    assert all(r["T"] == 1.0 and "uncalibrated" in r for r in levels.values()), levels
+    assert "probabilities are left as trained" in caplog.text
