@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default predictions.csv)")
     ap.add_argument("--topk", type=positive_int, default=None, help="paths per photo (default: the "
                     "model's, 5)")
-    ap.add_argument("--beams", help="beam widths per level, e.g. 5,3,1,1 (default: the "
-                    "model's; with width 1 at a level, the top-k paths share that level's "
-                    "entity)")
+    ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5 for the five most "
+                    "probable whole paths (default: the model's; the last level's width "
+                    "bounds how many paths come back)")
     ap.add_argument("--within", help="answer only inside this region: ISO country codes "
                     "(FR,DE), country names, OSV-5M region keys (Bavaria_DE), or a .geojson "
                     "polygon file")
