@@ -74,3 +74,13 @@ def test_too_few_validation_samples_leave_probabilities_uncalibrated(tmp_path, c
     levels = json.loads((tmp_path / "r" / "calibration.json").read_text())["levels"]
     assert all(r["T"] == 1.0 and "uncalibrated" in r for r in levels.values()), levels
     assert "probabilities are left as trained" in caplog.text
+
+
+def test_a_demo_run_says_its_figures_are_synthetic(tmp_path, capsys):
+    from hiergeo.cli.train import main
+
+    assert main(["--config", "smoke", f"run.out={tmp_path}", "run.id=r",
+                 "optim.max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("(make photos: real photos)")
+    assert "synthetic features" in out

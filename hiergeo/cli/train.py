@@ -55,4 +55,7 @@ def main(argv=None) -> int:
         if "run_dir" in res:
             print(f"results in {res['run_dir']}/: metrics.json, per_country.md, error_map.png, "
                   "log.csv (results/README.md explains each)")
+        if not args.resume and cfg.data.train is None and cfg.data.images is None:
+            print("these figures are on the demo's synthetic features: they show the pipeline "
+                  "runs, not how well photos are placed (make photos: real photos)")
     return 0
