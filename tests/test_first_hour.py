@@ -84,3 +84,22 @@ def test_a_demo_run_says_its_figures_are_synthetic(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.rstrip().endswith("(make photos: real photos)")
     assert "synthetic features" in out
+
+
+def test_no_probability_beside_an_empty_level_name():
+    import numpy as np
+    import pandas as pd
+
+    from hiergeo.predict.descent import Prediction
+    from hiergeo.reports.answers import prediction_table
+
+    entities = pd.DataFrame({"name": ["", "Namibia", "Khomas", "", "Windhoek"],
+                             "key": ["root", "NA", "KH_NA", "_KH_NA", "Windhoek__KH_NA"]})
+    pred = Prediction(paths=np.array([[[1, 2, 3, 4]]]), score=np.zeros((1, 1)),
+                      level_prob=np.array([[[0.9, 0.8, 1.0, 0.7]]]), lat=np.array([-22.6]),
+                      lon=np.array([17.1]), confident_level=np.array([1]),
+                      comparisons=np.array([10]))
+    t = prediction_table(pred, entities, ["a"])
+    assert t.loc[0, "subregion"] == "" and np.isnan(t.loc[0, "p_subregion"])
+    assert t.loc[0, "p_region"] == np.float64(0.9 * 0.8)
+    assert abs(t.loc[0, "p_city"] - 0.9 * 0.8 * 0.7) < 1e-12

@@ -66,7 +66,10 @@ def prediction_table(pred: Prediction, entities: pd.DataFrame, ids, paths=None,
         e = top[:, j]
         out[lvl] = np.where(e >= 0, names[e.clip(0)], None)
         out[f"{lvl}_key"] = np.where(e >= 0, keys[e.clip(0)], None)
-        out[f"p_{lvl}"] = np.where(e >= 0, prob[:, 0, j], np.nan)
+        # no probability beside an empty name (a level the place lacks, e.g. Namibia's
+        # subregions): a figure next to a blank reads as a claim about nothing
+        named = (e >= 0) & (names[e.clip(0)] != "")
+        out[f"p_{lvl}"] = np.where(named, prob[:, 0, j], np.nan)
     depth = (pred.paths >= 0).sum(-1)                              # [n, k]
     deepest = np.take_along_axis(pred.paths, (depth - 1).clip(0)[..., None], 2)[..., 0]
     p_path = np.take_along_axis(prob, (depth - 1).clip(0)[..., None], 2)[..., 0]
