@@ -239,6 +239,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", choices=["val", "test"])
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     ap.add_argument("--runs", default=str(ROOT / "results" / "geometry_sweep"))
+    ap.add_argument("--shipped-dim", type=int, default=None,
+                    help="the dimension --seeds-at-shipped runs at (default: the default "
+                    "preset's model.dim)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -258,7 +261,7 @@ def main(argv=None) -> int:
     from hiergeo.config import load_config
     from hiergeo.data.names import names_benchmark
 
-    shipped = load_config("default").model.dim
+    shipped = args.shipped_dim or load_config("default").model.dim
     for g in geometries:  # a bad name fails here, not in every worker
         load_config("default", [f"model.geometry={g}", *args.override])
     stores = {k: str(v) for k, v in names_benchmark(gz=gazetteer.load()).items()}
