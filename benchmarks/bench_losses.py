@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     functions = [f for f in args.functions.split(",") if f]
     if args.override and not args.tag:
         ap.error("--override needs a --tag=-NAME, so that its runs and rows do not replace "
-                 "the defaults' (run ids names-poincare-<function><tag>)")
+                 "the defaults' (run ids names-<geometry>-<function><tag>)")
     if unknown := set(functions) - set(LOSS_CLASSES):
         ap.error(f"unknown loss functions {sorted(unknown)}; one of {', '.join(LOSS_CLASSES)}")
     hw = [f"hardware.threads={args.threads}"] if args.threads else []
@@ -76,9 +76,12 @@ def main(argv=None) -> int:
     stores = names_benchmark(gz=gz)
     train, _, _ = read_store_split(stores["train"], load_config("default"), gz, "train")
     rows = []
+    geometry = load_config("default").model.geometry
     for f in functions:
-        r, _ = hiergeo_rows(stores, train, "val", ["poincare"],
-                            [f"loss.function={f}", *args.override, *hw], args.runs, gz,
+        # the default preset learns tau, lam, sigma: the geo loss's only (loss.learn)
+        own = [] if f == "geo" else ["loss.learn=[]"]
+        r, _ = hiergeo_rows(stores, train, "val", [geometry],
+                            [f"loss.function={f}", *own, *args.override, *hw], args.runs, gz,
                             flat=False, tag=f" {f}{args.tag}".replace(" ", "-"))
         rows += [{**row, "function": f, "overrides": " ".join(args.override),
                   "command": " ".join(["python benchmarks/bench_losses.py", *(argv or
