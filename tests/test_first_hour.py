@@ -103,3 +103,32 @@ def test_no_probability_beside_an_empty_level_name():
     assert t.loc[0, "subregion"] == "" and np.isnan(t.loc[0, "p_subregion"])
     assert t.loc[0, "p_region"] == np.float64(0.9 * 0.8)
     assert abs(t.loc[0, "p_city"] - 0.9 * 0.8 * 0.7) < 1e-12
+
+
+def test_print_config_shows_every_key_resolved(capsys):
+    import yaml
+
+    from hiergeo.cli.train import main
+    from hiergeo.config import load_config
+
+    assert main(["--config", "default", "optim.lr=0.001", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    cfg = load_config("default", ["optim.lr=0.001"])
+    assert shown["optim"]["lr"] == 0.001 and shown["model"]["dim"] == cfg.model.dim
+    assert shown["loss"]["learn"] == ["tau", "lam", "sigma"]
+    assert yaml.safe_load(cfg.to_yaml()) == shown
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_defused(tmp_path):
+    import pandas as pd
+
+    from hiergeo.reports.answers import write_table
+
+    t = pd.DataFrame({"id": ["=HYPERLINK(1)", "+1", "@a", "ok", "-3"],
+                      "p_country": [0.5, -0.25, 1.0, 0.0, 0.1]})
+    write_table(t, tmp_path / "p.csv")
+    back = pd.read_csv(tmp_path / "p.csv")
+    assert back["id"].tolist() == ["'=HYPERLINK(1)", "'+1", "'@a", "ok", "-3"]
+    assert back["p_country"].tolist() == [0.5, -0.25, 1.0, 0.0, 0.1]  # numbers untouched
+    write_table(t, tmp_path / "p.parquet")
+    assert pd.read_parquet(tmp_path / "p.parquet")["id"].tolist() == t["id"].tolist()

@@ -16,7 +16,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "YAML file; default: demo")
     ap.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in this folder from its last checkpoint")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the resolved config (preset, then overrides) as YAML and exit: "
+                    "every key and its value; hiergeo/config.py comments each")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=1e-3")
+    ap.epilog = ("examples:\n"
+                 "  python -m hiergeo.train                      # the demo, synthetic\n"
+                 "  python -m hiergeo.train --config default data.train=STORE\n"
+                 "  python -m hiergeo.train --config default --print-config\n"
+                 "  python -m hiergeo.train --resume results/RUN")
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
     return ap
 
 
@@ -43,6 +52,9 @@ def main(argv=None) -> int:
             cfg = load_config(args.config, args.overrides)
         except ConfigError as exc:
             ap.error(str(exc))
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
     try:  # the user's mistakes found once the run starts: one line, not a traceback
         res = _run(cfg, resume=args.resume) if args.resume else _run(cfg)
     except (ConfigError, DataError, FileExistsError, DiskFullError) as exc:

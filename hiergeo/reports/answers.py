@@ -156,6 +156,26 @@ def geojson_features(table: pd.DataFrame, chunk: int = 10_000):
                 "properties": props}
 
 
+#: A text cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with every text cell that a spreadsheet would run as a formula (an id or a
+    path such as ``=HYPERLINK(...)``) prefixed with ``'``, as OWASP advises; numbers are left
+    alone. Only CSV needs it: Parquet and GeoJSON keep types."""
+    out = table
+    for col in table.columns:
+        if not (table[col].dtype == object or pd.api.types.is_string_dtype(table[col])):
+            continue
+        text = table[col].map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        if text.any():
+            if out is table:
+                out = table.copy()
+            out[col] = table[col].where(~text, "'" + table[col].astype(str))
+    return out
+
+
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically)."""
     from ..files import temporary_names
@@ -176,7 +196,7 @@ def write_table(table: pd.DataFrame, out: str | Path) -> Path:
                                                                 allow_nan=False))
                 fh.write("\n]}\n")
         elif suffix == ".csv":
-            plain.to_csv(tmp, index=False, encoding="utf-8")
+            csv_safe(plain).to_csv(tmp, index=False, encoding="utf-8")
         else:
             plain.to_parquet(tmp, index=False)
         tmp.replace(out)
