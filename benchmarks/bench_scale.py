@@ -19,8 +19,10 @@ the ``osv5m`` preset for ``--steps`` steps in a fresh process and prints, per si
 
 and checks the issue's two targets: peak RSS on the largest store below its size on disk,
 and within 25% of the peak on the smallest. The retrieval memory is off in these runs
-(``eval.memory=false``): it keeps every training feature in float16 by design (see the
-osv5m preset), which is memory the user chooses, not memory the trainer leaks.
+(``eval.memory=false``) unless ``--memory`` is given (the presets' default: its index is
+exact below ``eval.memory_exact_max_gb``, IVF-PQ above; results/benchmarks/memory_index.md);
+each run also reports its peak RSS once each phase (setup, training, calibration with the
+memory's build, evaluation) is done.
 
 ``--loss-json`` / ``--features-json`` fold the figures of ``bench_loss_memory.py --out`` and
 ``bench_features.py --world 2`` (its printed JSON) into the same JSON; ``--out X.json`` also
@@ -144,8 +146,9 @@ def _child(args) -> None:
         f"data.train={args.store}", f"data.val={args.val}", f"data.feature_dim={args.dim}",
         f"run.out={args.runs}", f"run.id={Path(args.store).name}", "run.overwrite=true",
         f"optim.max_steps={args.steps}", "run.val_every=0", "run.log_every=5",
-        "run.checkpoint_every=100000", "run.tensorboard=false", "eval.memory=false",
-        "eval.maps=false", f"hardware.threads={args.threads}"])
+        "run.checkpoint_every=100000", "run.tensorboard=false",
+        f"eval.memory={'true' if args.memory else 'false'}",
+        "eval.maps=false", f"hardware.threads={args.threads}", *args.override])
     res = run(cfg)
     log = pd.read_csv(Path(args.runs) / Path(args.store).name / "log.csv")
     sps = log["samples_per_s"].to_numpy()[1:]  # the first window holds the warm-up
@@ -153,7 +156,9 @@ def _child(args) -> None:
     print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       "seconds": time.perf_counter() - t0, "steps": res["steps"],
                       "train_seconds": res["train_seconds"], "seconds_per_step": step_s,
-                      "batch_size": cfg.optim.batch_size}))
+                      "batch_size": cfg.optim.batch_size, "memory": args.memory,
+                      "overrides": args.override,
+                      "peak_rss_bytes_by_phase": res.get("peak_rss_bytes", {})}))
 
 
 def _train_sizes(args) -> list[dict] | None:
@@ -169,7 +174,9 @@ def _train_sizes(args) -> list[dict] | None:
         disk = _du(store)
         cmd = [sys.executable, __file__, "--child", "--store", str(store), "--val", str(val),
                "--runs", str(args.root / "runs"), "--dim", str(args.dim), "--steps",
-               str(args.steps), "--threads", str(args.threads)]
+               str(args.steps), "--threads", str(args.threads),
+               *(["--memory"] if args.memory else []),
+               *(a for o in args.override for a in ("--override", o))]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
@@ -180,6 +187,9 @@ def _train_sizes(args) -> list[dict] | None:
                    osv5m_epoch_hours=OSV5M_TRAIN / fig["batch_size"] * fig["seconds_per_step"]
                    / 3600)
         rows.append(fig)
+        phases = "  ".join(f"{k} {v / 2**30:.2f}" for k, v in
+                           fig["peak_rss_bytes_by_phase"].items())
+        print(f"  peak RSS (GiB) once each phase is done: {phases}", flush=True)
         print(f"{n:>10,} rows  store {disk / 2**30:6.2f} GiB  peak RSS "
               f"{fig['peak_rss_bytes'] / 2**30:5.2f} GiB  setup+train+eval {fig['seconds']:6.0f} s"
               f"  {fig['seconds_per_step']:.2f} s/step (batch {fig['batch_size']})  "
@@ -248,6 +258,11 @@ def main(argv=None) -> int:
     ap.add_argument("--loss-json", type=Path, default=None)
     ap.add_argument("--features-json", type=Path, default=None)
     ap.add_argument("--reuse", type=Path, default=None)
+    ap.add_argument("--memory", action="store_true",
+                    help="train with the retrieval memory on, as the presets ship it "
+                    "(eval.memory=true; off by default here)")
+    ap.add_argument("--override", action="append", default=[],
+                    help="a config override for the training runs (repeatable)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--embed-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,14 @@ def main(argv=None) -> int:
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 5],
                     help="beam widths to score (the same at every level)")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--index", choices=["auto", "exact", "ivfpq"],
+                    help="the memory's index (eval.memory_index; default: the run's); with "
+                    "ivfpq, also prints its recall@K of the exact neighbours of the validation "
+                    "queries and its build time")
+    ap.add_argument("--nprobe", type=int, help="eval.memory_nprobe (ivfpq)")
+    ap.add_argument("--refine", type=int, help="eval.memory_refine (ivfpq)")
+    ap.add_argument("--index-dir", help="a folder where an ivfpq index is kept and found "
+                    "again (build_memory's run_dir): several settings, one build")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,7 +56,34 @@ def main(argv=None) -> int:
     stores = names_benchmark(gz=gz)
     train, _, _ = read_store_split(stores["train"], cfg, gz, "train")
     val, _, _ = read_store_split(stores["val"], cfg, gz, "val")
-    memory = build_memory(cfg, train)  # one normalised copy; k and T set per setting
+    if args.index:
+        cfg.eval.memory_index = args.index
+    if args.nprobe:
+        cfg.eval.memory_nprobe = args.nprobe
+    if args.refine:
+        cfg.eval.memory_refine = args.refine
+    t0 = time.perf_counter()
+    memory = build_memory(cfg, train, run_dir=args.index_dir)  # k and T set per setting
+    built = time.perf_counter() - t0
+    if memory is not None and memory.index.kind != "exact":
+        from hiergeo.predict.memory_index import ExactIndex
+
+        q = torch.nn.functional.normalize(val.x[:].float(), dim=1)
+        k = max(int(s.split(",")[0]) for s in args.settings)
+        t0 = time.perf_counter()
+        _, approx = memory.index.search(q, k)
+        approx_s = time.perf_counter() - t0
+        exact = ExactIndex.build(train.x)
+        t0 = time.perf_counter()
+        _, want = exact.search(q, k)
+        exact_s = time.perf_counter() - t0
+        del exact
+        hit = (approx[:, :, None] == want[:, None, :]).any(2).float().mean().item()
+        print(json.dumps({"index": memory.index.describe(), "build_seconds": built,
+                          f"recall_at_{k}": hit,
+                          "top1_agreement": (approx[:, 0] == want[:, 0]).float().mean().item(),
+                          "queries": len(q), "search_seconds": approx_s,
+                          "exact_search_seconds": exact_s}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.settings:
             k, t = spec.split(",")
@@ -63,6 +99,7 @@ def main(argv=None) -> int:
                                      neighbours=nb)
                 print(json.dumps({
                     "run": args.run, "memory_k": int(k), "memory_temperature": float(t),
+                    "index": None if memory is None else memory.index.kind,
                     "beams": b, "memory_weight": model.memory_weight.tolist(),
                     **{c: res[c] for c in COLUMNS},
                     "ece": {lvl: r["ece"] for lvl, r in res["calibration"].items()}}),

@@ -208,12 +208,21 @@ class EvalConfig:
     # retrieval memory (hiergeo/predict/memory.py): the k training samples nearest a query
     # (cosine of encoder features) vote at each level, mixed into the model's probabilities
     # with a per-level weight fitted on the validation split with the temperatures (0 where
-    # it does not help). Needs eval.calibrate and encoder=features; keeps the training
-    # features in memory at prediction (float16, N x d x 2 bytes)
+    # it does not help). Needs eval.calibrate and encoder=features
     # (results/benchmarks/README.md#defaults-and-why)
     memory: bool = True
     memory_k: int = 20
     memory_temperature: float = 0.05
+    # how the memory searches (hiergeo/predict/memory_index.py): exact (every feature in
+    # float16, N x d x 2 bytes), ivfpq (FAISS, m + 8 bytes a row, approximate) or auto:
+    # exact while N x d x 2 bytes <= memory_exact_max_gb GiB, ivfpq above
+    # (results/benchmarks/README.md#retrieval-memory-at-scale)
+    memory_index: str = "auto"
+    memory_exact_max_gb: float = 1.0
+    memory_nprobe: int = 32       # ivfpq: lists scanned per query
+    # ivfpq: candidates per neighbour re-ranked by exact cosine, their rows read from the
+    # store (or the exported memory.safetensors) on demand; 1: the codes' similarities
+    memory_refine: int = 4
 
 
 @dataclass
@@ -472,6 +481,13 @@ def validate(cfg: Config, *, loss_registered: bool = True) -> None:
          f"loss.scope must be level or siblings, not {cfg.loss.scope!r}")
     need(cfg.loss.candidates in ("auto", "full", "sampled"),
          f"loss.candidates must be auto, full or sampled, not {cfg.loss.candidates!r}")
+    need(cfg.eval.memory_index in ("auto", "exact", "ivfpq"),
+         f"eval.memory_index must be auto, exact or ivfpq, not {cfg.eval.memory_index!r}")
+    need(0 < cfg.eval.memory_exact_max_gb < math.inf and cfg.eval.memory_nprobe >= 1
+         and cfg.eval.memory_refine >= 1,
+         "eval.memory_exact_max_gb must be a positive number of GiB, eval.memory_nprobe and "
+         f"eval.memory_refine >= 1, got {cfg.eval.memory_exact_max_gb}, "
+         f"{cfg.eval.memory_nprobe}, {cfg.eval.memory_refine}")
     need(cfg.eval.memory_k >= 1 and cfg.eval.memory_temperature > 0,
          f"eval.memory_k must be >= 1 and eval.memory_temperature > 0, got "
          f"{cfg.eval.memory_k}, {cfg.eval.memory_temperature}")

@@ -140,3 +140,15 @@ def use_device(spelling: str | torch.device, local_rank: int = 0) -> torch.devic
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, in bytes (``ru_maxrss``: kibibytes on
+    Linux, bytes on macOS); 0 where the platform has no ``resource`` module (Windows)."""
+    try:
+        import resource
+        import sys
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

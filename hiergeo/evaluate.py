@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -68,18 +69,71 @@ def calibration_report(pred, truth_ids: np.ndarray) -> dict:
     return out
 
 
-def build_memory(cfg, train, device="cpu"):
+#: where a run keeps its retrieval memory's FAISS index (an ``ivfpq`` memory), and its
+#: settings beside it: built once at the end of training, read back (memory-mapped) by
+#: evaluation and export instead of being trained again
+MEMORY_INDEX_FILE, MEMORY_INDEX_META = "memory.faiss", "memory_index.json"
+
+
+def _rows_digest(x, n: int = 256) -> str:
+    """sha256 of the first and last ``n`` rows of ``x`` (a tensor or a store view): a saved
+    index is reused only over the rows it was built from."""
+    import hashlib
+
+    h = hashlib.sha256(str(tuple(x.shape)).encode())
+    for block in (x[:n], x[max(0, len(x) - n):]):
+        h.update(block.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_memory(cfg, train, device="cpu", run_dir=None):
     """The retrieval memory (:mod:`hiergeo.predict.memory`) of a run's training split
     ``train``, or None when ``eval.memory`` is off or the encoder is not ``features`` (the
-    memory holds encoder features; extracting them for a timm encoder is not done here)."""
+    memory holds encoder features; extracting them for a timm encoder is not done here).
+    With ``run_dir``, an ``ivfpq`` index is saved there (:data:`MEMORY_INDEX_FILE`) and a
+    saved one over the same rows is read back instead of built again."""
     if not (cfg.eval.memory and cfg.eval.calibrate):
         return None
     if cfg.model.encoder != "features":
         log.info("eval.memory: only with model.encoder=features; predicting without one")
         return None
     from .predict.memory import Memory
+    from .predict.memory_index import FaissIndex
 
-    return Memory(train.x, train.ids, cfg.eval.memory_k, cfg.eval.memory_temperature, device)
+    ev = cfg.eval
+    saved = None if run_dir is None else Path(run_dir) / MEMORY_INDEX_FILE
+    if saved is not None and saved.exists() and saved.with_name(MEMORY_INDEX_META).exists():
+        params = json.loads(saved.with_name(MEMORY_INDEX_META).read_text(encoding="utf-8"))
+        if (params.get("rows") == len(train.ids) and params.get("dim") == train.x.shape[1]
+                and params.get("rows_digest") == _rows_digest(train.x)):
+            index = FaissIndex.load(saved, {**params, "nprobe": ev.memory_nprobe,
+                                            "refine": ev.memory_refine}, rows=train.x)
+            log.info("retrieval memory: the run's %s index of %s rows (%s)", index.kind,
+                     f"{index.ntotal:,}", saved)
+            return Memory.from_index(index, train.ids, ev.memory_k, ev.memory_temperature,
+                                     device)
+        log.warning("%s was built over other rows than the run's training split: building "
+                    "it again", saved)
+    t0 = time.perf_counter()
+    mem = Memory(train.x, train.ids, ev.memory_k, ev.memory_temperature, device,
+                 index=ev.memory_index, exact_max_gb=ev.memory_exact_max_gb,
+                 nprobe=ev.memory_nprobe, refine=ev.memory_refine)
+    mem.build_seconds = time.perf_counter() - t0
+    log.info("retrieval memory: %s index of %s rows, %.2f GiB, built in %.0f s",
+             mem.index.kind, f"{mem.index.ntotal:,}", mem.index.nbytes / 2**30,
+             mem.build_seconds)
+    if saved is not None and isinstance(mem.index, FaissIndex):
+        tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")  # one per process
+        try:
+            mem.index.save(tmp)
+            os.replace(tmp, saved)
+            atomic_write_text(saved.with_name(MEMORY_INDEX_META), json.dumps(
+                {**mem.index.describe(), "rows_digest": _rows_digest(train.x)}, indent=2) + "\n")
+        except (OSError, RuntimeError) as exc:  # a read-only run folder, a full disk
+            tmp.unlink(missing_ok=True)
+            log.warning("could not keep the memory's index in %s (%s): it will be built "
+                        "again when needed", saved.parent, exc)
+    return mem
 
 
 def _predict_kwargs(cfg, method: str, beams) -> dict:
@@ -201,7 +255,7 @@ def final_calibration(model, hier, data, cfg, out_dir: Path) -> Calibrated:
     this, so the stored model carries its calibration before the (long) evaluation starts."""
     from .predict.calibration import calibrate
 
-    memory = build_memory(cfg, data.train, model.entities.device)
+    memory = build_memory(cfg, data.train, model.entities.device, run_dir=out_dir)
     if not cfg.eval.calibrate:
         return Calibrated(memory=memory, temperatures=None, neighbours=None)
     temperatures, neighbours = calibrate(model, data.val, hier, cfg, out_dir, memory)
@@ -324,7 +378,7 @@ def _evaluate_run(run, data_path, method, beams, coords, out, device, use_memory
     if method == "descent" and use_memory and model.uses_memory:
         try:
             memory = build_memory(cfg, (data or load_data(cfg, gz)).train,
-                                  model.entities.device)
+                                  model.entities.device, run_dir=run)
         except (FileNotFoundError, DataError) as e:
             log.warning("the run's retrieval memory needs its training data (%s): predicting "
                         "with the model alone", e)

@@ -14,6 +14,9 @@ portable folder that holds what prediction needs and nothing else.
                                gazetteer_id (its id in the gazetteer the run was trained on)
     MODEL/memory.safetensors   the retrieval memory, when the model uses one: unit training
                                features (float16) and their entity ids (these rows)
+    MODEL/memory.faiss         an ivfpq memory's FAISS index (hiergeo.predict.memory_index);
+                               its candidates are re-ranked with memory.safetensors' rows,
+                               read on demand
     MODEL/backbone.safetensors the backbone, when it was fine-tuned or --include-backbone
     MODEL/config.yaml          the run's resolved config (provenance; not read to predict)
     MODEL/calibration.json     the run's calibration report (provenance)
@@ -25,11 +28,13 @@ modified, truncated or missing one by name. Only the active entities are kept (a
 entities seen in training, with their ancestors), renumbered in their gazetteer order, so
 predictions are the run's own, bit for bit.
 
-Size: the entity table is ``n x point_dim x 8`` bytes (165k x 16: 21 MB) and the memory
-``N x d x 2`` (4.9M OSV-5M images x 1024: 10 GB). Exporting streams the memory from the
-training store a block at a time (it is never whole in memory); loading reads it whole, as
-prediction searches all of it. ``--no-memory`` leaves it out and predicts with the model
-alone.
+Size: the entity table is ``n x point_dim x 8`` bytes (165k x 16: 21 MB); the memory's rows
+``N x d x 2`` (4.9M OSV-5M images x 1024: 10 GB), streamed from the training store a block
+at a time. An exact memory is read whole when loaded (prediction scans all of it); an ivfpq
+memory adds ``memory.faiss``, ``N x (m + 8)`` bytes (0.7 GB at OSV-5M's size, m = 128),
+copied from the run and memory-mapped when loaded, and its rows stay on disk: a search reads
+only its candidates'.
+``--no-memory`` leaves it out and predicts with the model alone.
 """
 
 from __future__ import annotations
@@ -219,7 +224,7 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
     mem = None
     if model.uses_memory and memory:
         try:
-            mem = _collect_memory(cfg, gz, new)
+            mem = _collect_memory(cfg, gz, new, run)
         except (FileNotFoundError, ValueError) as exc:
             raise FileNotFoundError(
                 f"the model's retrieval memory is the run's training features, which cannot be "
@@ -276,7 +281,8 @@ def _model_meta(cfg, model, run: Path, bb, mem, n_entities: int, gz) -> dict:
                     "geocoder": ev.geocoder},
         "memory": None if mem is None else {"k": ev.memory_k,
                                             "temperature": ev.memory_temperature,
-                                            "n": int(len(mem["ids"]))},
+                                            "n": int(len(mem["ids"])),
+                                            "index": mem.get("index", {"kind": "exact"})},
         "backbone": bb,
         "entities": {"n": n_entities, "gazetteer_entities": len(gz.entities),
                      "gazetteer": json.loads(json.dumps(gz.meta.get("sources", {}),
@@ -284,24 +290,41 @@ def _model_meta(cfg, model, run: Path, bb, mem, n_entities: int, gz) -> dict:
     }
 
 
-def _collect_memory(cfg, gz, new: np.ndarray) -> dict:
+def _collect_memory(cfg, gz, new: np.ndarray, run: Path) -> dict:
     """The run's retrieval memory (:func:`hiergeo.evaluate.build_memory`'s rows): the
-    training split's features, still in the store, and their ids renumbered."""
+    training split's features, still in the store, and their ids renumbered; for an
+    ``ivfpq`` memory also the run's FAISS index (built now, and kept in the run, if training
+    did not keep one)."""
     from .data.splits import load_data
+    from .evaluate import MEMORY_INDEX_FILE, build_memory
+    from .predict.memory_index import FaissIndex
 
     train = load_data(cfg, gz).train
     ids = train.ids.numpy()
-    ids = np.where(ids >= 0, new[ids.clip(0)], -1).astype(np.int32)
-    return {"features": train.x, "ids": torch.from_numpy(ids), "unit": False}
+    ids = torch.from_numpy(np.where(ids >= 0, new[ids.clip(0)], -1).astype(np.int32))
+    n, d = len(train.x), int(train.x.shape[1])
+    ev = cfg.eval
+    kind = ev.memory_index
+    if kind == "auto":
+        kind = "exact" if n * d * 2 <= ev.memory_exact_max_gb * 2**30 else "ivfpq"
+    if kind == "exact":
+        return {"features": train.x, "ids": ids, "unit": False, "index": {"kind": "exact"}}
+    mem = build_memory(cfg, train, run_dir=run)  # the run's own index, or built and kept
+    if not isinstance(mem.index, FaissIndex) or not (run / MEMORY_INDEX_FILE).exists():
+        raise ValueError(f"the run's {kind} memory index could not be kept in {run}")
+    return {"features": train.x, "ids": ids, "unit": False,
+            "index_file": run / MEMORY_INDEX_FILE, "index": mem.index.describe()}
 
 
 def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
-    """``memory.safetensors`` (tensors ``features`` float16 unit rows, ``ids`` int32),
-    written a block of rows at a time: the safetensors layout is an 8-byte header length,
+    """``memory.safetensors`` (tensors ``features`` float16 unit rows, ``ids`` int32; an
+    ``ivfpq`` memory's index is ``memory.faiss`` beside it, and it re-ranks with these
+    rows), the rows written a block at a time: the safetensors layout is an 8-byte header length,
     the JSON header, then each tensor's bytes in order."""
     from .predict.memory import Memory
 
-    x, ids = mem["features"], mem["ids"].to(torch.int32).contiguous()
+    ids = mem["ids"].to(torch.int32).contiguous()
+    x = mem["features"]
     n, d = len(x), int(x.shape[1])
     fbytes, ibytes = n * d * 2, n * ids.shape[1] * 4
     header = json.dumps({"features": {"dtype": "F16", "shape": [n, d],
@@ -323,6 +346,7 @@ def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
 #: What a model folder may hold besides the files its ``SHA256SUMS`` lists (and
 #: ``Portable.files``): what ``--overwrite`` may replace without deleting anything else.
 MODEL_FILES = ("model.json", "weights.safetensors", "entities.parquet", "memory.safetensors",
+               "memory.faiss",
                "backbone.safetensors", SUMS)
 
 
@@ -448,6 +472,8 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
         put("entities.parquet", lambda t: p.entities.to_parquet(t, index=False))
         if p.memory is not None:
             put("memory.safetensors", lambda t: _write_memory(t, p.memory))
+            if "index_file" in p.memory:
+                put("memory.faiss", lambda t: shutil.copyfile(p.memory["index_file"], t))
         if p.backbone is not None:
             put("backbone.safetensors", lambda t: save_file(p.backbone, str(t)))
         for name, text in (p.files or {}).items():
@@ -557,7 +583,7 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
             raise ModelFolderError(f"{folder / SUMS}: sha256 {got}, expected {expect_sha256}: "
                                    "this is not the model you pinned")
     if check or expect_sha256 is not None:  # a pinned digest pins the files only if checked
-        names = verify(folder, skip=() if memory else ("memory.safetensors",))
+        names = verify(folder, skip=() if memory else ("memory.safetensors", "memory.faiss"))
     else:
         names = [p.name for p in folder.iterdir()]
     try:
@@ -593,8 +619,12 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
                                f"({one_line(exc)})") from None
     _check_entities(entities, meta, weights, folder)
     mem = None
-    if meta.get("memory") and memory:
+    index = ((meta.get("memory") or {}).get("index")) or {"kind": "exact"}
+    if meta.get("memory") and memory and index["kind"] == "ivfpq":
+        mem = _lazy_memory(folder, names, index)
+    elif meta.get("memory") and memory:
         mem = tensors("memory.safetensors")
+    if meta.get("memory") and memory:
         if mem is None:
             raise ModelFolderError(f"{folder}: model.json names a memory, memory.safetensors "
                                    "is missing")
@@ -670,6 +700,12 @@ def check_meta(meta: dict, weights: dict, where: Path) -> None:
                                 and _whole(mem.get("n"), 1, 1 << 40)):
         bad(f"memory = {str(mem)[:80]}: k in 1..{MAX_MEMORY_K}, a positive temperature and "
             "n rows expected")
+    index = (mem or {}).get("index") or {"kind": "exact"}
+    if mem is not None and not (isinstance(index, dict) and (
+            index.get("kind") == "exact" or (
+                index.get("kind") == "ivfpq" and _whole(index.get("nprobe"), 1, 1 << 20)
+                and _whole(index.get("nlist"), 1, 1 << 24)))):
+        bad(f"memory.index = {str(index)[:80]}: exact, or ivfpq with whole nlist and nprobe")
     if pr.get("geocoder", "gazetteer") not in ("gazetteer", "reverse_geocoder"):
         bad(f"predict.geocoder = {pr.get('geocoder')!r}, not gazetteer or reverse_geocoder")
     bb, ents = meta.get("backbone"), meta.get("entities")
@@ -698,12 +734,37 @@ def check_meta(meta: dict, weights: dict, where: Path) -> None:
             f"{len(diff)} weights differ)")
 
 
+def _lazy_memory(folder: Path, names, index: dict) -> dict | None:
+    """An ivfpq memory without reading its rows: the ids, the rows as a lazy view of
+    ``memory.safetensors`` (read on demand by the re-ranking), the index's file."""
+    from safetensors import SafetensorError, safe_open
+
+    from .data.rows import StoreFeatures
+
+    if "memory.safetensors" not in names:
+        return None
+    if "memory.faiss" not in names:
+        raise ModelFolderError(f"{folder}: model.json names an ivfpq memory, memory.faiss "
+                               "is missing")
+    path = folder / "memory.safetensors"
+    for name in ("memory.safetensors", "memory.faiss"):
+        _regular(folder / name)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            ids = fh.get_tensor("ids")
+        rows = StoreFeatures([path])
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(f"{path}: cannot read it ({one_line(exc)})") from None
+    return {"features": rows, "ids": ids, "index_file": folder / "memory.faiss",
+            "index": index}
+
+
 def _check_memory(mem: dict, meta: dict, where: Path, finite: bool = True) -> None:
     """The memory's rows against model.json: its size, the features' width; with ``finite``
     (the checked load: it reads every file anyway), no NaN or infinite row (a pass over the
     features: about 27 s per 10 GB on one busy CPU core; ``--no-check`` skips both)."""
     feats, ids, n = mem.get("features"), mem.get("ids"), meta["memory"]["n"]
-    if (feats is None or ids is None or feats.dim() != 2 or ids.dim() != 2
+    if (feats is None or ids is None or len(feats.shape) != 2 or ids.dim() != 2
             or len(feats) != n or len(ids) != n or ids.shape[1] != 4
             or feats.shape[1] != meta["model"]["in_dim"]):
         raise ModelFolderError(f"{where}: not the memory model.json describes ({n} rows of "

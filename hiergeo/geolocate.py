@@ -151,9 +151,13 @@ class Geolocator:
             from .predict.memory import Memory
 
             mem = portable.memory
-            build = Memory.from_unit if mem.get("unit") else Memory
-            self.memory = build(mem["features"], mem["ids"], mm["k"], mm["temperature"],
-                                device=self.device)
+            if "index_file" in mem:  # ivfpq: the FAISS index, memory-mapped
+                self.memory = Memory.from_index(_read_index(mem, mm, self.meta), mem["ids"],
+                                                mm["k"], mm["temperature"], device=self.device)
+            else:
+                build = Memory.from_unit if mem.get("unit") else Memory
+                self.memory = build(mem["features"], mem["ids"], mm["k"], mm["temperature"],
+                                    device=self.device)
         self.settings = dict(self.meta["predict"])
         #: how truth positions and predicted points get their keys (the run's eval.geocoder)
         self.geocoder = self.settings.pop("geocoder", "gazetteer")
@@ -627,3 +631,22 @@ def _predict_parts(g: Geolocator, records, outs, parts_dir: Path, *, hier, topk,
     tm.images, tm.skipped = len(table), len(skipped)
     tm.seconds = time.perf_counter() - t0
     return table
+
+
+def _read_index(mem: dict, mm: dict, meta: dict):
+    """An exported ivfpq memory's index (``memory.faiss``), memory-mapped, checked against
+    model.json (rows, width); a file FAISS cannot read is refused by name."""
+    from .export import ModelFolderError
+    from .predict.memory_index import FaissIndex
+
+    path = mem["index_file"]
+    try:
+        index = FaissIndex.load(path, mem["index"], rows=mem.get("features"),
+                                rows_unit=bool(mem.get("unit")))
+    except ValueError as exc:
+        raise ModelFolderError(str(exc)) from None
+    if index.ntotal != mm["n"] or index.dim != meta["model"]["in_dim"]:
+        raise ModelFolderError(f"{path}: {index.ntotal} rows of {index.dim} dimensions, "
+                               f"model.json says {mm['n']} of {meta['model']['in_dim']}")
+    return index
+

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..predict.memory import chunked_topk_cosine
+from ..predict.memory import vote_weights
+from ..predict.memory_index import build_index
 from .common import as_prediction
 
 
@@ -16,6 +17,12 @@ class KNNRetrieval:
     tree: the country with the largest summed weight ``exp(sim / temperature)`` among the
     ``k`` neighbours, then the region among the neighbours in that country, and so on; the
     location is that of the most similar neighbour left after the deepest vote.
+
+    The search is the retrieval memory's (:mod:`hiergeo.predict.memory_index`: ``index``
+    ``exact``, ``ivfpq`` or ``auto``), over one normalised copy of the training features, and
+    the neighbours' weights are the memory's (:func:`hiergeo.predict.memory.vote_weights`).
+    An index already built (a run's :class:`~hiergeo.predict.memory.Memory`'s ``index``) can
+    be shared: ``fit(train, index=memory.index)``.
     """
 
     def __init__(self, k: int = 1, temperature: float = 0.05):
@@ -23,17 +30,22 @@ class KNNRetrieval:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
         self.k, self.temperature = int(k), float(temperature)
 
-    def fit(self, train) -> KNNRetrieval:
-        self.x = torch.nn.functional.normalize(train.x.float(), dim=1)
+    def fit(self, train, index="exact") -> KNNRetrieval:
+        """``index``: a kind to build over ``train.x``, or an index already built over it."""
+        self.index = build_index(train.x, index) if isinstance(index, str) else index
+        if self.index.ntotal != len(train.ids):
+            raise ValueError(f"the index holds {self.index.ntotal} rows, the training split "
+                             f"{len(train.ids)}")
         self.latlon = train.latlon.numpy()
         self.ids = train.ids.numpy()
         return self
 
     def neighbours(self, x: torch.Tensor, k: int | None = None):
         """``(similarity, training row) [n, k]``, most similar first."""
-        sim, idx = chunked_topk_cosine(torch.nn.functional.normalize(x.float(), dim=1),
-                                       self.x, k or self.k)
-        return sim.numpy(), idx.numpy()
+        x = x.float() if hasattr(x, "float") else torch.as_tensor(x).float()
+        sim, idx = self.index.search(torch.nn.functional.normalize(x, dim=1),
+                                     k or self.k)
+        return sim.cpu().numpy(), idx.cpu().numpy()
 
     def predict(self, x: torch.Tensor, neighbours=None):
         """Answer for features ``x``; ``neighbours`` from :meth:`neighbours` (with at least
@@ -49,7 +61,7 @@ class KNNRetrieval:
 
     def _vote(self, sim, idx):
         """The voted path and the training row whose location answers, for a chunk."""
-        w = np.exp((sim - sim[:, :1]) / self.temperature)
+        w = vote_weights(sim, self.temperature)
         alive = np.ones(idx.shape, bool)
         paths = np.full((len(idx), self.ids.shape[1]), -1, np.int64)
         for j in range(self.ids.shape[1]):

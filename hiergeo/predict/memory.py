@@ -24,10 +24,10 @@ and the fit where the memory does not help) is the model alone.
 This is nearest-neighbour retrieval (OSV-5M's retrieval baseline; see
 :class:`hiergeo.baselines.KNNRetrieval`) used inside the hierarchy, as kNN-LM mixes a
 language model with a datastore. Why it is on by default, and what it adds on the names
-benchmark: results/benchmarks/README.md#defaults-and-why. Memory: the features are kept in
-float16, ``N x d x 2`` bytes (OSV-5M's 4.9M training images of 1024-d: 10 GB); a search
-costs ``N x d`` multiply-adds per query, tiled so that its working memory is bounded
-(:func:`chunked_topk_cosine`).
+benchmark: results/benchmarks/README.md#defaults-and-why. The search is an index
+(:mod:`hiergeo.predict.memory_index`): exact (float16 rows, ``N x d x 2`` bytes, ``N x d``
+multiply-adds per query) for small memories, FAISS's IVF-PQ (``m + 8`` bytes a row) above
+``eval.memory_exact_max_gb``.
 """
 
 from __future__ import annotations
@@ -35,38 +35,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gazetteer.keys import LEVELS
 
+from .memory_index import ExactIndex, build_index, chunked_topk_cosine, unit_rows
+
+__all__ = ["Memory", "Neighbours", "chunked_topk_cosine", "memory_conditional",
+           "mix_log_prob", "vote_weights"]
+
 NLEV = len(LEVELS)
-
-
-def chunked_topk_cosine(q: torch.Tensor, ref: torch.Tensor, k: int, chunk: int = 2048,
-                        tile: int = 262_144) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` dot products of each row of ``q [n, d]`` with ``ref [m, d]`` (pass unit rows
-    for cosine similarity: :class:`~hiergeo.baselines.KNNRetrieval` and :class:`Memory`
-    normalise them once): ``chunk``
-    queries against ``tile`` references at a time, merging a running top-k, so memory is
-    ``chunk x tile`` floats (2 GiB at the defaults) whatever ``m``. Returns
-    ``(values, indices) [n, k]``. References in another dtype (the memory's float16) are
-    converted a tile at a time: that copy adds ``tile x d`` floats (1 GiB at d = 1024)."""
-    k = min(k, len(ref))
-    vals, idx = [], []
-    for s in range(0, len(q), chunk):
-        qc = q[s:s + chunk].float()
-        best_v = torch.full((len(qc), k), -torch.inf, device=q.device)
-        best_i = torch.zeros((len(qc), k), dtype=torch.long, device=q.device)
-        for t in range(0, len(ref), tile):
-            sim = qc @ ref[t:t + tile].to(qc.dtype).T
-            top = sim.topk(min(k, sim.shape[1]), dim=1)
-            v = torch.cat([best_v, top.values], 1)
-            i = torch.cat([best_i, top.indices + t], 1)
-            keep = v.topk(k, dim=1)
-            best_v, best_i = keep.values, i.gather(1, keep.indices)
-        vals.append(best_v)
-        idx.append(best_i)
-    return torch.cat(vals), torch.cat(idx)
 
 
 @dataclass
@@ -85,67 +64,90 @@ class Neighbours:
 
 
 class Memory:
-    """Training samples' encoder features ``[N, d]`` and entity ids ``[N, 4]``.
+    """Training samples' encoder features ``[N, d]``, searched by an index
+    (:mod:`hiergeo.predict.memory_index`), and their entity ids ``[N, 4]``.
 
     Args:
         features: one row per training sample, in the encoder's feature space (what
-            ``GeoModel.encoder`` returns).
+            ``GeoModel.encoder`` returns): a tensor or a feature store's lazy view, read a
+            block at a time.
         ids: their entity ids per level (-1: none).
         k: neighbours per query.
         temperature: of the neighbour weights (cosine similarity units).
-        device: where the features are kept and searched.
-        chunk: rows normalised at a time while building.
+        device: where an exact index keeps and searches its rows.
+        index: ``auto`` (exact while the float16 rows fit ``exact_max_gb``, IVF-PQ above),
+            ``exact`` or ``ivfpq`` (:func:`~hiergeo.predict.memory_index.build_index`).
+        exact_max_gb, nprobe, refine: see :func:`~hiergeo.predict.memory_index.build_index`
+            and :class:`~hiergeo.predict.memory_index.FaissIndex`.
     """
 
-    def __init__(self, features: torch.Tensor, ids: torch.Tensor, k: int = 20,
-                 temperature: float = 0.05, device="cpu", chunk: int = 65_536,
-                 unit: bool = False):
-        if features.ndim != 2 or ids.shape != (len(features), NLEV):
+    def __init__(self, features, ids: torch.Tensor, k: int = 20, temperature: float = 0.05,
+                 device="cpu", *, index: str = "auto", exact_max_gb: float = 1.0,
+                 nprobe: int = 32, refine: int = 4, built=None):
+        if built is None and (len(features.shape) != 2 or ids.shape != (len(features), NLEV)):
             raise ValueError(f"need features [N, d] and ids [N, {NLEV}], got "
                              f"{tuple(features.shape)} and {tuple(ids.shape)}")
-        if len(features) == 0:
+        if len(ids) == 0:
             raise ValueError("the memory has no samples")
         if k < 1 or not temperature > 0:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
         self.k, self.temperature = int(k), float(temperature)
         self.device = torch.device(device)
         self.ids = ids.to(self.device, torch.long)
-        if unit:  # already as the memory keeps them (see from_unit)
-            if features.dtype != torch.float16:
-                raise ValueError(f"need float16 unit rows, got {features.dtype}")
-            self.features = features.to(self.device)
-            return
-        # unit rows in float16, written a block at a time: the only full-size copy is this one
-        self.features = torch.empty(features.shape, dtype=torch.float16, device=self.device)
-        for s in range(0, len(features), chunk):
-            self.features[s:s + chunk] = self.unit_rows(features[s:s + chunk]).to(self.device)
+        #: seconds the index took to build (set by :func:`hiergeo.evaluate.build_memory`)
+        self.build_seconds: float | None = None
+        self.index = built if built is not None else build_index(
+            features, index, self.device, exact_max_gb=exact_max_gb, nprobe=nprobe,
+            refine=refine)
+        if self.index.ntotal != len(self.ids):
+            raise ValueError(f"the memory's index holds {self.index.ntotal} rows and its ids "
+                             f"{len(self.ids)}")
 
-    @staticmethod
-    def unit_rows(block: torch.Tensor) -> torch.Tensor:
-        """Rows ``block [n, d]`` as the memory keeps them: unit length, float16."""
-        x = torch.nn.functional.normalize(block.float(), dim=1)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("the memory's features have NaN or infinite values")
-        return x.to(torch.float16)
+    @classmethod
+    def from_index(cls, index, ids: torch.Tensor, k: int = 20, temperature: float = 0.05,
+                   device="cpu") -> Memory:
+        """A memory around an index already built (as :mod:`hiergeo.export` reads it back)."""
+        return cls(None, ids, k, temperature, device, built=index)
 
     @classmethod
     def from_unit(cls, features: torch.Tensor, ids: torch.Tensor, k: int = 20,
                   temperature: float = 0.05, device="cpu") -> Memory:
-        """A memory from rows already normalised and in float16 (``self.features`` of
-        another memory, as :mod:`hiergeo.export` saves it), kept as they are: no second
-        full-size copy."""
-        return cls(features, ids, k, temperature, device, unit=True)
+        """A memory from rows already normalised and in float16 (an exact index's rows, as
+        :mod:`hiergeo.export` saves them), kept as they are: no second full-size copy."""
+        return cls.from_index(ExactIndex(features.to(device)), ids, k, temperature, device)
+
+    @staticmethod
+    def unit_rows(block: torch.Tensor) -> torch.Tensor:
+        """Rows ``block [n, d]`` as an exact memory keeps them: unit length, float16."""
+        return unit_rows(block).to(torch.float16)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The exact index's float16 unit rows (an IVF-PQ index keeps only codes)."""
+        if not isinstance(self.index, ExactIndex):
+            raise AttributeError(f"a {self.index.kind} memory keeps codes, not its rows")
+        return self.index.rows
 
     @torch.no_grad()
     def search(self, f: torch.Tensor) -> Neighbours:
         """The ``k`` most similar samples to encoder features ``f [B, d]``."""
-        if f.shape[-1] != self.features.shape[1]:
+        if f.shape[-1] != self.index.dim:
             raise ValueError(f"queries have dimension {f.shape[-1]}, the memory "
-                             f"{self.features.shape[1]}")
+                             f"{self.index.dim}")
         q = torch.nn.functional.normalize(f.float(), dim=1).to(self.device)
-        sim, idx = chunked_topk_cosine(q, self.features, self.k)
-        w = torch.exp((sim.double() - sim[:, :1].double()) / self.temperature)
-        return Neighbours(self.ids[idx.to(self.device)], w)
+        sim, idx = self.index.search(q, self.k)
+        sim, idx = sim.to(self.device), idx.to(self.device)
+        return Neighbours(self.ids[idx], vote_weights(sim, self.temperature))
+
+
+def vote_weights(sim, temperature: float):
+    """Each neighbour's vote ``exp((s_n - s_1) / temperature)`` (``s_1`` the best
+    similarity of its row; neighbours an approximate search could not fill, at -inf, weigh
+    0), float64: the memory's and :class:`~hiergeo.baselines.KNNRetrieval`'s one formula.
+    Takes and returns a tensor or an array."""
+    if isinstance(sim, torch.Tensor):
+        return torch.exp((sim.double() - sim[:, :1].double()) / temperature)
+    return np.exp((sim.astype(np.float64) - sim[:, :1]) / temperature)
 
 
 def memory_conditional(nb: Neighbours, query: torch.Tensor, child: torch.Tensor, level: int,

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from ..config import Config, ConfigError, from_dict
+from ..devices import peak_rss_bytes
 from ..evaluate import final_calibration, final_evaluation, validation_metrics
 from ..files import atomic_write_text
 from ..losses import LOSS_CLASSES, Objective
@@ -70,17 +71,24 @@ def _run(cfg: Config, d: Path, ckpt: dict | None, procs: Processes) -> dict:
     t_start = time.perf_counter()
     _refuse_early(cfg, procs)
     tr = _setup(cfg, d, ckpt, procs)
+    peaks = {"setup": peak_rss_bytes()}  # this process's peak RSS once each phase is done
     _train(tr)
+    peaks["training"] = peak_rss_bytes()
     tr.model.fold_learnt_tau_(cfg.loss.tau)  # prediction uses the learnt tau (loss.learn)
     result = {"steps": tr.total, "train_seconds": time.perf_counter() - t_start,
-              "world_size": procs.world, "run_dir": str(d)}
+              "world_size": procs.world, "run_dir": str(d), "peak_rss_bytes": peaks}
     if procs.world > 1:
         result["ddp_params_in_sync"] = procs.params_in_sync(tr.model)
     if procs.main:
         cal = final_calibration(tr.model, tr.hier, tr.data, cfg, d)
+        peaks["calibration"] = peak_rss_bytes()  # the memory's build included
+        if cal.memory is not None:
+            result["memory_index"] = {**cal.memory.index.describe(),
+                                      "build_seconds": cal.memory.build_seconds}
         if cfg.eval.calibrate:
             save_checkpoint(tr, tr.total)  # the stored model carries its calibration
         result.update(final_evaluation(tr.model, tr.hier, tr.data, cfg, tr.gz, d, cal))
+        peaks["evaluation"] = peak_rss_bytes()
         result["seconds"] = time.perf_counter() - t_start
         atomic_write_text(d / "metrics.json", json.dumps(result, indent=2, default=float) + "\n")
     procs.wait_for_main()

@@ -97,7 +97,9 @@ def run_dir_for(cfg: Config) -> Path:
 #: ``run.overwrite=true`` removes. Anything else in the folder (notes, a store) is kept.
 RUN_FILES = (checkpoint.NAME, "metrics.json", "log.csv", "config.yaml", "data_report.json",
              "calibration.json", "per_country.csv", "per_country.md", "predictions.parquet",
-             "error_map.png", "error_curve.png", "reliability.png")
+             "error_map.png", "error_curve.png", "reliability.png",
+             # the retrieval memory's ivfpq index (hiergeo.evaluate.MEMORY_INDEX_FILE, _META)
+             "memory.faiss", "memory_index.json")
 RUN_FOLDERS = ("tensorboard",)
 #: The lock file a running training holds (:func:`run_lock`).
 LOCK = ".lock"
