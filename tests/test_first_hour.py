@@ -77,6 +77,8 @@ def test_too_few_validation_samples_leave_probabilities_uncalibrated(tmp_path, c
 
 
 def test_a_demo_run_says_its_figures_are_synthetic(tmp_path, capsys):
+    import json
+
     from hiergeo.cli.train import main
 
     assert main(["--config", "smoke", f"run.out={tmp_path}", "run.id=r",
@@ -84,6 +86,10 @@ def test_a_demo_run_says_its_figures_are_synthetic(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.rstrip().endswith("(make photos: real photos)")
     assert "synthetic features" in out
+    assert main(["--config", "smoke", f"run.out={tmp_path}", "run.id=r2", "optim.max_steps=3",
+                 "--json"]) == 0
+    both = capsys.readouterr()
+    assert json.loads(both.out)["steps"] == 3 and "synthetic features" in both.err
 
 
 def test_no_probability_beside_an_empty_level_name():
@@ -132,3 +138,66 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused(tmp_path):
     assert back["p_country"].tolist() == [0.5, -0.25, 1.0, 0.0, 0.1]  # numbers untouched
     write_table(t, tmp_path / "p.parquet")
     assert pd.read_parquet(tmp_path / "p.parquet")["id"].tolist() == t["id"].tolist()
+
+
+def test_commands_end_with_human_lines_and_keep_json_behind_a_flag(smoke_run, tmp_path,
+                                                                    capsys):
+    """export, predict, evaluate: a few lines a person reads (what, figures, files, next);
+    --json prints the figures as JSON on stdout and moves the lines to stderr."""
+    import json
+
+    import gazetteer
+    from hiergeo.cli import evaluate, export, predict
+    from hiergeo.data.demo import demo_store
+    from hiergeo.train import load_config
+
+    run_dir, _ = smoke_run
+    model = tmp_path / "model"
+    assert export.main(["--run", str(run_dir), "--out", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Exported the model to {model}/") and "\n  sha256 " in out
+    assert out.rstrip().endswith("--out predictions.csv") and len(out.splitlines()) == 3
+    store = demo_store(gazetteer.load(), load_config("smoke", []).data.demo)
+    args = ["--model", str(model), str(store), "--no-progress"]
+    assert predict.main([*args, "--out", str(tmp_path / "p.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Geolocated ") and "photos/s" in lines[0], lines
+    assert lines[1].startswith("  against the ") and "GeoScore" in lines[1], lines
+    assert lines[-1].startswith(f"Wrote {tmp_path / 'p.csv'} ") and len(lines) == 3, lines
+    assert predict.main([*args, "--out", str(tmp_path / "q.csv"), "--json"]) == 0
+    both = capsys.readouterr()
+    report = json.loads(both.out)
+    assert report["outputs"] == [str(tmp_path / "q.csv")] and report["truth"]["n"] > 0
+    assert "Geolocated " in both.err
+    assert evaluate.main(["--run", str(run_dir), "--out", str(tmp_path / "ev")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"Evaluated {run_dir} on the run's validation split: "), lines
+    assert "GeoScore" in lines[1] and lines[2].startswith(f"Files in {tmp_path / 'ev'}/: ")
+
+
+def test_features_and_embedding_end_with_human_lines(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from hiergeo.cli.embedding import human_lines
+    from hiergeo.cli.features import main
+
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48), (20, 90, 40)).save(photo)
+    pd.DataFrame({"path": [str(photo), str(tmp_path / "gone.jpg")], "latitude": [48.85, 1.0],
+                  "longitude": [2.35, 1.0]}).to_csv(tmp_path / "t.csv", index=False)
+    args = ["--data", str(tmp_path / "t.csv"), "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Extracted ") and "features of 1 photos" in lines[0], lines
+    assert lines[1].startswith("  1 photos skipped (1: ") and "skipped.csv" in lines[1]
+    assert lines[2] == f"Next: python -m hiergeo.train --config default data.train={tmp_path / 's'}"
+    assert main([*args, "--out", str(tmp_path / "s2"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_read"] == 1
+    m = {"n_entities": 300, "dim": 16, "c": 1.0, "method": "construct", "seconds": 2.5,
+         "map": 1.0, "mean_distortion": 0.2, "worst_distortion": 4.0,
+         "sibling_geo_spearman": 0.5, "non_finite": 0}
+    shown = human_lines(m, tmp_path, plot=True)
+    assert shown[0].startswith("Embedded 300 entities") and "MAP 1.000" in shown[1]
+    assert shown[-1].startswith(f"Files in {tmp_path}/: metrics.json") and "disk.png" in shown[-1]

@@ -209,7 +209,7 @@ def test_cli_writes_csv_parquet_geojson_with_truth_and_skips(photo_run, photos, 
         table, index=False)
     outs = [tmp_path / "p.csv", tmp_path / "p.parquet", tmp_path / "p.geojson"]
     args = ["--model", str(model), str(photos / "heldout"), str(photos / "broken" / "cut.jpg"),
-            str(table), "--topk", "3", "--workers", "0", "--no-progress"]
+            str(table), "--topk", "3", "--workers", "0", "--no-progress", "--json"]
     for o in outs:
         args += ["--out", str(o)]
     assert main(args) == 0

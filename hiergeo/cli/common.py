@@ -1,11 +1,13 @@
 """What every command shares: logging to stderr in one format, the library's docs as help,
-the ``--beams`` option's parsing."""
+the ``--beams`` option's parsing, and how a command ends (a few human lines, or ``--json``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import sys
 
 from gazetteer.keys import LEVELS
 
@@ -14,6 +16,36 @@ from ..config import ConfigError
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def add_json_flag(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--json", action="store_true",
+                    help="print the figures as JSON on stdout instead of the human summary "
+                    "(which then goes to stderr)")
+
+
+def _plain(o):
+    """``json.dumps``'s ``default``: numpy numbers as numbers, anything else (paths) as text."""
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+def finish(lines: list[str], figures: dict, as_json: bool) -> None:
+    """How a command ends: ``lines`` (what it did, the headline figures, where the files are,
+    what to open next) on stdout; with ``--json`` the ``figures`` as JSON on stdout and the
+    lines on stderr, so a script reads stdout and a person still sees the summary."""
+    if as_json:
+        print(json.dumps(figures, indent=2, default=_plain, ensure_ascii=False))
+        print("\n".join(lines), file=sys.stderr)
+    else:
+        print("\n".join(lines))
+
+
+def pct(v) -> str:
+    """0.6213 -> '62.1%'; NaN or None -> 'n/a'."""
+    return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
 
 
 def library_doc(module: str) -> str:

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .common import setup_logging
+from .common import add_json_flag, finish, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +21,26 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gazetteer", type=Path, default=None, help="artefact (default: world)")
     ap.add_argument("--out", type=Path, default=Path("results/embedding"))
     ap.add_argument("--no-plot", action="store_true")
+    add_json_flag(ap)
     return ap
+
+
+def human_lines(m: dict, out: Path, plot: bool) -> list[str]:
+    """What was embedded, how well the ball keeps the tree, where the files are."""
+    lines = [f"Embedded {m.get('n_entities', 0):,} entities of the gazetteer's tree in a "
+             f"{m.get('dim')}-d Poincaré ball (c={m.get('c', 1.0):g}, {m.get('method')}) in "
+             f"{m.get('seconds', 0):.1f} s."]
+    if m.get("non_finite"):
+        lines.append(f"  {m['non_finite']} coordinates are not finite: the other figures were "
+                     "skipped")
+    else:
+        lines.append(f"  MAP {m['map']:.3f}, mean distortion {m['mean_distortion']:.3f} (worst "
+                     f"{m['worst_distortion']:.3g}), siblings' geography (Spearman) "
+                     f"{m['sibling_geo_spearman']:.3f}")
+    pic = ", disk.png (open it: countries and regions on the disk)" if plot else ""
+    lines.append(f"Files in {out}/: metrics.json (every figure), points.safetensors, "
+                 f"embedding.json{pic}.")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -34,5 +52,6 @@ def main(argv=None) -> int:
             not args.no_plot)
     keys = ("map", "mean_distortion", "worst_distortion", "sibling_geo_spearman", "non_finite",
             "embed_seconds", "seconds")
-    print(json.dumps({k: m[k] for k in keys if k in m}, indent=2))
+    finish(human_lines(m, args.out, not args.no_plot), {k: m[k] for k in keys if k in m},
+           args.json)
     return 0

@@ -4,10 +4,9 @@ per-country reports (:func:`hiergeo.evaluate.evaluate_run`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from .common import library_doc, parse_beams, setup_logging
+from .common import add_json_flag, finish, library_doc, parse_beams, pct, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-memory", action="store_true",
                     help="descent with the model alone, without the run's retrieval memory "
                     "(flat search never uses it)")
+    add_json_flag(ap)
     return ap
+
+
+def human_lines(res: dict, args) -> list[str]:
+    """What was evaluated, OSV-5M's headline figures, where the files are."""
+    data = args.data or "the run's validation split"
+    how = args.method + (" without the memory" if args.no_memory else "")
+    lines = [f"Evaluated {args.run} on {data}: {res.get('n', 0):,} photos, {how}, "
+             f"{res.get('queries_per_s', 0):,.0f} photos/s."]
+    lines.append(f"  country {pct(res.get('acc_country'))}, region {pct(res.get('acc_region'))}, "
+                 f"subregion {pct(res.get('acc_subregion'))}, city {pct(res.get('acc_city'))}; "
+                 f"median {res.get('median_km', float('nan')):,.0f} km, GeoScore "
+                 f"{res.get('geoscore', float('nan')):,.0f}")
+    out = args.out or args.run
+    lines.append(f"Files in {out}/: per_country.md (by country: open it first), metrics.json "
+                 "(every figure, under \"eval\"), predictions.parquet and, with eval.maps, "
+                 "error_map.png (results/README.md explains each).")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -44,7 +61,7 @@ def main(argv=None) -> int:
     except (DataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if res is not None:
-        print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2,
-                         default=float))
+    if res is not None:  # None: a torchrun process other than the first
+        finish(human_lines(res, args), {k: v for k, v in res.items() if not isinstance(v, dict)},
+               args.json)
     return 0

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from ..model.backbones import EMBEDDED
-from .common import count_int, positive_int, setup_logging
+from .common import add_json_flag, count_int, finish, positive_int, setup_logging
 
 log = logging.getLogger("hiergeo.features")
 
@@ -45,7 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
                     help="where JPEGs are decoded: DataLoader workers (cpu), nvJPEG on the "
                          "GPU (gpu), or auto (hiergeo.features.AUTO_DECODE on a GPU)")
+    add_json_flag(ap)
     return ap
+
+
+def _ranges(ks: list[int]) -> str:
+    return ", ".join(str(k) for k in ks[:8]) + (f" ... ({len(ks)} in all)" if len(ks) > 8 else "")
+
+
+def human_lines(report: dict, out: Path, backbone: str) -> list[str]:
+    """What was extracted, what was skipped and why, where the store is, what next."""
+    if not report.get("finalized"):
+        return [f"Wrote shards {_ranges(report['shards_written']) or 'none'} of the store "
+                f"{out}; shards {_ranges(report['shards_remaining'])} are other processes' "
+                "(the last to finish writes the index; the same command run again resumes)."]
+    lines = [f"Extracted {backbone} features of {report['images_read']:,} photos into {out}/ "
+             f"({report['shards']} shard(s))."]
+    if report["skipped"]:
+        top = list(report["skipped_by_reason"].items())[:2]
+        why = "; ".join(f"{n}: {r if len(r) <= 60 else r[:57] + '...'}" for r, n in top)
+        lines.append(f"  {report['skipped']:,} photos skipped ({why}): {out}/skipped.csv "
+                     "lists each with its reason")
+    lines.append(f"Next: python -m hiergeo.train --config default data.train={out}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -95,5 +116,5 @@ def main(argv=None) -> int:
               f"position, or unreadable): {args.out}/skipped.csv lists each with its reason",
               file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=2, ensure_ascii=False))
+    finish(human_lines(report, args.out, args.backbone), report, args.json)
     return 0

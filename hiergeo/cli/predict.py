@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 from pathlib import Path
 
 from ..geolocate import PART_SIZE
-from .common import count_int, library_doc, parse_beams, positive_int, setup_logging
+from .common import (
+    add_json_flag,
+    count_int,
+    finish,
+    library_doc,
+    parse_beams,
+    pct,
+    positive_int,
+    setup_logging,
+)
 
 log = logging.getLogger("hiergeo.predict")
 
@@ -56,7 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--part-size", type=positive_int, default=PART_SIZE,
                     help="photos predicted and saved at a time: a crash loses at most one "
                     "part, and the same command run again resumes")
+    add_json_flag(ap)
     return ap
+
+
+def human_lines(report: dict, outs: list[Path], map_path: str | None) -> list[str]:
+    """How many photos were placed, how well where a truth is known, where the files are."""
+    lines = [f"Geolocated {report['photos']:,} photos in {report['seconds']:,.1f} s "
+             f"({report['images_per_s']:,.1f} photos/s"
+             + (f", {report['resumed']:,} from saved parts" if report.get("resumed") else "")
+             + ")."]
+    from ..reports.answers import sidecar_paths
+
+    side = {k: str(v) for k, v in sidecar_paths(outs[0]).items()}
+    if report["skipped"]:
+        lines.append(f"  {report['skipped']:,} could not be read: {side['skipped']} gives each "
+                     "reason")
+    t = report.get("truth")
+    if t:
+        lines.append(f"  against the {t['n']:,} known positions: country "
+                     f"{pct(t.get('acc_country'))}, region {pct(t.get('acc_region'))}, city "
+                     f"{pct(t.get('acc_city'))}; median {t['median_km']:,.0f} km, GeoScore "
+                     f"{t['geoscore']:,.0f} (by country: {side['per_country_md']})")
+    lines.append("Wrote " + ", ".join(str(o) for o in outs)
+                 + " (results/README.md explains every column)."
+                 + (f" Open {map_path} in a browser (it works offline)." if map_path else ""))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -144,5 +177,5 @@ def main(argv=None) -> int:
               "outputs": [str(o) for o in outs], **g.timings.report()}
     if "summary" in table.attrs:
         report["truth"] = table.attrs["summary"]
-    print(json.dumps(report, indent=2, default=float))
+    finish(human_lines(report, outs, args.map), report, args.json)
     return 0
