@@ -201,3 +201,57 @@ def test_features_and_embedding_end_with_human_lines(tmp_path, capsys):
     shown = human_lines(m, tmp_path, plot=True)
     assert shown[0].startswith("Embedded 300 entities") and "MAP 1.000" in shown[1]
     assert shown[-1].startswith(f"Files in {tmp_path}/: metrics.json") and "disk.png" in shown[-1]
+
+
+def test_photos_in_folders_are_named_by_their_stems_kept_distinct(tmp_path):
+    from hiergeo.data.photos import collect_photos
+
+    for name in ["a/IMG_1.jpg", "a/sub/IMG_1.jpg", "a/x.jpg", "a/x.png", "a/q.jpg",
+                 "b/z.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "t.csv").write_text("id,path\nq,elsewhere.jpg\n")
+    got = collect_photos([tmp_path / "a", tmp_path / "b" / "z.jpg", tmp_path / "t.csv"],
+                         gps=False)
+    ids = dict(zip(got["path"], got["id"], strict=True))
+    assert ids[str(tmp_path / "a" / "IMG_1.jpg")] == "IMG_1"      # shared stem: the shorter
+    assert ids[str(tmp_path / "a" / "sub" / "IMG_1.jpg")] == "sub/IMG_1"  # keeps it below
+    assert ids[str(tmp_path / "a" / "x.jpg")] == "x.jpg"          # its folder, then suffixes
+    assert ids[str(tmp_path / "a" / "x.png")] == "x.png"
+    assert ids[str(tmp_path / "a" / "q.jpg")] == "q.jpg"          # a table's id is not taken
+    assert ids[str(tmp_path / "b" / "z.jpg")] == "z"              # a file named on its own
+    assert ids[str(tmp_path / "elsewhere.jpg")] == "q" and got["id"].is_unique
+    twice = collect_photos([tmp_path / "a" / "x.jpg", tmp_path / "b"], gps=False)
+    assert twice["id"].tolist() == ["x", "z"]
+
+
+def test_outputs_round_figures_and_drop_negligible_paths(tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from hiergeo.predict.descent import Prediction
+    from hiergeo.reports.answers import prediction_table, write_table
+
+    entities = pd.DataFrame({"name": ["", "Bolivia", "Peru", "Chile"],
+                             "key": ["root", "BO", "PE", "CL"]})
+    pred = Prediction(paths=np.array([[[1, -1, -1, -1], [2, -1, -1, -1], [3, -1, -1, -1]]]),
+                      score=np.zeros((1, 3)),
+                      level_prob=np.array([[[0.123456789, 1, 1, 1], [3.21e-5, 1, 1, 1],
+                                            [4e-7, 1, 1, 1]]]),
+                      lat=np.array([-16.123456789]), lon=np.array([-68.987654321]),
+                      confident_level=np.array([-1]), comparisons=np.array([3]))
+    t = prediction_table(pred, entities, ["a"])
+    assert t.loc[0, "path_2"] == "Peru" and t.loc[0, "p_2"] == 3.21e-5
+    assert t.loc[0, "path_3"] is None and np.isnan(t.loc[0, "p_3"])  # below 1e-6: left out
+    for suffix in ("csv", "geojson", "parquet"):
+        write_table(t, tmp_path / f"p.{suffix}")
+    csv = (tmp_path / "p.csv").read_text()
+    assert ",0.1235," in csv and "3.21e-05" in csv and "-16.123457" in csv
+    assert "0.123456789" not in csv and "-68.98765432" not in csv
+    props = json.loads((tmp_path / "p.geojson").read_text())["features"][0]
+    assert props["geometry"]["coordinates"] == [-68.987654, -16.123457]
+    assert props["properties"]["p_1"] == 0.1235
+    par = pd.read_parquet(tmp_path / "p.parquet")
+    assert par.loc[0, "p_1"] == 0.123456789 and par.loc[0, "pred_latitude"] == -16.123456789

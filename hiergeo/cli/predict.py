@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..geolocate import PART_SIZE
+from ..reports.answers import COORD_DECIMALS, P_DIGITS, PATH_FLOOR
 from .common import (
     add_json_flag,
     count_int,
@@ -32,9 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("photos", nargs="+", help="photos, folders, photo tables or feature stores")
     ap.add_argument("--out", action="append", default=None,
                     help="output file, .csv/.parquet/.geojson; repeat for several "
-                    "(default predictions.csv)")
-    ap.add_argument("--topk", type=positive_int, default=None, help="paths per photo (default: the "
-                    "model's, 5)")
+                    f"(default predictions.csv). CSV and GeoJSON round probabilities to "
+                    f"{P_DIGITS} significant digits and coordinates to {COORD_DECIMALS} "
+                    "decimals; Parquet keeps every digit")
+    ap.add_argument("--topk", type=positive_int, default=None,
+                    help="paths per photo (default: the model's, 5); paths after the first "
+                    f"less probable than {PATH_FLOOR:g} are left out".replace("e-0", "e-"))
     ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5 for the five most "
                     "probable whole paths (default: the model's; the last level's width "
                     "bounds how many paths come back)")

@@ -124,17 +124,48 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _file_rows(paths: list[str]) -> pd.DataFrame:
-    """Rows for files named on their own or found in folders: the id is the path; a name
-    that is not valid UTF-8 keeps a printable id and an empty path, and is skipped with its
-    reason."""
+def _file_rows(paths: list[str], folder: str | None = None) -> pd.DataFrame:
+    """Rows for files named on their own or found in ``folder``: the id is the path for now
+    (:func:`_short_ids` shortens it), ``_rel`` the name below the folder; a name that is not
+    valid UTF-8 keeps a printable id and an empty path, and is skipped with its reason."""
     reasons = [_utf8(q) for q in paths]  # columns, not a dict per file (millions of files)
     return pd.DataFrame({
         "id": [_printable(q) for q in paths],
         "path": ["" if why else q for q, why in zip(paths, reasons, strict=True)],
         "reason": reasons,
+        "_rel": [_printable(os.path.relpath(q, folder) if folder else os.path.basename(q))
+                 for q in paths],
         "_real": [os.fsencode(os.path.realpath(q)) for q in paths]},  # bytes: any name
-        columns=["id", "path", "reason", "_real"])
+        columns=["id", "path", "reason", "_rel", "_real"])
+
+
+def _short_ids(out: pd.DataFrame) -> pd.DataFrame:
+    """Ids a person reads for files found in folders or named on their own: the file's stem
+    (``IMG_0001``); where two photos share it, the path below its folder without the suffix
+    (``2023/IMG_0001``), then with it (``IMG_0001.png``); the whole path where even that is
+    shared (the same name under two folders given). Never an id a table row has. A file
+    whose name is not UTF-8 keeps its whole printable path: it has no ``path`` to tell it
+    by. The ``path`` column keeps every file's full path."""
+    rel = out.pop("_rel")
+    left = rel.notna() & out["reason"].isna()
+    if not left.any():
+        return out
+    ids = out["id"].copy()
+    taken = set(ids[~left])
+    levels = (lambda r: os.path.splitext(os.path.basename(r))[0],
+              lambda r: os.path.splitext(r)[0].replace(os.sep, "/"),
+              lambda r: r.replace(os.sep, "/"))
+    for short in levels:
+        cand = rel[left].map(short)
+        ok = ~cand.duplicated(keep=False) & ~cand.isin(taken) & (cand != "")
+        chosen = ok[ok].index
+        ids.loc[chosen] = cand[ok].to_numpy()
+        taken.update(cand[ok])
+        left.loc[chosen] = False
+        if not left.any():
+            break
+    out["id"] = ids
+    return out
 
 
 def collect_photos(items, gps: bool = True) -> pd.DataFrame:
@@ -148,10 +179,14 @@ def collect_photos(items, gps: bool = True) -> pd.DataFrame:
 
     A file found in a folder or named on its own is predicted once, and not at all when a
     table names it (the table's row, with its id and truth, is kept); every table row is
-    kept. Two rows with one id are an error (ids name the output's rows)."""
+    kept. Two rows with one id are an error (ids name the output's rows). A file's id is
+    its stem, made longer only where two photos share one (:func:`_short_ids`); a table row's
+    is its ``id`` column's, else its path."""
     from gazetteer import InputError
 
     out = _dedupe(_listed(items))
+    if "_rel" in out.columns:
+        out = _short_ids(out)
     clash = out["id"].duplicated(keep=False)
     if clash.any():
         raise InputError(f"{int(clash.sum())} rows share ids (e.g. id "
@@ -189,7 +224,7 @@ def _listed(items) -> pd.DataFrame:
             files = _image_files(p)
             if not files:
                 log.warning("%s: no image files (suffixes %s)", p, sorted(IMAGE_SUFFIXES))
-            chunks.append(_file_rows(files).assign(image=None))
+            chunks.append(_file_rows(files, os.fsdecode(item)).assign(image=None))
         elif p.suffix.lower() in TABLE_SUFFIXES:
             chunks.append(_read_table(p).assign(image=None, _table=True))
         else:
