@@ -255,3 +255,29 @@ def test_outputs_round_figures_and_drop_negligible_paths(tmp_path):
     assert props["properties"]["p_1"] == 0.1235
     par = pd.read_parquet(tmp_path / "p.parquet")
     assert par.loc[0, "p_1"] == 0.123456789 and par.loc[0, "pred_latitude"] == -16.123456789
+
+
+def test_predict_reads_osv5m_labels_csv_as_features_does(tmp_path, capsys):
+    """OSV-5M's labels.csv (an id column, no path) names {id}.jpg in --image-dir, as
+    hiergeo.features reads it (hiergeo.data.records.osv5m_paths); default the table's
+    folder."""
+    from hiergeo.cli.predict import main
+    from hiergeo.data.photos import collect_photos
+    from hiergeo.data.records import read_records
+
+    (tmp_path / "images").mkdir()
+    for i in ("101", "102"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{i}.jpg")
+    labels = tmp_path / "test.csv"
+    labels.write_text("id,latitude,longitude,country,region,sub-region,city\n"
+                      "101,48.85,2.35,FR,Ile-de-France,Paris,Paris\n"
+                      "102,-16.5,-68.15,BO,La Paz,Murillo,La Paz\n")
+    got = collect_photos([labels], gps=False, image_dir=tmp_path / "images")
+    want = read_records(labels, tmp_path / "images", "osv5m")
+    assert got["id"].tolist() == ["101", "102"] and got["path"].tolist() == want["path"].tolist()
+    assert got["latitude"].tolist() == [48.85, -16.5] and got["country"].tolist() == ["FR", "BO"]
+    beside = collect_photos([labels], gps=False)
+    assert beside["path"].tolist() == [str(tmp_path / "101.jpg"), str(tmp_path / "102.jpg")]
+    assert main(["--model", str(tmp_path / "no-model"), str(labels), "--image-dir",
+                 str(tmp_path / "imgs")]) == 2  # checked before the model
+    assert capsys.readouterr().err == f"error: {tmp_path / 'imgs'}: no such file or folder\n"

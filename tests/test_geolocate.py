@@ -750,3 +750,21 @@ def test_file_names_that_are_not_utf8_are_skipped_not_fatal(photo_run, photos, t
     skipped = pd.read_csv(tmp_path / "p.skipped.csv")
     assert len(skipped) == 1 and skipped["reason"].str.contains("not valid UTF-8").all()  # once
     assert skipped["id"].str.endswith("caf\\xe9.jpg").all()  # the name's bytes, readable
+
+
+def test_cli_predicts_an_osv5m_labels_table(photo_run, photos, tmp_path, capsys):
+    """hiergeo.predict reads OSV-5M's layout (id column, {id}.jpg in --image-dir) and scores
+    against its coordinates."""
+    _, _, model = photo_run
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"id": ["0", "1"], "latitude": [1.0, 2.0], "longitude": [3.0, 4.0]}).to_csv(
+        labels, index=False)
+    out = tmp_path / "p.csv"
+    assert main(["--model", str(model), str(labels), "--image-dir", str(photos / "heldout"),
+                 "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    t = pd.read_csv(out, keep_default_na=False)
+    assert t["id"].astype(str).tolist() == ["0", "1"]
+    assert t["path"].tolist() == [str(photos / "heldout" / "0.jpg"),
+                                  str(photos / "heldout" / "1.jpg")]
+    assert t["true_latitude"].tolist() == [1.0, 2.0]  # the table's truth, not EXIF's
+    assert "against the 2 known positions" in capsys.readouterr().out

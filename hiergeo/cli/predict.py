@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", required=True,
                     help="model folder (python -m hiergeo.export) or run folder")
     ap.add_argument("photos", nargs="+", help="photos, folders, photo tables or feature stores")
+    ap.add_argument("--image-dir", help="the photos of tables in OSV-5M's layout (an id "
+                    "column, no path column: {id}.jpg, as hiergeo.features reads them; "
+                    "default: the table's folder)")
     ap.add_argument("--out", action="append", default=None,
                     help="output file, .csv/.parquet/.geojson; repeat for several "
                     f"(default predictions.csv). CSV and GeoJSON round probabilities to "
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
             print(f"error: {o}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}",
                   file=sys.stderr)
             return 2
-    missing = [p for p in args.photos if not Path(p).exists()]
+    missing = [p for p in [*args.photos, *([args.image_dir] if args.image_dir else [])]
+               if not Path(p).exists()]
     if missing:  # before the model loads
         print(f"error: {missing[0]}: no such file or folder"
               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), file=sys.stderr)
@@ -156,6 +160,8 @@ def main(argv=None) -> int:
             g.settings["beams"] = parse_beams(args.beams)
         kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
               "progress": not args.no_progress, "within": args.within}
+        if args.image_dir:
+            kw["image_dir"] = args.image_dir
         if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go
             table = g.predict(args.photos, **kw)
             write_outputs(table, outs)
