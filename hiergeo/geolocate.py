@@ -17,8 +17,7 @@ photos). ``--out`` may be given several times; its suffix picks the format: ``.c
 saved as it is done (``<out>.parts/``): after a crash or a kill the same command resumes
 (:func:`predict_to_files`).
 
-One row per photo (:func:`~hiergeo.reports.answers.prediction_table` lists the columns):
-the best path's names, keys
+One row per photo (``results/README.md`` explains every column): the best path's names, keys
 and calibrated probabilities per level, the deepest level the model is sure of, the predicted
 coordinates, and the top-k paths. A photo's truth is its table's ``latitude, longitude`` or
 its EXIF GPS; where there is one, the row also has the error in km and the hits per level

@@ -281,3 +281,29 @@ def test_predict_reads_osv5m_labels_csv_as_features_does(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "no-model"), str(labels), "--image-dir",
                  str(tmp_path / "imgs")]) == 2  # checked before the model
     assert capsys.readouterr().err == f"error: {tmp_path / 'imgs'}: no such file or folder\n"
+
+
+def test_help_is_plain_text_with_defaults():
+    """--help shows the library's docstring without Sphinx markup, and every option that
+    has a default says it."""
+    import importlib
+    import re
+
+    from hiergeo.cli import COMMANDS
+
+    for name in COMMANDS:
+        ap = importlib.import_module(f"hiergeo.cli.{name}").build_parser()
+        text = ap.format_help()
+        assert "``" not in text and not re.search(r":[a-z]+:`", text), name
+        assert not re.search(r"^\s*::\s*$", text, re.M), name
+        for a in ap._actions:
+            if a.option_strings and a.default not in (None, False, "==SUPPRESS=="):
+                assert a.help and "default" in ap._get_formatter()._get_help_string(a), (
+                    name, a.option_strings)
+    text = importlib.import_module("hiergeo.cli.evaluate").build_parser().format_help()
+    assert "(default: descent)" in text and "(default: auto)" in text
+    text = " ".join(importlib.import_module("hiergeo.cli.predict").build_parser()
+                    .format_help().split())
+    assert "photos through the backbone at a time (default: 64)" in text
+    assert "Geolocate photos with a trained model: Geolocator and python -m hiergeo.predict." \
+        in text

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 
 from gazetteer.keys import LEVELS
@@ -48,10 +49,33 @@ def pct(v) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
 
 
+def plain_text(doc: str) -> str:
+    """A docstring as a terminal shows it: Sphinx roles (:func:`~a.b.f` -> f), double
+    backquotes (``x`` -> x) and literal-block markers (``::``) removed."""
+    doc = re.sub(r":[a-z]+:`(~?)([^`]*)`",
+                 lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), doc)
+    doc = re.sub(r"``(.+?)``", r"\1", doc, flags=re.S)
+    doc = re.sub(r"\n[ \t]*::[ \t]*\n\n?", "\n", doc)      # a line holding only ::
+    return re.sub(r"::[ \t]*$", ":", doc, flags=re.M)        # "Python::" -> "Python:"
+
+
 def library_doc(module: str) -> str:
-    """The docstring of ``hiergeo.<module>``: a command's ``--help`` shows its library's
-    description, written once."""
-    return importlib.import_module(f"hiergeo.{module}").__doc__ or ""
+    """The docstring of ``hiergeo.<module>``, as plain text: a command's ``--help`` shows its
+    library's description, written once."""
+    return plain_text(importlib.import_module(f"hiergeo.{module}").__doc__ or "")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default after its help, unless there
+    is none to show (None, a flag's False) or the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if (action.option_strings and d is not None and d is not False
+                and d is not argparse.SUPPRESS and "default" not in text):
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
 
 
 def parse_beams(text: str) -> list[int]:

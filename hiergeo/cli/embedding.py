@@ -6,21 +6,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_json_flag, finish, setup_logging
+from .common import HelpFormatter, add_json_flag, finish, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m hiergeo.embedding",
+        formatter_class=HelpFormatter, prog="python -m hiergeo.embedding",
         description="Embed the gazetteer's tree and measure the embedding.")
-    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=16, help="dimensions of the ball")
     ap.add_argument("--c", type=float, default=1.0, help="curvature (positive)")
-    ap.add_argument("--method", choices=["construct", "optimize"], default="construct")
+    ap.add_argument("--method", choices=["construct", "optimize"], default="construct",
+                    help="construct: combinatorial; optimize: Nickel & Kiela 2017 with "
+                    "Riemannian Adam (the baseline)")
     ap.add_argument("--epochs", type=int, default=None, help="optimize: training epochs")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed")
     ap.add_argument("--gazetteer", type=Path, default=None, help="artefact (default: world)")
-    ap.add_argument("--out", type=Path, default=Path("results/embedding"))
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("results/embedding"),
+                    help="output folder")
+    ap.add_argument("--no-plot", action="store_true", help="skip disk.png")
     add_json_flag(ap)
     return ap
 

@@ -6,22 +6,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_flag, finish, library_doc, parse_beams, pct, setup_logging
+from .common import (
+    HelpFormatter,
+    add_json_flag,
+    finish,
+    library_doc,
+    parse_beams,
+    pct,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.evaluate",
                                  description=library_doc("evaluate"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--run", "--run-dir", dest="run", required=True,
                     help="run folder (results/<run_id>); under torchrun spell it --run-dir "
                     "(torchrun reads --run as its own --run-path)")
     ap.add_argument("--data", help="feature store to evaluate (default: the run's val split)")
-    ap.add_argument("--method", default="descent", choices=["descent", "flat"])
-    ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5")
-    ap.add_argument("--coords", choices=["city", "weighted"])
+    ap.add_argument("--method", default="descent", choices=["descent", "flat"],
+                    help="descent: level by level down the tree (the model's way); flat: every "
+                    "city scored at once, for comparison")
+    ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5 (default: the run's "
+                    "eval.beams)")
+    ap.add_argument("--coords", choices=["city", "weighted"],
+                    help="the predicted point: the best path's city, or the top-k paths' "
+                    "points weighted by probability (default: the run's eval.coords)")
     ap.add_argument("--out", help="output folder (default: the run folder)")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     ap.add_argument("--no-memory", action="store_true",
                     help="descent with the model alone, without the run's retrieval memory "
                     "(flat search never uses it)")

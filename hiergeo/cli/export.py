@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_flag, finish, library_doc, setup_logging
+from .common import HelpFormatter, add_json_flag, finish, library_doc, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.export", description=library_doc("export"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--run", "--run-dir", dest="run", required=True,
                     help="run folder written by python -m hiergeo.train (results/<run_id>)")
     ap.add_argument("--out", required=True, help="model folder to write (models/<name>)")

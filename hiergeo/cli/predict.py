@@ -12,6 +12,7 @@ from pathlib import Path
 from ..geolocate import PART_SIZE
 from ..reports.answers import COORD_DECIMALS, P_DIGITS, PATH_FLOOR
 from .common import (
+    HelpFormatter,
     add_json_flag,
     count_int,
     finish,
@@ -27,7 +28,7 @@ log = logging.getLogger("hiergeo.predict")
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.predict",
                                  description=library_doc("geolocate"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True,
                     help="model folder (python -m hiergeo.export) or run folder")
     ap.add_argument("photos", nargs="+", help="photos, folders, photo tables or feature stores")
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(FR,DE), country names, OSV-5M region keys (Bavaria_DE), or a .geojson "
                     "polygon file")
     ap.add_argument("--map", help="also write this self-contained HTML map")
-    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--batch-size", type=positive_int, default=64,
+                    help="photos through the backbone at a time")
     ap.add_argument("--workers", type=count_int, default=None,
                     help="image decoding processes (default: up to 4 on a CPU, three "
                     "quarters of the CPUs on a GPU)")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-check", action="store_true",
                     help="skip checking the model folder's files against SHA256SUMS (it "
                     "reads every file once: about 7 s per 10 GB)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--part-size", type=positive_int, default=PART_SIZE,
                     help="photos predicted and saved at a time: a crash loses at most one "
                     "part, and the same command run again resumes")

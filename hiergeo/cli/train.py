@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_flag, finish, setup_logging
+from .common import HelpFormatter, add_json_flag, finish, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "  python -m hiergeo.train --config default data.train=STORE\n"
                  "  python -m hiergeo.train --config default --print-config\n"
                  "  python -m hiergeo.train --resume results/RUN")
-    ap.formatter_class = argparse.RawDescriptionHelpFormatter
+    ap.formatter_class = HelpFormatter
     return ap
 
 
