@@ -17,8 +17,7 @@ photos). ``--out`` may be given several times; its suffix picks the format: ``.c
 saved as it is done (``<out>.parts/``): after a crash or a kill the same command resumes
 (:func:`predict_to_files`).
 
-One row per photo (:func:`~hiergeo.reports.answers.prediction_table` lists the columns):
-the best path's names, keys
+One row per photo (``results/README.md`` explains every column): the best path's names, keys
 and calibrated probabilities per level, the deepest level the model is sure of, the predicted
 coordinates, and the top-k paths. A photo's truth is its table's ``latitude, longitude`` or
 its EXIF GPS; where there is one, the row also has the error in km and the hits per level
@@ -278,10 +277,12 @@ class Geolocator:
     @torch.no_grad()
     def predict(self, photos, *, topk: int | None = None, batch_size: int = 64,
                 workers: int | None = None, progress: bool | None = None,
-                score: bool = True, within=None) -> pd.DataFrame:
+                score: bool = True, within=None, image_dir=None) -> pd.DataFrame:
         """The answer table for ``photos``: files, folders, photo tables, PIL images, or
         feature stores (see the module docstring). ``within`` restricts the answers to a
-        region (:meth:`region`: ``"FR,DE"``, region keys, a polygon). Skipped photos are in
+        region (:meth:`region`: ``"FR,DE"``, region keys, a polygon). ``image_dir``: the
+        photos of tables in OSV-5M's layout (an ``id`` column, no ``path``: ``{id}.jpg``;
+        default the table's folder). Skipped photos are in
         ``table.attrs["skipped"]`` (id, path, reason); with ``score`` and any known
         position, the summary and per-country table are in ``table.attrs["summary"]`` and
         ``["per_country"]``. ``self.timings`` has the seconds per stage."""
@@ -297,7 +298,7 @@ class Geolocator:
             table, records, skipped = self._predict_stores(stores, topk, hier)
         else:
             t = time.perf_counter()
-            photos = collect_photos(items, gps=False)
+            photos = collect_photos(items, gps=False, image_dir=image_dir)
             tm.stages["listing"] = time.perf_counter() - t
             with _bar(len(photos), progress) as bar:
                 table, records, skipped = self.predict_part(photos, topk=topk,
@@ -563,7 +564,7 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
                      batch_size: int = 64, workers: int | None = None,
                      progress: bool | None = None, part_size: int = PART_SIZE,
                      score: bool = True, restart: bool = False, within=None,
-                     lock: bool = True) -> pd.DataFrame:
+                     lock: bool = True, image_dir=None) -> pd.DataFrame:
     """:meth:`Geolocator.predict` for many photos, written to ``outs`` (and the sidecars of
     :func:`write_outputs`), that a crash does not lose: the photos are predicted
     ``part_size`` at a time, each part saved to ``<outs[0]>.parts/`` as it is done (written
@@ -573,14 +574,15 @@ def predict_to_files(g: Geolocator, photos, outs: list[Path], *, topk: int | Non
     parts are joined, scored against the truth and written at the end, then removed.
     ``within``: answers restricted to a region (:meth:`Geolocator.region`). ``lock``: hold
     :func:`hiergeo.files.output_lock` while predicting (False: the caller holds it, as the
-    command does from before the model loads). Returns the table."""
+    command does from before the model loads). ``image_dir``: as in
+    :meth:`Geolocator.predict`. Returns the table."""
     outs = [Path(o) for o in outs]
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, not {part_size}")
     hier = g.region(within)  # bad codes fail before any photo is read
     tm = g.timings = Timings()
     t0 = time.perf_counter()
-    records = collect_photos(photos, gps=False)
+    records = collect_photos(photos, gps=False, image_dir=image_dir)
     tm.stages["listing"] = time.perf_counter() - t0
     if not len(records):
         raise ValueError(f"no photos in {', '.join(map(str, photos))}")

@@ -335,7 +335,7 @@ def stage_photos(ctx) -> dict:
 
     def timed(name, fn, argv):
         t = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # the commands' JSON summaries
+        with contextlib.redirect_stdout(io.StringIO()):  # the commands' summaries
             rc = fn(argv)
         times[name] = time.perf_counter() - t
         if rc not in (0, None):

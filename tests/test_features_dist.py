@@ -140,7 +140,7 @@ def as_rank(monkeypatch, capsys):
                      "LOCAL_WORLD_SIZE": 2}.items():
             monkeypatch.setenv(k, str(v))
         capsys.readouterr()
-        assert main(args) == 0
+        assert main([*args, "--json"]) == 0
         return json.loads(capsys.readouterr().out)
 
     yield run

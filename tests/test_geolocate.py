@@ -209,7 +209,7 @@ def test_cli_writes_csv_parquet_geojson_with_truth_and_skips(photo_run, photos, 
         table, index=False)
     outs = [tmp_path / "p.csv", tmp_path / "p.parquet", tmp_path / "p.geojson"]
     args = ["--model", str(model), str(photos / "heldout"), str(photos / "broken" / "cut.jpg"),
-            str(table), "--topk", "3", "--workers", "0", "--no-progress"]
+            str(table), "--topk", "3", "--workers", "0", "--no-progress", "--json"]
     for o in outs:
         args += ["--out", str(o)]
     assert main(args) == 0
@@ -224,8 +224,8 @@ def test_cli_writes_csv_parquet_geojson_with_truth_and_skips(photo_run, photos, 
     row = par[par["credit"] == "someone, CC BY-SA"].iloc[0]
     assert row["true_country_key"] == "BO" and row["true_latitude"] == -16.5
     f0 = gj["features"][0]
-    assert f0["geometry"]["coordinates"] == [par.loc[0, "pred_longitude"],
-                                             par.loc[0, "pred_latitude"]]
+    assert f0["geometry"]["coordinates"] == [round(par.loc[0, "pred_longitude"], 6),
+                                             round(par.loc[0, "pred_latitude"], 6)]
     skipped = pd.read_csv(tmp_path / "p.skipped.csv")
     assert skipped["path"].str.endswith("cut.jpg").all() and len(skipped) == 1
     assert "truncated" in skipped.loc[0, "reason"]
@@ -746,7 +746,25 @@ def test_file_names_that_are_not_utf8_are_skipped_not_fatal(photo_run, photos, t
     out = tmp_path / "p.csv"
     assert main(["--model", str(model), str(folder), os.fsdecode(odd), "--out", str(out),
                  "--workers", "0", "--no-progress"]) == 0
-    assert pd.read_csv(out)["id"].tolist() == [str(folder / "fine.jpg")]
+    assert pd.read_csv(out)["id"].tolist() == ["fine"]
     skipped = pd.read_csv(tmp_path / "p.skipped.csv")
     assert len(skipped) == 1 and skipped["reason"].str.contains("not valid UTF-8").all()  # once
     assert skipped["id"].str.endswith("caf\\xe9.jpg").all()  # the name's bytes, readable
+
+
+def test_cli_predicts_an_osv5m_labels_table(photo_run, photos, tmp_path, capsys):
+    """hiergeo.predict reads OSV-5M's layout (id column, {id}.jpg in --image-dir) and scores
+    against its coordinates."""
+    _, _, model = photo_run
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"id": ["0", "1"], "latitude": [1.0, 2.0], "longitude": [3.0, 4.0]}).to_csv(
+        labels, index=False)
+    out = tmp_path / "p.csv"
+    assert main(["--model", str(model), str(labels), "--image-dir", str(photos / "heldout"),
+                 "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    t = pd.read_csv(out, keep_default_na=False)
+    assert t["id"].astype(str).tolist() == ["0", "1"]
+    assert t["path"].tolist() == [str(photos / "heldout" / "0.jpg"),
+                                  str(photos / "heldout" / "1.jpg")]
+    assert t["true_latitude"].tolist() == [1.0, 2.0]  # the table's truth, not EXIF's
+    assert "against the 2 known positions" in capsys.readouterr().out

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from .common import library_doc, setup_logging
+from .common import HelpFormatter, add_json_flag, finish, library_doc, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.export", description=library_doc("export"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--run", "--run-dir", dest="run", required=True,
                     help="run folder written by python -m hiergeo.train (results/<run_id>)")
     ap.add_argument("--out", required=True, help="model folder to write (models/<name>)")
@@ -27,7 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--features-only", action="store_true",
                     help="no backbone: the model predicts from features, not photos")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    add_json_flag(ap)
     return ap
+
+
+def human_lines(fig: dict) -> list[str]:
+    """What was packed, its digest (to pin it), how to use it."""
+    mem, bb = fig["memory"], fig["backbone"]
+    what = [f"{fig['entities']:,} entities",
+            f"retrieval memory of {mem['n']:,} photos" if mem else "no retrieval memory",
+            "no backbone (predicts from features)" if bb is None else
+            f"backbone {bb['name']} ({'packed' if bb.get('included') else 'referenced'})"]
+    size = sum(fig["bytes"].values())
+    model = fig["model"]
+    return [f"Exported the model to {model}/ ({size / 2**20:,.1f} MiB, {len(fig['bytes'])} "
+            f"files): " + ", ".join(what) + ".",
+            f"  sha256 {fig['sha256']} (pin it: --model-sha256 in hiergeo.predict, "
+            "expect_sha256 in Geolocator.load)",
+            f"Next: python -m hiergeo.predict --model {model} "
+            f"{'FEATURE_STORE' if bb is None else 'PHOTOS...'} --out predictions.csv"]
 
 
 def main(argv=None) -> int:
@@ -45,8 +62,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
-    print(json.dumps({"model": str(out), "sha256": sums_digest(out),
-                      "entities": p.meta["entities"]["n"],
-                      "memory": p.meta["memory"], "backbone": p.meta["backbone"],
-                      "bytes": sizes}, indent=2, default=str))
+    fig = {"model": str(out), "sha256": sums_digest(out), "entities": p.meta["entities"]["n"],
+           "memory": p.meta["memory"], "backbone": p.meta["backbone"], "bytes": sizes}
+    finish(human_lines(fig), fig, args.json)
     return 0

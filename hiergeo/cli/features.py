@@ -4,26 +4,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from ..model.backbones import EMBEDDED
-from .common import count_int, positive_int, setup_logging
+from .common import HelpFormatter, add_json_flag, count_int, finish, positive_int, setup_logging
 
 log = logging.getLogger("hiergeo.features")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hiergeo.features",
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m hiergeo.features",
                                  description="Extract backbone features into a feature store.")
     ap.add_argument("--data", type=Path, required=True,
                     help="OSV-5M CSV, table with path/latitude/longitude, or folder (EXIF GPS)")
     ap.add_argument("--image-dir", type=Path, default=None, help="OSV-5M images (default: "
                     "the CSV's folder)")
-    ap.add_argument("--layout", choices=["auto", "osv5m", "table", "exif"], default="auto")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--layout", choices=["auto", "osv5m", "table", "exif"], default="auto",
+                    help="auto: a folder is exif, a table with a path column is table, one "
+                    "with an id column and no path is osv5m ({id}.jpg in --image-dir)")
+    ap.add_argument("--out", type=Path, required=True, help="the feature store's folder")
     ap.add_argument("--backbone", default=EMBEDDED,
                     help=f"timm model name, or {EMBEDDED} (offline ImageNet weights)")
     w = ap.add_mutually_exclusive_group()
@@ -31,21 +32,47 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-download", action="store_true",
                    help="fetch timm's pretrained weights from the hub")
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
-    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--batch-size", type=positive_int, default=64,
+                    help="photos through the backbone at a time")
     ap.add_argument("--workers", type=count_int, default=None,
                     help="DataLoader workers per process (default: on a GPU 3/4 of its CPU "
                          "share, on a CPU min(4, its share))")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads per process (default: torch's, or the process's "
                          "CPU share when several run on one node)")
-    ap.add_argument("--shard-size", type=positive_int, default=10_000)
-    ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16")
+    ap.add_argument("--shard-size", type=positive_int, default=10_000,
+                    help="photos per shard: the unit of resuming and of the work processes "
+                    "share under torchrun")
+    ap.add_argument("--dtype", choices=["float16", "float32", "bfloat16"], default="float16",
+                    help="the stored features' type (float16 halves the size)")
     ap.add_argument("--device", default="auto",
                     help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:1...")
     ap.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
                     help="where JPEGs are decoded: DataLoader workers (cpu), nvJPEG on the "
                          "GPU (gpu), or auto (hiergeo.features.AUTO_DECODE on a GPU)")
+    add_json_flag(ap)
     return ap
+
+
+def _ranges(ks: list[int]) -> str:
+    return ", ".join(str(k) for k in ks[:8]) + (f" ... ({len(ks)} in all)" if len(ks) > 8 else "")
+
+
+def human_lines(report: dict, out: Path, backbone: str) -> list[str]:
+    """What was extracted, what was skipped and why, where the store is, what next."""
+    if not report.get("finalized"):
+        return [f"Wrote shards {_ranges(report['shards_written']) or 'none'} of the store "
+                f"{out}; shards {_ranges(report['shards_remaining'])} are other processes' "
+                "(the last to finish writes the index; the same command run again resumes)."]
+    lines = [f"Extracted {backbone} features of {report['images_read']:,} photos into {out}/ "
+             f"({report['shards']} shard(s))."]
+    if report["skipped"]:
+        top = list(report["skipped_by_reason"].items())[:2]
+        why = "; ".join(f"{n}: {r if len(r) <= 60 else r[:57] + '...'}" for r, n in top)
+        lines.append(f"  {report['skipped']:,} photos skipped ({why}): {out}/skipped.csv "
+                     "lists each with its reason")
+    lines.append(f"Next: python -m hiergeo.train --config default data.train={out}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -95,5 +122,5 @@ def main(argv=None) -> int:
               f"position, or unreadable): {args.out}/skipped.csv lists each with its reason",
               file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=2, ensure_ascii=False))
+    finish(human_lines(report, args.out, args.backbone), report, args.json)
     return 0

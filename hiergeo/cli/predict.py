@@ -5,28 +5,44 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 from pathlib import Path
 
 from ..geolocate import PART_SIZE
-from .common import count_int, library_doc, parse_beams, positive_int, setup_logging
+from ..reports.answers import COORD_DECIMALS, P_DIGITS, PATH_FLOOR
+from .common import (
+    HelpFormatter,
+    add_json_flag,
+    count_int,
+    finish,
+    library_doc,
+    parse_beams,
+    pct,
+    positive_int,
+    setup_logging,
+)
 
 log = logging.getLogger("hiergeo.predict")
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.predict",
                                  description=library_doc("geolocate"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True,
                     help="model folder (python -m hiergeo.export) or run folder")
     ap.add_argument("photos", nargs="+", help="photos, folders, photo tables or feature stores")
+    ap.add_argument("--image-dir", help="the photos of tables in OSV-5M's layout (an id "
+                    "column, no path column: {id}.jpg, as hiergeo.features reads them; "
+                    "default: the table's folder)")
     ap.add_argument("--out", action="append", default=None,
                     help="output file, .csv/.parquet/.geojson; repeat for several "
-                    "(default predictions.csv)")
-    ap.add_argument("--topk", type=positive_int, default=None, help="paths per photo (default: the "
-                    "model's, 5)")
+                    f"(default predictions.csv). CSV and GeoJSON round probabilities to "
+                    f"{P_DIGITS} significant digits and coordinates to {COORD_DECIMALS} "
+                    "decimals; Parquet keeps every digit")
+    ap.add_argument("--topk", type=positive_int, default=None,
+                    help="paths per photo (default: the model's, 5); paths after the first "
+                    f"less probable than {PATH_FLOOR:g} are left out".replace("e-0", "e-"))
     ap.add_argument("--beams", help="beam widths per level, e.g. 5,5,5,5 for the five most "
                     "probable whole paths (default: the model's; the last level's width "
                     "bounds how many paths come back)")
@@ -34,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(FR,DE), country names, OSV-5M region keys (Bavaria_DE), or a .geojson "
                     "polygon file")
     ap.add_argument("--map", help="also write this self-contained HTML map")
-    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--batch-size", type=positive_int, default=64,
+                    help="photos through the backbone at a time")
     ap.add_argument("--workers", type=count_int, default=None,
                     help="image decoding processes (default: up to 4 on a CPU, three "
                     "quarters of the CPUs on a GPU)")
@@ -52,11 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-check", action="store_true",
                     help="skip checking the model folder's files against SHA256SUMS (it "
                     "reads every file once: about 7 s per 10 GB)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--part-size", type=positive_int, default=PART_SIZE,
                     help="photos predicted and saved at a time: a crash loses at most one "
                     "part, and the same command run again resumes")
+    add_json_flag(ap)
     return ap
+
+
+def human_lines(report: dict, outs: list[Path], map_path: str | None) -> list[str]:
+    """How many photos were placed, how well where a truth is known, where the files are."""
+    lines = [f"Geolocated {report['photos']:,} photos in {report['seconds']:,.1f} s "
+             f"({report['images_per_s']:,.1f} photos/s"
+             + (f", {report['resumed']:,} from saved parts" if report.get("resumed") else "")
+             + ")."]
+    from ..reports.answers import sidecar_paths
+
+    side = {k: str(v) for k, v in sidecar_paths(outs[0]).items()}
+    if report["skipped"]:
+        lines.append(f"  {report['skipped']:,} could not be read: {side['skipped']} gives each "
+                     "reason")
+    t = report.get("truth")
+    if t:
+        lines.append(f"  against the {t['n']:,} known positions: country "
+                     f"{pct(t.get('acc_country'))}, region {pct(t.get('acc_region'))}, city "
+                     f"{pct(t.get('acc_city'))}; median {t['median_km']:,.0f} km, GeoScore "
+                     f"{t['geoscore']:,.0f} (by country: {side['per_country_md']})")
+    lines.append("Wrote " + ", ".join(str(o) for o in outs)
+                 + " (results/README.md explains every column)."
+                 + (f" Open {map_path} in a browser (it works offline)." if map_path else ""))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -79,7 +121,8 @@ def main(argv=None) -> int:
             print(f"error: {o}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}",
                   file=sys.stderr)
             return 2
-    missing = [p for p in args.photos if not Path(p).exists()]
+    missing = [p for p in [*args.photos, *([args.image_dir] if args.image_dir else [])]
+               if not Path(p).exists()]
     if missing:  # before the model loads
         print(f"error: {missing[0]}: no such file or folder"
               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), file=sys.stderr)
@@ -119,6 +162,8 @@ def main(argv=None) -> int:
             g.settings["beams"] = parse_beams(args.beams)
         kw = {"topk": args.topk, "batch_size": args.batch_size, "workers": args.workers,
               "progress": not args.no_progress, "within": args.within}
+        if args.image_dir:
+            kw["image_dir"] = args.image_dir
         if any(is_store(Path(p)) for p in args.photos):  # features: fast, in one go
             table = g.predict(args.photos, **kw)
             write_outputs(table, outs)
@@ -144,5 +189,5 @@ def main(argv=None) -> int:
               "outputs": [str(o) for o in outs], **g.timings.report()}
     if "summary" in table.attrs:
         report["truth"] = table.attrs["summary"]
-    print(json.dumps(report, indent=2, default=float))
+    finish(human_lines(report, outs, args.map), report, args.json)
     return 0

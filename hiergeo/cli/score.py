@@ -7,13 +7,13 @@ import argparse
 import json
 import sys
 
-from .common import library_doc, setup_logging
+from .common import HelpFormatter, library_doc, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hiergeo.score",
                                  description=library_doc("score"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("predictions", nargs="+", help="prediction tables (.csv/.parquet/.geojson)")
     ap.add_argument("--truth", required=True, help="truth table: ids, latitude, longitude, "
                     "OSV-5M label columns if any")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import setup_logging
+from .common import HelpFormatter, add_json_flag, finish, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,12 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the resolved config (preset, then overrides) as YAML and exit: "
                     "every key and its value; hiergeo/config.py comments each")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=1e-3")
+    add_json_flag(ap)
     ap.epilog = ("examples:\n"
                  "  python -m hiergeo.train                      # the demo, synthetic\n"
                  "  python -m hiergeo.train --config default data.train=STORE\n"
                  "  python -m hiergeo.train --config default --print-config\n"
                  "  python -m hiergeo.train --resume results/RUN")
-    ap.formatter_class = argparse.RawDescriptionHelpFormatter
+    ap.formatter_class = HelpFormatter
     return ap
 
 
@@ -63,11 +64,13 @@ def main(argv=None) -> int:
     if res:
         keys = ["acc_country", "acc_region", "acc_subregion", "acc_city", "median_km",
                 "geoscore", "train_seconds"]
-        print("final: " + ", ".join(f"{k} {res[k]:.4g}" for k in keys if k in res))
+        lines = ["final: " + ", ".join(f"{k} {res[k]:.4g}" for k in keys if k in res)]
         if "run_dir" in res:
-            print(f"results in {res['run_dir']}/: metrics.json, per_country.md, error_map.png, "
-                  "log.csv (results/README.md explains each)")
+            lines.append(f"results in {res['run_dir']}/: metrics.json, per_country.md, "
+                         "error_map.png, log.csv (results/README.md explains each)")
         if not args.resume and cfg.data.train is None and cfg.data.images is None:
-            print("these figures are on the demo's synthetic features: they show the pipeline "
-                  "runs, not how well photos are placed (make photos: real photos)")
+            lines.append("these figures are on the demo's synthetic features: they show the "
+                         "pipeline runs, not how well photos are placed (make photos: real "
+                         "photos)")
+        finish(lines, res, args.json)
     return 0

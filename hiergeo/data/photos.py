@@ -15,7 +15,7 @@ from gazetteer.keys import OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 
 from .exif import read_gps
 from .images import ImageRows, collate_images
-from .records import IMAGE_SUFFIXES, _read
+from .records import IMAGE_SUFFIXES, _read, osv5m_paths
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,30 @@ def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, image_dir: str | Path | None = None) -> pd.DataFrame:
     """A photo table: ``path`` (relative to the table's folder), optional ``id``,
     ``latitude, longitude``, OSV-5M label columns and ``credit``. A row without a path keeps
     an empty one (it is skipped with its reason); a row without an id takes its path, or
-    ``<table>:row <n>`` without a path either."""
+    ``<table>:row <n>`` without a path either. A table with an ``id`` column and no ``path``
+    is in OSV-5M's layout: its photos are ``{image_dir}/{id}.jpg`` (default: the table's
+    folder), as ``python -m hiergeo.features`` reads them."""
     from gazetteer import InputError
 
     df = _read(path)
-    if "path" not in df.columns:
-        raise InputError(f"{path}: no column 'path' (the photos' files); columns are "
-                         f"{list(df.columns)}")
-    given = df["path"].map(_text)
-    nul = given.str.contains("\x00", regex=False)
-    given = given.where(~nul, "")  # no file system takes the name: skipped with its reason
-    df["path"] = [q if not q or Path(q).is_absolute() else str(path.parent / q) for q in given]
+    if "path" in df.columns:
+        given = df["path"].map(_text)
+        nul = given.str.contains("\x00", regex=False)
+        given = given.where(~nul, "")  # no file system takes the name: skipped with its reason
+        df["path"] = [q if not q or Path(q).is_absolute() else str(path.parent / q)
+                      for q in given]
+    elif "id" in df.columns:
+        df["id"] = df["id"].map(_text)
+        df["path"] = osv5m_paths(df["id"], path, image_dir)
+        nul = df["id"].str.contains("\x00", regex=False)
+        df.loc[nul | df["id"].eq(""), "path"] = ""
+    else:
+        raise InputError(f"{path}: no column 'path' (the photos' files) nor 'id' (OSV-5M's "
+                         f"layout: {{id}}.jpg in --image-dir); columns are {list(df.columns)}")
     ids = df["id"].map(_text) if "id" in df.columns else pd.Series("", index=df.index)
     df["id"] = [i or q or f"{path}:row {n + 2}" for n, (i, q) in enumerate(
         zip(ids, df["path"], strict=True))]  # row numbers as a spreadsheet shows them
@@ -124,34 +133,71 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _file_rows(paths: list[str]) -> pd.DataFrame:
-    """Rows for files named on their own or found in folders: the id is the path; a name
-    that is not valid UTF-8 keeps a printable id and an empty path, and is skipped with its
-    reason."""
+def _file_rows(paths: list[str], folder: str | None = None) -> pd.DataFrame:
+    """Rows for files named on their own or found in ``folder``: the id is the path for now
+    (:func:`_short_ids` shortens it), ``_rel`` the name below the folder; a name that is not
+    valid UTF-8 keeps a printable id and an empty path, and is skipped with its reason."""
     reasons = [_utf8(q) for q in paths]  # columns, not a dict per file (millions of files)
     return pd.DataFrame({
         "id": [_printable(q) for q in paths],
         "path": ["" if why else q for q, why in zip(paths, reasons, strict=True)],
         "reason": reasons,
+        "_rel": [_printable(os.path.relpath(q, folder) if folder else os.path.basename(q))
+                 for q in paths],
         "_real": [os.fsencode(os.path.realpath(q)) for q in paths]},  # bytes: any name
-        columns=["id", "path", "reason", "_real"])
+        columns=["id", "path", "reason", "_rel", "_real"])
 
 
-def collect_photos(items, gps: bool = True) -> pd.DataFrame:
+def _short_ids(out: pd.DataFrame) -> pd.DataFrame:
+    """Ids a person reads for files found in folders or named on their own: the file's stem
+    (``IMG_0001``); where two photos share it, the path below its folder without the suffix
+    (``2023/IMG_0001``), then with it (``IMG_0001.png``); the whole path where even that is
+    shared (the same name under two folders given). Never an id a table row has. A file
+    whose name is not UTF-8 keeps its whole printable path: it has no ``path`` to tell it
+    by. The ``path`` column keeps every file's full path."""
+    rel = out.pop("_rel")
+    left = rel.notna() & out["reason"].isna()
+    if not left.any():
+        return out
+    ids = out["id"].copy()
+    taken = set(ids[~left])
+    levels = (lambda r: os.path.splitext(os.path.basename(r))[0],
+              lambda r: os.path.splitext(r)[0].replace(os.sep, "/"),
+              lambda r: r.replace(os.sep, "/"))
+    for short in levels:
+        cand = rel[left].map(short)
+        ok = ~cand.duplicated(keep=False) & ~cand.isin(taken) & (cand != "")
+        chosen = ok[ok].index
+        ids.loc[chosen] = cand[ok].to_numpy()
+        taken.update(cand[ok])
+        left.loc[chosen] = False
+        if not left.any():
+            break
+    out["id"] = ids
+    return out
+
+
+def collect_photos(items, gps: bool = True, image_dir: str | Path | None = None
+                   ) -> pd.DataFrame:
     """One row per photo named by ``items`` (files, folders searched recursively, photo
     tables, PIL images), in their order: ``id, path, image, reason, latitude, longitude,
     truth_source`` (+ label columns of tables). ``path`` is None for an image in memory and
     "" for a row that cannot be read (``reason`` says why: it is skipped), ``image`` None
     for a file; coordinates are the truth (a table's, else with ``gps`` the file's EXIF
     GPS), NaN when unknown. (:meth:`Geolocator.predict` passes ``gps=False`` and reads EXIF
-    in its image workers, so that a million photos start at once.)
+    in its image workers, so that a million photos start at once.) ``image_dir``: where the
+    photos of tables in OSV-5M's layout are (:func:`_read_table`).
 
     A file found in a folder or named on its own is predicted once, and not at all when a
     table names it (the table's row, with its id and truth, is kept); every table row is
-    kept. Two rows with one id are an error (ids name the output's rows)."""
+    kept. Two rows with one id are an error (ids name the output's rows). A file's id is
+    its stem, made longer only where two photos share one (:func:`_short_ids`); a table row's
+    is its ``id`` column's, else its path."""
     from gazetteer import InputError
 
-    out = _dedupe(_listed(items))
+    out = _dedupe(_listed(items, image_dir))
+    if "_rel" in out.columns:
+        out = _short_ids(out)
     clash = out["id"].duplicated(keep=False)
     if clash.any():
         raise InputError(f"{int(clash.sum())} rows share ids (e.g. id "
@@ -168,7 +214,7 @@ def collect_photos(items, gps: bool = True) -> pd.DataFrame:
     return out
 
 
-def _listed(items) -> pd.DataFrame:
+def _listed(items, image_dir=None) -> pd.DataFrame:
     """The rows of every item in order, each marked as a table's (``_table``) or not, with
     its file's real path as bytes (``_real``) where there is one."""
     from PIL import Image
@@ -189,9 +235,9 @@ def _listed(items) -> pd.DataFrame:
             files = _image_files(p)
             if not files:
                 log.warning("%s: no image files (suffixes %s)", p, sorted(IMAGE_SUFFIXES))
-            chunks.append(_file_rows(files).assign(image=None))
+            chunks.append(_file_rows(files, os.fsdecode(item)).assign(image=None))
         elif p.suffix.lower() in TABLE_SUFFIXES:
-            chunks.append(_read_table(p).assign(image=None, _table=True))
+            chunks.append(_read_table(p, image_dir).assign(image=None, _table=True))
         else:
             chunks.append(_file_rows([os.fsdecode(item)]).assign(image=None))
     out = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(

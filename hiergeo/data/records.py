@@ -71,6 +71,13 @@ def _finish(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+def osv5m_paths(ids, csv: Path, image_dir: str | Path | None = None) -> list[str]:
+    """Where OSV-5M keeps the photos of ``ids``: ``{image_dir}/{id}.jpg``, ``image_dir``
+    defaulting to the folder of the table ``csv``."""
+    folder = Path(image_dir) if image_dir is not None else Path(csv).parent
+    return [str(folder / f"{i}.jpg") for i in ids]
+
+
 def read_osv5m(csv: str | Path, image_dir: str | Path | None = None) -> pd.DataFrame:
     """OSV-5M layout; ``image_dir`` defaults to the CSV's folder."""
     csv = Path(csv)
@@ -78,8 +85,7 @@ def read_osv5m(csv: str | Path, image_dir: str | Path | None = None) -> pd.DataF
     if "id" not in df.columns:
         raise InputError(f"{csv}: no column 'id' (OSV-5M layout needs id, latitude, longitude)")
     df["id"] = df["id"].astype(str)
-    folder = Path(image_dir) if image_dir is not None else csv.parent
-    df["path"] = [str(folder / f"{i}.jpg") for i in df["id"]]
+    df["path"] = osv5m_paths(df["id"], csv, image_dir)
     return _finish(_coords(df, csv))
 
 

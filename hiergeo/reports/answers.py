@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 SEP = " › "
 OUT_SUFFIXES = {".csv", ".parquet", ".geojson"}
+#: Alternative paths (the 2nd of the top-k and after) less probable than this are left out:
+#: at 1e-6 a path is noise, and a column of them buries the answers worth reading.
+PATH_FLOOR = 1e-6
+#: What CSV and GeoJSON keep (Parquet and the tables in memory keep every digit):
+#: probabilities to 4 significant digits, coordinates to 6 decimals (~0.1 m), km to 3 (1 m).
+P_DIGITS, COORD_DECIMALS, KM_DECIMALS = 4, 6, 3
 
 
 def _readable(names: np.ndarray, path: np.ndarray) -> str:
@@ -37,8 +43,9 @@ def prediction_table(pred: Prediction, entities: pd.DataFrame, ids, paths=None,
     L (country, region, subregion, city): ``L`` (name), ``L_key`` and ``p_L`` (the calibrated
     probability that the best path is right down to L: the product of its conditional
     probabilities; NaN where it stops above L); per path k of the top-k (``topk`` columns,
-    default as many as ``pred`` has; empty where fewer paths exist): ``path_k`` (names),
-    ``key_k`` (its deepest entity's key) and ``p_k`` (its probability). ``answer`` says what
+    default as many as ``pred`` has; empty where fewer paths exist, and for paths after the
+    first less probable than :data:`PATH_FLOOR`): ``path_k`` (names), ``key_k`` (its deepest
+    entity's key) and ``p_k`` (its probability). ``answer`` says what
     the model is sure of (probability >= the model's threshold), e.g. ``Bolivia, region
     unsure``; ``confident_level`` is that level's name ("" when not even the country)."""
     names = entities["name"].fillna("").astype(str).to_numpy(object)
@@ -78,7 +85,7 @@ def prediction_table(pred: Prediction, entities: pd.DataFrame, ids, paths=None,
             out[f"path_{r + 1}"], out[f"key_{r + 1}"] = np.full(n, None), np.full(n, None)
             out[f"p_{r + 1}"] = np.full(n, np.nan)
             continue
-        has = depth[:, r] > 0
+        has = (depth[:, r] > 0) & ((r == 0) | (p_path[:, r] >= PATH_FLOOR))
         out[f"path_{r + 1}"] = np.array([_readable(names, pred.paths[i, r]) if has[i] else None
                                          for i in range(n)], object)
         out[f"key_{r + 1}"] = np.where(has, keys[deepest[:, r].clip(0)], None)
@@ -176,8 +183,30 @@ def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _significant(v: float, digits: int) -> float:
+    return v if not np.isfinite(v) or v == 0 else float(f"{v:.{digits}g}")
+
+
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as CSV and GeoJSON show it: probabilities (``p_*``) to :data:`P_DIGITS`
+    significant digits (0.6213, 1.234e-05), coordinates (``*_latitude``, ``*_longitude``)
+    to :data:`COORD_DECIMALS` decimals, ``error_km`` to :data:`KM_DECIMALS`."""
+    out = table.copy()
+    for col in table.columns:
+        if not pd.api.types.is_float_dtype(table[col]):
+            continue
+        if col.startswith("p_"):
+            out[col] = [_significant(v, P_DIGITS) for v in table[col].to_numpy(float)]
+        elif col.endswith(("_latitude", "_longitude")):
+            out[col] = table[col].round(COORD_DECIMALS)
+        elif col == "error_km":
+            out[col] = table[col].round(KM_DECIMALS)
+    return out
+
+
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
-    """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically)."""
+    """Write ``table`` as CSV, Parquet or GeoJSON by ``out``'s suffix (atomically); CSV and
+    GeoJSON with the figures :func:`rounded`, Parquet with every digit."""
     from ..files import temporary_names
 
     out = Path(out)
@@ -185,7 +214,7 @@ def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     if suffix not in OUT_SUFFIXES:
         raise ValueError(f"{out}: the output's suffix must be one of {sorted(OUT_SUFFIXES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    plain = table.copy()
+    plain = table.copy() if suffix == ".parquet" else rounded(table)
     plain.attrs = {}
     with temporary_names(out) as (tmp,):
         if suffix == ".geojson":  # a feature at a time: never the whole document as one string
