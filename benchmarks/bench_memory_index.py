@@ -54,7 +54,8 @@ def _export_child(run: str, model: str) -> dict:
     from hiergeo.devices import peak_rss_bytes
 
     t0 = time.perf_counter()
-    export.write(export.from_run(run), model, overwrite=True)
+    # features only: the memory is what is measured (bench_scale's stores have no backbone)
+    export.write(export.from_run(run, features_only=True), model, overwrite=True)
     secs = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in Path(model).iterdir() if p.is_file())
     return {"seconds": secs, "peak_rss_bytes": peak_rss_bytes(), "folder_bytes": size,
@@ -63,7 +64,8 @@ def _export_child(run: str, model: str) -> dict:
             "memory_safetensors_bytes": (Path(model) / "memory.safetensors").stat().st_size}
 
 
-def _load_child(model: str, store: str, queries: int, memory: bool) -> dict:
+def _load_child(model: str, store: str, queries: int, memory: bool,
+                nprobe: int | None = None) -> dict:
     import torch
 
     from hiergeo import Geolocator
@@ -73,6 +75,8 @@ def _load_child(model: str, store: str, queries: int, memory: bool) -> dict:
     before = _rss()
     t0 = time.perf_counter()
     g = Geolocator.load(model, memory=memory)
+    if nprobe and g.memory is not None:
+        g.memory.index._set_nprobe(nprobe)
     out = {"memory": memory, "load_seconds": time.perf_counter() - t0,
            "rss_before_load_bytes": before, "rss_after_load_bytes": _rss()}
     if queries:
@@ -96,7 +100,8 @@ def _child(args) -> None:
     if args.step == "export":
         fig = _export_child(args.run, args.model)
     else:
-        fig = _load_child(args.model, args.store, args.queries, args.step == "load")
+        fig = _load_child(args.model, args.store, args.queries, args.step == "load",
+                          args.nprobe)
     print(json.dumps(fig))
 
 
@@ -109,13 +114,17 @@ def _run_child(*extra: str, threads: int) -> dict:
 
 
 def projection(run_metrics: dict, load: dict) -> dict:
-    """OSV-5M's 4.9M x 1024 from the measured run and load."""
+    """OSV-5M's 4.9M x 1024 from the measured run and load, scanning the same share of the
+    lists as the measured search."""
     idx = run_metrics.get("memory_index") or {}
     rows = idx.get("rows") or 1
     scale = OSV5M_TRAIN / rows
     from hiergeo.predict.memory_index import ivfpq_params
 
-    p = ivfpq_params(OSV5M_TRAIN, OSV5M_DIM, idx.get("nprobe", 32))
+    searched = load.get("index") or idx
+    nlist = ivfpq_params(OSV5M_TRAIN, OSV5M_DIM)["nlist"]
+    share = searched.get("nprobe", 32) / searched.get("nlist", 1)
+    p = ivfpq_params(OSV5M_TRAIN, OSV5M_DIM, max(1, round(share * nlist)))
     per_row = p["m"] + 8  # codes + the id
     out = {"rows": OSV5M_TRAIN, "dim": OSV5M_DIM, "index": p,
            "index_bytes": OSV5M_TRAIN * per_row,
@@ -125,7 +134,7 @@ def projection(run_metrics: dict, load: dict) -> dict:
     if load.get("index_search_seconds"):
         # rows scanned per query: nprobe / nlist of the rows
         here = load["index_search_seconds"] / load["queries"] * 100_000
-        scanned_here = idx["nprobe"] / idx["nlist"] * rows
+        scanned_here = share * rows
         scanned = p["nprobe"] / p["nlist"] * OSV5M_TRAIN
         out["search_seconds_per_100k_queries"] = here * scanned / scanned_here
         out["search_seconds_per_100k_queries_here"] = here
@@ -180,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run")
     ap.add_argument("--store", help="a store of the run's feature width: the queries")
     ap.add_argument("--queries", type=int, default=20_000)
+    ap.add_argument("--nprobe", type=int, help="lists scanned per query at prediction "
+                    "(default: the model's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--names-json", nargs="*", default=[], type=Path)
     ap.add_argument("--scale-json", type=Path)
@@ -202,7 +213,9 @@ def main(argv=None) -> int:
         common = ("--model", model, "--store", args.store, "--queries", str(args.queries))
         l0 = _run_child("--step", "alone", *common, threads=args.threads)
         print("load, model alone:", json.dumps(l0), flush=True)
-        lm = _run_child("--step", "load", *common, threads=args.threads)
+        lm = _run_child("--step", "load", *common,
+                        *(["--nprobe", str(args.nprobe)] if args.nprobe else []),
+                        threads=args.threads)
         print("load, with the memory:", json.dumps(lm), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -219,7 +219,9 @@ class EvalConfig:
     # (results/benchmarks/README.md#retrieval-memory-at-scale)
     memory_index: str = "auto"
     memory_exact_max_gb: float = 1.0
-    memory_nprobe: int = 32       # ivfpq: lists scanned per query
+    # ivfpq: lists scanned per query; None: half of them (what matched exact search on the
+    # names benchmark; fewer is faster and less accurate)
+    memory_nprobe: int | None = None
     # ivfpq: candidates per neighbour re-ranked by exact cosine, their rows read from the
     # store (or the exported memory.safetensors) on demand; 1: the codes' similarities
     memory_refine: int = 4
@@ -483,7 +485,8 @@ def validate(cfg: Config, *, loss_registered: bool = True) -> None:
          f"loss.candidates must be auto, full or sampled, not {cfg.loss.candidates!r}")
     need(cfg.eval.memory_index in ("auto", "exact", "ivfpq"),
          f"eval.memory_index must be auto, exact or ivfpq, not {cfg.eval.memory_index!r}")
-    need(0 < cfg.eval.memory_exact_max_gb < math.inf and cfg.eval.memory_nprobe >= 1
+    need(0 < cfg.eval.memory_exact_max_gb < math.inf
+         and (cfg.eval.memory_nprobe is None or cfg.eval.memory_nprobe >= 1)
          and cfg.eval.memory_refine >= 1,
          "eval.memory_exact_max_gb must be a positive number of GiB, eval.memory_nprobe and "
          f"eval.memory_refine >= 1, got {cfg.eval.memory_exact_max_gb}, "

@@ -98,7 +98,7 @@ def build_memory(cfg, train, device="cpu", run_dir=None):
         log.info("eval.memory: only with model.encoder=features; predicting without one")
         return None
     from .predict.memory import Memory
-    from .predict.memory_index import FaissIndex
+    from .predict.memory_index import FaissIndex, default_nprobe
 
     ev = cfg.eval
     saved = None if run_dir is None else Path(run_dir) / MEMORY_INDEX_FILE
@@ -106,7 +106,8 @@ def build_memory(cfg, train, device="cpu", run_dir=None):
         params = json.loads(saved.with_name(MEMORY_INDEX_META).read_text(encoding="utf-8"))
         if (params.get("rows") == len(train.ids) and params.get("dim") == train.x.shape[1]
                 and params.get("rows_digest") == _rows_digest(train.x)):
-            index = FaissIndex.load(saved, {**params, "nprobe": ev.memory_nprobe,
+            index = FaissIndex.load(saved, {**params, "nprobe": ev.memory_nprobe or
+                                            default_nprobe(params["nlist"]),
                                             "refine": ev.memory_refine}, rows=train.x)
             log.info("retrieval memory: the run's %s index of %s rows (%s)", index.kind,
                      f"{index.ntotal:,}", saved)

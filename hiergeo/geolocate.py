@@ -388,8 +388,8 @@ class Geolocator:
         parts, kept, skipped, waiting = [], [], [], []
 
         def descend(final: bool = False) -> None:
-            # queries go to the descent (and the memory's search) QUERY_BLOCK at a time: a
-            # search reads the whole memory (10 GB at OSV-5M's size) whatever the block
+            # queries go to the descent (and the memory's search) QUERY_BLOCK at a time: an
+            # exact memory's search reads all of it whatever the block
             n = sum(len(f) for f in waiting)
             if n and (final or n >= QUERY_BLOCK):
                 t = time.perf_counter()

@@ -83,7 +83,7 @@ class Memory:
 
     def __init__(self, features, ids: torch.Tensor, k: int = 20, temperature: float = 0.05,
                  device="cpu", *, index: str = "auto", exact_max_gb: float = 1.0,
-                 nprobe: int = 32, refine: int = 4, built=None):
+                 nprobe: int | None = None, refine: int = 4, built=None):
         if built is None and (len(features.shape) != 2 or ids.shape != (len(features), NLEV)):
             raise ValueError(f"need features [N, d] and ids [N, {NLEV}], got "
                              f"{tuple(features.shape)} and {tuple(ids.shape)}")

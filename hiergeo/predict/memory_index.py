@@ -9,7 +9,8 @@ Two kinds behind one small surface (``search(q, k) -> (similarity, row)``, ``des
 - :class:`FaissIndex` (``ivfpq``): FAISS's inverted file with product quantisation
   (``faiss-cpu``): the rows are clustered into ``nlist`` lists by a coarse k-means, each
   row's residual from its list's centre is stored as ``m`` bytes (``d / m`` dimensions per
-  byte-sized code), and a query scans the ``nprobe`` nearest lists. ``m + 8`` bytes a row
+  byte-sized code), and a query scans the ``nprobe`` nearest lists (half, unless told:
+  :func:`default_nprobe`). ``m + 8`` bytes a row
   (the id) instead of ``2 d``: 0.7 GB for OSV-5M's 4.9M x 1024 at ``m = 128``. Trained on a
   random sample of rows, then filled a block at a time: the store is never in memory whole.
   Saved as one FAISS file and read back memory-mapped (``IO_FLAG_MMAP_IFC``): loading reads
@@ -131,11 +132,21 @@ def _faiss():
     return faiss
 
 
-def ivfpq_params(n: int, d: int, nprobe: int = 32, refine: int = 4) -> dict:
+def default_nprobe(nlist: int) -> int:
+    """Lists a query scans unless told: half of them. On the names benchmark (validation,
+    117k rows, 256 lists, re-ranked 4 x k) a scan of half the lists matched exact search
+    within 0.05 points at every level, a quarter lost 0.2 points and an eighth 0.4-0.5
+    (results/benchmarks/README.md#retrieval-memory-at-scale): name features cluster poorly,
+    and no larger real-signal memory was at hand to show that fewer lists suffice at scale.
+    Scanning half the lists still reads m bytes of code a row instead of 2 d."""
+    return max(1, int(nlist) // 2)
+
+
+def ivfpq_params(n: int, d: int, nprobe: int | None = None, refine: int = 4) -> dict:
     """The IVF-PQ settings for ``n`` rows of ``d`` dimensions: ``nlist`` about ``sqrt(n)``
     lists (a power of two, 64 to 65,536: 2,048 at OSV-5M's 4.9M, so that the coarse k-means
-    and the assignment of every row cost ``n x nlist x d``, minutes on a CPU, and a query at
-    ``nprobe`` 32 scans about 1.6% of the rows); ``m`` the largest of 128, 64, 32, 16, 8
+    and the assignment of every row cost ``n x nlist x d``, minutes on a CPU); ``nprobe``
+    (None: :func:`default_nprobe`); ``m`` the largest of 128, 64, 32, 16, 8
     that divides ``d`` and leaves at least 4 dimensions a code (``m`` bytes a row); the
     k-means trained on ``train_rows`` = min(n, max(39 nlist, 256 x 39), 200,000) random rows
     (39 a centre is FAISS's floor)."""
@@ -144,7 +155,8 @@ def ivfpq_params(n: int, d: int, nprobe: int = 32, refine: int = 4) -> dict:
     if m is None:
         raise ValueError(f"no product quantiser fits {d} dimensions (need a multiple of 32)")
     train = int(min(n, max(39 * nlist, 256 * 39), 200_000))
-    return {"kind": "ivfpq", "nlist": nlist, "m": m, "nbits": 8, "nprobe": int(nprobe),
+    nprobe = default_nprobe(nlist) if nprobe is None else min(int(nprobe), nlist)
+    return {"kind": "ivfpq", "nlist": nlist, "m": m, "nbits": 8, "nprobe": nprobe,
             "train_rows": train, "refine": int(refine)}
 
 
@@ -166,7 +178,7 @@ class FaissIndex:
         #: time: the same numbers either way, so an export ranks as its run
         self.rows_unit = rows_unit
         self.params.setdefault("refine", 1)
-        self._set_nprobe(self.params.get("nprobe", 32))
+        self._set_nprobe(self.params.get("nprobe") or default_nprobe(self.params["nlist"]))
         if rows is not None and len(rows) != self.ntotal:
             raise ValueError(f"the index holds {self.ntotal} rows, its row source {len(rows)}")
 
@@ -265,7 +277,7 @@ class FaissIndex:
 
 
 def build_index(features, kind: str = "auto", device="cpu", exact_max_gb: float = 1.0,
-                nprobe: int = 32, refine: int = 4, seed: int = 0, progress=None):
+                nprobe: int | None = None, refine: int = 4, seed: int = 0, progress=None):
     """The memory's index over ``features [N, d]`` (a tensor or a lazy store view, read a
     block at a time): ``exact``, ``ivfpq``, or ``auto``: exact while ``N x d x 2`` bytes
     (its float16 rows) are at most ``exact_max_gb`` GiB, IVF-PQ above."""
