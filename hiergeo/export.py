@@ -16,7 +16,8 @@ portable folder that holds what prediction needs and nothing else.
                                features (float16) and their entity ids (these rows)
     MODEL/memory.faiss         an ivfpq memory's FAISS index (hiergeo.predict.memory_index);
                                its candidates are re-ranked with memory.safetensors' rows,
-                               read on demand
+                               read on demand (with eval.memory_refine=1 the rows stay out:
+                               memory.safetensors holds the ids only)
     MODEL/backbone.safetensors the backbone, when it was fine-tuned or --include-backbone
     MODEL/config.yaml          the run's resolved config (provenance; not read to predict)
     MODEL/calibration.json     the run's calibration report (provenance)
@@ -312,7 +313,9 @@ def _collect_memory(cfg, gz, new: np.ndarray, run: Path) -> dict:
     mem = build_memory(cfg, train, run_dir=run)  # the run's own index, or built and kept
     if not isinstance(mem.index, FaissIndex) or not (run / MEMORY_INDEX_FILE).exists():
         raise ValueError(f"the run's {kind} memory index could not be kept in {run}")
-    return {"features": train.x, "ids": ids, "unit": False,
+    # the rows travel only when the index re-ranks with them (eval.memory_refine > 1)
+    rows = train.x if mem.index.params.get("refine", 1) > 1 else None
+    return {"features": rows, "ids": ids, "unit": False,
             "index_file": run / MEMORY_INDEX_FILE, "index": mem.index.describe()}
 
 
@@ -325,6 +328,11 @@ def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
 
     ids = mem["ids"].to(torch.int32).contiguous()
     x = mem["features"]
+    if x is None:  # an ivfpq memory that does not re-rank: its index and ids only
+        from safetensors.torch import save_file
+
+        save_file({"ids": ids}, str(path))
+        return
     n, d = len(x), int(x.shape[1])
     fbytes, ibytes = n * d * 2, n * ids.shape[1] * 4
     header = json.dumps({"features": {"dtype": "F16", "shape": [n, d],
@@ -752,7 +760,8 @@ def _lazy_memory(folder: Path, names, index: dict) -> dict | None:
     try:
         with safe_open(str(path), framework="pt") as fh:
             ids = fh.get_tensor("ids")
-        rows = StoreFeatures([path])
+            has_rows = "features" in fh.keys()
+        rows = StoreFeatures([path]) if has_rows else None
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise ModelFolderError(f"{path}: cannot read it ({one_line(exc)})") from None
     return {"features": rows, "ids": ids, "index_file": folder / "memory.faiss",
@@ -764,6 +773,9 @@ def _check_memory(mem: dict, meta: dict, where: Path, finite: bool = True) -> No
     (the checked load: it reads every file anyway), no NaN or infinite row (a pass over the
     features: about 27 s per 10 GB on one busy CPU core; ``--no-check`` skips both)."""
     feats, ids, n = mem.get("features"), mem.get("ids"), meta["memory"]["n"]
+    if feats is None and "index_file" in mem:  # ivfpq without its rows: ids only
+        feats = torch.empty((n, meta["model"]["in_dim"]), device="meta")
+        finite = False
     if (feats is None or ids is None or len(feats.shape) != 2 or ids.dim() != 2
             or len(feats) != n or len(ids) != n or ids.shape[1] != 4
             or feats.shape[1] != meta["model"]["in_dim"]):

@@ -233,3 +233,41 @@ def test_the_memory_index_benchmark_reports_export_load_and_projection(ivfpq_run
     assert res["export"]["memory_faiss_bytes"] > 0
     assert res["osv5m_projection"]["index_bytes"] == 4_894_685 * (128 + 8)
     assert "Projected for OSV-5M" in out.with_suffix(".md").read_text()
+
+
+def test_without_re_ranking_the_export_carries_no_rows(ivfpq_run, tmp_path):
+    """eval.memory_refine=1: the codes' similarities answer, so the export holds the index and
+    the ids only, and predicts as the run does with the same setting."""
+    import shutil
+
+    import yaml
+    from safetensors import safe_open
+
+    from hiergeo import Geolocator, export
+    from hiergeo.data.splits import load_data
+    from hiergeo.evaluate import build_memory, load_run
+    from hiergeo.predict import predict
+
+    run_dir, with_rows = ivfpq_run
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    cfg_path = run2 / "config.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["eval"]["memory_refine"] = 1
+    cfg_path.write_text(yaml.safe_dump(raw))
+    model = export.write(export.from_run(run2), tmp_path / "model")
+    with safe_open(str(model / "memory.safetensors"), framework="pt") as fh:
+        assert list(fh.keys()) == ["ids"]
+    assert ((model / "memory.safetensors").stat().st_size
+            < (with_rows / "memory.safetensors").stat().st_size / 4)
+    cfg, m, hier, gz = load_run(run2)
+    data = load_data(cfg, gz)
+    mem = build_memory(cfg, data.train, run_dir=run2)
+    assert mem.index.params["refine"] == 1
+    x = data.val.x[:100].float()
+    want = predict(m, x, hier, cfg.loss.tau, memory=mem, beams=cfg.eval.beams, topk=5,
+                   coords=cfg.eval.coords, threshold=cfg.eval.threshold)
+    g = Geolocator.load(model)
+    assert g.memory.index.rows is None
+    got = g.predict_features(x)
+    np.testing.assert_array_equal(got["p_city"].to_numpy(), want.path_prob[:, 0, 3])
