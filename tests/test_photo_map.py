@@ -266,6 +266,32 @@ def test_panel_shows_a_missing_level_with_a_reason(tmp_path):
     assert '"\\u2014 " + (l[3]' in text   # drawn as "— reason"
 
 
+@pytest.mark.skipif(not shutil.which("node"), reason="no node")
+def test_page_script_runs_in_a_stand_in_dom(tmp_path):
+    """The page's JavaScript, run under node with a tiny stand-in DOM (tests/js): a stack of
+    five is one marker with "×5" whose click lists five photos; hovering draws a marker's line
+    strongly and leaving clears it; the antimeridian line stays within ±180; a photo's panel
+    lists its missing levels with "—" and why."""
+    import subprocess
+
+    rows = [_row(i, 10.0, 20.0, truth=(11.0, 21.0)) for i in range(5)]
+    rows[0]["region"] = rows[0]["region_key"] = None
+    rows += [_row(5, -17.0, 179.0, truth=(-16.0, -179.0)), _row(6, 1.0, 1.0, "")]
+    page = write_map(pd.DataFrame(rows), tmp_path / "map.html", thumbnails=False)
+    harness = Path(__file__).parent / "js" / "photo_map_dom.js"
+    out = subprocess.run(["node", str(harness), str(page)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert sorted(got["markers"]) == ["g0", "i5", "i6"] and got["counts"] == ["\u00d75"]
+    lons = [float(x) for x in re.findall(r"[ML](-?[\d.]+) ", got["links"][0])]
+    assert lons and max(map(abs, lons)) <= 180
+    assert got["hover_paths"] == 3 and got["hover_paths_after"] == 0  # line, truth outline, dot
+    assert got["stack_panel"] == {"open": True, "title": "5 photos predicted at this spot",
+                                  "items": 5}
+    assert got["panel_levels"][1] == ["region", "\u2014 no such level here", ""]
+
+
 def test_base_layer_is_small_and_cached():
     paths = country_paths()
     assert country_paths() is paths  # lru_cache: the second map reuses it
