@@ -17,7 +17,15 @@ import pytest
 from PIL import Image
 
 from hiergeo.reports import write_map
-from hiergeo.reports.photo_map import country_paths
+from hiergeo.reports.photo_map import (
+    NO_LEVEL,
+    NO_NAME,
+    PAGE_COLOUR,
+    SEA_COLOUR,
+    UNSURE,
+    country_paths,
+)
+from hiergeo.reports.photo_map_layout import link_segments
 
 TRICKY = 'Cusco "quoted" </script><script>alert(1)</script> & São Paulo, Île-de-France'
 
@@ -99,7 +107,9 @@ def test_data_block_round_trips(table, tmp_path):
         assert got["ans"] == row["answer"]
         assert [p[0] for p in got["paths"]] == [row[f"path_{j}"] for j in (1, 2, 3)]
         assert got["paths"][0][1] == pytest.approx(0.5)
-        assert [lv[0] for lv in got["levels"]] == ["country", "region"]  # None levels dropped
+        # every level is listed; a missing one has no name and says why (issue 27)
+        assert [lv[0] for lv in got["levels"]] == ["country", "region", "subregion", "city"]
+        assert [lv[1] is None for lv in got["levels"]] == [False, False, True, True]
         assert got["th"] is None and "off" in got["why"]
     # truth: given error wins; missing error computed; no truth -> null
     assert by_id["img-0"]["err"] == 12.5
@@ -162,6 +172,126 @@ def test_no_truth_columns_no_error_stats(table, tmp_path):
     assert all(r["tlat"] is None and r["err"] is None for r in _data(text)["rows"])
 
 
+def _css_rule(text: str, selector: str) -> str:
+    m = re.search(r"(?:^|[}\n])" + re.escape(selector) + r"\{([^}]*)\}", text)
+    assert m, f"no CSS rule for {selector}"
+    return m.group(1)
+
+
+def test_map_is_letterboxed_in_its_own_sea_colour(table, tmp_path):
+    """Issue 27: at 1400x900 the world (wider than the window) left grey page bands above and
+    below the map; the map element's own background is now the sea, so any letterbox is sea."""
+    frame, _ = table
+    text = write_map(frame, tmp_path / "map.html", thumbnails=False).read_text("utf-8")
+    assert f"background:{SEA_COLOUR}" in _css_rule(text, "#map")
+    assert 'preserveAspectRatio="xMidYMid meet"' in text
+
+
+def test_truth_lines_are_faint_and_strong_under_the_pointer(tmp_path):
+    """Issue 27: 157 photos with dashed truth lines made a web. The shared lines are thin and
+    faint; the hovered (#hov) or selected (#sel) marker's own line is drawn strongly."""
+    rows = [_row(i, -60 + 0.7 * i, -170 + 2.1 * i, truth=(-55 + 0.6 * i, -160 + 2 * i))
+            for i in range(157)]
+    text = write_map(pd.DataFrame(rows), tmp_path / "map.html", thumbnails=False).read_text()
+
+    def num(rule, prop):
+        return float(re.search(prop + r":([\d.]+)", rule).group(1))
+
+    faint = _css_rule(text, ".link")
+    assert num(faint, "opacity") <= 0.3 and num(faint, "stroke-width") <= 0.8
+    for sel in ("#hov .link", "#sel .link"):
+        strong = _css_rule(text, sel)
+        assert num(strong, "opacity") >= 0.9 and num(strong, "stroke-width") >= 2
+    assert '<g id="hov">' in text and 'addEventListener("pointerover"' in text
+    # a handful of photos keep slightly stronger lines than a crowd
+    few = write_map(pd.DataFrame(rows[:5]), tmp_path / "few.html", thumbnails=False).read_text()
+    assert num(_css_rule(few, ".link"), "opacity") > num(faint, "opacity")
+
+
+def test_stacked_markers_become_one_marker_with_a_count(tmp_path):
+    """Issue 27: predictions on one spot (an entity's centre) hid one another. Five photos at
+    one point are one stack of five (drawn as one marker with "×5", listed when clicked);
+    a photo 0.01 degree away is its own marker."""
+    rows = [_row(i, 48.8566, 2.3522, "city" if i < 3 else "region") for i in range(5)]
+    rows += [_row(5, 48.8666, 2.3522), _row(6, 10.0, 10.0), _row(7, 10.0, 10.00001, "")]
+    text = write_map(pd.DataFrame(rows), tmp_path / "map.html", thumbnails=False).read_text()
+    data = _data(text)
+    assert [s["rows"] for s in data["stacks"]] == [[0, 1, 2, 3, 4], [6, 7]]
+    assert data["stacks"][0]["lvl"] == "city"  # the members' most common level
+    assert (data["stacks"][0]["lat"], data["stacks"][0]["lon"]) == (48.8566, 2.3522)
+    assert '"\\u00d7" + s.rows.length' in text and "function showStack" in text
+    assert "(click for the list)" in text  # the legend explains the count
+    # no stacks: nothing extra in the legend
+    alone = write_map(pd.DataFrame(rows[5:7]), tmp_path / "a.html", thumbnails=False).read_text()
+    assert _data(alone)["stacks"] == [] and "(click for the list)" not in alone
+
+
+def test_lines_across_the_antimeridian_stay_on_the_map(tmp_path):
+    """Issue 27: a prediction at lon 179 with its truth at lon -179 is 2 degrees apart the
+    short way; its line is split at the antimeridian, never drawn 358 degrees across or off
+    the map's edge."""
+    rows = [_row(0, -17.0, 179.0, truth=(-16.0, -179.0)), _row(1, 64.0, -178.5, truth=(65.0,
+            170.5)), _row(2, 10.0, 20.0, truth=(11.0, 25.0))]
+    data = _data(write_map(pd.DataFrame(rows), tmp_path / "map.html",
+                           thumbnails=False).read_text())
+    lines = {r["id"]: r["line"] for r in data["rows"]}
+    for rid, segs in lines.items():
+        lons = [x for s in segs for x in (s[0], s[2])]
+        assert all(-180 <= x <= 180 for x in lons), (rid, segs)
+        assert sum(abs(s[2] - s[0]) for s in segs) <= 180, (rid, segs)  # the short way
+    assert lines["img-0"] == [[179.0, -17.0, 180.0, -16.5], [-180.0, -16.5, -179.0, -16.0]]
+    assert lines["img-1"][0][2] == -180.0 and lines["img-1"][1][0] == 180.0
+    assert lines["img-2"] == [[20.0, 10.0, 25.0, 11.0]]
+    # the split point lies on the straight (equirectangular) short-way line
+    (a, b), = [link_segments(0.0, 170.0, 30.0, -160.0)]
+    assert a[2:] == [180.0, 10.0] and b[:2] == [-180.0, 10.0]
+
+
+def test_panel_shows_a_missing_level_with_a_reason(tmp_path):
+    """Issue 27: the panel skipped a level with no name. Every level is listed; a missing one
+    is "—" with why (no such level here / no name in the gazetteer), a named level below the
+    confident one says it is below the threshold."""
+    r = _row(0, 1.0, 1.0, "country")          # region named but unsure; subregion, city absent
+    r["subregion_key"] = "X_LP_BO"           # an entity without a name
+    t = _row(1, 2.0, 2.0, "city")
+    t["region"], t["region_key"], t["subregion"], t["city"] = None, None, "Murillo", "La Paz"
+    text = write_map(pd.DataFrame([r, t]), tmp_path / "map.html", thumbnails=False).read_text()
+    by_id = {row["id"]: row["levels"] for row in _data(text)["rows"]}
+    assert by_id["img-0"] == [["country", "Bolivia", 0.91, None],
+                              ["region", "La Paz", 0.55, UNSURE],
+                              ["subregion", None, None, NO_NAME],
+                              ["city", None, None, NO_LEVEL]]
+    assert by_id["img-1"][1] == ["region", None, None, NO_LEVEL]   # skipped between two levels
+    assert [lv[1] for lv in by_id["img-1"]] == ["Bolivia", None, "Murillo", "La Paz"]
+    assert '"\\u2014 " + (l[3]' in text   # drawn as "— reason"
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="no node")
+def test_page_script_runs_in_a_stand_in_dom(tmp_path):
+    """The page's JavaScript, run under node with a tiny stand-in DOM (tests/js): a stack of
+    five is one marker with "×5" whose click lists five photos; hovering draws a marker's line
+    strongly and leaving clears it; the antimeridian line stays within ±180; a photo's panel
+    lists its missing levels with "—" and why."""
+    import subprocess
+
+    rows = [_row(i, 10.0, 20.0, truth=(11.0, 21.0)) for i in range(5)]
+    rows[0]["region"] = rows[0]["region_key"] = None
+    rows += [_row(5, -17.0, 179.0, truth=(-16.0, -179.0)), _row(6, 1.0, 1.0, "")]
+    page = write_map(pd.DataFrame(rows), tmp_path / "map.html", thumbnails=False)
+    harness = Path(__file__).parent / "js" / "photo_map_dom.js"
+    out = subprocess.run(["node", str(harness), str(page)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert sorted(got["markers"]) == ["g0", "i5", "i6"] and got["counts"] == ["\u00d75"]
+    lons = [float(x) for x in re.findall(r"[ML](-?[\d.]+) ", got["links"][0])]
+    assert lons and max(map(abs, lons)) <= 180
+    assert got["hover_paths"] == 3 and got["hover_paths_after"] == 0  # line, truth outline, dot
+    assert got["stack_panel"] == {"open": True, "title": "5 photos predicted at this spot",
+                                  "items": 5}
+    assert got["panel_levels"][1] == ["region", "\u2014 no such level here", ""]
+
+
 def test_base_layer_is_small_and_cached():
     paths = country_paths()
     assert country_paths() is paths  # lru_cache: the second map reuses it
@@ -187,7 +317,8 @@ THUMB_RGB = "#c85a1e"  # the colour of the test JPEG
 def test_renders_offline_in_chromium(check_map, table, tmp_path):
     frame, _ = table
     html_path = write_map(frame, tmp_path / "map.html")
-    report = check_map.check(html_path, tmp_path / "shot.png", colours={"thumb": THUMB_RGB})
+    report = check_map.check(html_path, tmp_path / "shot.png",
+                             colours={"thumb": THUMB_RGB, "page": PAGE_COLOUR})
     assert report["requests_off_machine"] == [], report
     assert report["js_errors"] == [] and report["blocked_by_csp"] == [], report
     shot = report["screenshot"]
@@ -200,6 +331,8 @@ def test_renders_offline_in_chromium(check_map, table, tmp_path):
     for level in ("city", "region", "country", "subregion", "none"):
         assert shot["marker_pixels"][level] >= legend_only[level] + 40, (level, shot)
     assert shot["other_pixels"]["thumb"] < 50  # no panel open
+    # issue 27: no grey page bands around a world wider than the window (sea-coloured instead)
+    assert shot["other_pixels"]["page"] < 0.005 * 1400 * 800, shot
     assert report["ok"] and not report["blank"]
     # #select=ID opens that row's panel with its thumbnail on load
     report = check_map.check(html_path, tmp_path / "panel.png", select="img-0",

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .photo_map_layout import link_segments, stacks
 from .photo_map_page import CSS, JS
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,29 @@ def _errors_km(table: pd.DataFrame) -> np.ndarray:
     return err
 
 
+#: Why a level of the top path has no name (shown in the panel after a dash).
+NO_LEVEL = "no such level here"
+NO_NAME = "no name in the gazetteer"
+UNSURE = "below the threshold"
+
+
+def _levels(rec: dict, sure: str) -> list[list]:
+    """``[[level, name or None, p or None, note or None], ...]`` for every level: a level the
+    top path lacks is kept, with a note saying why, rather than left out of the panel."""
+    depth = LEVELS.index(sure) if sure in LEVELS else -1
+    out = []
+    for j, lv in enumerate(LEVELS):
+        name = _text(rec.get(lv))
+        name = name if name and name.strip() else None
+        key = _text(rec.get(f"{lv}_key"))
+        if name is None:
+            note = NO_NAME if key and key.strip() else NO_LEVEL
+        else:
+            note = UNSURE if j > depth else None
+        out.append([lv, name, _num(rec.get(f"p_{lv}"), 4) if name else None, note])
+    return out
+
+
 def map_rows(table: pd.DataFrame, *, thumbnails: bool = True, thumb_px: int = 160,
              max_thumbnails: int = 2000) -> tuple[list[dict], int]:
     """The JSON records of the rows with a valid predicted position, and how many were skipped.
@@ -199,7 +223,10 @@ def map_rows(table: pd.DataFrame, *, thumbnails: bool = True, thumb_px: int = 16
     Each record: ``id, lat, lon, lvl, ans, tlat, tlon, err, file, credit`` (the photo's
     attribution, from a ``credit`` column), ``th`` (thumbnail data URI or
     null), ``why`` (why there is no thumbnail), ``paths`` (``[[path, p], ...]``, best first)
-    and ``levels`` (``[[level, name, p], ...]`` along the top path).
+    ``levels`` (``[[level, name, p, note], ...]`` along the top path, every level: a missing
+    one has name null and a note saying why, see :func:`_levels`) and, where the truth is known,
+    ``line`` (the prediction-to-truth line,
+    :func:`~.photo_map_layout.link_segments`).
     """
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -238,12 +265,13 @@ def map_rows(table: pd.DataFrame, *, thumbnails: bool = True, thumb_px: int = 16
             "credit": _text(rec.get("credit")),
             "paths": [[_text(rec.get(f"path_{k}")) or "", _num(rec.get(f"p_{k}"), 4)]
                       for k in ks if _text(rec.get(f"path_{k}"))],
-            "levels": [[lv, _text(rec.get(lv)), _num(rec.get(f"p_{lv}"), 4)]
-                       for lv in LEVELS if _text(rec.get(lv))],
+            "levels": _levels(rec, level) if any(lv in table.columns for lv in LEVELS) else [],
             "th": None, "why": None,
         }
         if row["tlat"] is None or row["tlon"] is None:
             row["tlat"] = row["tlon"] = None
+        else:
+            row["line"] = link_segments(row["lat"], row["lon"], row["tlat"], row["tlon"])
         if not thumbnails:
             row["why"] = "thumbnails were turned off"
         elif row["file"] is None:
@@ -293,7 +321,12 @@ def _legend(rows: list[dict], has_truth: bool) -> str:
         items.append('<li><svg width="14" height="14"><circle cx="7" cy="7" r="3.5" '
                      'fill="#fff" stroke="#000" stroke-width="1.5"/></svg>true position</li>')
         items.append('<li><svg width="14" height="14"><line x1="1" y1="13" x2="13" y2="1" '
-                     'stroke="#333" stroke-dasharray="3 2"/></svg>prediction to truth</li>')
+                     'stroke="#333" stroke-dasharray="3 2"/></svg>prediction to truth (faint; '
+                     'a marker\'s own line shows strongly under the pointer)</li>')
+    if any(len(s["rows"]) > 1 for s in stacks(rows)):
+        items.append('<li><svg width="14" height="14"><text x="1" y="11" font-size="10" '
+                     'font-weight="bold">×n</text></svg>n photos predicted at one spot '
+                     '(click for the list)</li>')
     return ('<div id="legend"><b>Prediction, coloured by how far down the answer is sure'
             f'</b><ul>{"".join(items)}</ul><small>Drag to pan, wheel or +/- to zoom, click a '
             'marker for details.</small></div>')
@@ -323,6 +356,14 @@ def _marker_px(n: int) -> dict[str, float]:
             "TRUTH_O": round(8.5 * f, 1), "TRUTH_I": round(5.5 * f, 1)}
 
 
+def _link_style(n: int) -> dict[str, float]:
+    """Prediction-to-truth lines: thin and faint by default (with a hundred photos they would
+    otherwise weave a web over the map), fainter still as photos get more numerous; the line
+    of the marker under the pointer or selected is drawn strongly on top (``#hov``, ``#sel``)."""
+    return {"LINK_W": 0.8 if n <= 30 else 0.6, "LINK_O": 0.45 if n <= 30 else 0.25 if n <= 300
+            else 0.15}
+
+
 def _css(n_markers: int = 0) -> str:
     levels = "".join(
         f".pred.lv-{lv or 'none'},#sel .lv-{lv or 'none'}{{stroke:{c}}}"
@@ -330,7 +371,7 @@ def _css(n_markers: int = 0) -> str:
         for lv, c in LEVEL_COLOURS.items())
     css = CSS.replace("/*LEVELS*/", levels)
     subs = {"SEA": SEA_COLOUR, "LAND": LAND_COLOUR, "BORDER": BORDER_COLOUR,
-            "PAGE": PAGE_COLOUR, **_marker_px(n_markers)}
+            "PAGE": PAGE_COLOUR, **_marker_px(n_markers), **_link_style(n_markers)}
     for key, value in subs.items():
         css = css.replace(key, str(value))
     return css
@@ -340,7 +381,7 @@ def render_html(rows: list[dict], skipped: int, *, title: str, thumbs_cut: int =
                 sampled_from: int | None = None) -> str:
     """The whole page as one string (see :func:`write_map`)."""
     has_truth = any(r["tlat"] is not None for r in rows)
-    data = {"rows": rows, "view": _initial_view(rows),
+    data = {"rows": rows, "stacks": stacks(rows), "view": _initial_view(rows),
             "levels": {lv or "none": LEVEL_LABELS[lv] for lv in LEVEL_COLOURS}}
     x, y, w, h = data["view"]
     csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -358,7 +399,8 @@ def render_html(rows: list[dict], skipped: int, *, title: str, thumbs_cut: int =
  aria-label="world map of predicted photo positions">
 <rect id="sea" x="-180" y="-90" width="360" height="180"/>
 <g id="land" transform="scale({1 / COORD_SCALE})">{_land_svg()}</g>
-<g id="links"></g><g id="truths"></g><g id="preds"></g><g id="sel"></g>
+<g id="links"></g><g id="truths"></g><g id="preds"></g><g id="counts"></g><g id="hov"></g>
+<g id="sel"></g>
 </svg>
 <div id="zoom"><button id="zin" title="zoom in">+</button><button id="zout"
  title="zoom out">&minus;</button><button id="zhome" title="whole world">&#8962;</button><button
@@ -379,9 +421,12 @@ def write_map(table: pd.DataFrame, path, *, thumbnails: bool = True, thumb_px: i
     """Write an offline HTML map of ``table`` (the prediction table of ``hiergeo.predict``).
 
     One marker per photo at its predicted position, coloured by ``confident_level``; where
-    ``true_latitude``/``true_longitude`` are known, a white dot at the truth and a dashed line to
-    it. Clicking a marker shows its thumbnail, id, answer, top-K paths with probabilities and
-    error. Rows without a valid predicted position are skipped and counted in the header.
+    ``true_latitude``/``true_longitude`` are known, a white dot at the truth and a faint dashed
+    line to it (the short way round; drawn strongly for the marker under the pointer or
+    selected). Photos at one spot share a marker with their count
+    (:func:`~.photo_map_layout.stacks`); clicking it lists them. Clicking a marker shows its
+    thumbnail, id, answer, top-K paths with probabilities, every level (a missing one with why)
+    and error. Rows without a valid predicted position are skipped and counted in the header.
 
     Args:
         table: one row per photo; needs ``id, pred_latitude, pred_longitude``; uses ``path,

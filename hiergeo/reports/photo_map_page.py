@@ -13,19 +13,27 @@ header h1{font-size:18px;margin:0}
 .fact{margin-right:14px;color:#dfe7ee}
 main{position:relative;flex:1;min-height:0}
 #map{position:absolute;inset:0;width:100%;height:100%;cursor:grab;touch-action:none;
- user-select:none}
+ user-select:none;background:SEA}
 #map.dragging{cursor:grabbing}
 #sea{fill:SEA}
 #land path{fill:LAND;stroke:BORDER;stroke-width:0.6px;vector-effect:non-scaling-stroke;
  stroke-linejoin:round}
 #land path:hover{fill:#e0d7c0}
 .mk{fill:none;stroke-linecap:round;vector-effect:non-scaling-stroke;pointer-events:none}
-.link{stroke:#222;stroke-width:1.2px;stroke-dasharray:4 3;opacity:.7;stroke-linecap:butt}
+.link{stroke:#222;stroke-width:LINK_Wpx;stroke-dasharray:3 3;opacity:LINK_O;stroke-linecap:butt}
+#hov .link{stroke:#000;stroke-width:2px;opacity:.9}
 .truth-o{stroke:#000;stroke-width:TRUTH_Opx}.truth-i{stroke:#fff;stroke-width:TRUTH_Ipx}
 .pred-o{stroke:#1b1b1b;stroke-width:PRED_Opx}
 .pred{stroke-width:PRED_Ipx;pointer-events:stroke;cursor:pointer}
 .pred:hover{stroke-width:15px}
 #sel .link{stroke:#000;stroke-width:2.5px;opacity:1}
+.count{font-weight:700;fill:#111;stroke:#fff;stroke-width:.22em;paint-order:stroke;
+ pointer-events:none;font-family:system-ui,sans-serif}
+#pbody ul.stack{list-style:none;margin:6px 0;padding:0}
+#pbody ul.stack li{padding:4px 2px;border-top:1px solid #eee;cursor:pointer}
+#pbody ul.stack li:hover{background:#f2f5f8}
+#pbody a.back{cursor:pointer;color:#2a5d9f;text-decoration:underline;font-size:13px}
+.missing{color:#666}
 #sel .ring-o{stroke:#000;stroke-width:23px}#sel .ring-i{stroke:#fff;stroke-width:19px}
 #sel .truth-o{stroke-width:11px}#sel .truth-i{stroke-width:7px}
 /*LEVELS*/
@@ -92,12 +100,17 @@ function deg(lat, lon) { return lat.toFixed(4) + ", " + lon.toFixed(4); }
 // each; each prediction is its own element (click target, hover title) above one outline
 // path per level.
 function dot(x, y) { return "M" + x + " " + y + "h0"; }
-function linkPath(r) {   // the short way round, split at the antimeridian when it crosses
-  var x1 = r.lon, y1 = -r.lat, x2 = r.tlon, y2 = -r.tlat;
-  if (Math.abs(x2 - x1) <= 180) return "M" + x1 + " " + y1 + "L" + x2 + " " + y2;
-  var s = x2 > x1 ? -360 : 360;
-  return "M" + x1 + " " + y1 + "L" + (x2 + s) + " " + y2 +
-         "M" + (x1 - s) + " " + y1 + "L" + x2 + " " + y2;
+function linkPath(r) {   // the short way round, split at the antimeridian (see link_segments)
+  return r.line.map(function (s) {
+    return "M" + s[0] + " " + (-s[1]) + "L" + s[2] + " " + (-s[3]);
+  }).join("");
+}
+var stacks = data.stacks || [], stackOf = {};   // row -> its stack (photos at one spot)
+stacks.forEach(function (s, g) { s.rows.forEach(function (i) { stackOf[i] = g; }); });
+function members(i) { return stackOf[i] != null ? stacks[stackOf[i]].rows : [i]; }
+function tip(r) {
+  return r.id + ": " + (r.ans || "(no answer)") +
+         (r.err != null ? " \u2014 error " + km(r.err) : "");
 }
 (function build() {
   var links = [], truths = [], byLevel = {};
@@ -105,7 +118,10 @@ function linkPath(r) {   // the short way round, split at the antimeridian when 
   order.forEach(function (lv) { byLevel[lv] = []; });
   rows.forEach(function (r, i) {
     if (r.tlat != null) { links.push(linkPath(r)); truths.push(dot(r.tlon, -r.tlat)); }
-    (byLevel[r.lvl || "none"] || byLevel.none).push(i);
+    if (stackOf[i] == null) (byLevel[r.lvl || "none"] || byLevel.none).push(["i", i, r]);
+  });
+  stacks.forEach(function (s, g) {   // one marker per stack, with its count beside it
+    (byLevel[s.lvl || "none"] || byLevel.none).push(["g", g, s]);
   });
   var gl = document.getElementById("links"), gt = document.getElementById("truths");
   if (links.length) {
@@ -115,36 +131,65 @@ function linkPath(r) {   // the short way round, split at the antimeridian when 
   }
   var fp = document.createDocumentFragment();
   order.forEach(function (lv) {
-    var idx = byLevel[lv];
-    if (!idx.length) return;
-    fp.appendChild(svgEl("path", {d: idx.map(function (i) {
-      return dot(rows[i].lon, -rows[i].lat); }).join(""), "class": "mk pred-o"}));
-    idx.forEach(function (i) {
-      var r = rows[i];
-      var c = svgEl("path", {d: dot(r.lon, -r.lat), "class": "mk pred lv-" + lv, "data-i": i});
-      var title = svgEl("title", {});
-      title.textContent = r.id + ": " + (r.ans || "(no answer)") +
-                          (r.err != null ? " \u2014 error " + km(r.err) : "");
+    var items = byLevel[lv];
+    if (!items.length) return;
+    fp.appendChild(svgEl("path", {d: items.map(function (m) {
+      return dot(m[2].lon, -m[2].lat); }).join(""), "class": "mk pred-o"}));
+    items.forEach(function (m) {
+      var attrs = {d: dot(m[2].lon, -m[2].lat), "class": "mk pred lv-" + lv};
+      attrs["data-" + m[0]] = m[1];
+      var c = svgEl("path", attrs), title = svgEl("title", {});
+      title.textContent = m[0] === "i" ? tip(m[2]) : m[2].rows.length +
+        " photos predicted here:\n" + m[2].rows.slice(0, 12).map(function (i) {
+          return tip(rows[i]); }).join("\n") + (m[2].rows.length > 12 ? "\n\u2026" : "");
       c.appendChild(title); fp.appendChild(c);
     });
   });
   document.getElementById("preds").appendChild(fp);
+  var gc = document.getElementById("counts");
+  stacks.forEach(function (s) {
+    var t = svgEl("text", {x: s.lon, y: -s.lat, dx: "0.55em", dy: "-0.45em", "class": "count"});
+    t.textContent = "\u00d7" + s.rows.length;
+    gc.appendChild(t);
+  });
 })();
+function drawFocus(g, list) {   // the lines and truths of these rows, drawn strongly
+  var d = [], t = [];
+  list.forEach(function (i) {
+    var r = rows[i];
+    if (r.tlat != null) { d.push(linkPath(r)); t.push(dot(r.tlon, -r.tlat)); }
+  });
+  if (!d.length) return;
+  g.appendChild(svgEl("path", {d: d.join(""), "class": "mk link"}));
+  g.appendChild(svgEl("path", {d: t.join(""), "class": "mk truth-o"}));
+  g.appendChild(svgEl("path", {d: t.join(""), "class": "mk truth-i"}));
+}
+function hover(list) {
+  var g = document.getElementById("hov");
+  g.textContent = "";
+  if (list) drawFocus(g, list);
+}
+function markerOf(e) {
+  return e.target.closest ? e.target.closest("[data-i],[data-g]") : null;
+}
+svg.addEventListener("pointerover", function (e) {
+  var t = markerOf(e);
+  if (!t) return hover(null);
+  hover(t.hasAttribute("data-g") ? stacks[+t.getAttribute("data-g")].rows
+                                 : [+t.getAttribute("data-i")]);
+});
+svg.addEventListener("pointerout", function (e) { if (markerOf(e)) hover(null); });
 function highlight(i) {   // the chosen row drawn again on top, larger, with its truth
   var g = document.getElementById("sel");
   g.textContent = "";
   if (i < 0) return;
   var r = rows[i], d = dot(r.lon, -r.lat);
-  if (r.tlat != null) {
-    g.appendChild(svgEl("path", {d: linkPath(r), "class": "mk link"}));
-    var t = dot(r.tlon, -r.tlat);
-    g.appendChild(svgEl("path", {d: t, "class": "mk truth-o"}));
-    g.appendChild(svgEl("path", {d: t, "class": "mk truth-i"}));
-  }
+  drawFocus(g, [i]);
   g.appendChild(svgEl("path", {d: d, "class": "mk ring-o"}));
   g.appendChild(svgEl("path", {d: d, "class": "mk ring-i"}));
-  g.appendChild(svgEl("path", {d: d, "class": "mk pred lv-" + (r.lvl || "none"),
-                               "data-i": i}));
+  var a = {d: d, "class": "mk pred lv-" + (r.lvl || "none")};
+  if (stackOf[i] != null) a["data-g"] = stackOf[i]; else a["data-i"] = i;
+  g.appendChild(svgEl("path", a));
 }
 
 // ---- details panel
@@ -162,6 +207,11 @@ function select(i, share) {
     body.appendChild(el("p", "muted", "No thumbnail: " + (r.why || "unknown reason")));
   }
   if (r.credit) body.appendChild(el("p", "muted", "Photo: " + r.credit));
+  if (stackOf[i] != null) {
+    var back = el("a", "back", "\u2190 all " + members(i).length + " photos at this spot");
+    back.addEventListener("click", function () { showStack(stackOf[i]); });
+    body.appendChild(back);
+  }
   body.appendChild(el("h2", null, r.id));
   body.appendChild(el("div", "answer", r.ans || "(no answer)"));
   body.appendChild(el("span", "badge lv-" + (r.lvl || "none"), data.levels[r.lvl || "none"]));
@@ -185,10 +235,18 @@ function select(i, share) {
   if (r.levels.length) {
     body.appendChild(el("h3", null, "Along the top path"));
     var tl = el("table");
-    r.levels.forEach(function (l) {
+    r.levels.forEach(function (l) {   // [level, name, p, note]: a missing level says why
       var tr = el("tr");
-      tr.appendChild(el("td", null, l[0])); tr.appendChild(el("td", null, l[1]));
-      tr.appendChild(el("td", "p", pct(l[2]))); tl.appendChild(tr);
+      tr.appendChild(el("td", null, l[0]));
+      if (l[1] == null) {
+        tr.appendChild(el("td", "missing", "\u2014 " + (l[3] || "not predicted")));
+        tr.appendChild(el("td", "p", ""));
+      } else {
+        var td = el("td", null, l[1]);
+        if (l[3]) td.appendChild(el("span", "muted", " (" + l[3] + ")"));
+        tr.appendChild(td); tr.appendChild(el("td", "p", pct(l[2])));
+      }
+      tl.appendChild(tr);
     });
     body.appendChild(tl);
   }
@@ -197,6 +255,24 @@ function select(i, share) {
     try { history.replaceState(null, "", "#select=" + encodeURIComponent(r.id)); }
     catch (e) { /* some browsers refuse on file: URLs; the panel still opens */ }
   }
+}
+function showStack(g) {   // the list of the photos predicted at one spot
+  var s = stacks[g];
+  highlight(-1);
+  drawFocus(document.getElementById("sel"), s.rows);
+  body.textContent = "";
+  body.appendChild(el("h2", null, s.rows.length + " photos predicted at this spot"));
+  body.appendChild(el("p", "muted", deg(s.lat, s.lon) + " \u2014 click one for its details"));
+  var ul = el("ul", "stack");
+  s.rows.forEach(function (i) {
+    var r = rows[i], li = el("li");
+    li.appendChild(el("span", "badge lv-" + (r.lvl || "none"), "\u25cf"));
+    li.appendChild(document.createTextNode(" " + tip(r)));
+    li.addEventListener("click", function () { select(i, true); });
+    ul.appendChild(li);
+  });
+  body.appendChild(ul);
+  panel.hidden = false;
 }
 document.getElementById("pclose").addEventListener("click", function () {
   select(-1, false);
@@ -226,6 +302,8 @@ function apply() {
   view.cx = clamp(view.cx, -190 + w / 2, 190 - w / 2);   // keep the world in sight
   view.cy = clamp(view.cy, -92 + h / 2, 92 - h / 2);
   svg.setAttribute("viewBox", [view.cx - w / 2, view.cy - h / 2, w, h].join(" "));
+  // stack counts: 12 screen pixels at every zoom (one attribute; the offsets are in em)
+  document.getElementById("counts").setAttribute("font-size", 12 * view.k);
 }
 function fit(box) {   // [x, y, w, h] in map units
   var s = size();
@@ -296,8 +374,9 @@ svg.addEventListener("pointerup", endDrag);
 svg.addEventListener("pointercancel", endDrag);
 svg.addEventListener("click", function (e) {
   if (dragged) { dragged = false; return; }
-  var t = e.target.closest ? e.target.closest("[data-i]") : null;
-  if (t) select(+t.getAttribute("data-i"), true);
+  var t = markerOf(e);
+  if (t && t.hasAttribute("data-g")) showStack(+t.getAttribute("data-g"));
+  else if (t) select(+t.getAttribute("data-i"), true);
 });
 window.addEventListener("resize", apply);
 fit(data.view);
