@@ -32,7 +32,7 @@ from gazetteer.keys import LEVELS, OSV5M_KEY_COLUMNS, OSV5M_PART_COLUMNS
 from . import metrics
 from .config import ConfigError
 from .devices import ranks_from_env, resolve_device, use_device
-from .files import atomic_write_text
+from .files import atomic_write_text, one_line
 from .predict import predict
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,72 @@ def calibration_report(pred, truth_ids: np.ndarray) -> dict:
 MEMORY_INDEX_FILE, MEMORY_INDEX_META = "memory.faiss", "memory_index.json"
 
 
-def _rows_digest(x, n: int = 256) -> str:
-    """sha256 of the first and last ``n`` rows of ``x`` (a tensor or a store view): a saved
-    index is reused only over the rows it was built from."""
+def _rows_digest(x, n: int = 256, spread: int = 4096) -> str:
+    """sha256 of the shape, the first and last ``n`` rows of ``x`` (a tensor or a store
+    view) and ``spread`` rows evenly spread between them: a saved index is reused only over
+    the rows it was built from (a re-extracted shard in the middle changes it)."""
     import hashlib
 
     h = hashlib.sha256(str(tuple(x.shape)).encode())
-    for block in (x[:n], x[max(0, len(x) - n):]):
+    picks = np.unique(np.linspace(0, len(x) - 1, min(spread, len(x))).astype(np.int64))
+    for block in (x[:n], x[max(0, len(x) - n):], x[picks]):
         h.update(block.contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def memory_kind(cfg, n: int, d: int) -> str:
+    """``eval.memory_index`` resolved for ``n`` rows of ``d`` features."""
+    ev = cfg.eval
+    if ev.memory_index != "auto":
+        return ev.memory_index
+    return "exact" if n * d * 2 <= ev.memory_exact_max_gb * 2**30 else "ivfpq"
+
+
+def _saved_index(cfg, train, saved: Path):
+    """The run's saved ivfpq index over ``train``'s rows, or None (absent, over other rows,
+    or unreadable: then it is built again, with a warning)."""
+    from .predict.memory_index import FaissIndex, default_nprobe
+
+    meta = saved.with_name(MEMORY_INDEX_META)
+    if not (saved.exists() and meta.exists()):
+        return None
+    ev = cfg.eval
+    try:
+        params = json.loads(meta.read_text(encoding="utf-8"))
+        if not (params.get("rows") == len(train.ids) and params.get("dim") == train.x.shape[1]
+                and params.get("rows_digest") == _rows_digest(train.x)):
+            log.warning("%s was built over other rows than the run's training split: "
+                        "building it again", saved)
+            return None
+        nlist = int(params["nlist"])
+        nprobe = min(nlist, ev.memory_nprobe or default_nprobe(nlist))
+        return FaissIndex.load(saved, {**params, "nprobe": nprobe,
+                                       "refine": ev.memory_refine}, rows=train.x)
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # JSONDecodeError included
+        log.warning("the run's saved memory index %s cannot be read (%s): building it again",
+                    saved, one_line(exc))
+        return None
+
+
+def _keep_index(index, train, saved: Path) -> bool:
+    """Save an ivfpq index in the run (through a temporary file of this host, process and a
+    random token); False, with a warning, when the folder cannot take it."""
+    import secrets
+    import socket
+
+    tmp = saved.with_name(f".{saved.name}.{socket.gethostname()}-{os.getpid()}-"
+                          f"{secrets.token_hex(4)}.tmp")
+    try:
+        index.save(tmp)
+        os.replace(tmp, saved)
+        atomic_write_text(saved.with_name(MEMORY_INDEX_META), json.dumps(
+            {**index.describe(), "rows_digest": _rows_digest(train.x)}, indent=2) + "\n")
+        return True
+    except (OSError, RuntimeError) as exc:  # a read-only run folder, a full disk
+        tmp.unlink(missing_ok=True)
+        log.warning("could not keep the memory's index in %s (%s): it will be built again "
+                    "when needed", saved.parent, one_line(exc))
+        return False
 
 
 def build_memory(cfg, train, device="cpu", run_dir=None):
@@ -91,49 +148,47 @@ def build_memory(cfg, train, device="cpu", run_dir=None):
     ``train``, or None when ``eval.memory`` is off or the encoder is not ``features`` (the
     memory holds encoder features; extracting them for a timm encoder is not done here).
     With ``run_dir``, an ``ivfpq`` index is saved there (:data:`MEMORY_INDEX_FILE`) and a
-    saved one over the same rows is read back instead of built again."""
+    saved one over the same rows is read back instead of built again. An ivfpq index that
+    cannot be built (faiss missing, too few rows) falls back to exact search, with a
+    warning, rather than fail the end of a training run."""
     if not (cfg.eval.memory and cfg.eval.calibrate):
         return None
     if cfg.model.encoder != "features":
         log.info("eval.memory: only with model.encoder=features; predicting without one")
         return None
     from .predict.memory import Memory
-    from .predict.memory_index import FaissIndex, default_nprobe
+    from .predict.memory_index import FaissIndex
 
     ev = cfg.eval
+    kind = memory_kind(cfg, len(train.ids), int(train.x.shape[1]))
     saved = None if run_dir is None else Path(run_dir) / MEMORY_INDEX_FILE
-    if saved is not None and saved.exists() and saved.with_name(MEMORY_INDEX_META).exists():
-        params = json.loads(saved.with_name(MEMORY_INDEX_META).read_text(encoding="utf-8"))
-        if (params.get("rows") == len(train.ids) and params.get("dim") == train.x.shape[1]
-                and params.get("rows_digest") == _rows_digest(train.x)):
-            index = FaissIndex.load(saved, {**params, "nprobe": ev.memory_nprobe or
-                                            default_nprobe(params["nlist"]),
-                                            "refine": ev.memory_refine}, rows=train.x)
+    if saved is not None and kind == "ivfpq":
+        index = _saved_index(cfg, train, saved)
+        if index is not None:
             log.info("retrieval memory: the run's %s index of %s rows (%s)", index.kind,
                      f"{index.ntotal:,}", saved)
             return Memory.from_index(index, train.ids, ev.memory_k, ev.memory_temperature,
                                      device)
-        log.warning("%s was built over other rows than the run's training split: building "
-                    "it again", saved)
     t0 = time.perf_counter()
-    mem = Memory(train.x, train.ids, ev.memory_k, ev.memory_temperature, device,
-                 index=ev.memory_index, exact_max_gb=ev.memory_exact_max_gb,
-                 nprobe=ev.memory_nprobe, refine=ev.memory_refine)
+    opts = {"exact_max_gb": ev.memory_exact_max_gb, "nprobe": ev.memory_nprobe,
+            "refine": ev.memory_refine}
+    try:
+        mem = Memory(train.x, train.ids, ev.memory_k, ev.memory_temperature, device,
+                     index=kind, **opts)
+    except (ValueError, ImportError) as exc:
+        if kind != "ivfpq" or "NaN" in str(exc):
+            raise
+        log.warning("the retrieval memory's ivfpq index cannot be built (%s): searching "
+                    "exactly instead (every feature in memory, %.2f GiB)", one_line(exc),
+                    len(train.ids) * int(train.x.shape[1]) * 2 / 2**30)
+        mem = Memory(train.x, train.ids, ev.memory_k, ev.memory_temperature, device,
+                     index="exact", **opts)
     mem.build_seconds = time.perf_counter() - t0
     log.info("retrieval memory: %s index of %s rows, %.2f GiB, built in %.0f s",
              mem.index.kind, f"{mem.index.ntotal:,}", mem.index.nbytes / 2**30,
              mem.build_seconds)
     if saved is not None and isinstance(mem.index, FaissIndex):
-        tmp = saved.with_name(f".{saved.name}.{os.getpid()}.tmp")  # one per process
-        try:
-            mem.index.save(tmp)
-            os.replace(tmp, saved)
-            atomic_write_text(saved.with_name(MEMORY_INDEX_META), json.dumps(
-                {**mem.index.describe(), "rows_digest": _rows_digest(train.x)}, indent=2) + "\n")
-        except (OSError, RuntimeError) as exc:  # a read-only run folder, a full disk
-            tmp.unlink(missing_ok=True)
-            log.warning("could not keep the memory's index in %s (%s): it will be built "
-                        "again when needed", saved.parent, exc)
+        _keep_index(mem.index, train, saved)
     return mem
 
 
@@ -359,6 +414,20 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, method: str
             torch.distributed.destroy_process_group()
 
 
+def _shared_memory(cfg, train, device, run, rank: int, world: int):
+    """:func:`build_memory` for each process of a parallel evaluation: an ivfpq index is
+    built once, by process 0, which keeps it in the run; the others wait, then read it
+    (memory-mapped) instead of each building its own."""
+    once = world > 1 and memory_kind(cfg, len(train.ids), int(train.x.shape[1])) == "ivfpq"
+    if once and rank > 0:
+        torch.distributed.barrier()  # process 0 builds and keeps the index
+    try:
+        return build_memory(cfg, train, device, run_dir=run)
+    finally:
+        if once and rank == 0:
+            torch.distributed.barrier()
+
+
 def _evaluate_run(run, data_path, method, beams, coords, out, device, use_memory, rank: int,
                   world: int) -> dict | None:
     from .data.splits import DataError, load_data, read_store_split
@@ -378,11 +447,12 @@ def _evaluate_run(run, data_path, method, beams, coords, out, device, use_memory
     memory = None
     if method == "descent" and use_memory and model.uses_memory:
         try:
-            memory = build_memory(cfg, (data or load_data(cfg, gz)).train,
-                                  model.entities.device, run_dir=run)
+            train = (data or load_data(cfg, gz)).train
         except (FileNotFoundError, DataError) as e:
             log.warning("the run's retrieval memory needs its training data (%s): predicting "
                         "with the model alone", e)
+        else:
+            memory = _shared_memory(cfg, train, model.entities.device, run, rank, world)
     pred, secs = predict_split(model, hier, split, cfg, method=method, beams=beams,
                                memory=memory, rank=rank, world=world)
     if world > 1:

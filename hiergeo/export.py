@@ -297,26 +297,21 @@ def _collect_memory(cfg, gz, new: np.ndarray, run: Path) -> dict:
     ``ivfpq`` memory also the run's FAISS index (built now, and kept in the run, if training
     did not keep one)."""
     from .data.splits import load_data
-    from .evaluate import MEMORY_INDEX_FILE, build_memory
+    from .evaluate import build_memory, memory_kind
     from .predict.memory_index import FaissIndex
 
     train = load_data(cfg, gz).train
     ids = train.ids.numpy()
     ids = torch.from_numpy(np.where(ids >= 0, new[ids.clip(0)], -1).astype(np.int32))
-    n, d = len(train.x), int(train.x.shape[1])
-    ev = cfg.eval
-    kind = ev.memory_index
-    if kind == "auto":
-        kind = "exact" if n * d * 2 <= ev.memory_exact_max_gb * 2**30 else "ivfpq"
-    if kind == "exact":
+    if memory_kind(cfg, len(train.x), int(train.x.shape[1])) == "exact":
         return {"features": train.x, "ids": ids, "unit": False, "index": {"kind": "exact"}}
-    mem = build_memory(cfg, train, run_dir=run)  # the run's own index, or built and kept
-    if not isinstance(mem.index, FaissIndex) or not (run / MEMORY_INDEX_FILE).exists():
-        raise ValueError(f"the run's {kind} memory index could not be kept in {run}")
+    mem = build_memory(cfg, train, run_dir=run)  # the run's own index, or built (and kept)
+    if not isinstance(mem.index, FaissIndex):  # it fell back to exact search (a warning)
+        return {"features": train.x, "ids": ids, "unit": False, "index": {"kind": "exact"}}
     # the rows travel only when the index re-ranks with them (eval.memory_refine > 1)
     rows = train.x if mem.index.params.get("refine", 1) > 1 else None
-    return {"features": rows, "ids": ids, "unit": False,
-            "index_file": run / MEMORY_INDEX_FILE, "index": mem.index.describe()}
+    return {"features": rows, "ids": ids, "unit": False, "index_obj": mem.index,
+            "index": mem.index.describe()}
 
 
 def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
@@ -480,7 +475,9 @@ def write(p: Portable, out: str | Path, *, overwrite: bool = False) -> Path:
         put("entities.parquet", lambda t: p.entities.to_parquet(t, index=False))
         if p.memory is not None:
             put("memory.safetensors", lambda t: _write_memory(t, p.memory))
-            if "index_file" in p.memory:
+            if "index_obj" in p.memory:  # the index the run predicts with, as it is
+                put("memory.faiss", lambda t: p.memory["index_obj"].save(t))
+            elif "index_file" in p.memory:  # a model read back (hiergeo.export.read)
                 put("memory.faiss", lambda t: shutil.copyfile(p.memory["index_file"], t))
         if p.backbone is not None:
             put("backbone.safetensors", lambda t: save_file(p.backbone, str(t)))
@@ -711,9 +708,12 @@ def check_meta(meta: dict, weights: dict, where: Path) -> None:
     index = (mem or {}).get("index") or {"kind": "exact"}
     if mem is not None and not (isinstance(index, dict) and (
             index.get("kind") == "exact" or (
-                index.get("kind") == "ivfpq" and _whole(index.get("nprobe"), 1, 1 << 20)
-                and _whole(index.get("nlist"), 1, 1 << 24)))):
-        bad(f"memory.index = {str(index)[:80]}: exact, or ivfpq with whole nlist and nprobe")
+                index.get("kind") == "ivfpq" and _whole(index.get("nlist"), 1, 1 << 24)
+                and _whole(index.get("nprobe"), 1, index["nlist"])
+                and _whole(index.get("refine", 1), 1, 64) and index.get("nbits") == 8
+                and _whole(index.get("m"), 1, m.get("in_dim") or 1)))):
+        bad(f"memory.index = {str(index)[:80]}: exact, or ivfpq with whole nlist, nprobe <= "
+            "nlist, refine in 1..64, nbits 8 and m <= in_dim")
     if pr.get("geocoder", "gazetteer") not in ("gazetteer", "reverse_geocoder"):
         bad(f"predict.geocoder = {pr.get('geocoder')!r}, not gazetteer or reverse_geocoder")
     bb, ents = meta.get("backbone"), meta.get("entities")
@@ -790,7 +790,7 @@ def _check_memory(mem: dict, meta: dict, where: Path, finite: bool = True) -> No
 
 def _check_memory_ids(ids: torch.Tensor, e: pd.DataFrame, where: Path) -> None:
     """Each memory row's id at level l is -1 or an entity of depth l + 1 of the table."""
-    depth = torch.from_numpy(e["depth"].to_numpy(np.int64))
+    depth = torch.tensor(e["depth"].to_numpy(np.int64))
     bad = (ids < -1) | (ids >= len(e))
     if not bool(bad.any()):
         lvl = torch.arange(1, ids.shape[1] + 1).expand_as(ids)

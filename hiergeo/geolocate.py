@@ -150,13 +150,17 @@ class Geolocator:
             from .predict.memory import Memory
 
             mem = portable.memory
-            if "index_file" in mem:  # ivfpq: the FAISS index, memory-mapped
-                self.memory = Memory.from_index(_read_index(mem, mm, self.meta), mem["ids"],
-                                                mm["k"], mm["temperature"], device=self.device)
-            else:
-                build = Memory.from_unit if mem.get("unit") else Memory
-                self.memory = build(mem["features"], mem["ids"], mm["k"], mm["temperature"],
-                                    device=self.device)
+            if "index_obj" in mem or "index_file" in mem:  # ivfpq
+                index = (mem["index_obj"] if "index_obj" in mem  # a run's, already built
+                         else _read_index(mem, mm, self.meta))  # an export's, mapped
+                self.memory = Memory.from_index(index, mem["ids"], mm["k"], mm["temperature"],
+                                                device=self.device)
+            elif mem.get("unit"):
+                self.memory = Memory.from_unit(mem["features"], mem["ids"], mm["k"],
+                                               mm["temperature"], device=self.device)
+            else:  # a run's exact memory, from its store
+                self.memory = Memory(mem["features"], mem["ids"], mm["k"], mm["temperature"],
+                                     device=self.device, index="exact")
         self.settings = dict(self.meta["predict"])
         #: how truth positions and predicted points get their keys (the run's eval.geocoder)
         self.geocoder = self.settings.pop("geocoder", "gazetteer")

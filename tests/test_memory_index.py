@@ -20,7 +20,8 @@ def _clustered(n: int, d: int, centres: int = 50, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(centres, d, generator=g)
     x = c[torch.randint(0, centres, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
-    q = x[:300] + 0.2 * torch.randn(300, d, generator=g)
+    m = min(300, n)
+    q = x[:m] + 0.2 * torch.randn(m, d, generator=g)
     return x, q
 
 
@@ -78,8 +79,8 @@ def test_auto_is_exact_while_the_rows_fit_and_ivfpq_above():
     assert auto.kind == "ivfpq" and auto.params["nprobe"] == auto.params["nlist"] // 2
     with pytest.raises(ValueError, match="memory_index"):
         mi.build_index(x, "hnsw")
-    with pytest.raises(ValueError, match="at least as many rows"):
-        mi.build_index(x[:40], "ivfpq")
+    with pytest.raises(ValueError, match="at least 256 rows"):
+        mi.build_index(x[:200], "ivfpq")  # more rows than lists, fewer than a codebook
 
 
 def test_the_exact_index_is_the_memory_of_before():
@@ -168,7 +169,7 @@ def test_a_run_keeps_its_ivfpq_index_and_the_export_predicts_as_the_run(ivfpq_ru
     cfg, m, hier, gz = load_run(run_dir)
     data = load_data(cfg, gz)
     mem = build_memory(cfg, data.train, run_dir=run_dir)  # the saved index, read back
-    assert mem.index.kind == "ivfpq"
+    assert mem.index.kind == "ivfpq" and mem.build_seconds is None  # not built again
     x = data.val.x[:200].float()
     kw = {"beams": cfg.eval.beams, "topk": 5, "coords": cfg.eval.coords,
           "threshold": cfg.eval.threshold}
@@ -271,3 +272,77 @@ def test_without_re_ranking_the_export_carries_no_rows(ivfpq_run, tmp_path):
     assert g.memory.index.rows is None
     got = g.predict_features(x)
     np.testing.assert_array_equal(got["p_city"].to_numpy(), want.path_prob[:, 0, 3])
+
+
+def test_a_saved_index_is_rebuilt_when_stale_unreadable_or_not_asked_for(ivfpq_run, tmp_path,
+                                                                          caplog):
+    """The run's memory.faiss is reused only over the same rows (a changed middle row
+    counts), rebuilt with a warning when its files are damaged, and ignored when the config
+    asks for exact search."""
+    import shutil
+    from types import SimpleNamespace
+
+    from hiergeo.data.splits import load_data
+    from hiergeo.evaluate import MEMORY_INDEX_META, build_memory, load_run
+
+    run_dir, _ = ivfpq_run
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    cfg, _, _, gz = load_run(run2)
+    train = load_data(cfg, gz).train
+    assert build_memory(cfg, train, run_dir=run2).build_seconds is None  # reused
+    x = train.x[:].clone()
+    x[len(x) // 2] += 1.0  # one row in the middle changed
+    changed = SimpleNamespace(x=x, ids=train.ids)
+    assert build_memory(cfg, changed, run_dir=tmp_path / "elsewhere").build_seconds is not None
+    shutil.copy(run2 / "memory.faiss", tmp_path / "keep.faiss")
+    shutil.copy(run2 / MEMORY_INDEX_META, tmp_path / "keep.json")
+    mem = build_memory(cfg, changed, run_dir=run2)
+    assert mem.build_seconds is not None and "other rows" in caplog.text
+    shutil.copy(tmp_path / "keep.faiss", run2 / "memory.faiss")
+    (run2 / MEMORY_INDEX_META).write_text("{not json")
+    caplog.clear()
+    mem = build_memory(cfg, train, run_dir=run2)
+    assert mem.build_seconds is not None and "cannot be read" in caplog.text
+    cfg.eval.memory_index = "exact"
+    assert build_memory(cfg, train, run_dir=run2).index.kind == "exact"
+
+
+def test_too_few_rows_for_ivfpq_fall_back_to_exact_with_a_warning(caplog):
+    from types import SimpleNamespace
+
+    from hiergeo.evaluate import build_memory
+    from hiergeo.train import load_config
+
+    cfg = load_config("smoke", ["eval.memory_index=ivfpq"])
+    x, _ = _clustered(150, 16)
+    mem = build_memory(cfg, SimpleNamespace(x=x, ids=torch.zeros(150, 4, dtype=torch.long)))
+    assert mem.index.kind == "exact" and "searching exactly instead" in caplog.text
+
+
+def test_parallel_evaluation_builds_the_index_once(ivfpq_run, tmp_path):
+    """Under torchrun every process needs the memory: process 0 builds and keeps the index,
+    the other reads it; the figures equal one process's."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from hiergeo.cli.evaluate import main as evaluate_main
+
+    run_dir, _ = ivfpq_run
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    (run2 / "memory.faiss").unlink()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29541", "-m", "hiergeo.evaluate", "--run-dir", str(run2),
+           "--out", str(tmp_path / "two")]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("built in") == 1 and (run2 / "memory.faiss").exists()
+    assert evaluate_main(["--run", str(run2), "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())["eval"]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())["eval"]
+    for k in ("acc_country", "acc_city", "geoscore"):
+        assert two[k] == pytest.approx(one[k], abs=1e-9), k

@@ -30,7 +30,7 @@ class KNNRetrieval:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k}, {temperature}")
         self.k, self.temperature = int(k), float(temperature)
 
-    def fit(self, train, index="exact") -> KNNRetrieval:
+    def fit(self, train, index="auto") -> KNNRetrieval:
         """``index``: a kind to build over ``train.x``, or an index already built over it."""
         self.index = build_index(train.x, index) if isinstance(index, str) else index
         if self.index.ntotal != len(train.ids):

@@ -14,12 +14,13 @@ Two kinds behind one small surface (``search(q, k) -> (similarity, row)``, ``des
   (the id) instead of ``2 d``: 0.7 GB for OSV-5M's 4.9M x 1024 at ``m = 128``. Trained on a
   random sample of rows, then filled a block at a time: the store is never in memory whole.
   Saved as one FAISS file and read back memory-mapped (``IO_FLAG_MMAP_IFC``): loading reads
-  no codes, and the pages a search touches are the page cache's, not the process's. The
-  codes' similarities are approximate (off by a few hundredths of a cosine, which the
-  neighbours' weights ``exp(s / 0.05)`` magnify), so a search takes ``refine x k``
-  candidates and re-ranks them by exact cosine with their rows, read on demand from the
-  store (or the exported ``memory.safetensors``): ``refine x k x d x 2`` bytes read per
-  query, none of it held.
+  no codes; the pages a search touches count in the process's resident memory (shared
+  with other processes mapping the file, and given back under pressure), up to the index's
+  size. The codes' similarities are approximate (on the names benchmark 0.028 of a cosine
+  on average, which the neighbours' weights ``exp(s / 0.05)`` magnify), so a search takes
+  ``refine x k`` candidates and re-ranks them by exact cosine with their rows, read on
+  demand from the store (or the exported ``memory.safetensors``): ``refine x k x d x 2``
+  bytes read per query, none of it held.
 
 :func:`build_index` chooses by size (``kind="auto"``): exact while the float16 rows fit in
 ``exact_max_gb``, IVF-PQ above. What it costs and how recall and accuracy compare:
@@ -129,6 +130,9 @@ def _faiss():
     except ImportError as exc:  # a broken or partial install
         raise ImportError("the retrieval memory's ivfpq index needs faiss-cpu: "
                           "pip install faiss-cpu (or eval.memory_index=exact)") from exc
+    # FAISS's OpenMP takes every core unless told: as many threads as torch's (the
+    # process's share under torchrun, hardware.threads)
+    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     return faiss
 
 
@@ -153,7 +157,8 @@ def ivfpq_params(n: int, d: int, nprobe: int | None = None, refine: int = 4) -> 
     nlist = int(2 ** round(math.log2(max(64, min(65_536, math.sqrt(max(n, 1)))))))
     m = next((m for m in (128, 64, 32, 16, 8) if d % m == 0 and d // m >= 4), None)
     if m is None:
-        raise ValueError(f"no product quantiser fits {d} dimensions (need a multiple of 32)")
+        raise ValueError(f"no product quantiser fits {d} dimensions (need a multiple of 8, "
+                         "at least 32)")
     train = int(min(n, max(39 * nlist, 256 * 39), 200_000))
     nprobe = default_nprobe(nlist) if nprobe is None else min(int(nprobe), nlist)
     return {"kind": "ivfpq", "nlist": nlist, "m": m, "nbits": 8, "nprobe": nprobe,
@@ -183,7 +188,11 @@ class FaissIndex:
             raise ValueError(f"the index holds {self.ntotal} rows, its row source {len(rows)}")
 
     def _set_nprobe(self, nprobe: int) -> None:
-        _faiss().extract_index_ivf(self.index).nprobe = int(nprobe)
+        try:
+            ivf = _faiss().extract_index_ivf(self.index)
+        except RuntimeError:
+            raise ValueError("not an inverted-file (IVF) index") from None
+        ivf.nprobe = int(nprobe)
         self.params["nprobe"] = int(nprobe)
 
     @classmethod
@@ -192,9 +201,11 @@ class FaissIndex:
         store view), then add every row a block at a time."""
         faiss = _faiss()
         n, d = int(features.shape[0]), int(features.shape[1])
-        if n < params["nlist"]:
-            raise ValueError(f"an ivfpq index of {params['nlist']} lists needs at least as "
-                             f"many rows, got {n}: use eval.memory_index=exact")
+        need = max(params["nlist"], 2 ** params["nbits"])  # k-means of the lists and codes
+        if n < need:
+            raise ValueError(f"an ivfpq index of {params['nlist']} lists and "
+                             f"{2 ** params['nbits']}-entry codebooks needs at least {need} "
+                             f"rows, got {n}: use eval.memory_index=exact")
         index = faiss.index_factory(d, f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}",
                                     faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
@@ -270,10 +281,10 @@ class FaissIndex:
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
-        except RuntimeError as exc:
+            return cls(index, params, rows=rows, rows_unit=rows_unit)
+        except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "?"
             raise ValueError(f"{path}: not a FAISS index hiergeo wrote ({first})") from None
-        return cls(index, params, rows=rows, rows_unit=rows_unit)
 
 
 def build_index(features, kind: str = "auto", device="cpu", exact_max_gb: float = 1.0,
