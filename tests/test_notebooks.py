@@ -1,5 +1,6 @@
 """Each notebook runs top to bottom in a fresh kernel on the tests' small data."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -35,6 +36,15 @@ def test_01_gazetteer(small_places_csv, tmp_path, cache_env):
     text = _text(nb)
     assert "Pleasant Point" in text or "Canterbury" in text
     assert "placeholders" in text
+
+
+def test_01_draws_a_country_across_the_antimeridian_in_one_piece(small_places_csv, tmp_path,
+                                                                  cache_env):
+    """Fiji's places at 179.95 and -179.95 (conftest) are 0.1 degrees apart, not 360."""
+    nb = _execute("01_gazetteer.ipynb", {"PLACES": str(small_places_csv), "COUNTRY": "FJ"},
+                  tmp_path)
+    width = re.search(r"drawn over (\d+)° of longitude", _text(nb))
+    assert width and int(width.group(1)) < 20, width
 
 
 def test_02_embeddings(small_places_csv, tmp_path, cache_env):
