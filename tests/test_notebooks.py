@@ -11,12 +11,18 @@ from nbformat.v4 import new_code_cell
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def _execute(name: str, params: dict, tmp_path) -> nbformat.NotebookNode:
+def _execute(name: str, params: dict, tmp_path, first: str = "",
+             last: str = "") -> nbformat.NotebookNode:
+    """Run notebook ``name`` with ``params`` set after its parameters cell; ``first`` and
+    ``last``: code run before the notebook's own code and after it."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         f"{name}: outputs must be stripped in git (make notebooks)"
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(at + 1, new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())))
+    nb.cells.insert(at + 1, new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())
+                                          + "\n" + first))
+    if last:
+        nb.cells.append(new_code_cell(last))
     NotebookClient(nb, timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
@@ -47,9 +53,28 @@ def test_01_draws_a_country_across_the_antimeridian_in_one_piece(small_places_cs
     assert width and int(width.group(1)) < 20, width
 
 
+# Before the notebook's code: plt.show notes, for each figure it shows, whether the figure
+# or every one of its axes has a legend
+LEGEND_PROBE = """
+import matplotlib.pyplot as plt
+legend_probe = []
+def probe_show(*args, show=plt.show, **kwargs):
+    for num in plt.get_fignums():
+        fig = plt.figure(num)
+        legend_probe.append(bool(fig.legends)
+                            or all(ax.get_legend() is not None for ax in fig.axes))
+    return show(*args, **kwargs)
+plt.show = probe_show
+"""
+
+
 def test_02_embeddings(small_places_csv, tmp_path, cache_env):
-    nb = _execute("02_embeddings.ipynb", {"PLACES": str(small_places_csv), "DIM": 8}, tmp_path)
-    assert "MAP" in _text(nb)
+    nb = _execute("02_embeddings.ipynb", {"PLACES": str(small_places_csv), "DIM": 8}, tmp_path,
+                  first=LEGEND_PROBE, last='print("legends per figure:", legend_probe)')
+    text = _text(nb)
+    assert "MAP" in text
+    shown = re.search(r"legends per figure: (\[.*\])", text).group(1)
+    assert shown == "[True, True, True]", f"a figure without a legend: {shown}"
 
 
 def test_03_errors_by_country(smoke_run, tmp_path, cache_env):
