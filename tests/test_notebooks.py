@@ -78,9 +78,21 @@ def test_02_embeddings(small_places_csv, tmp_path, cache_env):
 
 
 def test_03_errors_by_country(smoke_run, tmp_path, cache_env):
-    d, _ = smoke_run
-    nb = _execute("03_errors_by_country.ipynb", {"RUN": str(d), "BEAMS": [1, 3]}, tmp_path)
-    assert "top1_city" in _text(nb)
+    d, res = smoke_run
+    assert res["acc_country"] == 1.0       # like the demo: no country is ever wrong
+    nb = _execute("03_errors_by_country.ipynb", {"RUN": str(d), "BEAMS": [1, 3]}, tmp_path,
+                  last='print("confusion rows:", 0 if confusions is None else len(confusions))\n'
+                       'print("beam 1 top1_city:", curve.set_index("beam").loc[1, "top1_city"])')
+    text = _text(nb)
+    assert "top1_city" in text
+    # the confusions fall back to the first level with mistakes instead of an empty table
+    assert int(re.search(r"confusion rows: (\d+)", text).group(1)) > 0
+    assert "confusions at the region level" in text or "confusions at the subregion" in text
+    # the beam curve predicts as the run's evaluation did (with its memory): at the run's own
+    # beam width it reproduces metrics.json, and the gap to the model alone is shown
+    assert float(re.search(r"beam 1 top1_city: ([\d.]+)", text).group(1)) == \
+        pytest.approx(res["top1_city"])
+    assert "model alone" in text and "the point, geocoded" in text
 
 
 def test_04_compare_models(tmp_path, cache_env):
