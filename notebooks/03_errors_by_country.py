@@ -149,8 +149,9 @@ curve
 # geocode back to it, so the two agree row for row in `metrics.json`; `coords=weighted` or
 # `geocoder=reverse_geocoder` can part them. A larger gap comes from how the predictions were
 # made: `predict(...)` without `memory=` is the model alone, without what the run's retrieval
-# memory adds (most at the city level, where its fitted weight is largest): on the demo run
-# about 0.69 against 0.53. The cell below measures both at the run's own beam width.
+# memory adds: on the demo run, whose fitted memory weight is largest at the city level
+# (`calibration.json`), about 0.69 against 0.53. The cell below measures both at the run's own
+# beam width.
 
 # %%
 beams = list(cfg.eval.beams)
