@@ -1,5 +1,6 @@
 """Each notebook runs top to bottom in a fresh kernel on the tests' small data."""
 
+import os
 import re
 from pathlib import Path
 
@@ -23,9 +24,17 @@ def _execute(name: str, params: dict, tmp_path, first: str = "",
                                           + "\n" + first))
     if last:
         nb.cells.append(new_code_cell(last))
+    # the kernel imports this checkout's gazetteer and hiergeo, not whichever one the venv's
+    # editable install points at (worktrees may share a venv)
     NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=_kernel_env())
     return nb
+
+
+def _kernel_env() -> dict:
+    path = os.pathsep.join(p for p in (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH"))
+                           if p)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def _text(nb) -> str:
