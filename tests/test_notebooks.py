@@ -131,3 +131,35 @@ def test_each_notebook_is_its_jupytext_source(name):
         f"notebooks/{name}.ipynb differs from its source {name}.py: run make notebooks"
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     assert ["parameters"] in tags
+
+
+def test_run_notebooks_names_the_failing_cell_and_skips_what_lacks_a_run(scripts, tmp_path,
+                                                                      monkeypatch, capsys):
+    """``make notebooks-run``: one line per notebook, a failure named by notebook and cell
+    (exit 1, the others still run), notebook 03 skipped with what to run when there is no
+    training run."""
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    rn = scripts("run_notebooks")
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    cells = [new_markdown_cell("# broken"), new_code_cell("x = 1"),
+             new_code_cell("print('before')\n1 / 0")]
+    nbformat.write(new_notebook(cells=cells), folder / "01_broken.ipynb")
+    nbformat.write(new_notebook(cells=[new_code_cell("print('fine')")]),
+                   folder / "02_fine.ipynb")
+    nbformat.write(new_notebook(cells=[new_code_cell("raise RuntimeError")]),
+                   folder / "03_errors_by_country.ipynb")
+    monkeypatch.setattr(rn, "NOTEBOOKS", folder)
+    out = tmp_path / "out"
+    rc = rn.main(["--out", str(out), "--run", str(tmp_path / "no_run"), "--timeout", "60"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("FAIL 01_broken.ipynb") and "cell 3 (code cell 2" in lines[0] \
+        and "ZeroDivisionError" in lines[0]
+    assert lines[1].startswith("ok   02_fine.ipynb") and " s  -> " in lines[1]
+    assert lines[2].startswith("skip 03_errors_by_country.ipynb") and "make demo" in lines[2]
+    assert "1 skipped, 1 failed (01_broken.ipynb)" in lines[3]
+    executed = nbformat.read(out / "01_broken.ipynb", as_version=4)
+    assert executed.cells[2].outputs[0]["text"] == "before\n"   # the partial copy is kept
