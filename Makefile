@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NBSTAMP := $(VENV)/.installed-notebooks
 
-.PHONY: demo photos notebooks test lint install clean-venv gpu-check
+.PHONY: demo photos notebooks lab notebooks-run test lint install clean-venv gpu-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hiergeo needs Python >= 3.11"'
@@ -40,6 +41,24 @@ photos: $(STAMP)
 # beside each (or the .py from a newer .ipynb), keeping cell ids and outputs
 notebooks: $(STAMP)
 	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+# The `notebooks` extra (JupyterLab, nbconvert: some 45 packages, about 50 MB to download),
+# installed into the venv once
+$(NBSTAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[notebooks]'
+	@touch $(NBSTAMP)
+
+# JupyterLab on notebooks/ (installs the extra the first time). Needs a browser: open the
+# http://localhost:8888/lab?token=... address it prints (on a remote machine, forward the port
+# with ssh -L 8888:localhost:8888); Ctrl-C twice stops it. Without a browser: make notebooks-run
+lab: $(NBSTAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# All four notebooks executed headless in fresh kernels (scripts/run_notebooks.py), one line
+# each with its time; copies with outputs in results/notebooks/ (.ipynb, and .html to read in a
+# browser). Notebook 03 is skipped, with what to run, until `make demo` has written results/demo
+notebooks-run: $(NBSTAMP)
+	$(PY) scripts/run_notebooks.py --out results/notebooks
 
 # Every CUDA path in about 4 minutes on one GPU (scripts/gpu_check.py): device spellings, bf16
 # extraction and its throughput, training on an OSV-5M-sized store, export, predict with a

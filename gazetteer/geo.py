@@ -17,6 +17,42 @@ def wrap_lon(lon: np.ndarray) -> np.ndarray:
     return out
 
 
+def lon_window(lon) -> float:
+    """Where the 360-degree window starts in which the longitudes ``lon`` (degrees) are most
+    compact: ``-180.0`` (the usual [-180, 180]) or ``0.0`` ([0, 360)) when that spans fewer
+    degrees. A country across the antimeridian (New Zealand with the Chatham Islands, Fiji,
+    Russia, Kiribati) spans almost 360 degrees in the first and a few in the second; a tie
+    keeps the usual window. NaNs are ignored; no longitude at all gives ``-180.0``."""
+    lon = wrap_lon(np.asarray(lon, dtype=np.float64).ravel())
+    lon = lon[np.isfinite(lon)]
+    if lon.size == 0:
+        return -180.0
+    return 0.0 if np.ptp(lon % 360.0) < np.ptp(lon) else -180.0
+
+
+def unwrap_lon(lon, start: float | None = None) -> np.ndarray:
+    """Longitudes (degrees) moved into one continuous window, so that a place across the
+    antimeridian is drawn in one piece instead of stretched over -180..180.
+
+    Args:
+        lon: longitudes, any shape.
+        start: the window, ``-180.0`` or ``0.0`` (see :func:`lon_window`); None: the most
+            compact for ``lon`` itself. Pass the same ``start`` to every layer of one map
+            (cities, labels, polygon vertices) so they stay aligned.
+    Returns:
+        A float64 array shaped like ``lon``: in the ``-180`` window, :func:`wrap_lon` (values
+        already in [-180, 180] unchanged); in the ``0`` window, ``lon % 360`` (-176 -> 184).
+    """
+    lon = np.asarray(lon, dtype=np.float64)
+    if start is None:
+        start = lon_window(lon)
+    if start == -180.0:
+        return wrap_lon(lon)
+    if start == 0.0:
+        return lon % 360.0
+    raise ValueError(f"start must be -180.0 or 0.0, not {start!r}")
+
+
 def to_xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Unit vectors ``[n, 3]`` for latitudes/longitudes in degrees."""
     la = np.radians(np.asarray(lat, dtype=np.float64))

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -72,26 +72,47 @@ display(per_country.tail(5))
 # ## One country: regions and cities
 #
 # Regions are drawn with their Natural Earth polygons when the gazetteer has them; cities are
-# dots at their GeoNames coordinates, coloured by region.
+# dots at their GeoNames coordinates, coloured by region. A country across the antimeridian
+# (New Zealand with the Chatham Islands, Fiji, Russia, Kiribati) would stretch over the whole
+# -180..180 map: `unwrap_lon` moves every layer into [0, 360) when that is narrower
+# (-176.6, the Chathams, becomes 183.4); the axis still reads in ordinary longitudes.
 
 # %%
+import numpy as np
+import shapely
+from matplotlib.ticker import FuncFormatter
+
+from gazetteer.geo import lon_window, unwrap_lon, wrap_lon
+
 cid = gz.id_of(COUNTRY)
 regions = gz.children(cid)
 cities = ents[(ents["country_code"] == COUNTRY) & (ents["level"] == "city")]
-fig, ax = plt.subplots(figsize=(7, 7))
-if len(gz.polygons):
-    shapes = gz.polygons_frame("region")
+shapes = gz.polygons_frame("region") if len(gz.polygons) else None
+if shapes is not None:
     shapes = shapes[shapes["country_code"] == COUNTRY]
-    if len(shapes):
-        shapes.plot(ax=ax, column="key", cmap="tab20", alpha=0.35, edgecolor="grey")
+drawn = shapes is not None and len(shapes) > 0
+vertices = shapely.get_coordinates(shapes.geometry.to_numpy())[:, 0] if drawn else []
+start = lon_window(np.concatenate([cities["lon"], regions["lon"], vertices]))
+
+fig, ax = plt.subplots(figsize=(7, 7))
+if drawn:
+    shapes = shapes.set_geometry(shapely.transform(  # the same window, vertex by vertex
+        shapes.geometry.to_numpy(), lambda xy: np.c_[unwrap_lon(xy[:, 0], start), xy[:, 1]]),
+        crs=shapes.crs)
+    shapes.plot(ax=ax, column="key", cmap="tab20", alpha=0.35, edgecolor="grey")
 region_of = dict(zip(ents["id"], ents["parent_id"], strict=True))
 sub_parent = cities["parent_id"].map(region_of)          # subregion -> region
-ax.scatter(cities["lon"], cities["lat"], s=6, c=pd.factorize(sub_parent)[0], cmap="tab20")
+x = unwrap_lon(cities["lon"], start)
+ax.scatter(x, cities["lat"], s=6, c=pd.factorize(sub_parent)[0], cmap="tab20")
 for _, r in regions.iterrows():
-    ax.annotate(r["name"] or "(no admin1)", (r["lon"], r["lat"]), fontsize=8)
+    ax.annotate(r["name"] or "(no admin1)", (unwrap_lon(r["lon"], start), r["lat"]), fontsize=8)
+ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{float(wrap_lon(np.array(v))):g}°"))
 ax.set_title(f"{names.get(COUNTRY, COUNTRY)}: {len(regions)} regions, {len(cities)} cities")
 ax.set_aspect("equal")
 plt.show()
+lo, hi = ax.get_xlim()
+print(f"drawn over {hi - lo:.0f}° of longitude"
+      + (" (across the antimeridian: shown in [0, 360))" if start == 0.0 else ""))
 
 # %% [markdown]
 # ## Placeholder nodes

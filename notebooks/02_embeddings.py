@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -45,18 +45,45 @@ depth = ents["depth"].to_numpy()
 # ## The 2-D disk, coloured by continent and by country
 #
 # In two dimensions the construction spaces siblings evenly around their parent, in the order
-# of their geography.
+# of their geography. Marker size gives the level (countries largest, cities smallest); colour
+# the continent (left) or the country (right: 20 colours repeat over some 250 countries, so the
+# legend names the largest).
 
 # %%
+from matplotlib.lines import Line2D
+
 emb2 = embed_tree(gz, dim=2)
 p = emb2.points.numpy()
-fig, axes = plt.subplots(1, 2, figsize=(13, 6.5))
-for ax, col in zip(axes, ["continent", "country_code"], strict=True):
+level_of = dict(zip(ents["depth"], ents["level"], strict=False))   # 1 -> "country", ...
+SIZE = {4: 1, 3: 2, 2: 6, 1: 30}                # marker area (pt²) per depth
+
+
+def dot(colour, label, size=6.0):
+    return Line2D([], [], ls="", marker="o", color=colour, markersize=size, label=label)
+
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 7.5))
+for ax, col, cmap in zip(axes, ["continent", "country_code"], ["tab10", "tab20"], strict=True):
     ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="grey"))
-    codes = pd.factorize(ents[col].fillna(""))[0]
-    for d, size in [(4, 1), (3, 2), (2, 6), (1, 30)]:
+    codes, values = pd.factorize(ents[col].fillna(""))
+    palette = np.array(plt.get_cmap(cmap).colors)
+    colour = palette[codes % len(palette)]       # one colour per group, the same at every level
+    for d, size in SIZE.items():
         m = depth == d
-        ax.scatter(p[m, 0], p[m, 1], s=size, c=codes[m], cmap="tab20", linewidths=0)
+        ax.scatter(p[m, 0], p[m, 1], s=size, c=colour[m], linewidths=0)
+    sizes = ax.legend(handles=[dot("black", level_of[d], max(2.0, np.sqrt(s)))
+                               for d, s in SIZE.items()], title="size: level", ncol=4,
+                      loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8)
+    ax.add_artist(sizes)                          # keep it when the colour legend comes
+    if col == "continent":
+        shown = [(i, v) for i, v in enumerate(values) if v]
+        title = "colour: continent"
+    else:
+        n = ents["country_code"].value_counts()
+        shown = [(i, v) for i, v in enumerate(values) if v in n.index[:8]]
+        title = "colour: country (20 colours repeat; the 8 with most entities)"
+    ax.legend(handles=[dot(palette[i % len(palette)], v) for i, v in shown], title=title,
+              ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8)
     ax.set_aspect("equal"); ax.set_axis_off(); ax.set_title(f"coloured by {col}")
 plt.show()
 
@@ -111,14 +138,20 @@ pairs.groupby("level", sort=False)[["km", "hyperbolic"]].corr(method="spearman")
 # distances times 1/√c. Larger c packs points closer to the boundary of a smaller ball.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+fig, axes = plt.subplots(1, 3, figsize=(13, 5.5))
 for ax, c in zip(axes, [0.25, 1.0, 4.0], strict=True):
     e = embed_tree(gz, dim=2, c=c).points.numpy()
-    ax.add_patch(plt.Circle((0, 0), 1 / np.sqrt(c), fill=False, color="grey"))
-    ax.scatter(e[:, 0], e[:, 1], s=1, c=depth, cmap="viridis")
+    ax.add_patch(plt.Circle((0, 0), 1 / np.sqrt(c), fill=False, color="grey",
+                            label="boundary, radius 1/√c"))
+    for d in range(depth.max() + 1):                # colour: level (depth 0, the root, at 0)
+        m = depth == d
+        ax.scatter(e[m, 0], e[m, 1], s=1, color=plt.get_cmap("viridis")(d / 4),
+                   label=ents["level"].iloc[np.flatnonzero(m)[0]])
     lim = 1.05 / np.sqrt(0.25)
     ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim); ax.set_aspect("equal")
     ax.set_title(f"c = {c}: radius 1/√c = {1 / np.sqrt(c):.2f}")
+fig.legend(*axes[0].get_legend_handles_labels(), title="colour: level", loc="lower center",
+           ncol=6, markerscale=4, fontsize=9)
 plt.show()
 
 # %% [markdown]
