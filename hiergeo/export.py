@@ -140,7 +140,7 @@ def _weights_ref(weights: str, pin: dict | None = None) -> dict:
     ``weights_sha256`` a feature store recorded at extraction), or a word (``hub``,
     ``random``, ``package ...``) as is. A file that is neither pinned nor here cannot be
     trusted later: :class:`FileNotFoundError`."""
-    if weights in ("hub", "random") or weights.startswith("package"):
+    if weights in ("hub", "random", "imported") or weights.startswith("package"):
         return {"weights": weights}
     if pin and pin.get("weights_sha256"):
         return {"weights": pin["weights_path"], "weights_sha256": pin["weights_sha256"]}
@@ -832,6 +832,12 @@ def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
     from .model.backbones import EMBEDDED, WeightsError, create_backbone
 
     name, ref = bb["name"], str(bb.get("weights") or "")
+    if ref == "imported" or name.startswith("imported:"):  # hiergeo.importing's stores
+        raise WeightsError(
+            f"the model was trained on imported embeddings ({name}), computed outside "
+            "hiergeo: it cannot embed photos itself. Predict from a feature store of the same "
+            "embeddings (python -m hiergeo.features import), or extract a store from photos "
+            "with a backbone hiergeo runs and train on that")
     if name.split(":")[0] in ("hf-hub", "hf_hub") and not allow_download:
         raise WeightsError(f"the backbone {name!r} is a Hugging Face hub name, which timm "
                            "resolves over the network: pass --allow-download to allow it")

@@ -36,6 +36,8 @@ def human_lines(fig: dict) -> list[str]:
     what = [f"{fig['entities']:,} entities",
             f"retrieval memory of {mem['n']:,} photos" if mem else "no retrieval memory",
             "no backbone (predicts from features)" if bb is None else
+            f"features from {bb['name']} (predicts from a store of them, not from photos)"
+            if bb.get("weights") == "imported" else
             f"backbone {bb['name']} ({'packed' if bb.get('included') else 'referenced'})"]
     size = sum(fig["bytes"].values())
     model = fig["model"]
@@ -44,7 +46,8 @@ def human_lines(fig: dict) -> list[str]:
             f"  sha256 {fig['sha256']} (pin it: --model-sha256 in hiergeo.predict, "
             "expect_sha256 in Geolocator.load)",
             f"Next: python -m hiergeo.predict --model {model} "
-            f"{'FEATURE_STORE' if bb is None else 'PHOTOS...'} --out predictions.csv"]
+            f"{'FEATURE_STORE' if bb is None or bb.get('weights') == 'imported' else 'PHOTOS...'}"
+            " --out predictions.csv"]
 
 
 def main(argv=None) -> int:

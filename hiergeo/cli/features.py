@@ -16,7 +16,10 @@ log = logging.getLogger("hiergeo.features")
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m hiergeo.features",
-                                 description="Extract backbone features into a feature store.")
+                                 description="Extract backbone features into a feature store.",
+                                 epilog="Embeddings computed elsewhere (a .npy/.npz/Parquet "
+                                 "matrix with a table, or WebDataset tars such as PLONK's "
+                                 "OSV-5M shards): python -m hiergeo.features import --help")
     ap.add_argument("--data", type=Path, required=True,
                     help="OSV-5M CSV, table with path/latitude/longitude, or folder (EXIF GPS)")
     ap.add_argument("--image-dir", type=Path, default=None, help="OSV-5M images (default: "
@@ -76,6 +79,11 @@ def human_lines(report: dict, out: Path, backbone: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["import"]:
+        from .importing import main as import_main
+
+        return import_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging()
     import torch
