@@ -201,6 +201,22 @@ class ParquetMatrix:
         return flat.reshape(len(col), -1)
 
 
+def _row_reader(m: np.ndarray):
+    """Rows ``[a, b)`` of a matrix: a mapped C-order one read from its file with plain
+    reads, so the pages of rows already imported do not pile up in the process's resident
+    memory as a mapping's would (20 GB at OSV-5M's size); anything else sliced."""
+    if not (isinstance(m, np.memmap) and m.flags.c_contiguous and m.filename):
+        return lambda a, b: np.asarray(m[a:b])
+    row = m.dtype.itemsize * m.shape[1]
+
+    def rows(a: int, b: int) -> np.ndarray:
+        x = np.fromfile(m.filename, m.dtype, count=(b - a) * m.shape[1],
+                        offset=m.offset + a * row)
+        return x.reshape(b - a, m.shape[1])
+
+    return rows
+
+
 def open_matrix(path: Path, key: str | None, column: str | None):
     """The matrix in ``path`` (``.npy``, ``.npz``, ``.parquet``): anything with ``shape``
     and rows ``[a, b)`` as an array (``rows(a, b)`` or slicing)."""
@@ -254,6 +270,10 @@ def read_position_table(path: Path, id_col: str, lat: str, lon: str) -> pd.DataF
                                                    errors="coerce").astype(float).to_numpy()})
     for c in labels:
         out[c] = df[c].astype(str).to_numpy()
+    dup = out["id"].duplicated(keep=False)
+    if dup.any():
+        raise InputError(f"{path}: ids must be unique; repeated: "
+                         f"{out.loc[dup, 'id'].unique()[:5].tolist()} (--id-column)")
     return out
 
 
@@ -317,7 +337,7 @@ def import_matrix(out: str | Path, matrix: str | Path, *, table: str | Path | No
                           "columns": {"id": id_col, "latitude": lat, "longitude": lon}}),
             "dim": dim, "n_records": n, "ids_sha256": _ids_digest(t)}
     _write_meta(out, meta)
-    rows_of = m.rows if isinstance(m, ParquetMatrix) else (lambda a, b: np.asarray(m[a:b]))
+    rows_of = m.rows if isinstance(m, ParquetMatrix) else _row_reader(m)
     n_shards = max(1, -(-n // shard_size))
     todo = [k for k in range(n_shards) if not shard_done(out, k)]
     if len(todo) < n_shards:
@@ -362,6 +382,7 @@ class _Decoder:
         self.key, self.meta_key = embedding_key, metadata_key
         self.id_col, self.lat, self.lon, self.dim = id_col, lat, lon, dim
         self.seen_key = dim is not None
+        self._headers: dict[bytes, tuple] = {}
 
     def __call__(self, s, tar: Path):
         where = f"{tar}: sample {s.key!r}"
@@ -389,15 +410,33 @@ class _Decoder:
         v = self._array(s.entries[self.key], where)
         if not np.isfinite(v).all():
             return sid, "embedding not finite (NaN or inf)"
-        labels = {c: str(meta[c]) for c in LABEL_COLUMNS if c in meta}
+        # a missing level as OSV-5M's CSV spells it ("nan"), whether the JSON has null or NaN
+        labels = {c: "nan" if meta[c] is None or meta[c] != meta[c] else str(meta[c])
+                  for c in LABEL_COLUMNS if c in meta}
         return sid, (float(meta[self.lat]), float(meta[self.lon]), labels, v)
+
+    def _npy(self, raw: bytes) -> np.ndarray:
+        """``np.load`` of ``.npy`` bytes, the header parsed once per distinct header
+        (every sample of a shard has the same one: np.load's parsing was a third of the
+        import's time)."""
+        if raw[:8] != b"\x93NUMPY\x01\x00":
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        end = 10 + int.from_bytes(raw[8:10], "little")
+        head = raw[:end]
+        if head not in self._headers:
+            a = np.load(io.BytesIO(raw), allow_pickle=False)
+            self._headers[head] = (a.dtype, a.shape, np.isfortran(a))
+            return a
+        dtype, shape, fortran = self._headers[head]
+        return np.frombuffer(raw, dtype, offset=end).reshape(shape,
+                                                               order="F" if fortran else "C")
 
     def _array(self, raw: bytes, where: str) -> np.ndarray:
         if not self.key.endswith(".npy"):
             raise InputError(f"{where}: {self.key!r} is not an .npy entry; pass the key of an "
                              "array saved with np.save (e.g. street_clip.npy)")
         try:
-            v = np.load(io.BytesIO(raw), allow_pickle=False)
+            v = self._npy(raw)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"{where}: {self.key!r} is not a readable .npy array "
                              f"({one_line(exc, 80)})") from None
@@ -493,7 +532,7 @@ def import_webdataset(out: str | Path, shards: list[str], *, embedding_key: str,
     try:
         for t in range(t0, len(tars)):
             start = offset if t == t0 else 0
-            reader = TarSamples(tars[t], start)
+            reader = TarSamples(tars[t], start, wanted={embedding_key, metadata_key})
             rows, skips, n, chunk_start, pos = [], [], 0, start, start
             for s in reader:
                 if n == shard_size:  # full, and not the tar's last: another sample follows
@@ -524,6 +563,12 @@ def import_webdataset(out: str | Path, shards: list[str], *, embedding_key: str,
                          "entry with a position: nothing to import")
     n_shards = k
     report = finalize(out, n_shards)
+    ids = pd.read_parquet(out / "index.parquet", columns=["id"])["id"]
+    report["duplicate_ids"] = int(ids.duplicated().sum())
+    if report["duplicate_ids"]:
+        log.warning("%s: %d samples repeat an id already seen (e.g. %s): the shards hold "
+                    "some samples twice, or their ids are not unique", out,
+                    report["duplicate_ids"], ids[ids.duplicated()].iloc[0])
     _write_meta(out, {**meta, "dim": decode.dim, "rows": report["images_read"]})
     log.info("imported %d shards in %.1f s", len(written), time.perf_counter() - started)
     return {**report, "finalized": True, "shards_written": written, "dim": decode.dim,

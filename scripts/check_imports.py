@@ -38,7 +38,7 @@ LAYERS = (
     ("losses", ("hiergeo.losses",)),
     ("config", ("hiergeo.config",)),
     ("data and prediction", ("hiergeo.data", "hiergeo.predict")),
-    ("features, reports, baselines", ("hiergeo.features", "hiergeo.reports",
+    ("features, reports, baselines", ("hiergeo.features", "hiergeo.importing", "hiergeo.reports",
                                       "hiergeo.baselines")),
     ("evaluation", ("hiergeo.evaluate", "hiergeo.score")),
     ("training and export", ("hiergeo.train", "hiergeo.export")),

@@ -77,6 +77,9 @@ def test_npy_with_csv_table_keeps_rows_ids_and_skips_bad_positions(tmp_path, cap
     t.loc[5, "latitude"] = np.nan
     t.loc[9, "longitude"] = 200.0
     np.save(tmp_path / "emb.npy", x)
+    from hiergeo.importing import open_matrix
+
+    assert isinstance(open_matrix(tmp_path / "emb.npy", None, None), np.memmap)
     t.rename(columns={"id": "image_id", "latitude": "lat"}).to_csv(tmp_path / "meta.csv",
                                                                     index=False)
     out = tmp_path / "store"
@@ -103,9 +106,14 @@ def test_npy_with_csv_table_keeps_rows_ids_and_skips_bad_positions(tmp_path, cap
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_npz_member_by_key(tmp_path, compressed):
+    from hiergeo.importing import open_matrix
+
     x, t = _rows(12, seed=1)
     (np.savez_compressed if compressed else np.savez)(tmp_path / "e.npz", street_clip=x,
                                                       other=x[:, :4])
+    m = open_matrix(tmp_path / "e.npz", "street_clip", None)
+    assert isinstance(m, np.memmap) != compressed  # a stored member is mapped, not read
+    np.testing.assert_array_equal(m, x)
     t.to_parquet(tmp_path / "meta.parquet")
     out = tmp_path / "s"
     assert _run("--out", out, "--matrix", tmp_path / "e.npz", "--key", "street_clip",
@@ -168,6 +176,7 @@ def test_matrix_resume_skips_finished_shards_and_gives_the_same_store(tmp_path, 
     ("column", "no column 'lat'"),
     ("npzkey", "no array 'nope'"),
     ("notable", "--table is needed"),
+    ("dupes", "ids must be unique; repeated: ['img003']"),
     ("other", "other inputs or settings"),
 ])
 def test_matrix_errors_are_one_line_exit_2(tmp_path, capsys, case, match):
@@ -184,6 +193,9 @@ def test_matrix_errors_are_one_line_exit_2(tmp_path, capsys, case, match):
     elif case == "npzkey":
         np.savez(tmp_path / "e.npz", emb=x)
         m, extra = tmp_path / "e.npz", ["--key", "nope"]
+    elif case == "dupes":
+        t.loc[7, "id"] = "img003"
+        t.to_csv(tmp_path / "t.csv", index=False)
     elif case == "other":
         assert _run("--out", tmp_path / "s", "--matrix", m, "--table", tmp_path / "t.csv") == 0
         extra = ["--shard-size", "7"]
@@ -206,6 +218,7 @@ def test_webdataset_plonk_layout_truncated_tar_and_missing_position(tmp_path, ca
     x, t = _rows(14, seed=4)
     s1 = _plonk_samples(x[:8], t[:8])
     s1[3][1].pop("latitude")  # a sample without coordinates
+    s1[0][1]["unique_region"] = None  # a missing level, as JSON writes it
     _tar(tmp_path / "shard-000000.tar", s1)
     # the second shard is cut inside its 5th sample's embedding
     _tar(tmp_path / "whole.tar", _plonk_samples(x[8:], t[8:], start=8))
@@ -225,6 +238,7 @@ def test_webdataset_plonk_layout_truncated_tar_and_missing_position(tmp_path, ca
     assert s.index["id"].tolist() == t["id"].iloc[keep].tolist()
     np.testing.assert_array_equal(got, x[keep])
     assert (s.index["unique_country"] == "FR").all()  # PLONK's json carries OSV-5M labels
+    assert s.index["unique_region"][0] == "nan"  # as OSV-5M's CSV spells a missing level
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["id"].tolist() == ["img003", "000012"]
     assert "no coordinates" in skipped["reason"][0]

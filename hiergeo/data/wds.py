@@ -85,9 +85,9 @@ def split_name(name: str) -> tuple[str | None, str]:
 
 @dataclass
 class Sample:
-    """One sample: its key, its entries (name -> bytes) and where it lies in the tar
-    (``start``: its first member's header; ``end``: just after its last member, where the
-    next sample starts)."""
+    """One sample: its key, its entries (name -> bytes, or None when not read) and where it
+    lies in the tar (``start``: its first member's header; ``end``: just after its last
+    member, where the next sample starts)."""
 
     key: str
     entries: dict[str, bytes] = field(default_factory=dict)
@@ -104,10 +104,12 @@ class TarSamples:
     ``end`` from an earlier pass). After iterating, :attr:`damage` says what was wrong with
     the tar (None when whole) and :attr:`partial` names the sample that was being read when
     the damage was met (None when the damage fell between samples); a damaged tar's last
-    sample counts as partial, as nothing says it was complete."""
+    sample counts as partial, as nothing says it was complete. With ``wanted``, only
+    those entries' bytes are read; the others appear with ``None`` (their names still
+    say what a sample holds)."""
 
-    def __init__(self, path: str | Path, start: int = 0):
-        self.path, self.start = Path(path), int(start)
+    def __init__(self, path: str | Path, start: int = 0, wanted: set[str] | None = None):
+        self.path, self.start, self.wanted = Path(path), int(start), wanted
         self.damage: str | None = None
         self.partial: str | None = None
 
@@ -132,10 +134,13 @@ class TarSamples:
                         cur = None
                     if key is not None and cur is None:
                         cur = Sample(key, {}, self.start + m.offset)
-                    data = tf.extractfile(m).read()
+                    want = key is not None and (self.wanted is None or entry in self.wanted)
+                    # an entry not read is skipped over by tarfile (stream mode reads on)
+                    data = tf.extractfile(m).read() if want else None
                     end = self.start + m.offset_data + _padded(m.size)
                     if key is not None:
                         cur.entries[entry], cur.end = data, end
+                    tf.members.clear()  # tarfile keeps every header it read otherwise
             except (tarfile.TarError, EOFError, OSError) as exc:
                 self.damage = f"unreadable after byte {end:,} ({exc})"
             if self.damage is None:
