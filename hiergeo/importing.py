@@ -12,9 +12,11 @@ Days of extraction are skipped when someone already computed the embeddings. Two
     python -m hiergeo.features import --out STORE \\
         --webdataset 'osv5m/train/{000000..000490}.tar' --embedding-key street_clip.npy
 
-(a) ``.npy`` is memory-mapped and read a shard at a time (5M x 1024 never loads whole);
-an ``.npz`` member stored uncompressed (``np.savez``) is mapped the same way, a compressed one
-(``np.savez_compressed``) is read whole. A Parquet matrix is one list or fixed-size-list
+(a) ``.npy`` is opened memory-mapped (its header only) and read a shard at a time with
+plain reads (5M x 1024 never loads whole, and the pages read do not stay resident as a
+mapping's would); an ``.npz`` member stored uncompressed (``np.savez``) is read the same way,
+a compressed one (``np.savez_compressed``) whole. One numeric Parquet column per dimension is
+not supported (make it a list column). A Parquet matrix is one list or fixed-size-list
 column (``--embedding-column``), read a shard at a time through its row groups; the table
 (``--table``: CSV or Parquet; default the Parquet matrix's own file) gives ``--id-column``,
 ``--latitude``, ``--longitude`` and any OSV-5M label columns (``unique_country`` ...).

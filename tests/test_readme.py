@@ -103,6 +103,8 @@ def _check_module(module: str, args: list[str], what: str) -> None:
 
     if package != "hiergeo" or cmd not in COMMANDS:
         raise CommandError(f"{what}: no command {module!r} (hiergeo's: {', '.join(COMMANDS)})")
+    if cmd == "features" and args[:1] == ["import"]:  # its subcommand has its own parser
+        cmd, args = "importing", args[1:]
     ns = _parse(build_parser(cmd), args, what)
     if cmd == "train" and ns is not None:
         _check_train(ns, what)
