@@ -858,7 +858,7 @@ def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
                 f"{path}: not the weights the model's features were extracted with (sha256 "
                 f"{pinned[:12]}..., {bb.get('weights_bytes')} bytes, was {ref}); other "
                 f"weights give wrong answers without an error")
-        b = create_backbone(name, weights=path)
+        b = create_backbone(name, weights=path, allow_download=allow_download)
     elif name == EMBEDDED and ref.startswith("package"):
         b = create_backbone(EMBEDDED)
     elif ref == "hub":

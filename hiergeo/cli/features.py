@@ -29,11 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "with an id column and no path is osv5m ({id}.jpg in --image-dir)")
     ap.add_argument("--out", type=Path, required=True, help="the feature store's folder")
     ap.add_argument("--backbone", default=EMBEDDED,
-                    help=f"timm model name, or {EMBEDDED} (offline ImageNet weights)")
+                    help=f"timm model name, {EMBEDDED} (offline ImageNet weights), or "
+                    "hf:NAME_OR_FOLDER: a Hugging Face vision tower (CLIP, SigLIP, DINOv2, "
+                    "ViT; e.g. hf:geolocal/StreetCLIP) from a save_pretrained folder or the "
+                    "local HF cache, with its own preprocessing (pip install 'hiergeo[hf]')")
     w = ap.add_mutually_exclusive_group()
     w.add_argument("--weights", type=Path, help="local checkpoint for --backbone")
     w.add_argument("--allow-download", action="store_true",
-                   help="fetch timm's pretrained weights from the hub")
+                   help="fetch timm's pretrained weights (or an hf: model) from the hub")
     w.add_argument("--random-weights", action="store_true", help="untrained (timing only)")
     ap.add_argument("--batch-size", type=positive_int, default=64,
                     help="photos through the backbone at a time")
