@@ -214,3 +214,14 @@ def test_unzipped_photos_still_work_beside_no_zip(osv):
     rec = read_records(osv / "train.csv", osv / "flat", "osv5m")
     assert not set(ZIP_COLUMNS) & set(rec.columns)
     assert rec["path"].iloc[0] == str(osv / "flat" / f"{IDS[0]}.jpg")
+
+
+def test_the_gpu_path_reads_a_members_bytes(osv):
+    from hiergeo.data.gpu_jpeg import jpeg_for_gpu
+
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    src = ImageSources(rec)
+    for row in (0, len(rec) - 1):  # a stored member and a deflated one
+        got = jpeg_for_gpu(src[row])
+        want = jpeg_for_gpu(str(osv / "flat" / f"{rec['id'].iloc[row]}.jpg"))
+        assert got is not None and torch.equal(got[0], want[0]) and got[1] == want[1]

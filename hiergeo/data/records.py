@@ -140,9 +140,10 @@ def read_exif_folder(folder: str | Path) -> pd.DataFrame:
 
 
 def read_records(data: str | Path, image_dir: str | Path | None = None,
-                 layout: str = "auto") -> pd.DataFrame:
+                 layout: str = "auto", progress: bool = False) -> pd.DataFrame:
     """Pick the layout: a folder is read for EXIF; a table with ``path`` is generic; a table
-    with ``id`` and no ``path`` is OSV-5M's."""
+    with ``id`` and no ``path`` is OSV-5M's. ``progress``: a bar while OSV-5M's zips are
+    indexed (98 of them: minutes)."""
     data = Path(data)
     if layout == "auto":
         if data.is_dir():
@@ -155,5 +156,5 @@ def read_records(data: str | Path, image_dir: str | Path | None = None,
     if layout == "table":
         return read_table(data)
     if layout == "osv5m":
-        return read_osv5m(data, image_dir)
+        return read_osv5m(data, image_dir, progress=progress)
     raise ValueError(f"layout must be auto, osv5m, table or exif, not {layout!r}")
