@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import zipfile
@@ -225,3 +226,30 @@ def test_the_gpu_path_reads_a_members_bytes(osv):
         got = jpeg_for_gpu(src[row])
         want = jpeg_for_gpu(str(osv / "flat" / f"{rec['id'].iloc[row]}.jpg"))
         assert got is not None and torch.equal(got[0], want[0]) and got[1] == want[1]
+
+
+SHARED_OSV = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "osv5m"
+
+
+@pytest.mark.skipif(not (SHARED_OSV / "labels.csv").exists(), reason="needs ../shared")
+def test_training_on_images_reads_them_from_the_zips(tmp_path, cache_env):
+    """The timm-encoder path (images, not a store) takes the zips too: the shared OSV-5M
+    photos zipped, as test_train's images test does with the files."""
+    from hiergeo.config import load_config
+    from hiergeo.train import run
+
+    zips = tmp_path / "images"
+    zips.mkdir()
+    with zipfile.ZipFile(zips / "00.zip", "w") as z:
+        for p in sorted(SHARED_OSV.glob("*.jpg")):
+            z.write(p, f"test/{p.name}")
+    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=img", "model.encoder=timm",
+                                f"data.images={SHARED_OSV / 'labels.csv'}",
+                                f"data.image_dir={zips}", "optim.max_steps=2",
+                                "optim.batch_size=4", "run.val_every=0",
+                                "data.val_fraction=0.3", "hardware.workers=1"])
+    res = run(cfg)
+    assert res["steps"] == 2 and res["n"] >= 1
+    text = (tmp_path / "img" / "data_report.json").read_text()
+    assert json.loads(text)["source"].startswith("images:")
+    assert '"skipped_images": []' in text  # all six read from the zip
