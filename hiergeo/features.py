@@ -5,7 +5,8 @@
         [--threads N] [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
         [--decode auto]
 
-DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder), a table with
+DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder: ``{id}.jpg``
+files, or the ``*.zip`` files OSV-5M publishes, read as they are), a table with
 ``path, latitude, longitude``, or a folder of photos with EXIF GPS. Rerunning with the same
 arguments skips finished shards; a kill loses at most the shard in flight. Every input row
 that gives no feature is listed in ``STORE/skipped.csv`` with its reason.

@@ -113,6 +113,8 @@ def test_the_table_reads_ids_as_strings_and_finds_each_member(osv):
     assert rec.loc[rec["id"] == IDS[1], "country"].item() == "NA"  # Namibia, not missing
     assert rec.loc[rec["id"] == IDS[1], "unique_country"].item() == "NA"
     assert "thumb_original_url" not in rec.columns and "quadtree_10_500" not in rec.columns
+    # --layout auto finds the OSV-5M layout from the header alone
+    pd.testing.assert_frame_equal(read_records(osv / "train.csv", osv / "images" / "train"), rec)
     zips = osv / "images" / "train"
     by_id = dict(zip(rec["id"], rec["path"], strict=True))
     assert by_id[IDS[0]] == f"{zips / '00.zip'}::00/{IDS[0]}.jpg"
