@@ -193,6 +193,11 @@ def test_a_damaged_member_is_skipped_with_its_reason(osv, tmp_path):
     res = load_image(src[0])
     assert res.image is None and res.reason == "corrupt zip member (CRC or size mismatch)"
     assert load_image(src[1]).ok
+    # a directory claiming a huge member is not believed
+    import dataclasses
+
+    huge = dataclasses.replace(src[1], size=2**40)
+    assert "refused" in load_image(huge).reason
 
 
 def test_a_truncated_zip_stops_before_anything_is_written(osv, tmp_path, capsys):

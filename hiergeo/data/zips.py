@@ -57,6 +57,9 @@ _LOCAL = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _NO_ZIP = -1
 #: ``zip_offset`` of a row whose id is in no zip and is no file either
 NOT_IN_ZIPS = -2
+#: a member larger than this (as the zip's directory says) is refused unread: a photo is a
+#: few MB, and inflating a crafted member could otherwise take any amount of memory
+MAX_MEMBER_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -252,6 +255,9 @@ class ZipMember:
             return None, f"not in any zip of {self.zip} (nor a file there)"
         if self.method == _ENCRYPTED:
             return None, "encrypted zip member (not supported)"
+        if max(self.size, self.csize) > MAX_MEMBER_BYTES:
+            return None, f"zip member of {max(self.size, self.csize):,} bytes, refused (more " \
+                         f"than {MAX_MEMBER_BYTES:,})"
         if self.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             return None, f"zip compression method {self.method} not supported (stored or " \
                          "deflated only)"
