@@ -50,8 +50,8 @@ def _read(path: Path, usecols=None, nrows: int | None = None) -> pd.DataFrame:
             df = pd.read_parquet(path)
             df = df if usecols is None else df[[c for c in df.columns if usecols(c)]]
             return df if nrows is None else df.iloc[:nrows]
-        # strings stay strings: Namibia's country code is "NA", OSV-5M's ids are integers
-        # past float64's exact range
+        # strings stay strings: Namibia's country code is "NA", and OSV-5M's ids are
+        # 16-digit integers that a float column would round
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
                            usecols=usecols, nrows=nrows)
     except UnicodeDecodeError as exc:
