@@ -5,7 +5,8 @@
         [--threads N] [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
         [--decode auto]
 
-DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder), a table with
+DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder: ``{id}.jpg``
+files, or the ``*.zip`` files OSV-5M publishes, read as they are), a table with
 ``path, latitude, longitude``, or a folder of photos with EXIF GPS. Rerunning with the same
 arguments skips finished shards; a kill loses at most the shard in flight. Every input row
 that gives no feature is listed in ``STORE/skipped.csv`` with its reason.
@@ -73,6 +74,7 @@ from .data.store import (
     shard_paths,
     write_shard,
 )
+from .data.zips import ZIP_COLUMNS, ImageSources
 from .devices import loader_workers, resolve_device
 from .files import atomic_write_text
 from .model.backbones import EMBEDDED, create_backbone
@@ -235,7 +237,8 @@ def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: to
     """Features of ``records`` rows ``rows``: (features, index table, skipped table)."""
     valid = np.isfinite(records["latitude"].to_numpy(float)) & np.isfinite(
         records["longitude"].to_numpy(float))
-    loader = _loader(records["path"].to_numpy(), transform, rows, valid, dev,
+    # paths, or the members of the zips the table was read from (hiergeo.data.zips)
+    loader = _loader(ImageSources(records), transform, rows, valid, dev,
                      batch_size=batch_size, workers=workers, decode=decode)
     feats, kept, skipped = [], [], []
     for f, (_, idx, bad), _, _ in backbone_batches(loader, backbone.features, dev,
@@ -247,7 +250,7 @@ def _shard(records: pd.DataFrame, rows: np.ndarray, backbone, transform, dev: to
         bar.update(len(idx) + len(bad))
     kept_rows = torch.cat(kept).numpy() if kept else np.zeros(0, dtype=np.int64)
     features = torch.cat(feats) if feats else torch.zeros(0, backbone.dim, dtype=out_dtype)
-    label_cols = [c for c in records.columns if c != "path"]
+    label_cols = [c for c in records.columns if c != "path" and c not in ZIP_COLUMNS]
     index = records.iloc[kept_rows][label_cols].reset_index(drop=True)
     bad_rows = [r for r, _ in skipped]
     skip = pd.DataFrame({"id": records["id"].to_numpy()[bad_rows],

@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "OSV-5M shards): python -m hiergeo.features import --help")
     ap.add_argument("--data", type=Path, required=True,
                     help="OSV-5M CSV, table with path/latitude/longitude, or folder (EXIF GPS)")
-    ap.add_argument("--image-dir", type=Path, default=None, help="OSV-5M images (default: "
-                    "the CSV's folder)")
+    ap.add_argument("--image-dir", type=Path, default=None, help="OSV-5M images: {id}.jpg "
+                    "files or the published *.zip files, read as they are (default: the "
+                    "CSV's folder)")
     ap.add_argument("--layout", choices=["auto", "osv5m", "table", "exif"], default="auto",
                     help="auto: a folder is exif, a table with a path column is table, one "
                     "with an id column and no path is osv5m ({id}.jpg in --image-dir)")
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
         if args.decode == "gpu" and dev.type != "cuda":  # before anything is read or written
             raise ValueError(f"--decode gpu needs a CUDA device (this one: {dev}); use "
                              "--decode cpu or auto")
-        records = read_records(args.data, args.image_dir, args.layout)
+        records = read_records(args.data, args.image_dir, args.layout,
+                               progress=ranks.local_rank == 0)
         if not len(records):
             raise InputError(f"{args.data}: no photos in it (a folder is searched for image "
                              "files; a table lists them in a path column)")

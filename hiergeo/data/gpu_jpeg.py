@@ -14,6 +14,7 @@ that decodes with a grey (truncated) bottom band, so every skipped file keeps th
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 
 from .images import GREY_ROWS, MAX_ASPECT, ImageRows, collate_images, load_image
+from .zips import ZipMember
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,27 @@ def jpeg_for_gpu(path) -> tuple[torch.Tensor, int] | None:
     as it is: a JPEG (not MPO) in RGB or greyscale, ending with its end-of-image marker (a
     truncated file goes to the CPU, which names the problem), readable EXIF, not a
     decompression bomb. Else None: decode it on the CPU."""
-    if not isinstance(path, str | Path):
+    data = None
+    if isinstance(path, ZipMember):  # a photo inside a zip: its bytes
+        data, _ = path.read()
+        if data is None:
+            return None
+        src = io.BytesIO(data)
+    elif isinstance(path, str | Path):
+        src = path
+    else:
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(src) as img:
                 if img.format != "JPEG" or img.mode not in ("RGB", "L") or min(img.size) < 1:
                     return None
                 if max(img.size) > MAX_ASPECT * min(img.size):  # the CPU path crops it
                     return None
                 orientation = img.getexif().get(0x0112, 1)
-        data = Path(path).read_bytes()
+        if data is None:
+            data = Path(path).read_bytes()
     except Exception:  # noqa: BLE001 - whatever it is, the CPU path says what
         return None
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):

@@ -11,12 +11,15 @@ report.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .zips import ZipMember
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +170,29 @@ def _draft(img: Image.Image, min_side: int | None) -> int:
     return 1
 
 
-def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> LoadResult:
+def _source(path) -> tuple[object, str, str | None]:
+    """What ``Image.open`` reads for ``path`` (a file path, or the bytes of a
+    :class:`~hiergeo.data.zips.ZipMember`), its lower-case suffix, and why it cannot be
+    read (None: it can be tried)."""
+    if isinstance(path, ZipMember):
+        if path.suffix in HEIC_SUFFIXES and not heif_available():
+            return None, path.suffix, "HEIC/HEIF image: install pillow-heif to decode it"
+        data, reason = path.read()
+        return (None if data is None else io.BytesIO(data)), path.suffix, reason
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        return None, suffix, "missing file" if not path.exists() else "not a file"
+    if suffix in HEIC_SUFFIXES and not heif_available():
+        return None, suffix, "HEIC/HEIF image: install pillow-heif to decode it"
+    return path, suffix, None
+
+
+def load_image(path: str | Path | Image.Image | ZipMember,
+               min_side: int | None = None) -> LoadResult:
     """Open ``path`` as an upright RGB image, or say why not. An image already in memory
-    (a PIL image) is turned upright and converted the same way.
+    (a PIL image) is turned upright and converted the same way; a photo inside a zip
+    (:class:`~hiergeo.data.zips.ZipMember`) is read from its bytes and decoded as a file.
 
     ``min_side``: the short side the caller's resize makes (``Preprocess.min_side``). A JPEG
     file whose short side is at least 4 times that is decoded at 1/2, 1/4 or 1/8 of its size
@@ -189,27 +212,23 @@ def load_image(path: str | Path | Image.Image, min_side: int | None = None) -> L
             return LoadResult(None, "empty image")
         rgb, cropped = _limit_aspect(rgb)
         return LoadResult(rgb, None, _notes(note, cropped))
-    path = Path(path)
-    if not path.exists():
-        return LoadResult(None, "missing file")
-    if not path.is_file():
-        return LoadResult(None, "not a file")
-    if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
-        return LoadResult(None, "HEIC/HEIF image: install pillow-heif to decode it")
+    src, suffix, reason = _source(path)
+    if reason is not None:
+        return LoadResult(None, reason)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous = ImageFile.LOAD_TRUNCATED_IMAGES
             ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not grey
             try:
-                with Image.open(path) as img:
+                with Image.open(src) as img:
                     factor = _draft(img, min_side)
                     img.load()
                     rgb, note = _upright(img)
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = previous
     except UnidentifiedImageError:
-        if path.suffix.lower() in HEIC_SUFFIXES:
+        if suffix in HEIC_SUFFIXES:
             return LoadResult(None, "HEIC/HEIF image that pillow-heif could not decode")
         return LoadResult(None, "not an image Pillow can read")
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -236,15 +255,13 @@ def probe_image(path: str | Path) -> str | None:
     about 100 times faster than :func:`load_image`), or None when it looks readable. A
     file that passes can still fail to decode (truncated data): readers of many images
     check them here up front and skip the rare decoding failure later."""
-    path = Path(path)
-    if not path.is_file():
-        return "missing file" if not path.exists() else "not a file"
-    if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
-        return "HEIC/HEIF image: install pillow-heif to decode it"
+    src, _, reason = _source(path)
+    if reason is not None:
+        return reason
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(src) as img:
                 if img.width < 1 or img.height < 1:
                     return "empty image"
     except UnidentifiedImageError:

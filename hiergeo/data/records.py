@@ -3,7 +3,8 @@
 Three layouts:
 
 - OSV-5M: a CSV with ``id, latitude, longitude, country, region, sub-region, city`` (optional
-  ``unique_*``) and an image folder holding ``{id}.jpg``.
+  ``unique_*``) and an image folder holding ``{id}.jpg``, or the zips OSV-5M publishes
+  (``images/train/00.zip``...: :mod:`hiergeo.data.zips`).
 - A generic table (CSV or Parquet) with ``path, latitude, longitude`` (and optionally ``id``);
   relative paths are taken from the table's folder.
 - A folder of photos whose EXIF holds GPS.
@@ -23,6 +24,7 @@ from gazetteer import InputError
 
 from ..files import one_line
 from .exif import read_gps
+from .zips import ZIP_COLUMNS, attach, index_zips, zip_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic",
                   ".heif"}
@@ -30,17 +32,28 @@ LABEL_COLUMNS = ["country", "region", "sub-region", "city", "unique_country", "u
                  "unique_sub-region", "unique_city"]
 
 
-def _read(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet table, or :class:`InputError` naming the file and what is wrong."""
+def _read(path: Path, usecols=None, nrows: int | None = None) -> pd.DataFrame:
+    """A CSV or Parquet table, or :class:`InputError` naming the file and what is wrong.
+    ``usecols``: a callable saying which columns to keep (all: None); ``nrows``: at most
+    that many rows (0: the columns alone)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     try:
         if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        # strings stay strings: Namibia's country code is "NA"
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            if nrows == 0:
+                import pyarrow.parquet as pq
+
+                names = pq.read_schema(path).names
+                return pd.DataFrame(columns=[c for c in names if usecols is None or usecols(c)])
+            df = pd.read_parquet(path)
+            df = df if usecols is None else df[[c for c in df.columns if usecols(c)]]
+            return df if nrows is None else df.iloc[:nrows]
+        # strings stay strings: Namibia's country code is "NA", and OSV-5M's ids are
+        # 16-digit integers that a float column would round
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
+                           usecols=usecols, nrows=nrows)
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as "
                          "UTF-8") from None
@@ -78,13 +91,28 @@ def osv5m_paths(ids, csv: Path, image_dir: str | Path | None = None) -> list[str
     return [str(folder / f"{i}.jpg") for i in ids]
 
 
-def read_osv5m(csv: str | Path, image_dir: str | Path | None = None) -> pd.DataFrame:
-    """OSV-5M layout; ``image_dir`` defaults to the CSV's folder."""
+def read_osv5m(csv: str | Path, image_dir: str | Path | None = None,
+               progress: bool = False) -> pd.DataFrame:
+    """OSV-5M layout; ``image_dir`` defaults to the CSV's folder. Only the columns used here
+    are read (``id``, coordinates, :data:`LABEL_COLUMNS`): the published ``train.csv`` has
+    some 35 columns, 2.9 GB, and every cell is read as a string.
+
+    When ``image_dir`` holds ``*.zip`` files (the layout OSV-5M publishes) the photos are read
+    from them (:mod:`hiergeo.data.zips`): each row gets the member whose file name is
+    ``{id}.jpg`` in any zip, its ``path`` is ``ZIP::MEMBER``, and the table carries the member's
+    position in :data:`hiergeo.data.zips.ZIP_COLUMNS`. An id in no zip is read from
+    ``{image_dir}/{id}.jpg`` if that file exists, else skipped at extraction with its reason."""
     csv = Path(csv)
-    df = _read(csv)
+    wanted = {"id", "latitude", "longitude", *LABEL_COLUMNS}
+    df = _read(csv, usecols=lambda c: c in wanted)
     if "id" not in df.columns:
         raise InputError(f"{csv}: no column 'id' (OSV-5M layout needs id, latitude, longitude)")
     df["id"] = df["id"].astype(str)
+    folder = Path(image_dir) if image_dir is not None else csv.parent
+    if zip_files(folder):
+        df = attach(df, index_zips(folder, progress=progress), folder)
+        out = _finish(_coords(df, csv))
+        return pd.concat([out, df[ZIP_COLUMNS].reset_index(drop=True)], axis=1)
     df["path"] = osv5m_paths(df["id"], csv, image_dir)
     return _finish(_coords(df, csv))
 
@@ -119,20 +147,21 @@ def read_exif_folder(folder: str | Path) -> pd.DataFrame:
 
 
 def read_records(data: str | Path, image_dir: str | Path | None = None,
-                 layout: str = "auto") -> pd.DataFrame:
+                 layout: str = "auto", progress: bool = False) -> pd.DataFrame:
     """Pick the layout: a folder is read for EXIF; a table with ``path`` is generic; a table
-    with ``id`` and no ``path`` is OSV-5M's."""
+    with ``id`` and no ``path`` is OSV-5M's. ``progress``: a bar while OSV-5M's zips are
+    indexed (98 of them: minutes)."""
     data = Path(data)
     if layout == "auto":
         if data.is_dir():
             layout = "exif"
-        else:
-            cols = _read(data).columns
+        else:  # the header alone: OSV-5M's train.csv is 2.9 GB
+            cols = _read(data, nrows=0).columns
             layout = "table" if "path" in cols else "osv5m"
     if layout == "exif":
         return read_exif_folder(data)
     if layout == "table":
         return read_table(data)
     if layout == "osv5m":
-        return read_osv5m(data, image_dir)
+        return read_osv5m(data, image_dir, progress=progress)
     raise ValueError(f"layout must be auto, osv5m, table or exif, not {layout!r}")

@@ -380,11 +380,13 @@ def _from_images(cfg, gz):
     from ..model.backbones import EMBEDDED, create_backbone
     from .images import probe_image
     from .records import read_records
+    from .zips import ZIP_COLUMNS, ImageSources
 
     records = read_records(cfg.data.images, cfg.data.image_dir).reset_index(drop=True)
     if cfg.data.max_samples is not None:
         records = records.iloc[:cfg.data.max_samples].reset_index(drop=True)
-    paths = records["path"].astype(str).tolist()
+    # file paths, or the photos' places in OSV-5M's zips (hiergeo.data.zips)
+    paths = list(ImageSources(records))
     why = _map_shared(probe_image, paths, "checking image headers")
     ok = [i for i, w in enumerate(why) if w is None]
     skipped = [(p, w) for p, w in zip(paths, why, strict=True) if w is not None]
@@ -399,8 +401,8 @@ def _from_images(cfg, gz):
     bb = create_backbone(cfg.model.backbone or EMBEDDED, weights=cfg.model.weights,
                          allow_download=cfg.model.allow_download,
                          random_weights=cfg.model.random_weights)
-    inputs = ImageInputs(table["path"].astype(str).tolist(), bb.transform(),
-                         cfg.hardware.workers)
+    inputs = ImageInputs([paths[i] for i in ok], bb.transform(), cfg.hardware.workers)
+    table = table.drop(columns=[c for c in ZIP_COLUMNS if c in table.columns])
     latlon = torch.from_numpy(table[["latitude", "longitude"]].to_numpy(np.float64).copy())
     return Split(table_=table, latlon=latlon, ids=ids, images=inputs), rep, bb.dim
 

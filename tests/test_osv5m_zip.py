@@ -1,0 +1,262 @@
+"""OSV-5M as published: ``train.csv`` plus ``images/train/NN.zip``, read without unzipping."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from hiergeo.cli.features import main
+from hiergeo.data import read_records
+from hiergeo.data.images import load_image
+from hiergeo.data.labels import dataset_keys
+from hiergeo.data.store import FeatureStore
+from hiergeo.data.zips import ZIP_COLUMNS, ImageSources, ZipMember, _fd, index_zips
+
+# train.csv's columns, in the published order (the dataset's loading script, osv5m.py)
+COLUMNS = ["id", "latitude", "longitude", "thumb_original_url", "country", "sequence",
+           "captured_at", "lon_bin", "lat_bin", "cell", "region", "sub-region", "city",
+           "land_cover", "road_index", "drive_side", "climate", "soil", "dist_sea",
+           "quadtree_10_5000", "quadtree_10_25000", "quadtree_10_1000", "quadtree_10_50000",
+           "quadtree_10_12500", "quadtree_10_500", "quadtree_10_2500", "unique_region",
+           "unique_sub-region", "unique_city", "unique_country", "creator_username",
+           "creator_id"]
+PLACES = [  # country, region, sub-region, city, lat, lon
+    ("NZ", "Chatham Islands", "", "Waitangi", -43.95, -176.56),
+    ("NA", "Khomas", "Windhoek West", "Windhoek", -22.56, 17.07),  # Namibia: "NA"
+    ("FR", "Ile-de-France", "Paris", "Paris", 48.85, 2.35),
+    ("JP", "Tokyo", "", "Shinjuku", 35.69, 139.70),
+    ("BR", "Sao Paulo", "Sao Paulo", "Sao Paulo", -23.55, -46.63),
+    ("US", "California", "Los Angeles", "Los Angeles", 34.05, -118.24),
+    ("IN", "Delhi", "New Delhi", "New Delhi", 28.61, 77.21),
+    ("ZA", "Western Cape", "City of Cape Town", "Cape Town", -33.92, 18.42),
+    ("CA", "Ontario", "Toronto", "Toronto", 43.65, -79.38),
+]
+# big integers; the last is past 2**53, where a float64 would change it
+IDS = ["3859149887465501", "812791752685963", "479139073432755", "157987500156860",
+       "3653351901441283", "832072764060105", "319355266252737", "148306984644239",
+       "9007199254740993123"]
+MISSING = "346368943791346"  # in train.csv, in no zip
+
+
+def _row(i: int, pid: str, place) -> dict:
+    cc, region, sub, city, lat, lon = place
+    row = {c: "0" for c in COLUMNS}
+    row.update({"id": pid, "latitude": lat, "longitude": lon, "thumb_original_url": "",
+                "country": cc, "sequence": f"seq{i}", "captured_at": "1600000000000",
+                "cell": f"({i}, 8)", "region": region, "sub-region": sub, "city": city,
+                "unique_region": f"{region}_{cc}",
+                "unique_sub-region": f"{sub}_{region}_{cc}" if sub else "",
+                "unique_city": f"{city}_{sub or 'NaN'}_{region}_{cc}", "unique_country": cc,
+                "creator_username": "someone", "creator_id": "111336221091714.0"})
+    return row
+
+
+def _jpeg(i: int, size=(96, 72)) -> bytes:
+    import io
+
+    rng = np.random.default_rng(i)
+    base = np.linspace(0, 255, size[0], dtype=np.float32)[None, :, None]
+    pix = np.clip(base + rng.normal(0, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pix).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def osv(tmp_path_factory) -> Path:
+    """``train.csv``, ``images/train/{00,01}.zip`` (two inner layouts) and the same photos
+    unzipped in ``flat/``."""
+    root = tmp_path_factory.mktemp("osv5m")
+    rows = [_row(i, pid, PLACES[i % len(PLACES)]) for i, pid in enumerate(IDS)]
+    rows.insert(4, _row(99, MISSING, PLACES[2]))
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "train.csv", index=False)
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "flat").mkdir()
+    # one photo large enough for the reduced-size JPEG decode (short side >= 4 x 224)
+    photos = {pid: _jpeg(i, (1200, 900) if i == 2 else (96, 72)) for i, pid in enumerate(IDS)}
+    for k, (inner, ids) in enumerate([("00/{}.jpg", IDS[:5]), ("{}.jpg", IDS[5:])]):
+        with zipfile.ZipFile(root / "images" / "train" / f"{k:02d}.zip", "w",
+                             compression=zipfile.ZIP_DEFLATED if k else zipfile.ZIP_STORED) as z:
+            z.writestr("README.txt", "not a photo")
+            for pid in ids:
+                z.writestr(inner.format(pid), photos[pid])
+    for pid, data in photos.items():
+        (root / "flat" / f"{pid}.jpg").write_bytes(data)
+    return root
+
+
+def _args(root: Path, images: Path, out: Path, workers: int) -> list[str]:
+    return ["--data", str(root / "train.csv"), "--image-dir", str(images), "--layout", "osv5m",
+            "--out", str(out), "--workers", str(workers), "--device", "cpu",
+            "--batch-size", "4", "--shard-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def flat_store(osv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("flat") / "store"
+    assert main(_args(osv, osv / "flat", out, 0)) == 0
+    return out
+
+
+def test_the_table_reads_ids_as_strings_and_finds_each_member(osv):
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    assert rec["id"].tolist() == IDS[:4] + [MISSING] + IDS[4:]  # not 3.8591498874655e15
+    assert rec.loc[rec["id"] == IDS[1], "country"].item() == "NA"  # Namibia, not missing
+    assert rec.loc[rec["id"] == IDS[1], "unique_country"].item() == "NA"
+    assert "thumb_original_url" not in rec.columns and "quadtree_10_500" not in rec.columns
+    # --layout auto finds the OSV-5M layout from the header alone
+    pd.testing.assert_frame_equal(read_records(osv / "train.csv", osv / "images" / "train"), rec)
+    zips = osv / "images" / "train"
+    by_id = dict(zip(rec["id"], rec["path"], strict=True))
+    assert by_id[IDS[0]] == f"{zips / '00.zip'}::00/{IDS[0]}.jpg"
+    assert by_id[IDS[8]] == f"{zips / '01.zip'}::{IDS[8]}.jpg"
+    src = ImageSources(rec)
+    missing = src[rec.index[rec["id"] == MISSING][0]]
+    assert isinstance(missing, ZipMember) and missing.read()[0] is None
+    assert all(isinstance(src[i], ZipMember) for i in range(len(rec)))
+    # every member decodes to the pixels of its unzipped copy, the reduced decode included
+    for i, pid in enumerate(rec["id"]):
+        if pid == MISSING:
+            continue
+        for side in (None, 224):
+            a = load_image(src[i], side)
+            b = load_image(osv / "flat" / f"{pid}.jpg", side)
+            assert a.ok and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert load_image(src[rec.index[rec["id"] == IDS[2]][0]], 224).image.size[0] == 600
+
+
+def test_the_index_is_arrays(osv):
+    idx = index_zips(osv / "images" / "train")
+    assert len(idx) == len(IDS)  # README.txt is no photo
+    assert idx.stem.dtype.kind == "S" and idx.offset.dtype == np.int64
+    assert list(idx.stem) == sorted(idx.stem)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_zips_give_the_features_of_the_unzipped_photos(osv, flat_store, tmp_path, workers):
+    out = tmp_path / "store"
+    assert main(_args(osv, osv / "images" / "train", out, workers)) == 0
+    z, f = FeatureStore(out), FeatureStore(flat_store)
+    pd.testing.assert_frame_equal(z.index, f.index)
+    torch.testing.assert_close(z.features(torch.float32), f.features(torch.float32),
+                               rtol=2e-3, atol=2e-3)
+    assert len(z) == len(IDS)
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
+    assert skipped["id"].tolist() == [MISSING]
+    assert skipped["reason"].item() == f"not in any zip of {osv / 'images' / 'train'} (nor a " \
+                                       "file there)"
+    # the published labels are in the store, Namibia's "NA" included, and name the keys
+    assert not set(ZIP_COLUMNS) & set(z.index.columns)
+    na = z.index[z.index["id"] == IDS[1]]
+    assert na["country"].item() == "NA" and na["unique_region"].item() == "Khomas_NA"
+    keys = dataset_keys(z.index)
+    assert keys.loc[na.index[0], "country"] == "NA"
+    assert keys.loc[na.index[0], "region"] == "Khomas_NA"
+
+
+def _read_in_child(member: ZipMember):
+    data, _ = member.read()
+    return len(data), _fd(member.zip), os.getpid()
+
+
+def test_a_forked_worker_opens_its_own_descriptor(osv):
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    m = ImageSources(rec)[0]
+    assert m.read()[0] is not None
+    parent_fd = _fd(m.zip)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        n, child_fd, pid = pool.apply(_read_in_child, (m,))
+    assert pid != os.getpid() and n == m.size and child_fd != parent_fd
+
+
+def test_a_damaged_member_is_skipped_with_its_reason(osv, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in (osv / "images" / "train").glob("*.zip"):
+        (images / p.name).write_bytes(p.read_bytes())
+    rec = read_records(osv / "train.csv", images, "osv5m")
+    src = ImageSources(rec)
+    m = src[0]  # a stored member of 00.zip: flip bytes in the middle of its data
+    raw = bytearray((images / "00.zip").read_bytes())
+    at = m.offset + 30 + len(m.member.encode()) + m.csize // 2
+    raw[at:at + 8] = bytes(8)
+    (images / "00.zip").write_bytes(bytes(raw))
+    res = load_image(src[0])
+    assert res.image is None and res.reason == "corrupt zip member (CRC or size mismatch)"
+    assert load_image(src[1]).ok
+    # a directory claiming a huge member is not believed
+    import dataclasses
+
+    huge = dataclasses.replace(src[1], size=2**40)
+    assert "refused" in load_image(huge).reason
+
+
+def test_a_truncated_zip_stops_before_anything_is_written(osv, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in (osv / "images" / "train").glob("*.zip"):
+        data = p.read_bytes()
+        (images / p.name).write_bytes(data[:len(data) // 2] if p.name == "01.zip" else data)
+    out = tmp_path / "store"
+    assert main(_args(osv, images, out, 0)) == 2
+    err = capsys.readouterr().err
+    assert f"{images / '01.zip'}: not a readable zip" in err and "docs/osv5m.md" in err
+    assert not out.exists()
+    # moved away, its photos are skipped as missing and the rest is extracted
+    (images / "01.zip").rename(tmp_path / "01.zip.part")
+    assert main(_args(osv, images, out, 0)) == 0
+    skipped = pd.read_csv(out / "skipped.csv", dtype=str)
+    assert sorted(skipped["id"]) == sorted([MISSING, *IDS[5:]])
+
+
+def test_unzipped_photos_still_work_beside_no_zip(osv):
+    rec = read_records(osv / "train.csv", osv / "flat", "osv5m")
+    assert not set(ZIP_COLUMNS) & set(rec.columns)
+    assert rec["path"].iloc[0] == str(osv / "flat" / f"{IDS[0]}.jpg")
+
+
+def test_the_gpu_path_reads_a_members_bytes(osv):
+    from hiergeo.data.gpu_jpeg import jpeg_for_gpu
+
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    src = ImageSources(rec)
+    for row in (0, len(rec) - 1):  # a stored member and a deflated one
+        got = jpeg_for_gpu(src[row])
+        want = jpeg_for_gpu(str(osv / "flat" / f"{rec['id'].iloc[row]}.jpg"))
+        assert got is not None and torch.equal(got[0], want[0]) and got[1] == want[1]
+
+
+SHARED_OSV = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "osv5m"
+
+
+@pytest.mark.skipif(not (SHARED_OSV / "labels.csv").exists(), reason="needs ../shared")
+def test_training_on_images_reads_them_from_the_zips(tmp_path, cache_env):
+    """The timm-encoder path (images, not a store) takes the zips too: the shared OSV-5M
+    photos zipped, as test_train's images test does with the files."""
+    from hiergeo.config import load_config
+    from hiergeo.train import run
+
+    zips = tmp_path / "images"
+    zips.mkdir()
+    with zipfile.ZipFile(zips / "00.zip", "w") as z:
+        for p in sorted(SHARED_OSV.glob("*.jpg")):
+            z.write(p, f"test/{p.name}")
+    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=img", "model.encoder=timm",
+                                f"data.images={SHARED_OSV / 'labels.csv'}",
+                                f"data.image_dir={zips}", "optim.max_steps=2",
+                                "optim.batch_size=4", "run.val_every=0",
+                                "data.val_fraction=0.3", "hardware.workers=1"])
+    res = run(cfg)
+    assert res["steps"] == 2 and res["n"] >= 1
+    text = (tmp_path / "img" / "data_report.json").read_text()
+    assert json.loads(text)["source"].startswith("images:")
+    assert '"skipped_images": []' in text  # all six read from the zip
