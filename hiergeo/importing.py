@@ -40,6 +40,9 @@ Tars cannot be counted without reading them all (hours at 5M samples), so a shar
 two tars and ``shards/shard-K.source.json`` (written before the shard itself) records which
 tar it came from, the byte range of its samples and whether it is that tar's last; a rerun
 walks the finished shards' records and seeks straight to the first sample not yet stored.
+A rerun whose inputs or settings differ from the store's (files, keys, columns, fields,
+name, dtype, shard size) is refused, naming the setting: resuming would mix two models'
+or two readings' rows in one store.
 
 Bad input. A row or sample without a valid position (missing, NaN, outside +-90/+-180), with
 a non-finite embedding, or (after the first) without the embedding entry is skipped and listed
@@ -81,9 +84,26 @@ from .files import atomic_write_text, one_line
 log = logging.getLogger(__name__)
 
 WEIGHTS = "imported"
-#: store.json keys a rerun must match (else the store was made from other inputs)
-FIXED = ("backbone", "weights", "dtype", "shard_size", "layout", "inputs", "n_records",
-         "ids_sha256")
+#: what a rerun must match (else the store's rows came from other inputs or settings): a
+#: store.json key or a path into it, and how a user names that setting. ``source``'s file
+#: names are left out: ``inputs`` records each file resolved, with its size and first MiB.
+FIXED = (
+    ("layout", "the layout (--matrix or --webdataset)"),
+    ("inputs", "the input files"),
+    ("source.embedding_key", "--embedding-key"),
+    ("source.metadata_key", "--metadata-key"),
+    ("source.key", "--key"),
+    ("source.column", "--embedding-column"),
+    ("source.columns.id", "--id-column"), ("source.fields.id", "--id-column"),
+    ("source.columns.latitude", "--latitude"), ("source.fields.latitude", "--latitude"),
+    ("source.columns.longitude", "--longitude"), ("source.fields.longitude", "--longitude"),
+    ("backbone", "--name"),
+    ("weights", "weights"),
+    ("dtype", "--dtype"),
+    ("shard_size", "--shard-size"),
+    ("n_records", "the table's number of rows"),
+    ("ids_sha256", "the table's ids"),
+)
 SKIP_COLUMNS = ["id", "path", "reason"]
 
 
@@ -280,6 +300,36 @@ def read_position_table(path: Path, id_col: str, lat: str, lon: str) -> pd.DataF
 
 
 # -- the store -------------------------------------------------------------------------
+def _at(meta: dict, path: str):
+    for part in path.split("."):
+        meta = meta.get(part) if isinstance(meta, dict) else None
+    return meta
+
+
+def _short(v) -> str:
+    return repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+
+
+def _mismatch(old: dict, new: dict) -> str | None:
+    """The first setting in which ``new`` differs from the stored ``old``, in words."""
+    for path, flag in FIXED:
+        a, b = _at(old, path), _at(new, path)
+        if a == b:
+            continue
+        if path == "inputs" and isinstance(a, list) and isinstance(b, list):
+            for x, y in zip(a, b, strict=False):
+                if x.get("path") != y.get("path"):
+                    return (f"the input files differ ({x.get('path')} was imported, not "
+                            f"{y.get('path')})")
+                if x != y:
+                    return f"the input file {y.get('path')} changed (its size or first MiB)"
+            return f"the input files differ ({len(a)} were imported, {len(b)} given now)"
+        return f"it was made with {flag} {_short(a)}, not {_short(b)}"
+    if old.get("dim") is not None and new.get("dim") is not None and old["dim"] != new["dim"]:
+        return f"its embeddings have {old['dim']} values, these {new['dim']}"
+    return None
+
+
 def _write_meta(out: Path, meta: dict) -> None:
     """Check ``store.json`` against ``meta`` when a store is there, then (re)write it."""
     path = out / "store.json"
@@ -288,13 +338,10 @@ def _write_meta(out: Path, meta: dict) -> None:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             old = {}
-        diff = [k for k in FIXED if old.get(k) != meta.get(k)]
-        if old.get("dim") is not None and meta.get("dim") is not None and (
-                old["dim"] != meta["dim"]):
-            diff.append("dim")
-        if diff:
-            raise InputError(f"{out} holds a store made from other inputs or settings "
-                             f"({', '.join(diff)}); choose another --out or delete it")
+        why = _mismatch(old, meta)
+        if why:
+            raise InputError(f"{out} holds a store made from other inputs or settings: {why}; "
+                             f"choose another --out, or remove {out} to start over")
     out.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     atomic_write_text(path, json.dumps(meta, indent=2, default=str) + "\n")

@@ -357,3 +357,80 @@ def test_train_on_an_imported_store_then_export_and_predict(tmp_path, cache_env,
         assert table["id"].tolist() == t["id"].tolist()
         with pytest.raises(WeightsError, match=r"imported embeddings \(imported:street_cl"):
             _ = geo.backbone  # what predicting on photos needs first
+
+
+# -- a rerun with other settings is refused, not resumed into the old store ----------------
+def _killed_after_shard_0(monkeypatch, *args):
+    import hiergeo.importing as imp
+
+    real = imp.write_shard
+
+    def dies(out, k, *a):
+        if k == 1:
+            raise KeyboardInterrupt  # a kill once shard 0 is stored
+        real(out, k, *a)
+
+    monkeypatch.setattr(imp, "write_shard", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _run(*args)
+    monkeypatch.setattr(imp, "write_shard", real)
+
+
+def test_rerun_with_another_embedding_key_is_refused(tmp_path, monkeypatch, capsys):
+    # the reviewer's case: StreetCLIP's shard 0 stored, then a rerun asks for DINOv2
+    x, t = _rows(12, seed=8)
+    _tar(tmp_path / "a.tar", _plonk_samples(x, t))
+    out = tmp_path / "s"
+    base = ["--out", out, "--webdataset", tmp_path / "a.tar", "--shard-size", 4, "--name", "m"]
+    _killed_after_shard_0(monkeypatch, *base, "--embedding-key", "street_clip.npy")
+    capsys.readouterr()
+    assert _run(*base, "--embedding-key", "dinov2_vitl14_registers.npy") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--embedding-key 'street_clip.npy'" in err
+    assert "another --out" in err and "Traceback" not in err
+    assert not (out / "index.parquet").exists()
+    # the same command as before still resumes
+    assert _run(*base, "--embedding-key", "street_clip.npy", "--dtype", "float32") == 2
+    assert "--dtype 'float16'" in capsys.readouterr().err
+    assert _run(*base, "--embedding-key", "street_clip.npy") == 0
+    np.testing.assert_allclose(_store(out)[1], x, atol=1e-2)
+
+
+def test_rerun_with_another_npz_key_is_refused(tmp_path, monkeypatch, capsys):
+    x, t = _rows(12, seed=9)
+    np.savez(tmp_path / "e.npz", street_clip=x, dinov2=-x)
+    t.to_csv(tmp_path / "t.csv", index=False)
+    base = ["--out", tmp_path / "s", "--matrix", tmp_path / "e.npz", "--table",
+            tmp_path / "t.csv", "--shard-size", 4, "--name", "m"]
+    _killed_after_shard_0(monkeypatch, *base, "--key", "street_clip")
+    capsys.readouterr()
+    assert _run(*base, "--key", "dinov2") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--key 'street_clip', not 'dinov2'" in err
+
+
+def test_rerun_with_swapped_latitude_longitude_is_refused(tmp_path, monkeypatch, capsys):
+    x, t = _rows(12, seed=10)
+    np.save(tmp_path / "e.npy", x)
+    t.to_csv(tmp_path / "t.csv", index=False)
+    base = ["--out", tmp_path / "s", "--matrix", tmp_path / "e.npy", "--table",
+            tmp_path / "t.csv", "--shard-size", 4]
+    _killed_after_shard_0(monkeypatch, *base)
+    capsys.readouterr()
+    assert _run(*base, "--latitude", "longitude", "--longitude", "latitude") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--latitude 'latitude', not 'longitude'" in err
+
+
+def test_rerun_with_a_changed_input_file_is_refused(tmp_path, monkeypatch, capsys):
+    x, t = _rows(12, seed=11)
+    np.save(tmp_path / "e.npy", x)
+    t.to_csv(tmp_path / "t.csv", index=False)
+    base = ["--out", tmp_path / "s", "--matrix", tmp_path / "e.npy", "--table",
+            tmp_path / "t.csv", "--shard-size", 4]
+    _killed_after_shard_0(monkeypatch, *base)
+    np.save(tmp_path / "e.npy", x + 1)  # other embeddings, same shape and name
+    capsys.readouterr()
+    assert _run(*base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "e.npy changed" in err
