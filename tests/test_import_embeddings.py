@@ -434,3 +434,29 @@ def test_rerun_with_a_changed_input_file_is_refused(tmp_path, monkeypatch, capsy
     assert _run(*base) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "e.npy changed" in err
+
+
+# -- the command's own checks -------------------------------------------------------------
+def test_import_under_torchrun_is_refused(tmp_path, monkeypatch, capsys):
+    x, t = _rows(4)
+    np.save(tmp_path / "e.npy", x)
+    t.to_csv(tmp_path / "t.csv", index=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _run("--out", tmp_path / "s", "--matrix", tmp_path / "e.npy", "--table",
+                tmp_path / "t.csv") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without torchrun" in err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_out_that_is_no_folder_is_one_line(tmp_path, capsys, where):
+    x, t = _rows(4)
+    np.save(tmp_path / "e.npy", x)
+    t.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "f").write_text("not a store")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "s"
+    assert _run("--out", out, "--matrix", tmp_path / "e.npy", "--table", tmp_path / "t.csv") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--out" in err

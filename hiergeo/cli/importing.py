@@ -1,5 +1,9 @@
 """``python -m hiergeo.features import``: precomputed embeddings into a feature store
-(:mod:`hiergeo.importing`)."""
+(:mod:`hiergeo.importing`).
+
+The import runs in one process: under torchrun (``WORLD_SIZE`` > 1) every rank would run the
+whole job into the same folder, so it stops with one line instead; run it without torchrun.
+"""
 
 from __future__ import annotations
 
@@ -69,8 +73,23 @@ def main(argv=None) -> int:
     setup_logging()
     from gazetteer import InputError
 
+    from ..devices import ranks_from_env
     from ..importing import import_matrix, import_webdataset
 
+    try:
+        world = ranks_from_env().world
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if world > 1:  # every rank would run the whole import into the same folder
+        print(f"error: import runs in one process, and this is one of {world} (WORLD_SIZE="
+              f"{world}); run it without torchrun: python -m hiergeo.features import ...",
+              file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file; --out names the store's folder (a new one, "
+              "or a store to resume)", file=sys.stderr)
+        return 2
     common = {"id_col": args.id_column, "lat": args.latitude, "lon": args.longitude,
               "name": args.name, "shard_size": args.shard_size, "dtype": args.dtype}
     try:
@@ -88,6 +107,13 @@ def main(argv=None) -> int:
                                        metadata_key=args.metadata_key, **common)
     except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # in --out: one line; an I/O fault elsewhere keeps its traceback
+        if exc.filename is None or args.out.resolve() not in (
+                Path(exc.filename).resolve(), *Path(exc.filename).resolve().parents):
+            raise
+        print(f"error: cannot write the store in --out {args.out} ({exc.strerror or exc}); "
+              "choose a folder you can write to", file=sys.stderr)
         return 2
     if not report["images_read"]:
         print(f"error: none of the {report['skipped']} rows could be used: "
