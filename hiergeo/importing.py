@@ -277,7 +277,10 @@ def read_position_table(path: Path, id_col: str, lat: str, lon: str) -> pd.DataF
             labels = [c for c in LABEL_COLUMNS if c in names and c not in want]
             df = pd.read_parquet(path, columns=cols + labels)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            # only the columns kept: OSV-5M's train.csv read whole, as strings, takes GBs
+            keep = set(want) | set(LABEL_COLUMNS)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
+                             usecols=lambda c: c in keep)
             labels = [c for c in LABEL_COLUMNS if c in df.columns and c not in want]
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: cannot read this table ({one_line(exc)})") from None

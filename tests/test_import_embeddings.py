@@ -460,3 +460,22 @@ def test_out_that_is_no_folder_is_one_line(tmp_path, capsys, where):
     assert _run("--out", out, "--matrix", tmp_path / "e.npy", "--table", tmp_path / "t.csv") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--out" in err
+
+
+def test_csv_table_reads_only_the_columns_it_keeps(tmp_path, monkeypatch):
+    import hiergeo.importing as imp
+
+    x, t = _rows(6, seed=12)
+    t["id"] = [f"00{i}" for i in range(6)]  # ids stay strings
+    t["unique_country"] = "NA"  # Namibia, not a missing value
+    t["caption"] = "a long text column the store does not keep"
+    np.save(tmp_path / "e.npy", x)
+    t.to_csv(tmp_path / "t.csv", index=False)
+    seen, real = [], pd.read_csv
+    monkeypatch.setattr(imp.pd, "read_csv",
+                        lambda *a, **k: seen.append(list((df := real(*a, **k)).columns)) or df)
+    assert _run("--out", tmp_path / "s", "--matrix", tmp_path / "e.npy", "--table",
+                tmp_path / "t.csv") == 0
+    assert seen == [["id", "latitude", "longitude", "unique_country"]]
+    idx = _store(tmp_path / "s")[0].index
+    assert idx["id"].tolist() == t["id"].tolist() and set(idx["unique_country"]) == {"NA"}
