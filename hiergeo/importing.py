@@ -17,9 +17,10 @@ plain reads (5M x 1024 never loads whole, and the pages read do not stay residen
 mapping's would); an ``.npz`` member stored uncompressed (``np.savez``) is read the same way,
 a compressed one (``np.savez_compressed``) whole. One numeric Parquet column per dimension is
 not supported (make it a list column). A Parquet matrix is one list or fixed-size-list
-column (``--embedding-column``), read a shard at a time through its row groups; the table
-(``--table``: CSV or Parquet; default the Parquet matrix's own file) gives ``--id-column``,
-``--latitude``, ``--longitude`` and any OSV-5M label columns (``unique_country`` ...).
+column (``--embedding-column``), read forward once (one batch of 65,536 rows in memory);
+the table (``--table``: CSV or Parquet; default the Parquet matrix's own file) gives
+``--id-column``, ``--latitude``, ``--longitude`` and any OSV-5M label columns
+(``unique_country`` ...).
 
 (b) follows the layout of PLONK's OSV-5M shards (github.com/nicolas-dufour/plonk): its
 ``plonk/data/to_webdataset/osv_to_wds.py`` writes each sample as ``jpg`` (the photo),
@@ -168,7 +169,16 @@ def _npz_member(path: Path, key: str | None) -> np.ndarray:
 
 
 class ParquetMatrix:
-    """A Parquet list column as rows ``[a, b)`` of a matrix, read through its row groups."""
+    """A Parquet list column as rows ``[a, b)`` of a matrix, read through its row groups.
+
+    The import asks for shards in ascending order, so one forward iterator over the column's
+    batches serves them all, the rows of a batch beyond one shard carried over to the next:
+    each row is decoded once, and memory holds one batch (65,536 rows of the embedding
+    column) besides the shard being built. A request that does not start where the last one
+    ended (the first after a resume) restarts the iterator at the row group holding its
+    first row, decoding the rows before it in that group once."""
+
+    BATCH = 65_536
 
     def __init__(self, path: Path, column: str):
         import pyarrow as pa
@@ -190,35 +200,46 @@ class ParquetMatrix:
         md = self.file.metadata
         self.starts = np.cumsum([0] + [md.row_group(i).num_rows
                                        for i in range(md.num_row_groups)])
-        self.shape = (int(self.starts[-1]), len(self.rows(0, 1)[0]) if self.starts[-1] else 0)
+        self._batches, self._pos, self._left = None, 0, None
+        dim = 0
+        if self.starts[-1]:
+            first = next(self.file.iter_batches(batch_size=1, columns=[column]))
+            v = first.column(0)[0].values  # None when row 0 has none: rows() says so
+            dim = 0 if v is None else len(v)
+        self.shape = (int(self.starts[-1]), dim)
 
     def rows(self, a: int, b: int) -> np.ndarray:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        groups = [i for i in range(len(self.starts) - 1)
-                  if self.starts[i] < b and self.starts[i + 1] > a]
-        if not groups:
-            return np.zeros((0, self.shape[1] if hasattr(self, "shape") else 0), np.float32)
-        parts, seen = [], int(self.starts[groups[0]])
-        for batch in self.file.iter_batches(batch_size=65_536, row_groups=groups,
-                                            columns=[self.column]):
-            n = batch.num_rows
-            lo, hi = max(a - seen, 0), min(b - seen, n)
-            if hi > lo:
-                parts.append(batch.column(0).slice(lo, hi - lo))
-            seen += n
-            if seen >= b:
-                break
+        b = min(b, self.shape[0])
+        if a >= b:
+            return np.zeros((0, self.shape[1]), np.float32)
+        if self._batches is None or self._pos != a:
+            g = int(np.searchsorted(self.starts, a, side="right")) - 1
+            self._batches = self.file.iter_batches(
+                batch_size=self.BATCH, row_groups=list(range(g, len(self.starts) - 1)),
+                columns=[self.column])
+            self._pos, self._left = int(self.starts[g]), None
+        parts = []
+        while self._pos < b:  # self._left: the decoded rows from self._pos on
+            if self._left is None or len(self._left) == 0:
+                self._left = next(self._batches).column(0)
+            if self._pos < a:
+                skip = min(a - self._pos, len(self._left))
+            else:
+                skip = min(b - self._pos, len(self._left))
+                parts.append(self._left.slice(0, skip))
+            self._left, self._pos = self._left.slice(skip), self._pos + skip
         col = pa.concat_arrays(parts)
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
         if col.null_count or len(set(lengths.tolist())) > 1:
             bad = (np.flatnonzero(pd.isna(lengths)).tolist()
                    or np.flatnonzero(lengths != lengths[0]).tolist())
-            raise InputError(f"{self.path}: row {a + bad[0]} of {self.column!r} holds "
-                             f"{'no embedding' if col.null_count else 'another length'} "
-                             f"than row {a}'s {lengths[0]}: every row needs an embedding of "
-                             "the same length")
+            what = ("no embedding" if col.null_count
+                    else f"an embedding of another length than row {a}'s {lengths[0]}")
+            raise InputError(f"{self.path}: row {a + bad[0]} of {self.column!r} holds {what}: "
+                             "every row needs an embedding of the same length")
         flat = col.flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(len(col), -1)
 

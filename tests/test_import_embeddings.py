@@ -479,3 +479,43 @@ def test_csv_table_reads_only_the_columns_it_keeps(tmp_path, monkeypatch):
     assert seen == [["id", "latitude", "longitude", "unique_country"]]
     idx = _store(tmp_path / "s")[0].index
     assert idx["id"].tolist() == t["id"].tolist() and set(idx["unique_country"]) == {"NA"}
+
+
+def test_parquet_matrix_decodes_each_row_once(tmp_path, monkeypatch):
+    # one row group of 600 rows in shards of 50: re-reading the group from its start for
+    # every shard decoded 12 x 600 rows
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, t = _rows(600, seed=13, dim=4)
+    tab = pa.table({"id": t["id"], "latitude": t["latitude"], "longitude": t["longitude"],
+                    "emb": pa.array(list(x), type=pa.list_(pa.float32()))})
+    pq.write_table(tab, tmp_path / "m.parquet", row_group_size=10_000)
+    decoded, real = [], pq.ParquetFile.iter_batches
+
+    def counted(self, *a, **k):
+        for batch in real(self, *a, **k):
+            decoded.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counted)
+    out = tmp_path / "s"
+    assert _run("--out", out, "--matrix", tmp_path / "m.parquet", "--embedding-column", "emb",
+                "--shard-size", 50, "--dtype", "float32") == 0
+    assert sum(decoded) <= 600 + 1  # each row once, and row 0 for the width
+    np.testing.assert_array_equal(_store(out)[1], x)
+
+
+def test_parquet_matrix_resume_mid_row_group(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, t = _rows(90, seed=14, dim=4)
+    tab = pa.table({"id": t["id"], "latitude": t["latitude"], "longitude": t["longitude"],
+                    "emb": pa.array(list(x), type=pa.list_(pa.float32()))})
+    pq.write_table(tab, tmp_path / "m.parquet", row_group_size=40)
+    args = ["--out", tmp_path / "s", "--matrix", tmp_path / "m.parquet", "--embedding-column",
+            "emb", "--shard-size", 25, "--dtype", "float32"]
+    _killed_after_shard_0(monkeypatch, *args)
+    assert _run(*args) == 0  # resumes at row 25, inside row group 0
+    np.testing.assert_array_equal(_store(tmp_path / "s")[1], x)
