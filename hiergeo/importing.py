@@ -31,7 +31,8 @@ the table (``--table``: CSV or Parquet; default the Parquet matrix's own file) g
 ``{embedding_name}.npy`` and the position from the ``json`` entry's ``latitude`` and
 ``longitude``. Here ``--embedding-key`` picks the entry (an ``.npy``), ``--metadata-key`` the
 JSON (default ``json``); the id is the JSON's ``--id-column`` field, else the sample's key.
-Tars are read with ``tarfile`` in streaming mode (:mod:`hiergeo.data.wds`).
+Tars are read with ``tarfile`` a header at a time, the entries not wanted (the photos)
+seeked over (:mod:`hiergeo.data.wds`).
 
 Resuming. A store is written a shard at a time (``--shard-size`` input rows or samples, the
 skipped ones included) exactly as extraction writes it (:func:`hiergeo.data.store.write_shard`:

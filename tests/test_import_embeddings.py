@@ -519,3 +519,59 @@ def test_parquet_matrix_resume_mid_row_group(tmp_path, monkeypatch):
     _killed_after_shard_0(monkeypatch, *args)
     assert _run(*args) == 0  # resumes at row 25, inside row group 0
     np.testing.assert_array_equal(_store(tmp_path / "s")[1], x)
+
+
+class _CountingFile:
+    """A file that counts the bytes read through it."""
+
+    def __init__(self, f, counts):
+        self.f, self.counts = f, counts
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.counts.append(len(b))
+        return b
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+
+
+def test_unwanted_entries_are_seeked_over_not_read(tmp_path, monkeypatch):
+    import builtins
+
+    import hiergeo.data.wds as wds
+
+    x, t = _rows(6, seed=15)
+    path = tmp_path / "p.tar"
+    with tarfile.open(path, "w") as tf:  # 200 KB photos, as in OSV-5M's shards
+        for key, meta, emb in _plonk_samples(x, t):
+            for ext, data in [("jpg", os.urandom(200_000)), ("json", json.dumps(meta).encode()),
+                              ("street_clip.npy", _npy(emb))]:
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    counts = []
+    monkeypatch.setattr(wds, "open", lambda *a, **k: _CountingFile(builtins.open(*a, **k),
+                                                                   counts), raising=False)
+    got = list(TarSamples(path, wanted={"json", "street_clip.npy"}))
+    assert [s.key for s in got] == [f"{i:06d}" for i in range(6)]
+    assert got[2].entries["jpg"] is None and got[2].entries["json"] is not None
+    assert sum(counts) < path.stat().st_size / 10  # the photos (1.2 MB) are not read
+    # from a sample boundary, and cut inside a photo that is not read: still damage
+    mid = list(TarSamples(path, got[1].end, wanted={"json"}))
+    assert [s.key for s in mid] == [f"{i:06d}" for i in range(2, 6)]
+    with tarfile.open(path) as tf:
+        jpg = [m for m in tf.getmembers() if m.name == "000004.jpg"][0]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[:jpg.offset_data + 1000])
+    r = TarSamples(cut, got[1].end, wanted={"json"})
+    assert [s.key for s in r] == ["000002", "000003"]
+    assert r.damage and r.partial == "000004"

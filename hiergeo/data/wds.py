@@ -6,8 +6,10 @@ name (``train/0001.street_clip.npy`` -> key ``train/0001``, entry ``street_clip.
 this is webdataset's ``tariterators.base_plus_ext`` rule. Members without a dot in their
 name, and folders, belong to no sample.
 
-:class:`TarSamples` streams one shard sample by sample (``tarfile`` in ``r|`` mode: memory
-stays at one sample whatever the shard's size) from any sample boundary, and tells a
+:class:`TarSamples` reads one shard sample by sample (``tarfile`` in ``r:`` mode, one
+header at a time: memory stays at one sample whatever the shard's size, and the entries not
+wanted, such as the photos, are seeked over rather than read) from any sample boundary, and
+tells a
 damaged shard from a whole one: data cut short inside a member, or a shard that ends without
 tar's end-of-archive marker (two zero blocks; ``tarfile`` itself takes a header cut short
 for the end), sets :attr:`TarSamples.damage` instead of raising.
@@ -123,8 +125,11 @@ class TarSamples:
                                  "(gunzip) first: only plain tars can be resumed mid-file")
             f.seek(self.start)
             try:
-                tf = tarfile.open(fileobj=f, mode="r|")
-                for m in tf:
+                # "r:" on a seekable file: tarfile seeks past the data of a member not
+                # extracted (its offsets are the file's own, whatever the start)
+                tf = tarfile.open(fileobj=f, mode="r:")
+                while (m := tf.next()) is not None:
+                    tf.members.clear()  # tarfile keeps every header it read otherwise
                     if not m.isfile():
                         continue
                     key, entry = split_name(m.name)
@@ -133,14 +138,14 @@ class TarSamples:
                         yield cur  # complete: the next sample has begun
                         cur = None
                     if key is not None and cur is None:
-                        cur = Sample(key, {}, self.start + m.offset)
+                        cur = Sample(key, {}, m.offset)
                     want = key is not None and (self.wanted is None or entry in self.wanted)
-                    # an entry not read is skipped over by tarfile (stream mode reads on)
+                    # an entry not read is seeked over; if the file ends inside it, the
+                    # next header's read says so ("unexpected end of data")
                     data = tf.extractfile(m).read() if want else None
-                    end = self.start + m.offset_data + _padded(m.size)
+                    end = m.offset_data + _padded(m.size)
                     if key is not None:
                         cur.entries[entry], cur.end = data, end
-                    tf.members.clear()  # tarfile keeps every header it read otherwise
             except (tarfile.TarError, EOFError, OSError) as exc:
                 self.damage = f"unreadable after byte {end:,} ({exc})"
             if self.damage is None:
