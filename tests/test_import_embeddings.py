@@ -575,3 +575,21 @@ def test_unwanted_entries_are_seeked_over_not_read(tmp_path, monkeypatch):
     r = TarSamples(cut, got[1].end, wanted={"json"})
     assert [s.key for s in r] == ["000002", "000003"]
     assert r.damage and r.partial == "000004"
+
+
+def test_webdataset_repeated_id_is_refused_as_in_a_matrix(tmp_path, capsys):
+    x, t = _rows(10, seed=16)
+    t.loc[7, "id"] = t.loc[2, "id"]  # a later sample repeats an earlier shard's id
+    _tar(tmp_path / "a.tar", _plonk_samples(x[:5], t[:5]))
+    _tar(tmp_path / "b.tar", _plonk_samples(x[5:], t[5:], start=5))
+    out = tmp_path / "s"
+    args = ["--out", out, "--webdataset", tmp_path / "a.tar", tmp_path / "b.tar",
+            "--shard-size", 2]
+    assert _run(*args) == 2
+    err = capsys.readouterr().err  # after the progress bar, one line
+    assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    assert "sample '000007' repeats the id 'img002'" in err.splitlines()[-1]
+    assert not (out / "index.parquet").exists()
+    # a rerun resumes after the stored shards and still finds the repeat (in a stored shard)
+    assert _run(*args) == 2
+    assert "repeats the id 'img002'" in capsys.readouterr().err
