@@ -241,6 +241,34 @@ def test_hub_name_resolves_from_the_cache_only(clip_dir, tmp_path, monkeypatch):
         create_backbone("hf:tiny/streetclip", weights=tmp_path / "dino" / "model.safetensors")
 
 
+def test_a_processor_of_another_size_is_refused_at_load(clip_dir, photos, tmp_path, capsys):
+    """A CLIP whose processor crops 40 while the model takes 32: refused when the backbone
+    is made, in one line, not at the first forward on every rank; DINOv2, which
+    interpolates its position encodings, takes any crop."""
+    import shutil
+
+    bad = tmp_path / "clip"
+    shutil.copytree(clip_dir, bad)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 48},
+                                    crop_size={"height": 40, "width": 40}, image_mean=MEAN,
+                                    image_std=STD).save_pretrained(bad)
+    with pytest.raises(WeightsError, match="gives 40x40 images but the CLIPVisionConfig "
+                                           "takes 32x32"):
+        create_backbone(f"hf:{bad}")
+    rc = features_main(["--data", str(photos / "train.csv"), "--out", str(tmp_path / "s"),
+                        "--backbone", f"hf:{bad}", "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "40x40" in err
+    assert not (tmp_path / "s").exists()
+    dino = tmp_path / "dino"
+    _tiny("dinov2", dino)
+    transformers.BitImageProcessor(size={"shortest_edge": 44},
+                                   crop_size={"height": 40, "width": 40}).save_pretrained(dino)
+    b = create_backbone(f"hf:{dino}")
+    with torch.no_grad():
+        assert b.features(torch.randn(1, 3, 40, 40)).shape == (1, 32)
+
+
 @pytest.mark.parametrize("case", ["missing-folder", "not-cached", "no-transformers"])
 def test_user_errors_are_one_line(case, photos, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants as c
@@ -259,3 +287,4 @@ def test_user_errors_are_one_line(case, photos, tmp_path, monkeypatch, capsys):
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and want in err, err
     assert not (tmp_path / "s").exists()
+
