@@ -283,14 +283,37 @@ def _check_input_size(vcfg, data_config: dict, where: str) -> None:
                            "beside it")
 
 
+#: the files that describe a tower and its preprocessing (no weights): what an exported model
+#: that includes the backbone carries to rebuild it without its source (:mod:`hiergeo.export`)
+DESCRIPTION_FILES = ("config.json", "preprocessor_config.json")
+
+
+def description_files(name: str) -> dict[str, str]:
+    """The text of ``name``'s :data:`DESCRIPTION_FILES` (from its folder or the local cache)."""
+    folder, _, _ = _source(name[len(PREFIX):], allow_download=False)
+    return {f: (folder / f).read_text(encoding="utf-8") for f in DESCRIPTION_FILES}
+
+
 def create_hf_backbone(name: str, *, weights: str | Path | None = None,
-                       allow_download: bool = False, random_weights: bool = False) -> HfBackbone:
+                       allow_download: bool = False, random_weights: bool = False,
+                       files: dict[str, str] | None = None) -> HfBackbone:
     """The vision tower ``name`` (``hf:FOLDER`` or ``hf:org/name``) with the processor's
     preprocessing; ``weights``: a weights file to load instead of the source's own (what an
-    exported model pins); ``random_weights``: untrained, for timing."""
+    exported model pins); ``random_weights``: untrained, for timing; ``files``: the
+    :data:`DESCRIPTION_FILES`' text to build it from instead of its source (untrained: the
+    caller loads the weights), what an exported model with its backbone included does."""
     spec = name[len(PREFIX):]
     if not spec:
         raise WeightsError("hf: needs a folder or a hub name (hf:geolocal/StreetCLIP)")
+    if files is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in DESCRIPTION_FILES:
+                (Path(tmp) / f).write_text(files[f], encoding="utf-8")
+            b = create_hf_backbone(PREFIX + tmp, random_weights=True)
+        b.name = name
+        return b
     tf = _transformers()
     folder, full, hub = _source(spec, allow_download)
     try:
