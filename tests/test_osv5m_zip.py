@@ -368,3 +368,53 @@ def test_loose_files_beside_the_zips_are_found_by_one_listing(osv, tmp_path, mon
             assert isinstance(src[i], ZipMember) and src[i].offset == zips.NOT_IN_ZIPS
         else:
             assert isinstance(src[i], ZipMember) and src[i].read()[0] is not None
+
+
+def test_probing_a_member_reads_its_head_only(osv, tmp_path, monkeypatch):
+    """Training checks every photo's header up front: for a zip member that is its first
+    64 KB (stored or inflated), not the whole photo read, inflated and CRC-checked."""
+    import dataclasses
+
+    from hiergeo.data.images import probe_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in (osv / "images" / "train").glob("*.zip"):
+        (images / p.name).write_bytes(p.read_bytes())
+    # a photo whose header is past the first 64 KB (two 60 KB comment segments first)
+    big = _jpeg(3)
+    com = b"\xff\xfe" + (60_002).to_bytes(2, "big") + bytes(60_000)
+    with zipfile.ZipFile(images / "02.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{MISSING}.jpg", big[:2] + com + com + big[2:])
+    rec = read_records(osv / "train.csv", images, "osv5m")
+    src = ImageSources(rec)
+    members = [src[i] for i in range(len(rec))]
+    assert {m.method for m in members} == {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    late = members[rec.index[rec["id"] == MISSING][0]]
+    assert late.size > 120_000
+
+    reads = []
+    real = ZipMember.read
+    monkeypatch.setattr(ZipMember, "read", lambda m: reads.append(m) or real(m))
+    assert [probe_image(m) for m in members] == [None] * len(members)
+    assert reads == [late]  # its header is not in the head: the whole member, once
+    assert load_image(late).ok
+
+    # damage in the member's data passes the header check; loading it names it, and the
+    # training batches and the held-out split's up-front decode skip it with that reason
+    m = members[0]
+    raw = bytearray((images / "00.zip").read_bytes())
+    at = m.offset + 30 + len(m.member.encode()) + m.csize // 2
+    raw[at:at + 8] = bytes(8)
+    (images / "00.zip").write_bytes(bytes(raw))
+    assert probe_image(m) is None
+    assert load_image(m).reason == "corrupt zip member (CRC or size mismatch)"
+    # a member the zip ends inside, and one whose head does not inflate: caught by the probe
+    cut = dataclasses.replace(m, csize=(images / "00.zip").stat().st_size)
+    assert probe_image(cut) == "truncated zip member (the zip file ends inside it)"
+    d = next(x for x in members if x.method == zipfile.ZIP_DEFLATED and x is not late)
+    raw = bytearray((images / d.zip.rsplit("/", 1)[-1]).read_bytes())
+    at = d.offset + 30 + len(d.member.encode())
+    raw[at:at + 4] = b"\xff\xff\xff\xff"
+    (images / d.zip.rsplit("/", 1)[-1]).write_bytes(bytes(raw))
+    assert probe_image(d).startswith("corrupt zip member")

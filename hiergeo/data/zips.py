@@ -20,7 +20,9 @@ row's handle; :meth:`ZipMember.read` reads the bytes with a positional read (``o
 descriptor each process opens for itself on first use (a DataLoader worker forked from the
 main process never uses the parent's), inflates them and checks the CRC. The bytes then go
 through the same decoding as a file (:func:`hiergeo.data.images.load_image`, the reduced-size
-JPEG decode included).
+JPEG decode included). A header check (:func:`hiergeo.data.images.probe_image`, which training
+runs on every photo up front) reads only the member's first :data:`HEAD_BYTES`
+(:meth:`ZipMember.read_head`), so damage further in is found when the photo is loaded.
 
 A zip whose central directory cannot be read (a truncated download: the directory is at the
 end) stops everything with an :class:`~gazetteer.InputError` naming the file, before any
@@ -64,6 +66,9 @@ NOT_IN_ZIPS = -2
 #: 1.02% of the rows, so a single zip missing or moved away is refused. Callers offer a way
 #: to go on anyway (``python -m hiergeo.features --allow-missing``).
 MAX_MISSING_SHARE = 0.01
+#: what :meth:`ZipMember.read_head` reads: a JPEG's header (its SOF, after the EXIF of at
+#: most 64 KB a segment) usually fits; a probe that cannot tell from it reads the whole member
+HEAD_BYTES = 64 * 1024
 #: a member larger than this (as the zip's directory says) is refused unread: a photo is a
 #: few MB, and inflating a crafted member could otherwise take any amount of memory
 MAX_MEMBER_BYTES = 512 * 2**20
@@ -290,24 +295,57 @@ class ZipMember:
     def suffix(self) -> str:
         return os.path.splitext(self.member)[1].lower()
 
-    def read(self) -> tuple[bytes | None, str | None]:
-        """``(the member's bytes, None)`` or ``(None, reason)``; never raises for bad data."""
+    def _data_offset(self) -> tuple[int, str | None]:
+        """Where the member's data starts (after its local header), or why it cannot be
+        read: the checks that need no data read."""
         if self.offset == NOT_IN_ZIPS:
-            return None, f"not in any zip of {self.zip} (nor a file there)"
+            return 0, f"not in any zip of {self.zip} (nor a file there)"
         if self.method == _ENCRYPTED:
-            return None, "encrypted zip member (not supported)"
+            return 0, "encrypted zip member (not supported)"
         if max(self.size, self.csize) > MAX_MEMBER_BYTES:
-            return None, f"zip member of {max(self.size, self.csize):,} bytes, refused (more " \
-                         f"than {MAX_MEMBER_BYTES:,})"
+            return 0, f"zip member of {max(self.size, self.csize):,} bytes, refused (more " \
+                      f"than {MAX_MEMBER_BYTES:,})"
         if self.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            return None, f"zip compression method {self.method} not supported (stored or " \
-                         "deflated only)"
+            return 0, f"zip compression method {self.method} not supported (stored or " \
+                      "deflated only)"
         try:
             head = _pread(self.zip, _LOCAL.size, self.offset)
-            if len(head) < _LOCAL.size or head[:4] != b"PK\x03\x04":
-                return None, "corrupt zip member (no local header where the directory says)"
-            _, nlen, elen = _LOCAL.unpack(head)
-            data = _pread(self.zip, self.csize, self.offset + _LOCAL.size + nlen + elen)
+        except OSError as exc:
+            return 0, f"zip unreadable ({exc})"
+        if len(head) < _LOCAL.size or head[:4] != b"PK\x03\x04":
+            return 0, "corrupt zip member (no local header where the directory says)"
+        _, nlen, elen = _LOCAL.unpack(head)
+        return self.offset + _LOCAL.size + nlen + elen, None
+
+    def read_head(self, n: int = HEAD_BYTES) -> tuple[bytes | None, str | None]:
+        """``(the first n bytes of the member, inflated, None)`` or ``(None, reason)``: what
+        a header check needs, without reading, inflating and CRC-checking the whole photo.
+        A member cut short by the zip's end is caught (one ``fstat``); damage further in is
+        found only by :meth:`read`."""
+        start, reason = self._data_offset()
+        if reason is not None:
+            return None, reason
+        try:
+            if start + self.csize > os.fstat(_fd(self.zip)).st_size:
+                return None, "truncated zip member (the zip file ends inside it)"
+            want = n if self.method == zipfile.ZIP_STORED else min(self.csize, n)
+            data = _pread(self.zip, min(want, self.csize), start)
+        except OSError as exc:
+            return None, f"zip unreadable ({exc})"
+        if self.method == zipfile.ZIP_DEFLATED:
+            try:
+                data = zlib.decompressobj(-15).decompress(data, n)
+            except zlib.error as exc:
+                return None, f"corrupt zip member ({exc})"
+        return data[:n], None
+
+    def read(self) -> tuple[bytes | None, str | None]:
+        """``(the member's bytes, None)`` or ``(None, reason)``; never raises for bad data."""
+        start, reason = self._data_offset()
+        if reason is not None:
+            return None, reason
+        try:
+            data = _pread(self.zip, self.csize, start)
         except OSError as exc:
             return None, f"zip unreadable ({exc})"
         if len(data) < self.csize:
