@@ -3,7 +3,7 @@
     python -m hiergeo.features --data DATA --out STORE [--backbone efficientnet_lite0-embedded]
         [--weights PATH | --allow-download | --random-weights] [--batch-size 64] [--workers N]
         [--threads N] [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
-        [--decode auto]
+        [--decode auto] [--allow-missing]
 
 DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder: ``{id}.jpg``
 files, or the ``*.zip`` files OSV-5M publishes, read as they are), a table with
