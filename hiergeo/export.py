@@ -19,6 +19,10 @@ portable folder that holds what prediction needs and nothing else.
                                read on demand (with eval.memory_refine=1 the rows stay out:
                                memory.safetensors holds the ids only)
     MODEL/backbone.safetensors the backbone, when it was fine-tuned or --include-backbone
+    MODEL/backbone_config.json, MODEL/backbone_preprocessor_config.json
+                               with an included Hugging Face (``hf:``) backbone: its
+                               ``config.json`` and ``preprocessor_config.json``, from which
+                               it is rebuilt without its source folder or the hub cache
     MODEL/config.yaml          the run's resolved config (provenance; not read to predict)
     MODEL/calibration.json     the run's calibration report (provenance)
     MODEL/SHA256SUMS           every other file's sha256 (``sha256sum -c SHA256SUMS`` checks it)
@@ -64,6 +68,9 @@ FORMAT = 1
 SUMS = "SHA256SUMS"
 ENTITY_COLUMNS = ["key", "level", "depth", "name", "parent_id", "country_code", "lat", "lon",
                   "point_lat", "point_lon"]
+#: where an included ``hf:`` backbone's description files are kept in a model folder
+HF_FILES = {"config.json": "backbone_config.json",
+            "preprocessor_config.json": "backbone_preprocessor_config.json"}
 #: model tensors prediction reads (the rest of a checkpoint's model is training state)
 PREDICT_BUFFERS = ("entities", "level_temperature", "memory_weight", "mixture_temperature")
 
@@ -238,8 +245,20 @@ def from_run(run: str | Path, *, memory: bool = True, include_backbone: bool = F
     meta = _model_meta(cfg, model, run, bb, mem, len(table), gz)
     files = {name: (run / name).read_text(encoding="utf-8")
              for name in ("config.yaml", "calibration.json") if (run / name).exists()}
+    if backbone_state is not None:
+        files.update(_hf_files(bb["name"]))
     return Portable(meta=meta, weights=weights, entities=table, memory=mem,
                     backbone=backbone_state, files=files)
+
+
+def _hf_files(name: str) -> dict:
+    """An included ``hf:`` backbone's description (:data:`HF_FILES`), so that the model
+    rebuilds it without the source folder; nothing for a timm one (built from its name)."""
+    from .model.hf_backbones import description_files, is_hf
+
+    if not is_hf(name):
+        return {}
+    return {HF_FILES[f]: text for f, text in description_files(name).items()}
 
 
 def _predict_weights(model, keep: np.ndarray) -> dict:
@@ -350,7 +369,7 @@ def _write_memory(path: Path, mem: dict, chunk: int = 65_536) -> None:
 #: ``Portable.files``): what ``--overwrite`` may replace without deleting anything else.
 MODEL_FILES = ("model.json", "weights.safetensors", "entities.parquet", "memory.safetensors",
                "memory.faiss",
-               "backbone.safetensors", SUMS)
+               "backbone.safetensors", *HF_FILES.values(), SUMS)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -643,9 +662,14 @@ def read(folder: str | Path, *, check: bool = True, memory: bool = True,
     if (meta.get("backbone") or {}).get("included") and backbone is None:
         raise ModelFolderError(f"{folder}: model.json says the backbone is included, "
                                "backbone.safetensors is missing")
+    files = {}
+    for name in HF_FILES.values():  # an included hf: backbone's description
+        if name in names:
+            _regular(folder / name)
+            files[name] = _small_text(folder / name)
     meta = {**meta, "sums_sha256": sums_digest(folder) if (folder / SUMS).exists() else None}
     return Portable(meta=meta, weights=weights, entities=entities, memory=mem,
-                    backbone=backbone)
+                    backbone=backbone, files=files or None)
 
 
 #: Sizes model.json may give, far beyond any model hiergeo trains: a crafted file cannot
@@ -823,9 +847,10 @@ def _check_entities(e: pd.DataFrame, meta: dict, weights: dict, folder: Path) ->
 
 
 def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
-                       included: dict | None = None):
+                       included: dict | None = None, files: dict | None = None):
     """The backbone ``bb`` (``model.json``'s ``backbone``) describes, from ``included``
-    weights, an explicit local ``weights`` file, or its own reference; a reference that
+    weights (an ``hf:`` one built from the model folder's :data:`HF_FILES` in ``files``,
+    when there), an explicit local ``weights`` file, or its own reference; a reference that
     cannot be honoured offline raises :class:`~hiergeo.model.backbones.WeightsError`
     naming what is needed. A weights file must have the sha256 the export pinned: features
     from other weights would give wrong answers without any error."""
@@ -841,7 +866,14 @@ def backbone_from_meta(bb: dict, *, weights=None, allow_download: bool = False,
     if name.split(":")[0] in ("hf-hub", "hf_hub") and not allow_download:
         raise WeightsError(f"the backbone {name!r} is a Hugging Face hub name, which timm "
                            "resolves over the network: pass --allow-download to allow it")
-    if included is not None:
+    desc = {f: (files or {}).get(kept) for f, kept in HF_FILES.items()}
+    if included is not None and all(desc.values()):
+        from .model.hf_backbones import create_hf_backbone
+
+        b = create_hf_backbone(name, files=desc)  # from the model folder, untrained
+        b.model.load_state_dict(included)
+        b.weights = "included in the model folder"
+    elif included is not None:
         b = create_backbone(name, random_weights=True)  # built offline, then overwritten
         b.model.load_state_dict(included)
         b.weights = "included in the model folder"

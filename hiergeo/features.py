@@ -3,13 +3,15 @@
     python -m hiergeo.features --data DATA --out STORE [--backbone efficientnet_lite0-embedded]
         [--weights PATH | --allow-download | --random-weights] [--batch-size 64] [--workers N]
         [--threads N] [--shard-size 10000] [--dtype float16] [--device auto] [--layout auto]
-        [--decode auto]
+        [--decode auto] [--allow-missing]
 
 DATA is an OSV-5M CSV (images in ``--image-dir``, default the CSV's folder: ``{id}.jpg``
 files, or the ``*.zip`` files OSV-5M publishes, read as they are), a table with
 ``path, latitude, longitude``, or a folder of photos with EXIF GPS. Rerunning with the same
-arguments skips finished shards; a kill loses at most the shard in flight. Every input row
-that gives no feature is listed in ``STORE/skipped.csv`` with its reason.
+arguments skips finished shards; a kill loses at most the shard in flight. A rerun whose
+photos come from elsewhere (another ``--image-dir``, a zip added, removed or of another size)
+is refused: its finished shards would be kept, holding the old photos' features and skips.
+Every input row that gives no feature is listed in ``STORE/skipped.csv`` with its reason.
 
 Several processes
 -----------------
@@ -134,6 +136,41 @@ def _weights_pin(weights: str) -> dict:
     return {"weights_path": str(path.resolve()), "weights_sha256": file_sha256(path)}
 
 
+def image_source(records: pd.DataFrame) -> dict:
+    """Where ``records``' photos come from, cheaply: what :func:`hiergeo.data.read_osv5m`
+    put in ``attrs["image_source"]`` (the resolved image folder, and each zip's name and size
+    with the count of ids in none), else a sha256 of the ``path`` column (a table, a folder
+    of photos). No photo is read or stat'ed."""
+    src = records.attrs.get("image_source")
+    if src:
+        return dict(src)
+    return {"paths_sha256": hashlib.sha256(
+        "\n".join(records["path"].astype(str)).encode()).hexdigest()}
+
+
+def _source_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two :func:`image_source` records, in words."""
+    if old == new:
+        return []
+    changes = []
+    if old.get("image_dir") != new.get("image_dir"):
+        changes.append(f"image folder {old.get('image_dir')} -> {new.get('image_dir')}")
+    oz, nz = old.get("zips") or {}, new.get("zips") or {}
+    for name in sorted(set(oz) | set(nz)):
+        if name not in nz:
+            changes.append(f"{name} gone")
+        elif name not in oz:
+            changes.append(f"{name} added")
+        elif oz[name] != nz[name]:
+            changes.append(f"{name} {oz[name]:,} -> {nz[name]:,} bytes")
+    if old.get("not_in_zips") != new.get("not_in_zips") and not changes:
+        changes.append(f"ids in no zip {old.get('not_in_zips')} -> {new.get('not_in_zips')} "
+                       "(loose {id}.jpg files added or removed)")
+    if not changes:
+        changes.append("the photos' paths")
+    return changes
+
+
 def _write_meta(out: Path, meta: dict) -> None:
     """Check ``store.json`` against ``meta`` when a store is there, then (re)write it."""
     meta_path = out / "store.json"
@@ -147,6 +184,14 @@ def _write_meta(out: Path, meta: dict) -> None:
         if diff:
             raise ValueError(f"{out} holds a store made with other settings or rows ({diff}); "
                              f"choose another --out or delete it")
+        # stores written before the image source was recorded have none to compare
+        changed = _source_changes(old["images"], meta["images"]) if "images" in old else []
+        if changed:
+            what = "; ".join(changed[:4]) + (f" (+{len(changed) - 4} more)"
+                                             if len(changed) > 4 else "")
+            raise ValueError(f"{out} was extracted from other photos ({what}): its finished "
+                             "shards would be kept as they are; choose another --out or "
+                             "delete it to extract these, or give the photos it was made from")
     out.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
@@ -292,7 +337,7 @@ def extract(records: pd.DataFrame, out: str | Path, *, backbone=None, batch_size
         "data_config": {k: list(v) if isinstance(v, tuple) else v
                         for k, v in backbone.data_config.items()},
         "shard_size": shard_size, "n_records": len(records), "ids_sha256": _ids_digest(records),
-        "source": source or {}})
+        "images": image_source(records), "source": source or {}})
 
     # channels_last: faster convolutions for convnets such as the embedded one; harmless
     # for ViTs

@@ -117,7 +117,7 @@ class Geolocator:
         m = self.meta["model"]
         self.entities = portable.entities.reset_index(drop=True)
         self._backbone_args = {"weights": backbone_weights, "allow_download": allow_download,
-                               "included": portable.backbone}
+                               "included": portable.backbone, "files": portable.files}
         self._backbone = None
         bb = self.meta.get("backbone")
         if m["encoder"] == "timm":
@@ -209,7 +209,7 @@ class Geolocator:
             a = self._backbone_args
             self._backbone = backbone_from_meta(bb, weights=a["weights"],
                                                 allow_download=a["allow_download"],
-                                                included=a["included"])
+                                                included=a["included"], files=a["files"])
             a["included"] = None  # the model holds the weights now
         return self._backbone
 

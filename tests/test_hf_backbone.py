@@ -241,6 +241,34 @@ def test_hub_name_resolves_from_the_cache_only(clip_dir, tmp_path, monkeypatch):
         create_backbone("hf:tiny/streetclip", weights=tmp_path / "dino" / "model.safetensors")
 
 
+def test_a_processor_of_another_size_is_refused_at_load(clip_dir, photos, tmp_path, capsys):
+    """A CLIP whose processor crops 40 while the model takes 32: refused when the backbone
+    is made, in one line, not at the first forward on every rank; DINOv2, which
+    interpolates its position encodings, takes any crop."""
+    import shutil
+
+    bad = tmp_path / "clip"
+    shutil.copytree(clip_dir, bad)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 48},
+                                    crop_size={"height": 40, "width": 40}, image_mean=MEAN,
+                                    image_std=STD).save_pretrained(bad)
+    with pytest.raises(WeightsError, match="gives 40x40 images but the CLIPVisionConfig "
+                                           "takes 32x32"):
+        create_backbone(f"hf:{bad}")
+    rc = features_main(["--data", str(photos / "train.csv"), "--out", str(tmp_path / "s"),
+                        "--backbone", f"hf:{bad}", "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "40x40" in err
+    assert not (tmp_path / "s").exists()
+    dino = tmp_path / "dino"
+    _tiny("dinov2", dino)
+    transformers.BitImageProcessor(size={"shortest_edge": 44},
+                                   crop_size={"height": 40, "width": 40}).save_pretrained(dino)
+    b = create_backbone(f"hf:{dino}")
+    with torch.no_grad():
+        assert b.features(torch.randn(1, 3, 40, 40)).shape == (1, 32)
+
+
 @pytest.mark.parametrize("case", ["missing-folder", "not-cached", "no-transformers"])
 def test_user_errors_are_one_line(case, photos, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants as c
@@ -259,3 +287,66 @@ def test_user_errors_are_one_line(case, photos, tmp_path, monkeypatch, capsys):
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and want in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_included_hf_backbone_needs_no_source_folder(clip_dir, photos, tmp_path,
+                                                       monkeypatch):
+    """--include-backbone with an hf: backbone packs its config.json and
+    preprocessor_config.json (checksummed like every file): with the source folder deleted
+    and no hub cache, the exported model still rebuilds the backbone and predicts photos."""
+    import shutil
+
+    import huggingface_hub.constants as c
+
+    from hiergeo import Geolocator, export
+    from hiergeo.cli.export import main as export_main
+    from hiergeo.data.records import read_records
+    from hiergeo.features import extract
+    from hiergeo.train import load_config, run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    src = tmp_path / "clip"
+    shutil.copytree(clip_dir, src)
+    store = tmp_path / "store"
+    extract(read_records(photos / "train.csv"), store, workers=0, progress=False,
+            backbone=create_backbone(f"hf:{src}"), dtype="float32")
+    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=run", f"data.train={store}",
+                                "data.val_fraction=0.2", "optim.epochs=2",
+                                "optim.batch_size=8", "run.val_every=0"])
+    run(cfg)
+    folder = tmp_path / "model"
+    assert export_main(["--run", str(tmp_path / "run"), "--out", str(folder),
+                        "--include-backbone"]) == 0
+    sums = (folder / "SHA256SUMS").read_text()
+    for name in ("backbone.safetensors", "backbone_config.json",
+                 "backbone_preprocessor_config.json"):
+        assert f"  {name}\n" in sums
+    assert json.loads((folder / "backbone_preprocessor_config.json").read_text()) == \
+        json.loads((src / "preprocessor_config.json").read_text())
+    shutil.rmtree(src)
+
+    g = Geolocator.load(folder)
+    photo = sorted(photos.glob("*.jpg"))[:3]
+    table = g.predict(photo, progress=False, workers=0)
+    assert len(table) == 3 and table["country_key"].notna().all()
+    assert isinstance(g.backbone, HfBackbone) and g.backbone.weights.startswith("included")
+    # the rebuilt backbone is the store's: same preprocessing, same features
+    ids = FeatureStore(store).index["id"].astype(str).tolist()
+    row = [Path(i).name for i in ids].index("0-0.jpg")
+    t = g.backbone.transform()
+    with torch.no_grad():
+        f = g.backbone.features(t.normalize(t(load_image(photos / "0-0.jpg",
+                                                         t.min_side).image)[None]))
+    torch.testing.assert_close(f[0], FeatureStore(store).features(torch.float32)[row],
+                               rtol=1e-4, atol=1e-5)
+    # a changed description file is caught by the checksums like any other
+    p = folder / "backbone_config.json"
+    p.write_text(p.read_text().replace("32", "33", 1))
+    with pytest.raises(export.ModelFolderError, match="backbone_config.json"):
+        Geolocator.load(folder)
+    # --overwrite takes the folder as a model's; the backbone referenced, not included,
+    # leaves no description files behind
+    assert export_main(["--run", str(tmp_path / "run"), "--out", str(folder),
+                        "--overwrite"]) == 0
+    assert not (folder / "backbone_config.json").exists()

@@ -94,10 +94,19 @@ def osv(tmp_path_factory) -> Path:
     return root
 
 
-def _args(root: Path, images: Path, out: Path, workers: int) -> list[str]:
+def _args(root: Path, images: Path, out: Path, workers: int, *extra: str) -> list[str]:
     return ["--data", str(root / "train.csv"), "--image-dir", str(images), "--layout", "osv5m",
             "--out", str(out), "--workers", str(workers), "--device", "cpu",
-            "--batch-size", "4", "--shard-size", "4"]
+            "--batch-size", "4", "--shard-size", "4", *extra]
+
+
+def _errors(capsys) -> list[str]:
+    """The ``error:`` lines on stderr (the zips' progress bar writes there too); each test
+    asks for exactly one, the last line."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert errors and lines[-1] == errors[-1]
+    return errors
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +117,15 @@ def flat_store(osv, tmp_path_factory) -> Path:
 
 
 def test_the_table_reads_ids_as_strings_and_finds_each_member(osv):
-    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m",
+                       allow_missing=True)
     assert rec["id"].tolist() == IDS[:4] + [MISSING] + IDS[4:]  # not 3.8591498874655e15
     assert rec.loc[rec["id"] == IDS[1], "country"].item() == "NA"  # Namibia, not missing
     assert rec.loc[rec["id"] == IDS[1], "unique_country"].item() == "NA"
     assert "thumb_original_url" not in rec.columns and "quadtree_10_500" not in rec.columns
     # --layout auto finds the OSV-5M layout from the header alone
-    pd.testing.assert_frame_equal(read_records(osv / "train.csv", osv / "images" / "train"), rec)
+    pd.testing.assert_frame_equal(read_records(osv / "train.csv", osv / "images" / "train",
+                                               allow_missing=True), rec)
     zips = osv / "images" / "train"
     by_id = dict(zip(rec["id"], rec["path"], strict=True))
     assert by_id[IDS[0]] == f"{zips / '00.zip'}::00/{IDS[0]}.jpg"
@@ -144,7 +155,8 @@ def test_the_index_is_arrays(osv):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_zips_give_the_features_of_the_unzipped_photos(osv, flat_store, tmp_path, workers):
     out = tmp_path / "store"
-    assert main(_args(osv, osv / "images" / "train", out, workers)) == 0
+    # the fixture's one id in no zip is 1 row in 10, past MAX_MISSING_SHARE
+    assert main(_args(osv, osv / "images" / "train", out, workers, "--allow-missing")) == 0
     z, f = FeatureStore(out), FeatureStore(flat_store)
     pd.testing.assert_frame_equal(z.index, f.index)
     torch.testing.assert_close(z.features(torch.float32), f.features(torch.float32),
@@ -169,7 +181,8 @@ def _read_in_child(member: ZipMember):
 
 
 def test_a_forked_worker_opens_its_own_descriptor(osv):
-    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m",
+                       allow_missing=True)
     m = ImageSources(rec)[0]
     assert m.read()[0] is not None
     parent_fd = _fd(m.zip)
@@ -183,7 +196,7 @@ def test_a_damaged_member_is_skipped_with_its_reason(osv, tmp_path):
     images.mkdir()
     for p in (osv / "images" / "train").glob("*.zip"):
         (images / p.name).write_bytes(p.read_bytes())
-    rec = read_records(osv / "train.csv", images, "osv5m")
+    rec = read_records(osv / "train.csv", images, "osv5m", allow_missing=True)
     src = ImageSources(rec)
     m = src[0]  # a stored member of 00.zip: flip bytes in the middle of its data
     raw = bytearray((images / "00.zip").read_bytes())
@@ -210,12 +223,79 @@ def test_a_truncated_zip_stops_before_anything_is_written(osv, tmp_path, capsys)
     assert main(_args(osv, images, out, 0)) == 2
     err = capsys.readouterr().err
     assert f"{images / '01.zip'}: not a readable zip" in err and "docs/osv5m.md" in err
+    assert "move it" not in err  # no longer steered into a store a rerun cannot complete
     assert not out.exists()
-    # moved away, its photos are skipped as missing and the rest is extracted
+    # moved away, half the ids are in no zip: refused before anything is written
     (images / "01.zip").rename(tmp_path / "01.zip.part")
-    assert main(_args(osv, images, out, 0)) == 0
+    assert main(_args(osv, images, out, 0)) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith(f"error: {images}: 1 zip(s) with 5 photos; ")
+    assert "5 of the 10 ids" in err[0] and "--allow-missing" in err[0]
+    assert not out.exists()
+    # --allow-missing: its photos are skipped as missing and the rest is extracted
+    assert main(_args(osv, images, out, 0, "--allow-missing")) == 0
     skipped = pd.read_csv(out / "skipped.csv", dtype=str)
     assert sorted(skipped["id"]) == sorted([MISSING, *IDS[5:]])
+    # the zip back (whole), the same command again: the store's finished shards hold the
+    # skips, so the rerun is refused rather than reporting success with them kept
+    (images / "01.zip").write_bytes((osv / "images" / "train" / "01.zip").read_bytes())
+    capsys.readouterr()
+    assert main(_args(osv, images, out, 0, "--allow-missing")) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "extracted from other photos (01.zip added" in err[0]
+    assert "another --out" in err[0]
+    # a zip re-downloaded to another size is another source too
+    (images / "01.zip").unlink()
+    (images / "00.zip").write_bytes((images / "00.zip").read_bytes() + b"\0")
+    assert main(_args(osv, images, out, 0, "--allow-missing")) == 2
+    assert "00.zip " in capsys.readouterr().err
+
+
+def test_a_rerun_from_another_image_folder_is_refused(osv, flat_store, tmp_path, capsys):
+    """A store extracted from one folder, the same command with another --image-dir: its
+    finished shards would be kept (and reported done), so the rerun is refused."""
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(flat_store, out)
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(_args(osv, osv / "images" / "train", out, 0, "--allow-missing")) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith(f"error: {out} was extracted from other photos")
+    assert f"image folder {(osv / 'flat').resolve()} -> {(osv / 'images' / 'train').resolve()}" \
+        in err[0]
+    assert sorted(p.name for p in out.rglob("*")) == before
+    # the same folder spelled another way is the same source
+    rel = os.path.relpath(osv / "flat")
+    assert main(_args(osv, Path(rel), out, 0)) == 0
+
+
+@pytest.mark.parametrize("case", ["unrelated zip", "no photos", "no folder"])
+def test_a_wrong_image_folder_stops_before_anything_is_written(osv, tmp_path, capsys, case):
+    wrong = tmp_path / "wrong"
+    if case != "no folder":
+        wrong.mkdir()
+    if case == "unrelated zip":
+        with zipfile.ZipFile(wrong / "00.zip", "w") as z:
+            z.writestr("1.jpg", _jpeg(0))
+    out = tmp_path / "store"
+    assert main(_args(osv, wrong, out, 0, "--allow-missing")) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith(f"error: {wrong}: ")
+    assert not out.exists()
+    if case == "unrelated zip":  # even with --allow-missing
+        assert "none of the 10 ids" in err[0] and "--image-dir" in err[0]
+
+
+def test_a_few_ids_missing_are_below_the_threshold(osv, tmp_path, monkeypatch):
+    from hiergeo.data import zips
+
+    monkeypatch.setattr(zips, "MAX_MISSING_SHARE", 0.1)  # 1 of 10 missing: not more than
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    assert (rec["zip_offset"] == zips.NOT_IN_ZIPS).sum() == 1
+    monkeypatch.setattr(zips, "MAX_MISSING_SHARE", 0.09)
+    with pytest.raises(zips.InputError, match="1 of the 10 ids"):
+        read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
 
 
 def test_unzipped_photos_still_work_beside_no_zip(osv):
@@ -227,7 +307,8 @@ def test_unzipped_photos_still_work_beside_no_zip(osv):
 def test_the_gpu_path_reads_a_members_bytes(osv):
     from hiergeo.data.gpu_jpeg import jpeg_for_gpu
 
-    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m")
+    rec = read_records(osv / "train.csv", osv / "images" / "train", "osv5m",
+                       allow_missing=True)
     src = ImageSources(rec)
     for row in (0, len(rec) - 1):  # a stored member and a deflated one
         got = jpeg_for_gpu(src[row])
@@ -260,3 +341,80 @@ def test_training_on_images_reads_them_from_the_zips(tmp_path, cache_env):
     text = (tmp_path / "img" / "data_report.json").read_text()
     assert json.loads(text)["source"].startswith("images:")
     assert '"skipped_images": []' in text  # all six read from the zip
+
+
+def test_loose_files_beside_the_zips_are_found_by_one_listing(osv, tmp_path, monkeypatch):
+    """Ids in no zip are looked up in one listing of the folder, not a stat each (4.9M of
+    them with a wrong folder, on every rank)."""
+    from hiergeo.data import zips
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "00.zip").write_bytes((osv / "images" / "train" / "00.zip").read_bytes())
+    for pid in IDS[5:]:
+        (images / f"{pid}.jpg").write_bytes((osv / "flat" / f"{pid}.jpg").read_bytes())
+
+    def no_stat(path):
+        raise AssertionError(f"stat of {path}")
+
+    monkeypatch.setattr(zips.os.path, "isfile", no_stat)
+    monkeypatch.setattr(zips.os.path, "exists", no_stat)
+    rec = read_records(osv / "train.csv", images, "osv5m", allow_missing=True)
+    src = ImageSources(rec)
+    for i, pid in enumerate(rec["id"]):
+        if pid in IDS[5:]:
+            assert src[i] == str(images / f"{pid}.jpg")
+        elif pid == MISSING:
+            assert isinstance(src[i], ZipMember) and src[i].offset == zips.NOT_IN_ZIPS
+        else:
+            assert isinstance(src[i], ZipMember) and src[i].read()[0] is not None
+
+
+def test_probing_a_member_reads_its_head_only(osv, tmp_path, monkeypatch):
+    """Training checks every photo's header up front: for a zip member that is its first
+    64 KB (stored or inflated), not the whole photo read, inflated and CRC-checked."""
+    import dataclasses
+
+    from hiergeo.data.images import probe_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in (osv / "images" / "train").glob("*.zip"):
+        (images / p.name).write_bytes(p.read_bytes())
+    # a photo whose header is past the first 64 KB (two 60 KB comment segments first)
+    big = _jpeg(3)
+    com = b"\xff\xfe" + (60_002).to_bytes(2, "big") + bytes(60_000)
+    with zipfile.ZipFile(images / "02.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{MISSING}.jpg", big[:2] + com + com + big[2:])
+    rec = read_records(osv / "train.csv", images, "osv5m")
+    src = ImageSources(rec)
+    members = [src[i] for i in range(len(rec))]
+    assert {m.method for m in members} == {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    late = members[rec.index[rec["id"] == MISSING][0]]
+    assert late.size > 120_000
+
+    reads = []
+    real = ZipMember.read
+    monkeypatch.setattr(ZipMember, "read", lambda m: reads.append(m) or real(m))
+    assert [probe_image(m) for m in members] == [None] * len(members)
+    assert reads == [late]  # its header is not in the head: the whole member, once
+    assert load_image(late).ok
+
+    # damage in the member's data passes the header check; loading it names it, and the
+    # training batches and the held-out split's up-front decode skip it with that reason
+    m = members[0]
+    raw = bytearray((images / "00.zip").read_bytes())
+    at = m.offset + 30 + len(m.member.encode()) + m.csize // 2
+    raw[at:at + 8] = bytes(8)
+    (images / "00.zip").write_bytes(bytes(raw))
+    assert probe_image(m) is None
+    assert load_image(m).reason == "corrupt zip member (CRC or size mismatch)"
+    # a member the zip ends inside, and one whose head does not inflate: caught by the probe
+    cut = dataclasses.replace(m, csize=(images / "00.zip").stat().st_size)
+    assert probe_image(cut) == "truncated zip member (the zip file ends inside it)"
+    d = next(x for x in members if x.method == zipfile.ZIP_DEFLATED and x is not late)
+    raw = bytearray((images / d.zip.rsplit("/", 1)[-1]).read_bytes())
+    at = d.offset + 30 + len(d.member.encode())
+    raw[at:at + 4] = b"\xff\xff\xff\xff"
+    (images / d.zip.rsplit("/", 1)[-1]).write_bytes(bytes(raw))
+    assert probe_image(d).startswith("corrupt zip member")

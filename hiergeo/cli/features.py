@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layout", choices=["auto", "osv5m", "table", "exif"], default="auto",
                     help="auto: a folder is exif, a table with a path column is table, one "
                     "with an id column and no path is osv5m ({id}.jpg in --image-dir)")
+    ap.add_argument("--allow-missing", action="store_true",
+                    help="go on when more than 1%% of an OSV-5M table's ids are in none of "
+                    "the zips (hiergeo.data.zips.MAX_MISSING_SHARE; they are listed in "
+                    "skipped.csv), instead of refusing the folder")
     ap.add_argument("--out", type=Path, required=True, help="the feature store's folder")
     ap.add_argument("--backbone", default=EMBEDDED,
                     help=f"timm model name, {EMBEDDED} (offline ImageNet weights), or "
@@ -114,7 +118,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--decode gpu needs a CUDA device (this one: {dev}); use "
                              "--decode cpu or auto")
         records = read_records(args.data, args.image_dir, args.layout,
-                               progress=ranks.local_rank == 0)
+                               progress=ranks.local_rank == 0,
+                               allow_missing=args.allow_missing)
         if not len(records):
             raise InputError(f"{args.data}: no photos in it (a folder is searched for image "
                              "files; a table lists them in a path column)")

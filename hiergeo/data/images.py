@@ -255,9 +255,23 @@ def probe_image(path: str | Path) -> str | None:
     about 100 times faster than :func:`load_image`), or None when it looks readable. A
     file that passes can still fail to decode (truncated data): readers of many images
     check them here up front and skip the rare decoding failure later."""
+    if isinstance(path, ZipMember) and path.suffix not in HEIC_SUFFIXES:
+        # the member's first bytes only, not the whole photo read, inflated and CRC-checked
+        # (damage past them is found when it is loaded, and skipped there with its reason);
+        # a header that does not fit in them: the whole member, as for a file
+        head, reason = path.read_head()
+        if reason is not None:
+            return reason
+        verdict = _probe(io.BytesIO(head))
+        if verdict is None or len(head) >= path.size:
+            return verdict
     src, _, reason = _source(path)
     if reason is not None:
         return reason
+    return _probe(src)
+
+
+def _probe(src) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -15,6 +15,7 @@ and lists them with the reason.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from gazetteer import InputError
 
 from ..files import one_line
 from .exif import read_gps
-from .zips import ZIP_COLUMNS, attach, index_zips, zip_files
+from .zips import NOT_IN_ZIPS, ZIP_COLUMNS, attach, check_found, index_zips, zip_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic",
                   ".heif"}
@@ -92,7 +93,7 @@ def osv5m_paths(ids, csv: Path, image_dir: str | Path | None = None) -> list[str
 
 
 def read_osv5m(csv: str | Path, image_dir: str | Path | None = None,
-               progress: bool = False) -> pd.DataFrame:
+               progress: bool = False, allow_missing: bool = False) -> pd.DataFrame:
     """OSV-5M layout; ``image_dir`` defaults to the CSV's folder. Only the columns used here
     are read (``id``, coordinates, :data:`LABEL_COLUMNS`): the published ``train.csv`` has
     some 35 columns, 2.9 GB, and every cell is read as a string.
@@ -101,7 +102,15 @@ def read_osv5m(csv: str | Path, image_dir: str | Path | None = None,
     from them (:mod:`hiergeo.data.zips`): each row gets the member whose file name is
     ``{id}.jpg`` in any zip, its ``path`` is ``ZIP::MEMBER``, and the table carries the member's
     position in :data:`hiergeo.data.zips.ZIP_COLUMNS`. An id in no zip is read from
-    ``{image_dir}/{id}.jpg`` if that file exists, else skipped at extraction with its reason."""
+    ``{image_dir}/{id}.jpg`` if that file exists, else skipped at extraction with its reason.
+
+    Raises :class:`InputError` before any photo is read when the folder cannot be the
+    table's: it is no folder, it holds neither zips nor ``*.jpg`` files, its zips hold none
+    of the ids, or (unless ``allow_missing``) they miss more than
+    :data:`hiergeo.data.zips.MAX_MISSING_SHARE` of them (:func:`hiergeo.data.zips.check_found`).
+    The table's ``attrs["image_source"]`` says where the photos come from (the folder, and
+    each zip's name and size), which a feature store records to refuse a rerun from other
+    photos."""
     csv = Path(csv)
     wanted = {"id", "latitude", "longitude", *LABEL_COLUMNS}
     df = _read(csv, usecols=lambda c: c in wanted)
@@ -109,12 +118,33 @@ def read_osv5m(csv: str | Path, image_dir: str | Path | None = None,
         raise InputError(f"{csv}: no column 'id' (OSV-5M layout needs id, latitude, longitude)")
     df["id"] = df["id"].astype(str)
     folder = Path(image_dir) if image_dir is not None else csv.parent
-    if zip_files(folder):
-        df = attach(df, index_zips(folder, progress=progress), folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder (the OSV-5M images: {{id}}.jpg files or "
+                         "the published zips)")
+    zips = zip_files(folder)
+    source = {"image_dir": str(folder.resolve())}
+    if zips:
+        index = index_zips(folder, progress=progress)
+        df = attach(df, index, folder)
+        check_found(df, index, folder, csv, allow_missing)
         out = _finish(_coords(df, csv))
-        return pd.concat([out, df[ZIP_COLUMNS].reset_index(drop=True)], axis=1)
-    df["path"] = osv5m_paths(df["id"], csv, image_dir)
-    return _finish(_coords(df, csv))
+        out = pd.concat([out, df[ZIP_COLUMNS].reset_index(drop=True)], axis=1)
+        source["zips"] = {p.name: p.stat().st_size for p in zips}
+        source["not_in_zips"] = int((df["zip_offset"].to_numpy() == NOT_IN_ZIPS).sum())
+    else:
+        if len(df) and not _has_jpg(folder):
+            raise InputError(f"{folder}: neither *.zip nor *.jpg files in it (the OSV-5M "
+                             "images: {id}.jpg files or the published zips)")
+        df["path"] = osv5m_paths(df["id"], csv, image_dir)
+        out = _finish(_coords(df, csv))
+    out.attrs["image_source"] = source
+    return out
+
+
+def _has_jpg(folder: Path) -> bool:
+    """Whether ``folder`` has a ``*.jpg`` entry (stops at the first)."""
+    with os.scandir(folder) as it:
+        return any(e.name.endswith(".jpg") for e in it)
 
 
 def read_table(table: str | Path) -> pd.DataFrame:
@@ -147,10 +177,11 @@ def read_exif_folder(folder: str | Path) -> pd.DataFrame:
 
 
 def read_records(data: str | Path, image_dir: str | Path | None = None,
-                 layout: str = "auto", progress: bool = False) -> pd.DataFrame:
+                 layout: str = "auto", progress: bool = False,
+                 allow_missing: bool = False) -> pd.DataFrame:
     """Pick the layout: a folder is read for EXIF; a table with ``path`` is generic; a table
     with ``id`` and no ``path`` is OSV-5M's. ``progress``: a bar while OSV-5M's zips are
-    indexed (98 of them: minutes)."""
+    indexed (98 of them: minutes); ``allow_missing``: see :func:`read_osv5m`."""
     data = Path(data)
     if layout == "auto":
         if data.is_dir():
@@ -163,5 +194,5 @@ def read_records(data: str | Path, image_dir: str | Path | None = None,
     if layout == "table":
         return read_table(data)
     if layout == "osv5m":
-        return read_osv5m(data, image_dir, progress=progress)
+        return read_osv5m(data, image_dir, progress=progress, allow_missing=allow_missing)
     raise ValueError(f"layout must be auto, osv5m, table or exif, not {layout!r}")

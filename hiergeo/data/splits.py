@@ -382,7 +382,10 @@ def _from_images(cfg, gz):
     from .records import read_records
     from .zips import ZIP_COLUMNS, ImageSources
 
-    records = read_records(cfg.data.images, cfg.data.image_dir).reset_index(drop=True)
+    # every photo is probed below and the ones that fail are counted in data_report.json, so
+    # a share of ids in no zip is reported there rather than refused (ids in none still are)
+    records = read_records(cfg.data.images, cfg.data.image_dir,
+                           allow_missing=True).reset_index(drop=True)
     if cfg.data.max_samples is not None:
         records = records.iloc[:cfg.data.max_samples].reset_index(drop=True)
     # file paths, or the photos' places in OSV-5M's zips (hiergeo.data.zips)

@@ -20,13 +20,17 @@ row's handle; :meth:`ZipMember.read` reads the bytes with a positional read (``o
 descriptor each process opens for itself on first use (a DataLoader worker forked from the
 main process never uses the parent's), inflates them and checks the CRC. The bytes then go
 through the same decoding as a file (:func:`hiergeo.data.images.load_image`, the reduced-size
-JPEG decode included).
+JPEG decode included). A header check (:func:`hiergeo.data.images.probe_image`, which training
+runs on every photo up front) reads only the member's first :data:`HEAD_BYTES`
+(:meth:`ZipMember.read_head`), so damage further in is found when the photo is loaded.
 
 A zip whose central directory cannot be read (a truncated download: the directory is at the
 end) stops everything with an :class:`~gazetteer.InputError` naming the file, before any
 extraction: its rows cannot even be named, and extracting 97 of 98 zips without saying so
-would bias the data. Move the file away to go on without it (its rows are then skipped as
-missing) or download it again. A member whose data is damaged (CRC mismatch, cut short) is
+would bias the data. Download it again. (Moving it away is refused as well when more than
+:data:`MAX_MISSING_SHARE` of the rows are then in no zip, unless the caller allows it: a store
+extracted without a zip is not completed by a rerun once the zip is back, see
+:func:`hiergeo.features.extract`.) A member whose data is damaged (CRC mismatch, cut short) is
 skipped with its reason, as a corrupt JPEG file is.
 """
 
@@ -57,6 +61,14 @@ _LOCAL = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _NO_ZIP = -1
 #: ``zip_offset`` of a row whose id is in no zip and is no file either
 NOT_IN_ZIPS = -2
+#: the share of a table's rows that may be in no zip (nor a ``{id}.jpg`` file beside the zips)
+#: before :func:`check_found` refuses the table: one of OSV-5M's 98 train zips holds about
+#: 1.02% of the rows, so a single zip missing or moved away is refused. Callers offer a way
+#: to go on anyway (``python -m hiergeo.features --allow-missing``).
+MAX_MISSING_SHARE = 0.01
+#: what :meth:`ZipMember.read_head` reads: a JPEG's header (its SOF, after the EXIF of at
+#: most 64 KB a segment) usually fits; a probe that cannot tell from it reads the whole member
+HEAD_BYTES = 64 * 1024
 #: a member larger than this (as the zip's directory says) is refused unread: a photo is a
 #: few MB, and inflating a crafted member could otherwise take any amount of memory
 MAX_MEMBER_BYTES = 512 * 2**20
@@ -101,8 +113,8 @@ def _read_directory(path: Path) -> list[zipfile.ZipInfo]:
         raise InputError(
             f"{path}: not a readable zip ({type(exc).__name__}: {exc}); a download cut short "
             "loses the zip's directory, which is at its end. Download this file again (the "
-            "command is in docs/osv5m.md), or move it out of the folder to "
-            "extract without it (its photos are then listed as missing in skipped.csv)"
+            "command is in docs/osv5m.md) before extracting: a store made without it is not "
+            "completed by a later rerun"
         ) from None
 
 
@@ -190,11 +202,45 @@ def attach(df: pd.DataFrame, index: ZipIndex, folder: str | Path) -> pd.DataFram
     names = index.name[at] if n else np.array([b""] * len(df))
     df["path"] = [f"{index.zips[z]}::{m.decode()}" if z >= 0 else str(folder / f"{i}.jpg")
                   for z, m, i in zip(zip_no, names, df["id"], strict=True)]
-    # a row in no zip may still be a loose file; else it is skipped as not in any zip
+    # a row in no zip may still be a loose file; else it is skipped as not in any zip. One
+    # listing of the folder, not a stat per missing id (4.9M of them with a wrong folder)
     missing = np.flatnonzero(~found)
-    loose = np.array([os.path.isfile(df["path"].iat[r]) for r in missing], dtype=bool)
+    files = _loose_files(folder) if len(missing) else set()
+    loose = np.array([f"{df['id'].iat[r]}.jpg" in files for r in missing], dtype=bool)
     df.iloc[missing[~loose], df.columns.get_loc("zip_offset")] = NOT_IN_ZIPS
     return df
+
+
+def _loose_files(folder: Path) -> set[str]:
+    """The names of the ``*.jpg`` files directly in ``folder`` (one directory listing)."""
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it if e.name.endswith(".jpg") and e.is_file()}
+    except OSError:
+        return set()
+
+
+def check_found(df: pd.DataFrame, index: ZipIndex, folder: str | Path, source: str | Path,
+                allow_missing: bool = False) -> None:
+    """Refuse (:class:`InputError`, before anything is written) a table from :func:`attach`
+    whose ids are in none of ``folder``'s zips, or, unless ``allow_missing``, of which more
+    than :data:`MAX_MISSING_SHARE` are in no zip (nor a ``{id}.jpg`` file there): a zip
+    missing or the wrong folder, found now rather than as a store of skipped rows."""
+    n = len(df)
+    miss = int((df["zip_offset"].to_numpy() == NOT_IN_ZIPS).sum())
+    if not n or not miss:
+        return
+    where = f"{folder}: {len(index.zips)} zip(s) with {len(index):,} photos"
+    if miss == n:
+        raise InputError(f"{where}, but none of the {n:,} ids of {source} is in them (nor a "
+                         "{id}.jpg file there): is this the table's image folder "
+                         "(--image-dir)?")
+    if miss > MAX_MISSING_SHARE * n and not allow_missing:
+        raise InputError(f"{where}; {miss:,} of the {n:,} ids of {source} "
+                         f"({miss / n:.1%}, more than {MAX_MISSING_SHARE:.0%}) are in none of "
+                         "them: a zip missing or cut short? Download it (docs/osv5m.md), or "
+                         "pass --allow-missing to go on without those photos (listed in "
+                         "skipped.csv)")
 
 
 def has_zip_columns(df: pd.DataFrame) -> bool:
@@ -249,24 +295,57 @@ class ZipMember:
     def suffix(self) -> str:
         return os.path.splitext(self.member)[1].lower()
 
-    def read(self) -> tuple[bytes | None, str | None]:
-        """``(the member's bytes, None)`` or ``(None, reason)``; never raises for bad data."""
+    def _data_offset(self) -> tuple[int, str | None]:
+        """Where the member's data starts (after its local header), or why it cannot be
+        read: the checks that need no data read."""
         if self.offset == NOT_IN_ZIPS:
-            return None, f"not in any zip of {self.zip} (nor a file there)"
+            return 0, f"not in any zip of {self.zip} (nor a file there)"
         if self.method == _ENCRYPTED:
-            return None, "encrypted zip member (not supported)"
+            return 0, "encrypted zip member (not supported)"
         if max(self.size, self.csize) > MAX_MEMBER_BYTES:
-            return None, f"zip member of {max(self.size, self.csize):,} bytes, refused (more " \
-                         f"than {MAX_MEMBER_BYTES:,})"
+            return 0, f"zip member of {max(self.size, self.csize):,} bytes, refused (more " \
+                      f"than {MAX_MEMBER_BYTES:,})"
         if self.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            return None, f"zip compression method {self.method} not supported (stored or " \
-                         "deflated only)"
+            return 0, f"zip compression method {self.method} not supported (stored or " \
+                      "deflated only)"
         try:
             head = _pread(self.zip, _LOCAL.size, self.offset)
-            if len(head) < _LOCAL.size or head[:4] != b"PK\x03\x04":
-                return None, "corrupt zip member (no local header where the directory says)"
-            _, nlen, elen = _LOCAL.unpack(head)
-            data = _pread(self.zip, self.csize, self.offset + _LOCAL.size + nlen + elen)
+        except OSError as exc:
+            return 0, f"zip unreadable ({exc})"
+        if len(head) < _LOCAL.size or head[:4] != b"PK\x03\x04":
+            return 0, "corrupt zip member (no local header where the directory says)"
+        _, nlen, elen = _LOCAL.unpack(head)
+        return self.offset + _LOCAL.size + nlen + elen, None
+
+    def read_head(self, n: int = HEAD_BYTES) -> tuple[bytes | None, str | None]:
+        """``(the first n bytes of the member, inflated, None)`` or ``(None, reason)``: what
+        a header check needs, without reading, inflating and CRC-checking the whole photo.
+        A member cut short by the zip's end is caught (one ``fstat``); damage further in is
+        found only by :meth:`read`."""
+        start, reason = self._data_offset()
+        if reason is not None:
+            return None, reason
+        try:
+            if start + self.csize > os.fstat(_fd(self.zip)).st_size:
+                return None, "truncated zip member (the zip file ends inside it)"
+            want = n if self.method == zipfile.ZIP_STORED else min(self.csize, n)
+            data = _pread(self.zip, min(want, self.csize), start)
+        except OSError as exc:
+            return None, f"zip unreadable ({exc})"
+        if self.method == zipfile.ZIP_DEFLATED:
+            try:
+                data = zlib.decompressobj(-15).decompress(data, n)
+            except zlib.error as exc:
+                return None, f"corrupt zip member ({exc})"
+        return data[:n], None
+
+    def read(self) -> tuple[bytes | None, str | None]:
+        """``(the member's bytes, None)`` or ``(None, reason)``; never raises for bad data."""
+        start, reason = self._data_offset()
+        if reason is not None:
+            return None, reason
+        try:
+            data = _pread(self.zip, self.csize, start)
         except OSError as exc:
             return None, f"zip unreadable ({exc})"
         if len(data) < self.csize:

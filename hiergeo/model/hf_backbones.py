@@ -262,14 +262,58 @@ def _load(tf, cls, vcfg, folder: Path, path: Path, where: str) -> torch.nn.Modul
     return model.float()  # transformers 5 keeps a checkpoint's own dtype
 
 
+#: vision towers whose embeddings interpolate their position encodings to any input size
+#: (DINOv2's always do); CLIP, SigLIP and ViT raise at the first forward for another size
+#: than the config's ``image_size`` unless asked to interpolate, which hiergeo does not
+_INTERPOLATING = {"dinov2", "dinov2_with_registers"}
+
+
+def _check_input_size(vcfg, data_config: dict, where: str) -> None:
+    """Refuse now, not at the first batch on every rank, a processor whose crop is not the
+    size the model takes."""
+    size = getattr(vcfg, "image_size", None)
+    if size is None or getattr(vcfg, "model_type", "") in _INTERPOLATING:
+        return
+    want = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    got = tuple(int(v) for v in data_config["input_size"][1:])
+    if got != want:
+        raise WeightsError(f"{where}: its image processor gives {got[0]}x{got[1]} images but "
+                           f"the {type(vcfg).__name__} takes {want[0]}x{want[1]} "
+                           "(image_size in config.json); save the model's own processor "
+                           "beside it")
+
+
+#: the files that describe a tower and its preprocessing (no weights): what an exported model
+#: that includes the backbone carries to rebuild it without its source (:mod:`hiergeo.export`)
+DESCRIPTION_FILES = ("config.json", "preprocessor_config.json")
+
+
+def description_files(name: str) -> dict[str, str]:
+    """The text of ``name``'s :data:`DESCRIPTION_FILES` (from its folder or the local cache)."""
+    folder, _, _ = _source(name[len(PREFIX):], allow_download=False)
+    return {f: (folder / f).read_text(encoding="utf-8") for f in DESCRIPTION_FILES}
+
+
 def create_hf_backbone(name: str, *, weights: str | Path | None = None,
-                       allow_download: bool = False, random_weights: bool = False) -> HfBackbone:
+                       allow_download: bool = False, random_weights: bool = False,
+                       files: dict[str, str] | None = None) -> HfBackbone:
     """The vision tower ``name`` (``hf:FOLDER`` or ``hf:org/name``) with the processor's
     preprocessing; ``weights``: a weights file to load instead of the source's own (what an
-    exported model pins); ``random_weights``: untrained, for timing."""
+    exported model pins); ``random_weights``: untrained, for timing; ``files``: the
+    :data:`DESCRIPTION_FILES`' text to build it from instead of its source (untrained: the
+    caller loads the weights), what an exported model with its backbone included does."""
     spec = name[len(PREFIX):]
     if not spec:
         raise WeightsError("hf: needs a folder or a hub name (hf:geolocal/StreetCLIP)")
+    if files is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in DESCRIPTION_FILES:
+                (Path(tmp) / f).write_text(files[f], encoding="utf-8")
+            b = create_hf_backbone(PREFIX + tmp, random_weights=True)
+        b.name = name
+        return b
     tf = _transformers()
     folder, full, hub = _source(spec, allow_download)
     try:
@@ -286,6 +330,7 @@ def create_hf_backbone(name: str, *, weights: str | Path | None = None,
         raise WeightsError(f"{name}: no usable image processor ({exc}): save the model's "
                            "image processor beside it (processor.save_pretrained)") from exc
     data_config = processor_config(proc, name)
+    _check_input_size(vcfg, data_config, name)
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     try:
