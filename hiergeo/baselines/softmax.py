@@ -87,7 +87,7 @@ class FlatSoftmax:
             opt.step()
             sched.step()
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         self.net.eval()
         return self
 
