@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m hiergeo.train run.overwrite=true
 
-# Real photos, the whole path in about a minute: features of 123 shared playset photos, a
+# Real photos, the whole path in about 30 s (2 CPUs): features of 123 shared playset photos, a
 # small model, its export, predictions for the 40 others (+ the EXIF-GPS and broken photos)
 # as CSV and GeoJSON, and the offline map. Needs ../shared/images (PLAYSET=... elsewhere).
 SHARED  ?= ../shared/images
