@@ -418,3 +418,27 @@ def test_probing_a_member_reads_its_head_only(osv, tmp_path, monkeypatch):
     raw[at:at + 4] = b"\xff\xff\xff\xff"
     (images / d.zip.rsplit("/", 1)[-1]).write_bytes(bytes(raw))
     assert probe_image(d).startswith("corrupt zip member")
+
+
+def test_a_table_or_folder_named_two_ways_is_the_same_source(tmp_path, monkeypatch):
+    """The rerun check hashes the photos' paths: a table given as t.csv, ../x/t.csv or its
+    absolute path (or a folder likewise) must give the same record, or a resume from another
+    working directory is refused (review finding: the paths were the table's spelling)."""
+    from hiergeo.features import image_source
+
+    d = tmp_path / "x"
+    (d / "photos").mkdir(parents=True)
+    for i in range(2):
+        (d / "photos" / f"{i}.jpg").write_bytes(_jpeg(i))
+    pd.DataFrame({"id": ["a", "b"], "path": ["photos/0.jpg", "photos/1.jpg"],
+                  "latitude": [48.85, 52.52], "longitude": [2.35, 13.40]}).to_csv(
+        d / "t.csv", index=False)
+    monkeypatch.chdir(d)
+    names = [Path("t.csv"), d / "t.csv", Path("..") / "x" / "t.csv"]
+    tables = [image_source(read_records(n, None, "table")) for n in names]
+    assert tables[0] == tables[1] == tables[2]
+    folders = [image_source(read_records(n, None, "exif"))
+               for n in (Path("photos"), d / "photos", Path("..") / "x" / "photos")]
+    assert folders[0] == folders[1] == folders[2]
+    # and the ids stay as the table names them
+    assert list(read_records(Path("t.csv"), None, "table")["id"]) == ["a", "b"]

@@ -153,9 +153,12 @@ def read_table(table: str | Path) -> pd.DataFrame:
     df = _read(table)
     if "path" not in df.columns:
         raise InputError(f"{table}: no column 'path'; columns are {list(df.columns)}")
-    df["path"] = [str(p if Path(p).is_absolute() else table.parent / p) for p in df["path"]]
-    if "id" not in df.columns:
-        df["id"] = df["path"]
+    if "id" not in df.columns:  # the path as the table is spelled, as ids have always been
+        df["id"] = [str(p if Path(p).is_absolute() else table.parent / p) for p in df["path"]]
+    # paths from the table's resolved folder: the same photos read the same whichever way the
+    # table is named (a rerun's check compares them: hiergeo.features.image_source)
+    base = table.resolve().parent
+    df["path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"]]
     df["id"] = df["id"].astype(str)
     return _finish(_coords(df, table))
 
@@ -165,6 +168,7 @@ def read_exif_folder(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
+    folder = folder.resolve()  # paths the same whichever way the folder is named
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     rows = []
     for p in files:
