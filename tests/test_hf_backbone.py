@@ -125,27 +125,36 @@ def test_cli_extracts_a_store_with_the_hf_backbone(clip_dir, photos, tmp_path, c
     assert (want[0] - want[-1]).abs().max() > 1e-3
 
 
-def test_train_export_and_predict_photos_offline(clip_dir, photos, tmp_path, monkeypatch):
-    """A store from the hf: backbone trains (the smoke preset), exports with the weights'
-    digest, and the exported model rebuilds the same backbone to predict raw photos; other
-    weights at the pinned path are refused."""
+def _trained_run(clip_dir: Path, model_dir: Path, photos: Path, tmp_path: Path,
+                 epochs: int) -> Path:
+    """A copy of the tiny CLIP at ``model_dir``, a store of the photos extracted with it, and
+    a smoke run ``tmp_path/run`` trained on that store; returns the store."""
     import shutil
 
-    from hiergeo import Geolocator, export
     from hiergeo.data.records import read_records
     from hiergeo.features import extract
     from hiergeo.train import load_config, run
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model_dir = tmp_path / "clip"
     shutil.copytree(clip_dir, model_dir)
     store = tmp_path / "store"
     extract(read_records(photos / "train.csv"), store, workers=0, progress=False,
             backbone=create_backbone(f"hf:{model_dir}"), dtype="float32")
-    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=run", f"data.train={store}",
-                                "data.val_fraction=0.2", "optim.epochs=4",
-                                "optim.batch_size=8", "run.val_every=0"])
-    run(cfg)
+    run(load_config("smoke", [f"run.out={tmp_path}", "run.id=run", f"data.train={store}",
+                              "data.val_fraction=0.2", f"optim.epochs={epochs}",
+                              "optim.batch_size=8", "run.val_every=0"]))
+    return store
+
+
+def test_train_export_and_predict_photos_offline(clip_dir, photos, tmp_path, monkeypatch):
+    """A store from the hf: backbone trains (the smoke preset), exports with the weights'
+    digest, and the exported model rebuilds the same backbone to predict raw photos; other
+    weights at the pinned path are refused."""
+
+    from hiergeo import Geolocator, export
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_dir = tmp_path / "clip"
+    store = _trained_run(clip_dir, model_dir, photos, tmp_path, epochs=4)
     folder = export.write(export.from_run(tmp_path / "run"), tmp_path / "model")
     bb = json.loads((folder / "model.json").read_text())["backbone"]
     st = json.loads((store / "store.json").read_text())
@@ -300,21 +309,11 @@ def test_an_included_hf_backbone_needs_no_source_folder(clip_dir, photos, tmp_pa
 
     from hiergeo import Geolocator, export
     from hiergeo.cli.export import main as export_main
-    from hiergeo.data.records import read_records
-    from hiergeo.features import extract
-    from hiergeo.train import load_config, run
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     src = tmp_path / "clip"
-    shutil.copytree(clip_dir, src)
-    store = tmp_path / "store"
-    extract(read_records(photos / "train.csv"), store, workers=0, progress=False,
-            backbone=create_backbone(f"hf:{src}"), dtype="float32")
-    cfg = load_config("smoke", [f"run.out={tmp_path}", "run.id=run", f"data.train={store}",
-                                "data.val_fraction=0.2", "optim.epochs=2",
-                                "optim.batch_size=8", "run.val_every=0"])
-    run(cfg)
+    store = _trained_run(clip_dir, src, photos, tmp_path, epochs=2)
     folder = tmp_path / "model"
     assert export_main(["--run", str(tmp_path / "run"), "--out", str(folder),
                         "--include-backbone"]) == 0

@@ -44,6 +44,17 @@ def finish(lines: list[str], figures: dict, as_json: bool) -> None:
         print("\n".join(lines))
 
 
+def skipped_line(report: dict, out, noun: str = "") -> str:
+    """The summary line of a store's skipped rows (``report`` as
+    :func:`hiergeo.data.store.finalize` writes it): the count, the two commonest reasons, where
+    each is listed."""
+    top = list(report["skipped_by_reason"].items())[:2]
+    why = "; ".join(f"{n}: {r if len(r) <= 60 else r[:57] + '...'}" for r, n in top)
+    what = f"{noun} skipped" if noun else "skipped"
+    return (f"  {report['skipped']:,} {what} ({why}): {out}/skipped.csv lists each "
+            "with its reason")
+
+
 def pct(v) -> str:
     """0.6213 -> '62.1%'; NaN or None -> 'n/a'."""
     return "n/a" if v is None or v != v else f"{100 * v:.1f}%"

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 from ..model.backbones import EMBEDDED
-from .common import HelpFormatter, add_json_flag, count_int, finish, positive_int, setup_logging
+from .common import (
+    HelpFormatter,
+    add_json_flag,
+    count_int,
+    finish,
+    positive_int,
+    setup_logging,
+    skipped_line,
+)
 
 log = logging.getLogger("hiergeo.features")
 
@@ -78,10 +86,7 @@ def human_lines(report: dict, out: Path, backbone: str) -> list[str]:
     lines = [f"Extracted {backbone} features of {report['images_read']:,} photos into {out}/ "
              f"({report['shards']} shard(s))."]
     if report["skipped"]:
-        top = list(report["skipped_by_reason"].items())[:2]
-        why = "; ".join(f"{n}: {r if len(r) <= 60 else r[:57] + '...'}" for r, n in top)
-        lines.append(f"  {report['skipped']:,} photos skipped ({why}): {out}/skipped.csv "
-                     "lists each with its reason")
+        lines.append(skipped_line(report, out, "photos"))
     lines.append(f"Next: python -m hiergeo.train --config default data.train={out}")
     return lines
 

@@ -12,7 +12,14 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import HelpFormatter, add_json_flag, finish, positive_int, setup_logging
+from .common import (
+    HelpFormatter,
+    add_json_flag,
+    finish,
+    positive_int,
+    setup_logging,
+    skipped_line,
+)
 
 log = logging.getLogger("hiergeo.features")
 
@@ -58,10 +65,7 @@ def human_lines(report: dict, out: Path) -> list[str]:
              f"{report['dim']}) into {out}/ ({report['shards']} shard(s), "
              f"{len(report['shards_written'])} written now)."]
     if report["skipped"]:
-        top = list(report["skipped_by_reason"].items())[:2]
-        why = "; ".join(f"{n}: {r if len(r) <= 60 else r[:57] + '...'}" for r, n in top)
-        lines.append(f"  {report['skipped']:,} skipped ({why}): {out}/skipped.csv lists each "
-                     "with its reason")
+        lines.append(skipped_line(report, out))
     for f, what in list(report.get("damaged", {}).items())[:3]:
         lines.append(f"  damaged: {f}: {what[:100]}")
     lines.append(f"Next: python -m hiergeo.train --config default data.train={out}")
