@@ -143,8 +143,18 @@ def use_device(spelling: str | torch.device, local_rank: int = 0) -> torch.devic
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far, in bytes (``ru_maxrss``: kibibytes on
-    Linux, bytes on macOS); 0 where the platform has no ``resource`` module (Windows)."""
+    """This process's peak resident memory so far, in bytes: ``VmHWM`` on Linux, else
+    ``ru_maxrss`` (bytes on macOS); 0 where neither exists (Windows). Not ``ru_maxrss`` on
+    Linux: it survives ``execve``, so a child started by a large parent (a benchmark that
+    wrote its inputs, then runs each step in a fresh process) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
         import sys

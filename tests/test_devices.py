@@ -116,3 +116,19 @@ def test_loader_workers_feed_a_gpu():
     assert loader_workers(torch.device("cuda", 0), 1) == 1
     assert loader_workers(torch.device("cpu"), 16) == 4
     assert loader_workers(torch.device("cpu"), 1) == 1
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="Linux only")
+def test_a_child_does_not_report_its_parents_peak_memory():
+    """ru_maxrss survives execve on Linux: a fresh process started by a parent that once held
+    1 GiB reported 1 GiB as its own peak. peak_rss_bytes reads the process's own (VmHWM)."""
+    import subprocess
+    import sys
+
+    big = bytearray(1 << 30)
+    big[:: 4096] = b"x" * len(big[:: 4096])  # touch every page
+    del big
+    code = "from hiergeo.devices import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)
+    assert child < (1 << 30)  # importing torch alone stays well below 1 GiB
