@@ -18,6 +18,18 @@ def test_features_from_nothing_usable_is_an_error(tmp_path, capsys):
     assert "skipped.csv" in last and (tmp_path / "s2" / "skipped.csv").exists()
 
 
+def test_features_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """--out t.csv (the table itself) was a FileExistsError traceback after the photos were
+    read; import already refused it in one line."""
+    from hiergeo.cli.features import main
+
+    (tmp_path / "t.csv").write_text("path,latitude,longitude\na.jpg,1,2\n")
+    assert main(["--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --out {tmp_path / 't.csv'} is a file")
+    assert (tmp_path / "t.csv").read_text().startswith("path,")
+
+
 def test_a_typo_in_the_store_is_one_line_and_leaves_no_folder(tmp_path, capsys):
     from hiergeo.cli.train import main
 

@@ -44,6 +44,14 @@ def finish(lines: list[str], figures: dict, as_json: bool) -> None:
         print("\n".join(lines))
 
 
+def store_out_error(out) -> str | None:
+    """The one-line error for a feature store's ``--out`` that names a file, else None."""
+    if out.exists() and not out.is_dir():
+        return (f"error: --out {out} is a file; --out names the store's folder (a new one, "
+                "or a store to resume)")
+    return None
+
+
 def skipped_line(report: dict, out, noun: str = "") -> str:
     """The summary line of a store's skipped rows (``report`` as
     :func:`hiergeo.data.store.finalize` writes it): the count, the two commonest reasons, where

@@ -17,6 +17,7 @@ from .common import (
     positive_int,
     setup_logging,
     skipped_line,
+    store_out_error,
 )
 
 log = logging.getLogger("hiergeo.features")
@@ -99,6 +100,9 @@ def main(argv=None) -> int:
         return import_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging()
+    if err := store_out_error(args.out):  # before the photos are read or the backbone loads
+        print(err, file=sys.stderr)
+        return 2
     import torch
 
     from gazetteer import InputError

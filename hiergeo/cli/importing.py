@@ -19,6 +19,7 @@ from .common import (
     positive_int,
     setup_logging,
     skipped_line,
+    store_out_error,
 )
 
 log = logging.getLogger("hiergeo.features")
@@ -90,9 +91,8 @@ def main(argv=None) -> int:
               f"{world}); run it without torchrun: python -m hiergeo.features import ...",
               file=sys.stderr)
         return 2
-    if args.out.exists() and not args.out.is_dir():
-        print(f"error: --out {args.out} is a file; --out names the store's folder (a new one, "
-              "or a store to resume)", file=sys.stderr)
+    if err := store_out_error(args.out):
+        print(err, file=sys.stderr)
         return 2
     common = {"id_col": args.id_column, "lat": args.latitude, "lon": args.longitude,
               "name": args.name, "shard_size": args.shard_size, "dtype": args.dtype}
