@@ -90,10 +90,9 @@ def _rows_digest(x, n: int = 256, spread: int = 4096) -> str:
 
 def memory_kind(cfg, n: int, d: int) -> str:
     """``eval.memory_index`` resolved for ``n`` rows of ``d`` features."""
-    ev = cfg.eval
-    if ev.memory_index != "auto":
-        return ev.memory_index
-    return "exact" if n * d * 2 <= ev.memory_exact_max_gb * 2**30 else "ivfpq"
+    from .predict.memory_index import resolve_kind
+
+    return resolve_kind(cfg.eval.memory_index, n, d, cfg.eval.memory_exact_max_gb)
 
 
 def _saved_index(cfg, train, saved: Path):

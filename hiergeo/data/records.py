@@ -43,13 +43,13 @@ def _read(path: Path, usecols=None, nrows: int | None = None) -> pd.DataFrame:
         raise InputError(f"{path}: not a file")
     try:
         if path.suffix.lower() == ".parquet":
-            if nrows == 0:
-                import pyarrow.parquet as pq
+            import pyarrow.parquet as pq
 
-                names = pq.read_schema(path).names
-                return pd.DataFrame(columns=[c for c in names if usecols is None or usecols(c)])
-            df = pd.read_parquet(path)
-            df = df if usecols is None else df[[c for c in df.columns if usecols(c)]]
+            names = pq.read_schema(path).names
+            cols = [c for c in names if usecols is None or usecols(c)]
+            if nrows == 0:
+                return pd.DataFrame(columns=cols)
+            df = pd.read_parquet(path, columns=None if usecols is None else cols)  # kept ones only
             return df if nrows is None else df.iloc[:nrows]
         # strings stay strings: Namibia's country code is "NA", and OSV-5M's ids are
         # 16-digit integers that a float column would round

@@ -287,6 +287,15 @@ class FaissIndex:
             raise ValueError(f"{path}: not a FAISS index hiergeo wrote ({first})") from None
 
 
+def resolve_kind(kind: str, n: int, d: int, exact_max_gb: float) -> str:
+    """``auto`` resolved for ``n`` rows of ``d`` features: exact while their float16 rows
+    (``n x d x 2`` bytes) are at most ``exact_max_gb`` GiB, IVF-PQ above; other kinds as
+    they are."""
+    if kind != "auto":
+        return kind
+    return "exact" if n * d * 2 <= exact_max_gb * 2**30 else "ivfpq"
+
+
 def build_index(features, kind: str = "auto", device="cpu", exact_max_gb: float = 1.0,
                 nprobe: int | None = None, refine: int = 4, seed: int = 0, progress=None):
     """The memory's index over ``features [N, d]`` (a tensor or a lazy store view, read a
@@ -295,8 +304,7 @@ def build_index(features, kind: str = "auto", device="cpu", exact_max_gb: float 
     if kind not in KINDS:
         raise ValueError(f"eval.memory_index must be one of {', '.join(KINDS)}, not {kind!r}")
     n, d = int(features.shape[0]), int(features.shape[1])
-    if kind == "auto":
-        kind = "exact" if n * d * 2 <= exact_max_gb * 2**30 else "ivfpq"
+    kind = resolve_kind(kind, n, d, exact_max_gb)
     if kind == "exact":
         return ExactIndex.build(features, device)
     return FaissIndex.build(features, ivfpq_params(n, d, nprobe, refine), seed=seed,
