@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -174,7 +175,8 @@ def main(argv=None) -> int:
     n = len(index)
     scale = TRAIN_ZIPS  # one zip -> 98 zips
     res = {
-        "machine": platform.processor() or platform.machine(), "members": n,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "members": n,
         "write_zip_seconds": round(write_s, 2),
         "index_seconds": round(index_s, 3), "index_peak_MiB": round(index_peak / 2**20, 1),
         "index_arrays_MiB": round(index.nbytes / 2**20, 2),
